@@ -1,0 +1,214 @@
+"""Image preprocessing, the pixel <-> patch geometry, and dense feature extraction.
+
+Coordinate convention used everywhere: integer pixel coordinates are pixel *centres*, so the
+top-left pixel is (0, 0) and the image spans [-0.5, W - 0.5] x [-0.5, H - 0.5]. Patch coordinates
+follow the same rule on the patch grid: patch (j, i) has its centre at (j, i), and covers network
+input pixels [j * P, (j + 1) * P). `to_input` / `to_original` below are the one place that maps
+between original pixels and the backbone's input; everything else calls them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from feature_cache import FeatureCache
+from pairs import ImageRef, load_image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ResizeMode = Literal["squash", "pad"]
+Coords = TypeVar("Coords", np.ndarray, torch.Tensor)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the backbone's input: a fixed (height, width) canvas.
+
+    squash: the image is resized to the canvas, ignoring its aspect ratio (the original project).
+    pad:    the image is resized to fit inside the canvas keeping its aspect ratio, centred, and the
+            rest is filled with the ImageNet mean (zero after normalisation).
+    """
+
+    height: int
+    width: int
+    resize: ResizeMode
+    patch_size: int
+
+    @classmethod
+    def create(cls, image_size: int | tuple[int, int], patch_size: int, resize: ResizeMode) -> Preprocess:
+        """Canvas of `image_size` (side, or (H, W)), each side rounded to a multiple of the patch."""
+        if resize not in ("squash", "pad"):
+            raise ValueError(f"resize must be 'squash' or 'pad', got {resize!r}")
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        h, w = (max(patch_size, round(s / patch_size) * patch_size) for s in (h, w))
+        return cls(h, w, resize, patch_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Feature map size (rows, cols)."""
+        return self.height // self.patch_size, self.width // self.patch_size
+
+    def describe(self) -> str:
+        return f"{self.height}x{self.width}-{self.resize}-p{self.patch_size}"
+
+
+def pixels_to_input(xy: Coords, scale: Coords, offset: Coords) -> Coords:
+    """Original pixels -> network input pixels: u = (x + 0.5) * s - 0.5 + o (broadcasts)."""
+    return (xy + 0.5) * scale - 0.5 + offset
+
+
+def input_to_pixels(uv: Coords, scale: Coords, offset: Coords) -> Coords:
+    """Network input pixels -> original pixels; the exact inverse of pixels_to_input."""
+    return (uv - offset + 0.5) / scale - 0.5
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one image's original pixels sit on the network input: scale (sx, sy) and offset (ox, oy)."""
+
+    scale: tuple[float, float]
+    offset: tuple[float, float]  # in input pixels
+    content: tuple[int, int]  # (w, h) of the resized image inside the canvas
+
+    def to_input(self, xy: np.ndarray) -> np.ndarray:
+        return pixels_to_input(np.asarray(xy, np.float64), np.asarray(self.scale), np.asarray(self.offset))
+
+    def to_original(self, uv: np.ndarray) -> np.ndarray:
+        return input_to_pixels(np.asarray(uv, np.float64), np.asarray(self.scale), np.asarray(self.offset))
+
+
+def image_geometry(size: tuple[int, int], prep: Preprocess) -> Geometry:
+    """The geometry of an image of original `size` (W, H) under `prep`."""
+    w, h = size
+    if prep.resize == "squash":
+        return Geometry((prep.width / w, prep.height / h), (0.0, 0.0), (prep.width, prep.height))
+    s = min(prep.width / w, prep.height / h)
+    cw, ch = max(1, round(w * s)), max(1, round(h * s))
+    ox, oy = (prep.width - cw) // 2, (prep.height - ch) // 2
+    return Geometry((cw / w, ch / h), (float(ox), float(oy)), (cw, ch))
+
+
+def input_to_patch(uv: Coords, patch_size: int) -> Coords:
+    """Input pixel coordinates -> continuous patch coordinates (patch centres at integers)."""
+    return (uv + 0.5) / patch_size - 0.5
+
+
+def patch_to_input(pq: Coords, patch_size: int) -> Coords:
+    """Continuous patch coordinates -> input pixel coordinates (inverse of input_to_patch)."""
+    return (pq + 0.5) * patch_size - 0.5
+
+
+def preprocess_image(image: Image.Image, prep: Preprocess) -> torch.Tensor:
+    """PIL RGB image -> normalised (3, H, W) float tensor on the canvas described by `prep`."""
+    geom = image_geometry(image.size, prep)
+    resized = image.resize(geom.content, Image.Resampling.BICUBIC)
+    content = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    canvas = torch.zeros(3, prep.height, prep.width)
+    ox, oy = int(geom.offset[0]), int(geom.offset[1])
+    canvas[:, oy : oy + geom.content[1], ox : ox + geom.content[0]] = (content - mean) / std
+    return canvas
+
+
+class _ImageDataset(Dataset):
+    def __init__(self, images: list[ImageRef], prep: Preprocess):
+        self.images, self.prep = images, prep
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        return i, preprocess_image(load_image(self.images[i].path), self.prep)
+
+
+@dataclass
+class FeatureSet:
+    """L2-normalised dense features of a set of images, all on the same grid.
+
+    feats: (N, C, h, w), stored in `dtype` on `device`; index maps ImageRef.key -> row.
+    """
+
+    feats: torch.Tensor
+    index: dict[str, int]
+    prep: Preprocess
+    geometries: dict[str, Geometry]
+    stats: dict[str, float]
+
+    def rows(self, keys: list[str]) -> torch.Tensor:
+        return torch.tensor([self.index[k] for k in keys], dtype=torch.long)
+
+
+def extract_features(
+    backbone: torch.nn.Module,
+    images: list[ImageRef],
+    prep: Preprocess,
+    cache: FeatureCache | None = None,
+    batch_size: int = 16,
+    num_workers: int = 2,
+    store_dtype: torch.dtype = torch.float16,
+    progress: bool = True,
+) -> FeatureSet:
+    """Run each image through the backbone once (batched), reusing and filling the disk cache.
+
+    Features are stored in `store_dtype` (fp16 by default, on the backbone's device) and
+    L2-normalised over channels so that a dot product is the cosine similarity.
+    """
+    device = backbone.device
+    h, w = prep.grid
+    feats = torch.empty(len(images), backbone.feature_dim, h, w, dtype=store_dtype, device=device)
+    todo = []
+    t0 = time.perf_counter()
+    for i, ref in enumerate(images):
+        cached = cache.load(ref) if cache is not None else None
+        if cached is None:
+            todo.append(i)
+        else:
+            feats[i] = cached.to(device=device, dtype=store_dtype)  # cached features are normalised
+    t_cache = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if todo:
+        loader = DataLoader(
+            _ImageDataset([images[i] for i in todo], prep),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        bar = tqdm(total=len(todo), desc=f"features {backbone.name}", unit="img", disable=not progress)
+        with torch.inference_mode():
+            for local_idx, batch in loader:
+                out = F.normalize(backbone(batch.to(device, non_blocking=True)).float(), dim=1)
+                out = out.to(store_dtype)
+                rows = [todo[j] for j in local_idx.tolist()]
+                feats[rows] = out
+                if cache is not None:
+                    cache.save([images[r] for r in rows], out)
+                bar.update(len(rows))
+        bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t_extract = time.perf_counter() - t0
+
+    return FeatureSet(
+        feats=feats,
+        index={ref.key: i for i, ref in enumerate(images)},
+        prep=prep,
+        geometries={ref.key: image_geometry(ref.size, prep) for ref in images},
+        stats={
+            "images": len(images),
+            "images_extracted": len(todo),
+            "images_from_cache": len(images) - len(todo),
+            "extraction_s": t_extract,
+            "cache_read_s": t_cache,
+        },
+    )

@@ -1,0 +1,93 @@
+"""Descriptor sampling and matchers on similarity maps, vectorised over all keypoints at once.
+
+All positions here are continuous patch coordinates (x, y) with patch centres at integers
+(see helper_functions). A similarity map has shape (K, h, w): one map per query keypoint.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Matcher = Literal["argmax", "wsoftargmax"]
+DescriptorSampling = Literal["nearest", "bilinear"]
+MATCHERS = ("argmax", "wsoftargmax")
+
+
+def nearest_patch(pq: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Integer (x, y) index of the patch containing each continuous patch position, clamped to the grid."""
+    h, w = grid
+    idx = torch.floor(pq + 0.5).long()
+    return torch.stack([idx[:, 0].clamp(0, w - 1), idx[:, 1].clamp(0, h - 1)], dim=1)
+
+
+def sample_descriptors(
+    feats: torch.Tensor, rows: torch.Tensor, pq: torch.Tensor, mode: DescriptorSampling = "nearest"
+) -> torch.Tensor:
+    """Descriptors (K, C) of feature maps feats[rows] (K maps of (C, h, w)) at patch positions pq (K, 2).
+
+    nearest: the patch holding the keypoint (the original project). bilinear: interpolated between
+    the four surrounding patch centres (clamped at the border), then re-normalised.
+    """
+    h, w = feats.shape[-2:]
+    if mode == "nearest":
+        idx = nearest_patch(pq, (h, w))
+        return feats[rows, :, idx[:, 1], idx[:, 0]]
+    if mode != "bilinear":
+        raise ValueError(f"descriptor sampling must be 'nearest' or 'bilinear', got {mode!r}")
+    x = pq[:, 0].clamp(0, w - 1)
+    y = pq[:, 1].clamp(0, h - 1)
+    x0 = x.floor().long().clamp(0, max(w - 2, 0))
+    y0 = y.floor().long().clamp(0, max(h - 2, 0))
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    fx, fy = (x - x0).unsqueeze(1), (y - y0).unsqueeze(1)
+    top = feats[rows, :, y0, x0].float() * (1 - fx) + feats[rows, :, y0, x1].float() * fx
+    bottom = feats[rows, :, y1, x0].float() * (1 - fx) + feats[rows, :, y1, x1].float() * fx
+    return F.normalize(top * (1 - fy) + bottom * fy, dim=1).to(feats.dtype)
+
+
+def argmax_match(sim: torch.Tensor) -> torch.Tensor:
+    """(K, h, w) similarity -> (K, 2) float (x, y) of the most similar patch."""
+    w = sim.shape[-1]
+    idx = sim.flatten(1).argmax(dim=1)
+    return torch.stack([idx % w, idx // w], dim=1).to(torch.float32)
+
+
+def window_soft_argmax(sim: torch.Tensor, window: int = 5, temperature: float = 0.1) -> torch.Tensor:
+    """Soft-argmax in a window x window neighbourhood centred on the argmax.
+
+    softmax(sim / temperature) over the window, then the expected position. At the border the
+    window shrinks symmetrically in that axis (radius = distance to the edge) so that it stays
+    centred on the argmax: a clipped or shifted window would pull estimates toward the interior.
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd number, got {window}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    k, h, w = sim.shape
+    peak = argmax_match(sim).long()
+    px, py = peak[:, 0], peak[:, 1]
+    r = window // 2
+    offsets = torch.arange(-r, r + 1, device=sim.device)
+    rx = torch.minimum(px, w - 1 - px).clamp(max=r)
+    ry = torch.minimum(py, h - 1 - py).clamp(max=r)
+    xs = (px[:, None] + offsets).clamp(0, w - 1)  # (K, W)
+    ys = (py[:, None] + offsets).clamp(0, h - 1)
+    vals = sim[torch.arange(k, device=sim.device)[:, None, None], ys[:, :, None], xs[:, None, :]].float()
+    inside = (offsets.abs()[None, :, None] <= ry[:, None, None]) & (offsets.abs()[None, None, :] <= rx[:, None, None])
+    logits = (vals / temperature).masked_fill(~inside, float("-inf"))
+    prob = logits.flatten(1).softmax(dim=1).view_as(logits)
+    dx = (prob.sum(dim=1) * offsets).sum(dim=1)
+    dy = (prob.sum(dim=2) * offsets).sum(dim=1)
+    return peak.float() + torch.stack([dx, dy], dim=1)
+
+
+def match(sim: torch.Tensor, matcher: Matcher = "argmax", window: int = 5, temperature: float = 0.1) -> torch.Tensor:
+    """Apply the named matcher to (K, h, w) similarity maps -> (K, 2) patch coordinates."""
+    if matcher == "argmax":
+        return argmax_match(sim)
+    if matcher == "wsoftargmax":
+        return window_soft_argmax(sim, window, temperature)
+    raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")

@@ -1,0 +1,151 @@
+"""PCK: the per-keypoint table, and every summary figure computed from that table alone.
+
+A keypoint is correct at alpha when its distance to the ground truth is <= alpha * L, with L:
+  bbox   max side of the target bounding box (SPair-71k's protocol)
+  image  max side of the target image (PF-Pascal's usual protocol)
+  kpbox  max side of the box spanned by the target keypoints (PF-Willow's usual protocol)
+Two averagings are reported: per_image (mean over pairs of each pair's PCK) and per_keypoint
+(pooled over all keypoints). Figures are percentages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pairs import PairRecord
+
+NORMS = ("bbox", "image", "kpbox")
+DEFAULT_NORM = {"spair": "bbox", "pf-pascal": "image", "pf-willow": "kpbox", "custom": "image"}
+NORM_DESCRIPTIONS = {
+    "bbox": "alpha * max side of the target bounding box",
+    "image": "alpha * max side of the target image",
+    "kpbox": "alpha * max side of the box spanned by the target keypoints",
+}
+AVERAGING = {
+    "per_image": "mean over image pairs of each pair's PCK",
+    "per_keypoint": "pooled over all keypoints",
+}
+KEY_COLUMNS = {"pair_id": str, "category": str, "kp_id": str}
+
+
+def correct_column(alpha: float) -> str:
+    return f"correct@{alpha:g}"
+
+
+def normaliser(pair: PairRecord, norm: str) -> float:
+    """The length L that alpha multiplies for this pair."""
+    if norm == "bbox":
+        if pair.trg_bbox is None:
+            raise ValueError(
+                f"pck-norm 'bbox' needs a target bounding box, but pair {pair.pair_id} of "
+                f"{pair.dataset} has none: use --pck-norm image or kpbox."
+            )
+        x1, y1, x2, y2 = pair.trg_bbox
+        return float(max(x2 - x1, y2 - y1))
+    if norm == "image":
+        return float(max(pair.trg.size))
+    if norm == "kpbox":
+        span = pair.trg_kps.max(axis=0) - pair.trg_kps.min(axis=0)
+        return float(span.max())
+    raise ValueError(f"pck-norm must be one of {NORMS}, got {norm!r}")
+
+
+def keypoint_table(pairs: list[PairRecord], pred: np.ndarray, alphas: list[float], norm: str) -> pd.DataFrame:
+    """One row per keypoint: ids, source / ground-truth / predicted pixels, distance, L, correctness.
+
+    `pred` is (K, 2), the predictions of all pairs' keypoints concatenated in pair order.
+    """
+    counts = [p.num_keypoints for p in pairs]
+    gt = np.concatenate([p.trg_kps for p in pairs]).astype(np.float64)
+    src = np.concatenate([p.src_kps for p in pairs]).astype(np.float64)
+    norms = np.repeat([normaliser(p, norm) for p in pairs], counts)
+    dist = np.linalg.norm(pred.astype(np.float64) - gt, axis=1)
+    table = pd.DataFrame(
+        {
+            "pair_id": np.repeat([p.pair_id for p in pairs], counts),
+            "category": np.repeat([p.category for p in pairs], counts),
+            "kp_id": [k for p in pairs for k in p.kp_ids],
+            "src_x": src[:, 0],
+            "src_y": src[:, 1],
+            "gt_x": gt[:, 0],
+            "gt_y": gt[:, 1],
+            "pred_x": pred[:, 0],
+            "pred_y": pred[:, 1],
+            "distance": dist,
+            "norm_L": norms,
+        }
+    )
+    for alpha in alphas:
+        table[correct_column(alpha)] = dist <= alpha * norms
+    return table
+
+
+def read_keypoint_table(path: str | Path) -> pd.DataFrame:
+    """Read a per_keypoint.csv back with ids as strings."""
+    return pd.read_csv(path, dtype=KEY_COLUMNS, keep_default_na=False)
+
+
+def _pck(table: pd.DataFrame, alphas: list[float]) -> dict[str, dict[str, float]]:
+    per_pair = table.groupby("pair_id", sort=False)
+    out = {}
+    for alpha in alphas:
+        col = correct_column(alpha)
+        out[f"pck@{alpha:g}"] = {
+            "per_image": 100.0 * float(per_pair[col].mean().mean()),
+            "per_keypoint": 100.0 * float(table[col].mean()),
+        }
+    return out
+
+
+def alphas_of(table: pd.DataFrame) -> list[float]:
+    """The thresholds a keypoint table was scored at, from its column names."""
+    return [float(c.split("@", 1)[1]) for c in table.columns if c.startswith("correct@")]
+
+
+def summarize(table: pd.DataFrame) -> dict[str, object]:
+    """Overall, per-category and per-keypoint-id PCK (both averagings), from the keypoint table only."""
+    alphas = alphas_of(table)
+    per_category = {
+        cat: {**_pck(group, alphas), "pairs": int(group["pair_id"].nunique()), "keypoints": len(group)}
+        for cat, group in table.groupby("category", sort=True)
+    }
+    per_kp_id: dict[str, dict[str, float]] = {}
+    for (cat, kp), group in table.groupby(["category", "kp_id"], sort=True):
+        per_kp_id.setdefault(cat, {})[kp] = {
+            f"pck@{a:g}": 100.0 * float(group[correct_column(a)].mean()) for a in alphas
+        } | {"keypoints": len(group)}
+    return {
+        **_pck(table, alphas),
+        "pairs": int(table["pair_id"].nunique()),
+        "keypoints": len(table),
+        "per_category": per_category,
+        "per_keypoint_id": per_kp_id,
+    }
+
+
+def pair_table(table: pd.DataFrame, pairs: list[PairRecord]) -> pd.DataFrame:
+    """One row per evaluated pair: images, sizes, flags, keypoint count and PCK at each alpha."""
+    alphas = alphas_of(table)
+    scores = table.groupby("pair_id", sort=False)[[correct_column(a) for a in alphas]].mean() * 100.0
+    scores.columns = [f"pck@{a:g}" for a in alphas]
+    rows = pd.DataFrame(
+        [
+            {
+                "pair_id": p.pair_id,
+                "category": p.category,
+                "src_image": p.src.key,
+                "trg_image": p.trg.key,
+                "src_w": p.src.size[0],
+                "src_h": p.src.size[1],
+                "trg_w": p.trg.size[0],
+                "trg_h": p.trg.size[1],
+                "keypoints": p.num_keypoints,
+                **p.flags,
+            }
+            for p in pairs
+        ]
+    )
+    return rows.merge(scores, left_on="pair_id", right_index=True, how="left")

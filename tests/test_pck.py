@@ -1,0 +1,71 @@
+"""PCK against hand-computed cases, each normalisation and both averagings."""
+
+import numpy as np
+import pytest
+
+import pck
+from pairs import ImageRef, PairRecord
+
+
+def pair(pair_id, category, trg_kps, trg_size=(200, 100), bbox=None, kp_ids=None):
+    trg_kps = np.asarray(trg_kps, dtype=np.float32)
+    return PairRecord(
+        pair_id=pair_id,
+        dataset="test",
+        category=category,
+        src=ImageRef(f"s{pair_id}", "s.jpg", (50, 50)),
+        trg=ImageRef(f"t{pair_id}", "t.jpg", trg_size),
+        src_kps=np.zeros_like(trg_kps),
+        trg_kps=trg_kps,
+        kp_ids=kp_ids or [str(i) for i in range(len(trg_kps))],
+        trg_bbox=bbox,
+    )
+
+
+def test_normalisers():
+    p = pair("a", "cat", [[10, 20], [40, 30], [25, 60]], trg_size=(200, 100), bbox=(5, 10, 55, 90))
+    assert pck.normaliser(p, "bbox") == 80  # max(50, 80)
+    assert pck.normaliser(p, "image") == 200
+    assert pck.normaliser(p, "kpbox") == 40  # max(30, 40)
+    with pytest.raises(ValueError, match="bounding box"):
+        pck.normaliser(pair("b", "cat", [[0, 0]]), "bbox")
+
+
+def test_both_averagings_by_hand():
+    # pair a: 4 keypoints, L = 100 (image); pair b: 1 keypoint, L = 100
+    a = pair("a", "cat", [[0, 0]] * 4, trg_size=(100, 50))
+    b = pair("b", "dog", [[0, 0]], trg_size=(100, 50))
+    pred = np.array([[3, 4], [6, 8], [0, 20], [30, 40], [9, 0]], dtype=float)  # distances 5, 10, 20, 50, 9
+    table = pck.keypoint_table([a, b], pred, [0.05, 0.1], "image")
+    np.testing.assert_allclose(table["distance"], [5, 10, 20, 50, 9])
+    s = pck.summarize(table)
+    # alpha 0.05 (5 px): a has 1/4 correct (distance 5 counts: <=), b 0/1
+    assert s["pck@0.05"]["per_keypoint"] == pytest.approx(100 * 1 / 5)
+    assert s["pck@0.05"]["per_image"] == pytest.approx(100 * (0.25 + 0) / 2)
+    # alpha 0.1 (10 px): a 2/4, b 1/1
+    assert s["pck@0.1"]["per_keypoint"] == pytest.approx(100 * 3 / 5)
+    assert s["pck@0.1"]["per_image"] == pytest.approx(100 * (0.5 + 1) / 2)
+    assert s["per_category"]["cat"]["pck@0.1"] == {"per_image": 50.0, "per_keypoint": 50.0}
+    assert s["per_category"]["dog"]["pck@0.05"]["per_keypoint"] == 0.0
+    assert s["per_keypoint_id"]["cat"]["0"]["pck@0.05"] == 100.0
+    assert s["per_keypoint_id"]["cat"]["3"]["pck@0.1"] == 0.0
+    assert (s["pairs"], s["keypoints"]) == (2, 5)
+
+
+def test_bbox_and_kpbox_thresholds_by_hand():
+    p = pair("a", "car", [[0, 0], [20, 0], [0, 10]], bbox=(0, 0, 40, 30))
+    pred = np.array([[1.9, 0], [22.1, 0], [0, 10]])
+    by_bbox = pck.keypoint_table([p], pred, [0.05], "bbox")  # L = 40 -> 2 px
+    assert by_bbox["correct@0.05"].tolist() == [True, False, True]
+    by_kpbox = pck.keypoint_table([p], pred, [0.1], "kpbox")  # L = 20 -> 2 px
+    assert by_kpbox["correct@0.1"].tolist() == [True, False, True]
+
+
+def test_summary_is_recomputable_from_the_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    pairs = [pair(str(i), ["cat", "dog"][i % 2], rng.uniform(0, 100, (1 + i % 4, 2)), bbox=(0, 0, 80, 60)) for i in range(9)]
+    pred = np.concatenate([p.trg_kps + rng.normal(0, 6, p.trg_kps.shape) for p in pairs])
+    table = pck.keypoint_table(pairs, pred, [0.05, 0.1, 0.2], "bbox")
+    path = tmp_path / "per_keypoint.csv"
+    table.to_csv(path, index=False)
+    assert pck.summarize(pck.read_keypoint_table(path)) == pck.summarize(table)
