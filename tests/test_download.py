@@ -1,0 +1,477 @@
+"""download.py against a real HTTP server on 127.0.0.1 serving archives made at test time."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import tarfile
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import download
+from download import MANIFEST, DownloadError, Item, Source, build_table, ensure, main
+from models.registry import BACKBONES, get_spec
+from pairs import DEFAULT_ROOTS, REPO_ROOT
+
+PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
+
+
+@dataclass
+class FileServer:
+    """What the test server serves, and what it was asked."""
+
+    url: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)
+    cuts: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before hanging up, once
+    ignore_range: bool = False
+    log: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, Range
+
+
+def make_handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.serve(send_body=True)
+
+        def do_HEAD(self) -> None:
+            self.serve(send_body=False)
+
+        def serve(self, send_body: bool) -> None:
+            requested = self.headers.get("Range")
+            state.log.append((self.command, self.path, requested))
+            data = state.files.get(self.path)
+            if data is None:
+                self.send_error(404)
+                return
+            start = 0
+            if requested and not state.ignore_range:
+                start = int(re.fullmatch(r"bytes=(\d+)-", requested).group(1))
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            if send_body:
+                cut = state.cuts.pop(self.path, None)
+                self.wfile.write(data[start:] if cut is None else data[start:cut])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def server():
+    state = FileServer()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A URL on a port where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/file.bin"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_tar(entries: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
+    """A .tar.gz of (name, content) files and raw TarInfo members (links, devices)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for entry in entries:
+            if isinstance(entry, tarfile.TarInfo):
+                archive.addfile(entry)
+            else:
+                name, content = entry
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def tar_link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+def make_zip(entries: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in entries:
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def dataset_item(server: FileServer, folder: Path, archive: bytes, csv_hash: str | None = None) -> Item:
+    """A PF-Willow-like item: an archive unpacking to Data/ plus a pair list."""
+    server.files["/data.tar.gz"] = archive
+    server.files["/pairs.csv"] = b"imageA,imageB\na.png,b.png\n"
+    return Item(
+        "pf-willow",
+        "datasets",
+        folder,
+        (
+            Source("data.tar.gz", (server.url + "/data.tar.gz",), unpacks_to=("Data/images",)),
+            Source("test_pairs.csv", (server.url + "/pairs.csv",), sha256=csv_hash),
+        ),
+    )
+
+
+def file_item(url: str, folder: Path, **hashes: str) -> Item:
+    return Item("sam_vit_b", "models", folder, (Source("weights.pth", (url,), **hashes),))
+
+
+GOOD_ARCHIVE = [("Data/images/a.png", b"A" * 100), ("Data/images/b.png", b"B" * 50)]
+
+
+# --- full download, re-runs -------------------------------------------------------------------
+
+
+def test_full_download_unpacks_verifies_and_records(server, tmp_path):
+    folder = tmp_path / "pf_willow"
+    item = dataset_item(server, folder, make_tar(GOOD_ARCHIVE), sha256(b"imageA,imageB\na.png,b.png\n"))
+
+    outcome = ensure(item)
+
+    assert "downloaded data.tar.gz and unpacked it" in outcome
+    assert (folder / "Data/images/a.png").read_bytes() == b"A" * 100
+    assert (folder / "Data/images/b.png").read_bytes() == b"B" * 50
+    assert (folder / "test_pairs.csv").read_bytes() == b"imageA,imageB\na.png,b.png\n"
+    assert not (folder / "data.tar.gz").exists()  # archive removed once unpacked
+    assert not list(folder.glob("*.part"))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["data.tar.gz"]["sha256"] == sha256(server.files["/data.tar.gz"])
+    assert manifest["data.tar.gz"]["unpacked"] is True
+    assert manifest["test_pairs.csv"]["url"] == server.url + "/pairs.csv"
+
+
+def test_rerun_skips_without_network_or_hashing(server, tmp_path, monkeypatch):
+    item = dataset_item(server, tmp_path / "pf_willow", make_tar(GOOD_ARCHIVE))
+    ensure(item)
+    requests_before = len(server.log)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a complete item must not be fetched or hashed again")
+
+    monkeypatch.setattr(download, "urlopen", forbidden)
+    monkeypatch.setattr(download, "hash_file", forbidden)
+    assert ensure(item) == "already present and verified"
+    assert len(server.log) == requests_before
+
+
+def test_changed_file_is_hashed_again_against_the_recorded_hash(server, tmp_path):
+    server.files["/w.pth"] = PAYLOAD
+    folder = tmp_path / "weights"
+    item = file_item(server.url + "/w.pth", folder)  # no known hash: the first one is recorded
+    ensure(item)
+    path = folder / "weights.pth"
+
+    os.utime(path, ns=(1, 1))  # touched, same bytes: re-hashed and still accepted
+    assert ensure(item) == "verified weights.pth"
+    assert json.loads((folder / MANIFEST).read_text())["weights.pth"]["mtime_ns"] == 1
+
+    path.write_bytes(b"something else")
+    with pytest.raises(DownloadError, match="recorded when it was first verified"):
+        ensure(item)
+
+
+# --- resuming ----------------------------------------------------------------------------------
+
+
+def test_interrupted_download_is_resumed_by_the_next_run(server, tmp_path):
+    server.files["/w.pth"] = PAYLOAD
+    server.cuts["/w.pth"] = 3000
+    folder = tmp_path / "weights"
+    item = file_item(server.url + "/w.pth", folder, sha256=sha256(PAYLOAD))
+
+    with pytest.raises(DownloadError, match="3000 of 10240 bytes") as failure:
+        ensure(item, attempts=1)
+    assert "re-running resumes it" in str(failure.value)
+    assert not (folder / "weights.pth").exists()
+    assert (folder / "weights.pth.part").stat().st_size == 3000
+
+    assert ensure(item, attempts=1) == "downloaded weights.pth"
+    assert server.log[-1] == ("GET", "/w.pth", "bytes=3000-")
+    assert (folder / "weights.pth").read_bytes() == PAYLOAD
+    assert not (folder / "weights.pth.part").exists()
+
+
+def test_dropped_connection_is_resumed_within_one_run(server, tmp_path):
+    server.files["/w.pth"] = PAYLOAD
+    server.cuts["/w.pth"] = 5000
+    item = file_item(server.url + "/w.pth", tmp_path, sha256=sha256(PAYLOAD))
+
+    ensure(item, attempts=3)
+
+    assert [entry[2] for entry in server.log] == [None, "bytes=5000-"]
+    assert (tmp_path / "weights.pth").read_bytes() == PAYLOAD
+
+
+def test_server_ignoring_range_restarts_from_scratch(server, tmp_path):
+    server.files["/w.pth"] = PAYLOAD
+    server.ignore_range = True
+    (tmp_path / "weights.pth.part").write_bytes(b"stale bytes from elsewhere")
+
+    ensure(file_item(server.url + "/w.pth", tmp_path))
+
+    assert (tmp_path / "weights.pth").read_bytes() == PAYLOAD
+
+
+def test_part_already_complete_is_finished_without_refetching(server, tmp_path):
+    server.files["/w.pth"] = PAYLOAD
+    (tmp_path / "weights.pth.part").write_bytes(PAYLOAD)
+
+    ensure(file_item(server.url + "/w.pth", tmp_path, sha256=sha256(PAYLOAD)))
+
+    assert server.log == [("GET", "/w.pth", f"bytes={len(PAYLOAD)}-")]  # answered 416
+    assert (tmp_path / "weights.pth").read_bytes() == PAYLOAD
+
+
+# --- corrupted files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hashes",
+    [{"sha256": sha256(b"the real file")}, {"sha256_prefix": sha256(b"the real file")[:6]}],
+    ids=["full-hash", "prefix-in-file-name"],
+)
+def test_hash_mismatch_is_rejected_and_not_moved_into_place(server, tmp_path, hashes):
+    server.files["/w.pth"] = PAYLOAD
+    item = file_item(server.url + "/w.pth", tmp_path, **hashes)
+
+    with pytest.raises(DownloadError, match="rejected and deleted, sha256 is") as failure:
+        ensure(item)
+
+    assert sha256(PAYLOAD) in str(failure.value)
+    assert not (tmp_path / "weights.pth").exists()
+    assert not (tmp_path / "weights.pth.part").exists()
+    assert not (tmp_path / MANIFEST).exists()
+
+
+def test_next_mirror_is_used_when_the_first_serves_a_corrupt_file(server, tmp_path):
+    server.files["/bad.pth"] = b"corrupt"
+    server.files["/good.pth"] = PAYLOAD
+    source = Source("weights.pth", (server.url + "/bad.pth", server.url + "/good.pth"), sha256=sha256(PAYLOAD))
+
+    ensure(Item("sam_vit_b", "models", tmp_path, (source,)))
+
+    assert (tmp_path / "weights.pth").read_bytes() == PAYLOAD
+
+
+def test_partial_file_is_not_resumed_from_another_mirror(server, tmp_path):
+    server.files["/a.pth"] = PAYLOAD
+    server.files["/b.pth"] = PAYLOAD
+    server.cuts["/a.pth"] = 3000
+    source = Source("weights.pth", (server.url + "/a.pth", server.url + "/b.pth"))
+
+    ensure(Item("sam_vit_b", "models", tmp_path, (source,)), attempts=1)
+
+    assert server.log == [("GET", "/a.pth", None), ("GET", "/b.pth", None)]
+    assert (tmp_path / "weights.pth").read_bytes() == PAYLOAD
+
+
+# --- unsafe archives -----------------------------------------------------------------------------
+
+SAFE_FIRST = ("Data/images/ok.png", b"ok")  # placed before the bad member: must not be written
+
+
+def char_device() -> tarfile.TarInfo:
+    info = tarfile.TarInfo("Data/images/dev")
+    info.type = tarfile.CHRTYPE
+    return info
+
+
+@pytest.mark.parametrize(
+    "archive",
+    [
+        lambda outside: make_tar([SAFE_FIRST, ("../evil.txt", b"x")]),
+        lambda outside: make_tar([SAFE_FIRST, (str(outside / "evil.txt"), b"x")]),
+        lambda outside: make_tar([SAFE_FIRST, tar_link("Data/images/link", "../../../evil.txt")]),
+        lambda outside: make_tar([SAFE_FIRST, tar_link("Data/link", str(outside / "evil.txt"))]),
+        lambda outside: make_tar([SAFE_FIRST, tar_link("Data/hard", "../evil.txt", tarfile.LNKTYPE)]),
+        lambda outside: make_tar([SAFE_FIRST, char_device()]),
+        lambda outside: make_zip([SAFE_FIRST, ("Data/../../evil.txt", b"x")]),
+    ],
+    ids=["dotdot", "absolute", "symlink-dotdot", "symlink-absolute", "hardlink", "device", "zip-dotdot"],
+)
+def test_archive_escaping_its_folder_is_refused_whole(server, tmp_path, archive):
+    folder = tmp_path / "sub" / "pf_willow"
+    item = dataset_item(server, folder, archive(tmp_path))
+
+    with pytest.raises(DownloadError, match="refusing to unpack"):
+        ensure(item)
+
+    assert not (tmp_path / "evil.txt").exists()
+    assert not (tmp_path / "sub" / "evil.txt").exists()
+    assert not (folder / "Data").exists()  # nothing unpacked at all
+    assert not (folder / "data.tar.gz").exists()  # the refused archive is deleted
+    assert "unpacked" not in json.loads((folder / MANIFEST).read_text())["data.tar.gz"]
+    assert (folder / "test_pairs.csv").exists()  # the item's other files still arrive
+
+
+def test_escape_through_a_chain_of_links_is_refused(server, tmp_path):
+    # Each link alone looks harmless; together Data/b points above the folder.
+    links = [tar_link("Data/a", ".."), tar_link("Data/b", "a/.."), ("Data/b/evil.txt", b"x")]
+    folder = tmp_path / "sub" / "pf_willow"
+
+    with pytest.raises(DownloadError, match="refusing to unpack"):
+        ensure(dataset_item(server, folder, make_tar(links)))
+
+    assert not (tmp_path / "sub" / "evil.txt").exists()
+    assert not (folder / "data.tar.gz").exists()
+
+
+def test_links_within_the_archive_are_unpacked(server, tmp_path):
+    archive = make_tar([*GOOD_ARCHIVE, tar_link("Data/images/alias.png", "a.png")])
+    ensure(dataset_item(server, tmp_path, archive))
+    assert (tmp_path / "Data/images/alias.png").read_bytes() == b"A" * 100
+
+
+def test_zip_archives_unpack_without_macos_litter(server, tmp_path):
+    archive = make_zip([*GOOD_ARCHIVE, ("__MACOSX/Data/._a.png", b"x"), ("Data/.DS_Store", b"x")])
+    ensure(dataset_item(server, tmp_path, archive))
+    assert (tmp_path / "Data/images/b.png").read_bytes() == b"B" * 50
+    assert not (tmp_path / "__MACOSX").exists()
+    assert not (tmp_path / "Data/.DS_Store").exists()
+
+
+# --- offline, manual placement, licence-gated weights --------------------------------------------
+
+
+def test_server_down_names_url_error_and_manual_alternative(tmp_path, dead_url, capsys):
+    item = file_item(dead_url, tmp_path / "weights")
+
+    with pytest.raises(DownloadError) as failure:
+        ensure(item)
+    message = str(failure.value)
+    assert dead_url in message
+    assert "Connection refused" in message
+    assert "Manual alternative" in message
+    assert str(tmp_path / "weights" / "weights.pth") in message
+    assert "python download.py --models sam_vit_b" in message
+
+    assert main(["--models", "sam"], table={"sam_vit_b": item}) == 1
+    output = capsys.readouterr()
+    assert "Connection refused" in output.err
+    assert re.search(r"FAILED\s+sam_vit_b\s+could not download weights.pth", output.out)
+
+
+def test_archive_placed_by_hand_is_verified_and_unpacked(tmp_path, dead_url):
+    folder = tmp_path / "pf_willow"
+    folder.mkdir()
+    archive = make_tar(GOOD_ARCHIVE)
+    (folder / "data.tar.gz").write_bytes(archive)
+    source = Source("data.tar.gz", (dead_url,), sha256=sha256(archive), unpacks_to=("Data/images",))
+
+    assert ensure(Item("pf-willow", "datasets", folder, (source,))) == "verified data.tar.gz and unpacked it"
+    assert (folder / "Data/images/a.png").read_bytes() == b"A" * 100
+
+
+def test_licence_gated_weights_explain_the_request_then_verify_once_placed(tmp_path):
+    weights = b"dinov3 checkpoint bytes"
+    source = Source("dinov3.pth", (), sha256_prefix=sha256(weights)[:8])
+    item = Item("dinov3_vitb16", "models", tmp_path, (source,), request_url="https://example.org/request")
+
+    with pytest.raises(DownloadError) as failure:
+        ensure(item)
+    assert "https://example.org/request" in str(failure.value)
+    assert f"Put it at {tmp_path / 'dinov3.pth'}" in str(failure.value)
+
+    (tmp_path / "dinov3.pth").write_bytes(b"a different file")
+    with pytest.raises(DownloadError, match="not the expected file"):
+        ensure(item)
+
+    (tmp_path / "dinov3.pth").write_bytes(weights)
+    assert ensure(item) == "verified dinov3.pth"
+    assert ensure(item) == "already present and verified"
+
+
+# --- command line and the real table -------------------------------------------------------------
+
+
+def test_cli_success_then_quick_noop(server, tmp_path, capsys):
+    table = {"pf-willow": dataset_item(server, tmp_path, make_tar(GOOD_ARCHIVE))}
+    assert main(["--datasets", "pf-willow"], table=table) == 0
+    assert main(["--datasets", "pf-willow"], table=table) == 0
+    assert re.search(r"ok\s+pf-willow\s+already present and verified", capsys.readouterr().out)
+
+
+def test_dry_run_prints_urls_sizes_destinations_and_writes_nothing(server, tmp_path, capsys):
+    folder = tmp_path / "pf_willow"
+    table = {"pf-willow": dataset_item(server, folder, make_tar(GOOD_ARCHIVE))}
+    server.files["/data.tar.gz"] = PAYLOAD * 200  # 2 MiB
+
+    assert main(["--datasets", "pf-willow", "--dry-run"], table=table) == 0
+
+    out = capsys.readouterr().out
+    assert f"{server.url}/data.tar.gz (2.0 MiB) -> {folder / 'data.tar.gz'}" in out
+    assert f"then unpack into {folder}" in out
+    assert f"{server.url}/pairs.csv (26 bytes) -> {folder / 'test_pairs.csv'}" in out
+    assert {method for method, _, _ in server.log} == {"HEAD"}
+    assert not folder.exists()
+
+
+def test_cli_accepts_aliases_and_rejects_unknown_names(tmp_path, capsys):
+    gated = Source("w.pth", ())
+    table = {key: Item(key, "models", tmp_path, (gated,), "https://x") for key in ("dinov2_vitb14", "sam_vit_b")}
+    assert main(["--models", "dinov2", "sam", "--dry-run"], table=table) == 0
+    out = capsys.readouterr().out
+    assert "dinov2_vitb14:" in out and "sam_vit_b:" in out
+    with pytest.raises(SystemExit):
+        main(["--models", "resnet50"], table=table)
+    assert "Unknown backbone 'resnet50'" in capsys.readouterr().err
+
+
+def test_table_follows_registry_and_loader_layout_under_any_root(tmp_path):
+    table = build_table(tmp_path)
+
+    assert set(BACKBONES) | {"spair", "pf-pascal", "pf-willow"} == set(table)
+    for name, spec in BACKBONES.items():
+        (source,) = table[name].sources
+        assert table[name].folder / source.name == tmp_path / spec.default_weights.relative_to(REPO_ROOT)
+        assert source.urls == ((spec.url,) if spec.url else ())
+    dinov3 = table[get_spec("dinov3").name]
+    assert dinov3.request_url and dinov3.sources[0].sha256_prefix == "73cec8be"
+    assert table[get_spec("sam").name].sources[0].sha256_prefix == "01ec64"
+
+    spair = table["spair"]
+    assert spair.folder / "SPair-71k" == tmp_path / DEFAULT_ROOTS["spair"].relative_to(REPO_ROOT)
+    pascal, willow = table["pf-pascal"], table["pf-willow"]
+    assert pascal.folder == tmp_path / DEFAULT_ROOTS["pf-pascal"].relative_to(REPO_ROOT)
+    assert {s.name for s in pascal.sources} == {
+        "PF-dataset-PASCAL.zip",
+        "trn_pairs.csv",
+        "val_pairs.csv",
+        "test_pairs.csv",
+    }
+    assert willow.folder == tmp_path / DEFAULT_ROOTS["pf-willow"].relative_to(REPO_ROOT)
+    assert {s.name for s in willow.sources} == {"PF-dataset.zip", "test_pairs.csv"}
