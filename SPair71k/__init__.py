@@ -1,0 +1,184 @@
+"""SPair-71k loader: every split of `Layout/large` and `Layout/small`, read as the archive unpacks.
+
+On disk (root = SPair71k/SPair-71k/):
+
+    JPEGImages/<category>/<imname>.jpg
+    PairAnnotation/{trn,val,test}/<pair name>.json
+    Layout/{large,small}/{trn,val,test}.txt          one pair name per line
+
+A pair name is `<6-digit id>-<src imname>-<trg imname>:<category>`; copies made on Windows use `_`
+instead of `:` in the annotation file names (and maybe in the layout files). Both are found
+automatically, and `pair_id` is always the official `:` form.
+
+Everything comes from the pair annotation JSON, which is parsed once per pair; images are not
+opened (sizes come from `src_imsize`/`trg_imsize` = [W, H, C]), only checked to exist:
+
+- keypoints `src_kps`/`trg_kps` (only those visible in both, same order) with ids `kps_ids`:
+  integer pixel indices, taken as 0-based pixel centres and used as they are (the dataset does not
+  state an origin; public loaders read them unchanged). Any at x = W or y = H would be clamped and
+  counted in PairSet.notes, which would reveal a 1-based origin,
+- boxes `src_bndbox`/`trg_bndbox` = [x1, y1, x2, y2] as they are (VOC-style, they may reach W or H),
+- flags `viewpoint_variation`, `scale_variation`, `truncation`, `occlusion`, `mirror`.
+
+An image is identified by category and name together (`spair/<category>/<imname>`): a few file
+names occur in two category folders (large test: 481 image files, 479 distinct names).
+SPair images carry no EXIF orientation, so none is applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pairs import (
+    DatasetError,
+    ImageRef,
+    PairRecord,
+    PairSet,
+    check_split,
+    collect_pairs,
+    missing_root_error,
+    points_array,
+)
+
+NAME = "spair"
+SPLITS = ("trn", "val", "test")
+LAYOUTS = ("large", "small")
+FLAGS = ("viewpoint_variation", "scale_variation", "truncation", "occlusion", "mirror")
+EXPECTED_LAYOUT = """\
+  SPair-71k/
+    JPEGImages/<category>/<imname>.jpg
+    ImageAnnotation/<category>/<imname>.json
+    PairAnnotation/{trn,val,test}/<pair name>.json
+    Layout/{large,small}/{trn,val,test}.txt
+"""
+
+
+@dataclass(frozen=True)
+class PairName:
+    """One line of a layout file: `<id>-<src>-<trg>:<category>` (or `_<category>`)."""
+
+    name: str  # official form, with ':'
+    src: str
+    trg: str
+    category: str
+
+    def file_names(self) -> tuple[str, str]:
+        """Annotation file names to look for: official, then the Windows copy with '_'."""
+        body, category = self.name.rsplit(":", 1)
+        return f"{self.name}.json", f"{body}_{category}.json"
+
+
+def parse_pair_name(text: str) -> PairName:
+    """Parse a pair name in either form; raises ValueError if it is not one."""
+    if ":" in text:
+        body, category = text.rsplit(":", 1)
+    else:  # Windows copies: category names contain no '_'
+        body, _, category = text.rpartition("_")
+    parts = body.split("-")
+    if len(parts) != 3 or not all(parts) or not category.isalpha():
+        raise ValueError(f"not a pair name <id>-<src>-<trg>:<category>: {text!r}")
+    return PairName(f"{body}:{category}", parts[1], parts[2], category)
+
+
+def read_layout(path: Path) -> list[PairName]:
+    """The pair names of one layout file, in order (blank lines ignored)."""
+    names = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                names.append(parse_pair_name(line.strip()))
+            except ValueError as exc:
+                raise DatasetError(f"{path}, line {number}: {exc}") from None
+    return names
+
+
+def load(root: Path, split: str = "test", layout: str = "large", limit: int | None = None) -> PairSet:
+    """The pairs of `split` in `Layout/<layout>`, keypoints and flags from the pair annotations."""
+    check_split(NAME, split, SPLITS)
+    if layout not in LAYOUTS:
+        raise DatasetError(f"SPair-71k has no layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    layout_file = root / "Layout" / layout / f"{split}.txt"
+    ann_dir = root / "PairAnnotation" / split
+    missing = [path for path in (root / "JPEGImages", layout_file, ann_dir) if not path.exists()]
+    if missing:
+        raise missing_root_error(NAME, root, EXPECTED_LAYOUT, missing)
+    names = read_layout(layout_file)
+    return collect_pairs(NAME, split, root, _records(root, ann_dir, names), limit)
+
+
+def _records(root: Path, ann_dir: Path, names: list[PairName]) -> Iterator[PairRecord]:
+    available = set(os.listdir(ann_dir))
+    images: dict[str, ImageRef] = {}
+    checked: set[str] = set()
+    for name in names:
+        found = [f for f in name.file_names() if f in available]
+        if not found:
+            tried = " or ".join(str(ann_dir / f) for f in name.file_names())
+            raise DatasetError(f"pair annotation of {name.name} not found: tried {tried}")
+        path = os.path.join(ann_dir, found[0])
+        record = _pair_record(path, name, str(root), images)
+        for ref in (record.src, record.trg):
+            if ref.key not in checked and not os.path.isfile(ref.path):
+                raise DatasetError(f"image not found: {ref.path} (used by {path})")
+            checked.add(ref.key)
+        yield record
+
+
+def _pair_record(path: str, name: PairName, root: str, images: dict[str, ImageRef]) -> PairRecord:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise DatasetError(f"cannot read pair annotation {path}: {exc}") from None
+    try:
+        ann = json.loads(data)
+        src_kps = points_array(ann["src_kps"], "src_kps")
+        trg_kps = points_array(ann["trg_kps"], "trg_kps")
+        kp_ids = [str(i) for i in ann["kps_ids"]]
+        if not len(src_kps) == len(trg_kps) == len(kp_ids):
+            raise ValueError(
+                f"src_kps, trg_kps and kps_ids differ in length ({len(src_kps)}, {len(trg_kps)}, {len(kp_ids)})"
+            )
+        if ann["category"] != name.category:
+            raise ValueError(f"category {ann['category']!r} but the pair name says {name.category!r}")
+        src = _image(root, name.category, ann["src_imname"], ann["src_imsize"], images)
+        trg = _image(root, name.category, ann["trg_imname"], ann["trg_imsize"], images)
+        record = PairRecord(
+            pair_id=name.name,
+            dataset=NAME,
+            category=name.category,
+            src=src,
+            trg=trg,
+            src_kps=src_kps,
+            trg_kps=trg_kps,
+            kp_ids=kp_ids,
+            src_bbox=_box(ann["src_bndbox"]),
+            trg_bbox=_box(ann["trg_bndbox"]),
+            flags={flag: int(ann[flag]) for flag in FLAGS},
+        )
+    except KeyError as exc:
+        raise DatasetError(f"{path}: malformed pair annotation, missing field {exc}") from None
+    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise DatasetError(f"{path}: malformed pair annotation: {exc}") from None
+    return record
+
+
+def _image(root: str, category: str, imname: str, imsize: list, images: dict[str, ImageRef]) -> ImageRef:
+    key = f"{NAME}/{category}/{os.path.splitext(imname)[0]}"
+    if key not in images:
+        if len(imsize) < 2 or int(imsize[0]) <= 0 or int(imsize[1]) <= 0:
+            raise ValueError(f"image size of {imname} must be [W, H, C], got {imsize}")
+        path = os.path.join(root, "JPEGImages", category, imname)
+        images[key] = ImageRef(key, path, (int(imsize[0]), int(imsize[1])))
+    return images[key]
+
+
+def _box(values: list) -> tuple[float, float, float, float]:
+    if len(values) != 4:
+        raise ValueError(f"a box must be [x1, y1, x2, y2], got {values}")
+    x1, y1, x2, y2 = (float(v) for v in values)
+    return (x1, y1, x2, y2)

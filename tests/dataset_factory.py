@@ -1,0 +1,354 @@
+"""Tiny datasets written at test time in the exact on-disk formats of SPair-71k, PF-Pascal,
+PF-Willow and custom pairs files, from a description of images and pairs.
+
+    images = fake_images("cat", 3, size=(48, 36), num_kps=5)
+    root = make_spair(tmp_path / "SPair-71k", fake_pairs(images, split="test"))
+    pairset = load_pairs("spair", root=root, split="test")
+    # pairset.pairs[i] matches pairs[i].expected() (PF-Pascal test: expected(positional_ids=True))
+
+A FakeImage describes the image as `pairs.load_image` returns it: size (W, H) and keypoints in
+0-based pixel centres. The writers convert to each format's own conventions (MATLAB 1-based
+coordinates for PF-Pascal and PF-Willow, stored pixels + EXIF tag for `orientation` != 1). Unless
+`pixels` is given, an image is a smooth colour ramp with a 3x3 square of colour `KP_COLOURS[id]`
+centred on each keypoint, so tests can check that image and keypoints agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+EXIF_ORIENTATION_TAG = 0x0112
+# PIL operation that undoes each EXIF orientation (exif_transpose applies the inverse of these).
+UNDO_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+KP_COLOURS = [
+    (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255),
+    (255, 128, 0), (128, 0, 255), (0, 128, 64), (128, 64, 0), (64, 0, 128), (255, 255, 255),
+]  # fmt: skip
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+SPAIR_FLAGS = ("viewpoint_variation", "scale_variation", "truncation", "occlusion", "mirror")
+
+
+@dataclass
+class FakeImage:
+    """One image as loaded: (W, H), keypoint id -> (x, y) 0-based (absent = not visible)."""
+
+    name: str
+    category: str
+    size: tuple[int, int] = (48, 36)
+    kps: dict[int, tuple[float, float]] = field(default_factory=dict)
+    bbox: tuple[float, float, float, float] | None = None  # default: around the keypoints
+    orientation: int = 1  # EXIF orientation of the file written (not for SPair)
+    pixels: Image.Image | None = None  # content instead of the colour ramp with markers
+
+    def box(self) -> tuple[float, float, float, float]:
+        if self.bbox is not None:
+            return self.bbox
+        if not self.kps:
+            return (0.0, 0.0, self.size[0] - 1.0, self.size[1] - 1.0)
+        xy = np.array(list(self.kps.values()))
+        return (*map(float, xy.min(axis=0)), *map(float, xy.max(axis=0)))
+
+    def stored_size(self) -> tuple[int, int]:
+        w, h = self.size
+        return (h, w) if self.orientation >= 5 else (w, h)
+
+    def stored_point(self, x: float, y: float) -> tuple[float, float]:
+        """Where (x, y) of the loaded image lies on the stored (un-rotated) pixels."""
+        w1, h1 = self.size[0] - 1, self.size[1] - 1
+        return {
+            1: (x, y), 2: (w1 - x, y), 3: (w1 - x, h1 - y), 4: (x, h1 - y),
+            5: (y, x), 6: (y, w1 - x), 7: (h1 - y, w1 - x), 8: (h1 - y, x),
+        }[self.orientation]  # fmt: skip
+
+    def stored_kps(self) -> dict[int, tuple[float, float]]:
+        return {i: self.stored_point(*xy) for i, xy in self.kps.items()}
+
+    def stored_box(self) -> tuple[float, float, float, float]:
+        x1, y1, x2, y2 = self.box()
+        (ax, ay), (bx, by) = self.stored_point(x1, y1), self.stored_point(x2, y2)
+        return (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
+
+
+@dataclass
+class FakePair:
+    src: FakeImage
+    trg: FakeImage
+    split: str = "test"
+    flags: dict[str, int] = field(default_factory=dict)
+
+    def common_ids(self) -> list[int]:
+        return sorted(set(self.src.kps) & set(self.trg.kps))
+
+    def expected(self, positional_ids: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(src_kps, trg_kps, kp_ids) a loader should return: keypoints visible in both, by id."""
+        ids = self.common_ids()
+        src = np.array([self.src.kps[i] for i in ids], dtype=np.float32).reshape(-1, 2)
+        trg = np.array([self.trg.kps[i] for i in ids], dtype=np.float32).reshape(-1, 2)
+        return src, trg, [str(n if positional_ids else i) for n, i in enumerate(ids)]
+
+
+def fake_images(
+    category: str,
+    count: int,
+    size: tuple[int, int] = (48, 36),
+    num_kps: int = 5,
+    seed: int = 0,
+    missing: int = 0,
+) -> list[FakeImage]:
+    """`count` images with `num_kps` integer keypoints at random, `missing` of them left out per image."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for n in range(count):
+        xs = rng.integers(2, size[0] - 2, num_kps)
+        ys = rng.integers(2, size[1] - 2, num_kps)
+        hidden = set(rng.choice(num_kps, missing, replace=False).tolist()) if missing else set()
+        kps = {i: (float(xs[i]), float(ys[i])) for i in range(num_kps) if i not in hidden}
+        images.append(FakeImage(f"{category[:3]}_{seed:02d}{n:03d}", category, size, kps))
+    return images
+
+
+def fake_pairs(images: list[FakeImage], split: str = "test") -> list[FakePair]:
+    """All ordered pairs of different images."""
+    return [FakePair(a, b, split) for a in images for b in images if a is not b]
+
+
+def render(image: FakeImage) -> Image.Image:
+    """The loaded (display) content: a colour ramp with a 3x3 marker of KP_COLOURS[id] per keypoint."""
+    if image.pixels is not None:
+        assert image.pixels.size == image.size, "pixels must have the FakeImage's size"
+        return image.pixels.convert("RGB")
+    w, h = image.size
+    u, v = np.meshgrid(np.linspace(40, 120, w), np.linspace(40, 120, h))
+    rgb = np.stack([u, v, (u + v) / 2], axis=-1).astype(np.uint8)
+    for i, (x, y) in image.kps.items():
+        cx, cy = round(x), round(y)
+        rgb[max(cy - 1, 0) : cy + 2, max(cx - 1, 0) : cx + 2] = KP_COLOURS[i % len(KP_COLOURS)]
+    return Image.fromarray(rgb)
+
+
+def write_image(path: Path, image: FakeImage) -> Path:
+    """Write the image file: stored pixels plus an EXIF orientation tag when orientation != 1."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = render(image)
+    options = {"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    if image.orientation != 1:
+        pixels = pixels.transpose(UNDO_ORIENTATION[image.orientation])
+        exif = Image.Exif()
+        exif[EXIF_ORIENTATION_TAG] = image.orientation
+        options["exif"] = exif
+    pixels.save(path, **options)
+    return path
+
+
+def unique_images(pairs: list[FakePair]) -> list[FakeImage]:
+    seen: dict[tuple[str, str], FakeImage] = {}
+    for pair in pairs:
+        for image in (pair.src, pair.trg):
+            seen.setdefault((image.category, image.name), image)
+    return list(seen.values())
+
+
+# ---- SPair-71k ---------------------------------------------------------------------------------
+
+
+def spair_pair_name(number: int, pair: FakePair) -> str:
+    return f"{number:06d}-{pair.src.name}-{pair.trg.name}:{pair.src.category}"
+
+
+def make_spair(
+    root: Path,
+    pairs: list[FakePair] | None = None,
+    layouts: tuple[str, ...] = ("large", "small"),
+    windows_names: bool = False,
+) -> Path:
+    """SPair-71k at `root` (the folder holding JPEGImages/ ...). Layout `large` lists every pair of
+    a split, `small` every other one. `windows_names` writes annotation files with '_' for ':'."""
+    pairs = default_pairs("spair") if pairs is None else pairs
+    for image in unique_images(pairs):
+        assert image.orientation == 1, "SPair-71k images carry no EXIF orientation"
+        write_image(root / "JPEGImages" / image.category / f"{image.name}.jpg", image)
+        n = 1 + max(image.kps, default=-1)
+        kps = {str(i): list(image.kps[i]) if i in image.kps else None for i in range(n)}
+        _write_json(root / "ImageAnnotation" / image.category / f"{image.name}.json", {
+            "filename": f"{image.name}.jpg", "image_width": image.size[0], "image_height": image.size[1],
+            "image_depth": 3, "category": image.category, "pose": "Unspecified", "truncated": 0,
+            "occluded": 0, "difficult": 0, "bndbox": list(image.box()), "azimuth_id": 0, "kps": kps,
+        })  # fmt: skip
+    for split in ("trn", "val", "test"):
+        names = []
+        for number, pair in enumerate([p for p in pairs if p.split == split], 1):
+            name = spair_pair_name(number, pair)
+            names.append(name)
+            file_name = name.replace(":", "_") if windows_names else name
+            _write_json(root / "PairAnnotation" / split / f"{file_name}.json", _spair_pair(number, name, pair))
+        for layout in layouts:
+            listed = names if layout == "large" else names[::2]
+            path = root / "Layout" / layout / f"{split}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(f"{n}\n" for n in listed))
+    return root
+
+
+def _spair_pair(number: int, name: str, pair: FakePair) -> dict:
+    src, trg, ids = pair.expected()
+    return {
+        "pair_id": number, "filename": name, "src_imname": f"{pair.src.name}.jpg",
+        "trg_imname": f"{pair.trg.name}.jpg", "category": pair.src.category,
+        "src_imsize": [*pair.src.size, 3], "trg_imsize": [*pair.trg.size, 3],
+        "src_bndbox": list(pair.src.box()), "trg_bndbox": list(pair.trg.box()),
+        "src_pose": "Unspecified", "trg_pose": "Unspecified",
+        "src_kps": src.tolist(), "trg_kps": trg.tolist(), "kps_ids": ids,
+        **{flag: pair.flags.get(flag, 0) for flag in SPAIR_FLAGS},
+    }  # fmt: skip
+
+
+# ---- PF-Pascal ---------------------------------------------------------------------------------
+
+
+def make_pf_pascal(
+    root: Path,
+    pairs: list[FakePair] | None = None,
+    trn_csv: str = "trn_pairs.csv",
+    annotations: bool = True,
+) -> Path:
+    """PF-Pascal at `root` (holding PF-dataset-PASCAL/ and the pair CSVs); categories must be VOC
+    classes. The test CSV carries the common keypoints, trn/val CSVs a `flip` column (pair.flags)."""
+    pairs = default_pairs("pf-pascal") if pairs is None else pairs
+    data = root / "PF-dataset-PASCAL"
+    images = unique_images(pairs)
+    rows_per_class = {i.category: 1 + max(max(j.kps, default=-1) for j in images if j.category == i.category) for i in images}
+    for image in images:
+        write_image(data / "JPEGImages" / f"{image.name}.jpg", image)
+        if annotations:
+            kps = np.full((rows_per_class[image.category], 2), np.nan)
+            for i, xy in image.stored_kps().items():
+                kps[i] = np.array(xy) + 1  # MATLAB 1-based
+            bbox = np.array([image.stored_box()]) + 1
+            path = data / "Annotations" / image.category / f"{image.name}.mat"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scipy.io.savemat(str(path), {"kps": kps, "bbox": bbox})
+    for split, file_name in (("trn", trn_csv), ("val", "val_pairs.csv"), ("test", "test_pairs.csv")):
+        header = ["source_image", "target_image", "class"] + (["XA", "YA", "XB", "YB"] if split == "test" else ["flip"])
+        rows = []
+        for pair in (p for p in pairs if p.split == split):
+            row = [f"PF-dataset-PASCAL/JPEGImages/{i.name}.jpg" for i in (pair.src, pair.trg)]
+            row.append(str(VOC_CLASSES.index(pair.src.category) + 1))
+            if split == "test":
+                for image in (pair.src, pair.trg):
+                    stored = image.stored_kps()
+                    for axis in (0, 1):
+                        row.append(";".join(repr(stored[i][axis] + 1) for i in pair.common_ids()))
+            else:
+                row.append(str(pair.flags.get("flip", 0)))
+            rows.append(row)
+        _write_csv(root / file_name, header, rows)
+    return root
+
+
+# ---- PF-Willow ---------------------------------------------------------------------------------
+
+
+def make_pf_willow(
+    root: Path,
+    pairs: list[FakePair] | None = None,
+    path_prefix: str = "PF-dataset",
+    image_dir: str = "PF-dataset",
+) -> Path:
+    """PF-Willow at `root`: images in `root/image_dir/<class>/<name>.png`, test_pairs.csv listing
+    them as `path_prefix/<class>/<name>.png`. Every image must have the same keypoint ids."""
+    pairs = default_pairs("pf-willow") if pairs is None else pairs
+    ids = sorted(pairs[0].src.kps)
+    for image in unique_images(pairs):
+        assert sorted(image.kps) == ids, "PF-Willow images all have the same keypoints"
+        write_image(root / image_dir / image.category / f"{image.name}.png", image)
+    n = range(1, len(ids) + 1)
+    header = ["imageA", "imageB"] + [f"{c}{s}{i}" for s in "AB" for c in "XY" for i in n]
+    rows = []
+    for pair in pairs:
+        row = ["/".join(filter(None, (path_prefix, i.category, f"{i.name}.png"))) for i in (pair.src, pair.trg)]
+        for image in (pair.src, pair.trg):
+            stored = image.stored_kps()
+            row += [repr(stored[i][axis] + 1) for axis in (0, 1) for i in ids]  # MATLAB 1-based
+        rows.append(row)
+    _write_csv(root / "test_pairs.csv", header, rows)
+    return root
+
+
+# ---- custom pairs ------------------------------------------------------------------------------
+
+
+def make_custom(folder: Path, pairs: list[FakePair], fmt: str = "json", keypoints: bool = True) -> Path:
+    """A custom pairs file (`pairs.json` or `pairs.csv`) in `folder`, images in folder/images/."""
+    entries = []
+    for pair in pairs:
+        for image in (pair.src, pair.trg):
+            write_image(folder / "images" / f"{image.name}.png", image)
+        entry = {"source": f"images/{pair.src.name}.png", "target": f"images/{pair.trg.name}.png", "category": pair.src.category}
+        src, trg, ids = pair.expected()
+        if keypoints:
+            entry.update(source_kps=src.tolist(), target_kps=trg.tolist(), kp_ids=ids, target_bbox=list(pair.trg.box()))
+        entries.append(entry)
+    if fmt == "json":
+        return _write_json(folder / "pairs.json", {"pairs": entries})
+    header = ["source", "target", "category"] + (["source_kps", "target_kps", "kp_ids", "target_bbox"] if keypoints else [])
+    rows = []
+    for e in entries:
+        row = [e["source"], e["target"], e["category"]]
+        if keypoints:
+            row += ["; ".join(f"{x} {y}" for x, y in e[k]) for k in ("source_kps", "target_kps")]
+            row += ["; ".join(e["kp_ids"]), " ".join(map(str, e["target_bbox"]))]
+        rows.append(row)
+    return _write_csv(folder / "pairs.csv", header, rows)
+
+
+# ---- defaults and writers ----------------------------------------------------------------------
+
+
+def default_pairs(dataset: str) -> list[FakePair]:
+    """Two categories x 3 images, every ordered pair in each split the dataset has."""
+    categories, num_kps, missing = {
+        "spair": (("cat", "dog"), 6, 1),
+        "pf-pascal": (("cat", "dog"), 6, 1),
+        "pf-willow": (("car(G)", "duck(S)"), 10, 0),
+    }[dataset]
+    splits = ("test",) if dataset == "pf-willow" else ("trn", "val", "test")
+    pairs = []
+    for s, split in enumerate(splits):
+        for c, category in enumerate(categories):
+            images = fake_images(category, 3, num_kps=num_kps, seed=10 * s + c, missing=missing)
+            pairs += fake_pairs(images, split)
+    return pairs
+
+
+def _write_json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
