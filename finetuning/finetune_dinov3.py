@@ -1,0 +1,8 @@
+"""Fine-tune DINOv3 with its preset (the original project's entry point); same flags as finetune.py."""
+
+import sys
+
+from finetune import main
+
+if __name__ == "__main__":
+    main(["--model", "dinov3", *sys.argv[1:]])
