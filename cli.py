@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pck
 from evaluation import EvalConfig, MatchConfig
 from matching_strategies import MATCHERS
 
 DATASETS = ("spair", "pf-pascal", "pf-willow", "custom")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (whose meaning the help text gives)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def image_size(text: str) -> list[int]:
@@ -30,6 +39,13 @@ def odd_window(text: str) -> int:
     if k < 1 or k % 2 == 0:
         raise argparse.ArgumentTypeError(f"window must be a positive odd number, got {k}")
     return k
+
+
+def count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -64,6 +80,11 @@ def add_backbone_args(p: argparse.ArgumentParser, checkpoint: bool = False) -> N
     g.add_argument("--weights", help="weights file (default: the official file under models/<family>/weights/); "
                    "'random' only for smoke tests")
     g.add_argument("--layer", type=int, help="take features from this block (0-based, negative from the end)")
+    add_extraction_args(g)
+
+
+def add_extraction_args(g: argparse._ArgumentGroup) -> None:
+    """How images become features: size, resize mode, batching, device, cache."""
     g.add_argument("--image-size", type=image_size, help="N or HxW, rounded to the patch size "
                    "(default: 518 DINOv2, 512 DINOv3 and SAM)")
     g.add_argument("--resize", choices=("squash", "pad"), default="squash",
@@ -77,22 +98,35 @@ def add_backbone_args(p: argparse.ArgumentParser, checkpoint: bool = False) -> N
 
 def add_matcher_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("matching")
-    g.add_argument("--matcher", choices=MATCHERS, default="argmax", help="argmax or windowed soft-argmax")
-    g.add_argument("--window", type=odd_window, default=5, help="soft-argmax window K (odd), in patches")
-    g.add_argument("--temperature", type=positive_float, default=0.1, help="soft-argmax temperature T")
+    default = MatchConfig()
+    g.add_argument("--matcher", choices=MATCHERS,
+                   help=f"argmax or windowed soft-argmax (default {default.matcher}; wsoftargmax with --params)")
+    g.add_argument("--window", type=odd_window, help=f"soft-argmax window K (odd), in patches (default {default.window})")
+    g.add_argument("--temperature", type=positive_float,
+                   help=f"soft-argmax temperature T (default {default.temperature})")
+    g.add_argument("--params", metavar="JSON", help="take K and T from a grid search's best_parameters.json "
+                   "(grid_search_hyperparams.py); implies --matcher wsoftargmax")
+    g.add_argument("--params-alpha", type=float, default=0.1, help="use the K and T that were best at this PCK alpha")
+    add_descriptor_arg(g)
+
+
+def add_descriptor_arg(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--descriptor", choices=("nearest", "bilinear"), default="nearest",
                    help="source descriptor: the keypoint's patch, or bilinear between patch centres")
 
 
-def add_output_args(p: argparse.ArgumentParser) -> None:
+def add_output_args(p: argparse.ArgumentParser, save_vis: bool = True) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--output-dir", default="results", help="a new timestamped folder is made inside")
+    if save_vis:
+        g.add_argument("--save-vis", type=count, default=0, metavar="N",
+                       help="draw the matches of the N best and N worst pairs into <run>/vis/")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def evaluation_parser(description: str, checkpoint: bool = False) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_backbone_args(p, checkpoint)
     add_data_args(p)
     add_matcher_args(p)
@@ -100,12 +134,41 @@ def evaluation_parser(description: str, checkpoint: bool = False) -> argparse.Ar
     return p
 
 
+def read_best_parameters(path: str | Path, alpha: float) -> tuple[int, float]:
+    """(window, temperature) that a grid search found best at PCK@alpha, from its best_parameters.json."""
+    what = "a best_parameters.json written by grid_search_hyperparams.py"
+    try:
+        best = json.loads(Path(path).read_text())["best"]
+        found = {key: (int(entry["window"]), float(entry["temperature"])) for key, entry in best.items()}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--params: no file {path} (expected {what})") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"--params: {path} is not {what} ({type(err).__name__}: {err})") from None
+    if f"{alpha:g}" not in found:
+        raise ValueError(f"--params: {path} has best parameters for alpha {', '.join(found)}, not {alpha:g}; "
+                         "choose one of those with --params-alpha")
+    return found[f"{alpha:g}"]
+
+
 def match_config(args: argparse.Namespace) -> MatchConfig:
-    return MatchConfig(args.matcher, args.window, args.temperature, args.descriptor)
+    """The matcher the arguments ask for; --params supplies a grid search's best window and temperature."""
+    default = MatchConfig()
+    if not args.params:
+        return MatchConfig(
+            args.matcher or default.matcher,
+            default.window if args.window is None else args.window,
+            default.temperature if args.temperature is None else args.temperature,
+            args.descriptor,
+        )
+    if args.matcher == "argmax" or args.window is not None or args.temperature is not None:
+        raise ValueError("--params sets the soft-argmax window and temperature: drop --matcher argmax, --window "
+                         "and --temperature, or drop --params")
+    window, temperature = read_best_parameters(args.params, args.params_alpha)
+    return MatchConfig("wsoftargmax", window, temperature, args.descriptor)
 
 
-def eval_config(args: argparse.Namespace) -> EvalConfig:
-    """The EvalConfig that parsed arguments describe."""
+def eval_config(args: argparse.Namespace, match: MatchConfig | None = None) -> EvalConfig:
+    """The EvalConfig that parsed arguments describe (`match` replaces the matcher arguments)."""
     return EvalConfig(
         model=args.model,
         weights=args.weights,
@@ -118,7 +181,8 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
         limit=args.limit,
         image_size=args.image_size,
         resize=args.resize,
-        match=match_config(args),
+        match=match or match_config(args),
+        match_params=f"{args.params} (best at PCK@{args.params_alpha:g})" if getattr(args, "params", None) else None,
         thresholds=args.thresholds,
         pck_norm=args.pck_norm,
         batch_size=args.batch_size,
@@ -126,6 +190,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
         device=args.device,
         cache_dir=None if args.no_cache else args.cache_dir,
         output_dir=args.output_dir,
+        save_vis=getattr(args, "save_vis", 0),
         seed=args.seed,
         progress=not args.quiet,
     )

@@ -63,6 +63,7 @@ class EvalConfig:
     image_size: list[int] | None = None  # [side] or [H, W]; None: the backbone's default
     resize: str = "squash"
     match: MatchConfig = field(default_factory=MatchConfig)
+    match_params: str | None = None  # the grid search file window/temperature came from (--params)
     thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
     pck_norm: str | None = None  # None: the dataset's standard normalisation
     batch_size: int = 16
@@ -70,6 +71,7 @@ class EvalConfig:
     device: str = "auto"
     cache_dir: str | None = "cache/features"  # None: no disk cache
     output_dir: str = "results"
+    save_vis: int = 0  # pictures of the N best and N worst pairs, in <run>/vis/
     seed: int = 0
     progress: bool = True
 
@@ -166,18 +168,34 @@ def source_descriptors(fs: FeatureSet, pairs: list[PairRecord], descriptor: str)
     return sample_descriptors(fs.feats, rows, pq.float().to(device), descriptor)
 
 
-def target_similarity(members: list[Member], descs: list[torch.Tensor], ks: torch.Tensor, key: str) -> torch.Tensor:
-    """Weighted sum over members of the (k, h, w) cosine similarity of descriptors ks to target `key`."""
+def target_similarities(members: list[Member], descs: list[torch.Tensor], ks: torch.Tensor, key: str) -> list[torch.Tensor]:
+    """Each member's (k, h, w) cosine similarity of descriptors ks to target `key`, on the first member's grid.
+
+    Maps on another grid are resized bilinearly (align_corners=False: cell centres line up when
+    both grids span the same image).
+    """
     grid = members[0].features.prep.grid
-    total = None
+    sims = []
     for member, desc in zip(members, descs, strict=True):
         fs = member.features
         target = fs.feats[fs.index[key]]
         sim = (desc[ks].float() @ target.flatten(1).float()).view(len(ks), *target.shape[1:])
         if sim.shape[1:] != grid:
             sim = F.interpolate(sim[:, None], size=grid, mode="bilinear", align_corners=False)[:, 0]
-        total = member.weight * sim if total is None else total + member.weight * sim
+        sims.append(sim)
+    return sims
+
+
+def weighted_sum(sims: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    total = None
+    for weight, sim in zip(weights, sims, strict=True):
+        total = weight * sim if total is None else total + weight * sim
     return total
+
+
+def target_similarity(members: list[Member], descs: list[torch.Tensor], ks: torch.Tensor, key: str) -> torch.Tensor:
+    """Weighted sum over members of the (k, h, w) cosine similarity of descriptors ks to target `key`."""
+    return weighted_sum(target_similarities(members, descs, ks, key), [m.weight for m in members])
 
 
 def predict_keypoints(
@@ -186,29 +204,82 @@ def predict_keypoints(
     """Predicted target positions (K, 2), original pixels, for all keypoints of `pairs` in order.
 
     Keypoints are grouped by target image, so each target's features are read once and all of
-    its queries (from every pair that targets it) are matched in one matrix product.
+    its queries (from every pair that targets it) are matched in one matrix product; the maps of
+    several targets are then matched together, CHUNK_KEYPOINTS at a time.
     """
+    return predict_variants(pairs, members, [cfg], progress=progress)[0][0]
+
+
+CHUNK_KEYPOINTS = 8192  # similarity maps matched in one call (bounds memory, amortises kernel launches)
+
+
+def target_chunks(counts: list[int], limit: int = CHUNK_KEYPOINTS) -> list[list[int]]:
+    """Consecutive groups, given their keypoint counts, packed into chunks of at most `limit`
+    keypoints (a larger group is a chunk on its own)."""
+    chunks: list[list[int]] = []
+    total = 0
+    for g, n in enumerate(counts):
+        if not chunks or total + n > limit:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(g)
+        total += n
+    return chunks
+
+
+def predict_variants(
+    pairs: list[PairRecord],
+    members: list[Member],
+    cfgs: list[MatchConfig],
+    member_weights: list[list[float]] | None = None,
+    progress: bool = True,
+) -> tuple[list[np.ndarray], list[float]]:
+    """predict_keypoints for several variants at the cost of one similarity computation.
+
+    Variant v matches with cfgs[v] the similarity maps weighted by member_weights[v] (default: the
+    members' own weights). All variants share one descriptor sampling. Returns each variant's
+    predictions and the seconds spent on its own combination, matcher and back-projection.
+    """
+    weights = member_weights or [[m.weight for m in members]] * len(cfgs)
+    if len(weights) != len(cfgs) or any(len(w) != len(members) for w in weights):
+        raise ValueError(f"need one weight per member for each of the {len(cfgs)} variants")
+    descriptor = cfgs[0].descriptor
+    if any(cfg.descriptor != descriptor for cfg in cfgs):
+        raise ValueError("all variants must sample source descriptors the same way")
+    preds = [torch.empty(sum(p.num_keypoints for p in pairs), 2, dtype=torch.float64) for _ in cfgs]
+    seconds = [0.0] * len(cfgs)
     if not pairs:
-        return np.zeros((0, 2))
-    descs = [source_descriptors(m.features, pairs, cfg.descriptor) for m in members]
+        return [p.numpy() for p in preds], seconds
+    descs = [source_descriptors(m.features, pairs, descriptor) for m in members]
     ref = members[0].features
     counts = torch.tensor([p.num_keypoints for p in pairs])
     trg_keys = [p.trg.key for p in pairs]
     groups = {key: g for g, key in enumerate(dict.fromkeys(trg_keys))}
+    keys = list(groups)
     kp_group = torch.repeat_interleave(torch.tensor([groups[k] for k in trg_keys]), counts)
     order = torch.argsort(kp_group, stable=True)
-    bounds = torch.cumsum(torch.bincount(kp_group, minlength=len(groups)), 0).tolist()
-    scale, offset = _stacked_geometry(ref, list(groups))
+    group_sizes = torch.bincount(kp_group, minlength=len(groups))
+    bounds = torch.cumsum(group_sizes, 0).tolist()
+    starts = [0, *bounds[:-1]]
+    scale, offset = _stacked_geometry(ref, keys)
     device = ref.feats.device
-    pred = torch.empty(int(counts.sum()), 2, dtype=torch.float64)
-    start = 0
-    for g, key in enumerate(tqdm(groups, desc="matching", unit="img", disable=not progress)):
-        ks = order[start : bounds[g]]
-        start = bounds[g]
-        pq = match(target_similarity(members, descs, ks.to(device), key), cfg.matcher, cfg.window, cfg.temperature)
-        uv = patch_to_input(pq.cpu().double(), ref.prep.patch_size)
-        pred[ks] = input_to_pixels(uv, scale[g], offset[g])
-    return pred.numpy()
+    bar = tqdm(total=len(groups), desc="matching", unit="img", disable=not progress)
+    for chunk in target_chunks(group_sizes.tolist(), CHUNK_KEYPOINTS):
+        per_target = [
+            target_similarities(members, descs, order[starts[g] : bounds[g]].to(device), keys[g]) for g in chunk
+        ]
+        sims = [torch.cat(maps) for maps in zip(*per_target, strict=True)]  # per member, (k, h, w)
+        ks = order[starts[chunk[0]] : bounds[chunk[-1]]]
+        g = kp_group[ks]
+        for v, cfg in enumerate(cfgs):
+            t0 = time.perf_counter()
+            pq = match(weighted_sum(sims, weights[v]), cfg.matcher, cfg.window, cfg.temperature)
+            uv = patch_to_input(pq.cpu().double(), ref.prep.patch_size)
+            preds[v][ks] = input_to_pixels(uv, scale[g], offset[g])
+            seconds[v] += time.perf_counter() - t0
+        bar.update(len(chunk))
+    bar.close()
+    return [p.numpy() for p in preds], seconds
 
 
 def score(pairs: list[PairRecord], pred: np.ndarray, thresholds: list[float], norm: str) -> tuple[pd.DataFrame, dict]:
@@ -224,6 +295,13 @@ def evaluable(pairset: PairSet) -> tuple[list[PairRecord], dict[str, int]]:
     if len(keep) < len(pairset.pairs):
         skipped["no ground-truth keypoints"] = skipped.get("no ground-truth keypoints", 0) + len(pairset.pairs) - len(keep)
     return keep, skipped
+
+
+def evaluation_set(pairset: PairSet, pck_norm: str | None) -> tuple[PairSet, dict[str, int], str]:
+    """The pairs with ground truth (with the loader's notes), the skip counts, and the PCK normalisation."""
+    pairs, skipped = evaluable(pairset)
+    norm = pck_norm or pck.DEFAULT_NORM.get(pairset.dataset, "image")
+    return PairSet(pairset.dataset, pairset.split, pairset.root, pairs, notes=pairset.notes), skipped, norm
 
 
 def write_run(
@@ -259,6 +337,64 @@ def summary_table(metrics: dict) -> str:
     return head + "\n" + frame.to_string()
 
 
+def feature_timings(stats: list[dict]) -> dict[str, float | None]:
+    """Extraction figures of one or more feature sets, summed."""
+    keys = ("extraction_s", "cache_read_s", "images_extracted", "images_from_cache")
+    total = {k: sum(s[k] for s in stats) for k in keys}
+    rate = total["images_extracted"] / total["extraction_s"] if total["extraction_s"] > 0 else None
+    return {**total, "images_per_s": rate}
+
+
+def run_metrics(
+    eval_set: PairSet,
+    norm: str,
+    table: pd.DataFrame,
+    summary: dict,
+    skipped: dict[str, int],
+    feature_stats: list[dict],
+    matching_s: float,
+    started: float,
+) -> dict:
+    """metrics.json: protocol, PCK summary, counts and timings (extraction summed over members)."""
+    timings = feature_timings(feature_stats)
+    if len(feature_stats) > 1:
+        timings["per_member"] = [feature_timings([s]) for s in feature_stats]
+    return {
+        "protocol": protocol(eval_set.dataset, eval_set.split, norm),
+        **summary,
+        "counts": {
+            "pairs": len(eval_set.pairs),
+            "keypoints": len(table),
+            "images": feature_stats[0]["images"],
+            "pairs_skipped": skipped,
+            "notes": eval_set.notes,
+        },
+        "timings": {**timings, "matching_s": matching_s, "total_s": time.time() - started},
+    }
+
+
+def save_run(
+    output_dir: str,
+    parts: list[str],
+    started: float,
+    config: dict,
+    metrics: dict,
+    table: pd.DataFrame,
+    pairs: list[PairRecord],
+    save_vis: int = 0,
+) -> Path:
+    """A new results folder with the run's files (and pictures of its N best and worst pairs); prints the summary."""
+    run_dir = new_run_dir(output_dir, parts, started)
+    write_run(run_dir, config, metrics, table, pairs)
+    if save_vis:
+        import viz2d  # matplotlib loads only when pictures are asked for
+
+        viz2d.save_best_worst(run_dir / "vis", pairs, table, save_vis)
+    print(summary_table(metrics))
+    print(f"results: {run_dir}")
+    return run_dir
+
+
 def run_evaluation(cfg: EvalConfig) -> Path:
     """Evaluate one backbone on one dataset split; returns the new results folder."""
     started = time.time()
@@ -270,45 +406,19 @@ def run_evaluation(cfg: EvalConfig) -> Path:
 def evaluate(cfg: EvalConfig, pairset: PairSet, backbone: Backbone, started: float | None = None) -> Path:
     """Features, matching, PCK and the results folder for pairs already loaded."""
     started = started or time.time()
-    pairs, skipped = evaluable(pairset)
-    norm = cfg.pck_norm or pck.DEFAULT_NORM.get(pairset.dataset, "image")
-    eval_set = PairSet(pairset.dataset, pairset.split, pairset.root, pairs)
+    eval_set, skipped, norm = evaluation_set(pairset, cfg.pck_norm)
     member, resolved = build_member(
         backbone, eval_set, cfg.image_size, cfg.resize, cfg.cache_dir, cfg.batch_size, cfg.num_workers, cfg.progress
     )
     t0 = time.perf_counter()
-    pred = predict_keypoints(pairs, [member], cfg.match, cfg.progress)
-    table, summary = score(pairs, pred, cfg.thresholds, norm)
+    pred = predict_keypoints(eval_set.pairs, [member], cfg.match, cfg.progress)
+    table, summary = score(eval_set.pairs, pred, cfg.thresholds, norm)
     t_match = time.perf_counter() - t0
-    stats = member.features.stats
-    metrics = {
-        "protocol": protocol(pairset.dataset, pairset.split, norm),
-        **summary,
-        "counts": {
-            "pairs": len(pairs),
-            "keypoints": len(table),
-            "images": stats["images"],
-            "pairs_skipped": skipped,
-            "notes": pairset.notes,
-        },
-        "timings": {
-            "extraction_s": stats["extraction_s"],
-            "cache_read_s": stats["cache_read_s"],
-            "images_extracted": stats["images_extracted"],
-            "images_from_cache": stats["images_from_cache"],
-            "images_per_s": stats["images_extracted"] / stats["extraction_s"] if stats["extraction_s"] > 0 else None,
-            "matching_s": t_match,
-            "total_s": time.time() - started,
-        },
-    }
-    parts = [backbone.name, pairset.dataset, pairset.split, cfg.match.matcher]
-    run_dir = new_run_dir(cfg.output_dir, parts, started)
+    metrics = run_metrics(eval_set, norm, table, summary, skipped, [member.features.stats], t_match, started)
     config = {
         "args": asdict(cfg),
         "resolved": {**resolved, "pck_norm": norm, "data_root": pairset.root},
         "environment": environment(backbone.device),
     }
-    write_run(run_dir, config, metrics, table, pairs)
-    print(summary_table(metrics))
-    print(f"results: {run_dir}")
-    return run_dir
+    parts = [backbone.name, pairset.dataset, pairset.split, cfg.match.matcher]
+    return save_run(cfg.output_dir, parts, started, config, metrics, table, eval_set.pairs, cfg.save_vis)

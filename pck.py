@@ -88,7 +88,8 @@ def read_keypoint_table(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=KEY_COLUMNS, keep_default_na=False)
 
 
-def _pck(table: pd.DataFrame, alphas: list[float]) -> dict[str, dict[str, float]]:
+def overall(table: pd.DataFrame, alphas: list[float]) -> dict[str, dict[str, float]]:
+    """PCK at each alpha, both averagings, over the whole table."""
     per_pair = table.groupby("pair_id", sort=False)
     out = {}
     for alpha in alphas:
@@ -109,7 +110,7 @@ def summarize(table: pd.DataFrame) -> dict[str, object]:
     """Overall, per-category and per-keypoint-id PCK (both averagings), from the keypoint table only."""
     alphas = alphas_of(table)
     per_category = {
-        cat: {**_pck(group, alphas), "pairs": int(group["pair_id"].nunique()), "keypoints": len(group)}
+        cat: {**overall(group, alphas), "pairs": int(group["pair_id"].nunique()), "keypoints": len(group)}
         for cat, group in table.groupby("category", sort=True)
     }
     per_kp_id: dict[str, dict[str, float]] = {}
@@ -118,7 +119,7 @@ def summarize(table: pd.DataFrame) -> dict[str, object]:
             f"pck@{a:g}": 100.0 * float(group[correct_column(a)].mean()) for a in alphas
         } | {"keypoints": len(group)}
     return {
-        **_pck(table, alphas),
+        **overall(table, alphas),
         "pairs": int(table["pair_id"].nunique()),
         "keypoints": len(table),
         "per_category": per_category,

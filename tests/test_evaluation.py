@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from synthetic import ColourCodeBackbone, render_object
 
 import pck
 from evaluation import EvalConfig, MatchConfig, evaluate
 from pairs import ImageRef, PairRecord, PairSet
-from synthetic import ColourCodeBackbone, render_object
 
 BOXES = [(20, 30, 120, 110), (50, 10, 170, 140), (10, 60, 90, 150), (70, 40, 190, 130)]
 

@@ -1,0 +1,80 @@
+"""Cost of the default 25-cell grid search against single evaluations, on a synthetic set.
+
+    python benchmarks/bench_grid_search.py                          # CPU, random ViT-S/14 at 224 px
+    python benchmarks/bench_grid_search.py --device cuda --model dinov2 --image-size 518 --pairs 5000
+
+Both runs start cold (no feature cache), so each extracts the features once: the grid search
+then scores 25 window soft-argmax cells plus argmax on them. Prints the seconds of one evaluation
+(argmax) and of the whole grid search, and their ratio (target < 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_evaluation import synthetic_images, synthetic_pairs
+
+from evaluation import EvalConfig, evaluate
+from grid_search_hyperparams import grid_search
+from models import load_backbone
+from pairs import PairSet
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="dinov2_vits14")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--images", type=int, default=120)
+    ap.add_argument("--pairs", type=int, default=2000)
+    ap.add_argument("--keypoints", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--num-workers", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    warnings.simplefilter("ignore")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "img").mkdir()
+        images = synthetic_images(tmp / "img", args.images, rng)
+        pairset = PairSet("bench", "val", str(tmp), synthetic_pairs(images, args.pairs, args.keypoints, rng))
+        backbone = load_backbone(args.model, weights="random", device=args.device)
+        cfg = EvalConfig(image_size=[args.image_size], batch_size=args.batch_size, num_workers=args.num_workers,
+                         device=args.device, cache_dir=None, output_dir=str(tmp / "results"), progress=False)
+        n_kps = sum(p.num_keypoints for p in pairset.pairs)
+        print(f"synthetic set: {args.pairs} pairs, {args.images} images, {n_kps} keypoints; {backbone.name} "
+              f"(random weights) at {args.image_size} px on {backbone.device}")
+
+        evaluate(cfg, pairset, backbone)  # warm-up: first-call overheads are no part of either figure
+        t0 = time.perf_counter()
+        single = evaluate(cfg, pairset, backbone)
+        t_single = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        grid = grid_search(cfg, pairset, backbone)
+        t_grid = time.perf_counter() - t0
+        single_timings = json.loads((single / "metrics.json").read_text())["timings"]
+        grid_timings = json.loads((grid / "best_parameters.json").read_text())["timings"]
+
+    print()
+    print(f"one evaluation (argmax):      {t_single:8.2f} s   (features {single_timings['extraction_s']:.2f} s, "
+          f"matching + PCK {single_timings['matching_s']:.2f} s)")
+    print(f"grid search, 25 cells + argmax: {t_grid:6.2f} s   (features {grid_timings['extraction_s']:.2f} s, "
+          f"all cells {grid_timings['grid_s']:.2f} s)")
+    print(f"grid / one evaluation:        {t_grid / t_single:8.2f}     (target < 3)")
+
+
+if __name__ == "__main__":
+    main()
