@@ -1,0 +1,429 @@
+"""DINOv2, DINOv3 and SAM image encoders built on timm, numerically matching Meta's own code.
+
+timm provides the transformer blocks; this module owns what happens around them, where timm and
+Meta differ: how the position embedding is resized (DINOv2, SAM), which RoPE periods are used and
+in which precision (DINOv3), the LayerNorm eps (SAM), and how official files are read.
+
+    bb = load_backbone("dinov2", weights=None, device="auto")
+    feats = bb(images)  # (B, 3, H, W) ImageNet-normalised -> (B, feature_dim, H // P, W // P), float32
+
+For fine-tuning, the forward pass is split in three: `embed` -> `run_blocks` -> `to_feature_map`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.checkpoints import Checkpoint, CheckpointError, check_identity, check_keys, read_checkpoint
+from models.registry import BackboneSpec, get_spec
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DINOV3_ROPE_BASE = 100.0  # Meta's pos_embed_rope_base; only used when no periods are stored
+
+
+@dataclass
+class TokenState:
+    """Tokens between blocks, with what the blocks and the feature map need alongside them.
+
+    tokens: (B, N, C) with the prefix tokens (CLS, registers) first for DINO; (B, h, w, C) for SAM.
+    grid: (h, w) patches. rope: DINOv3's (h * w, 2 * head_dim) [sin | cos] table, else None.
+    """
+
+    tokens: Tensor
+    grid: tuple[int, int]
+    rope: Tensor | None = None
+
+
+class Backbone(nn.Module):
+    """A timm image encoder (`self.model`) with Meta-exact embedding and a patch-feature output."""
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        model: nn.Module,
+        layer: int | None,
+        autocast_dtype: torch.dtype | None,
+        timm_overrides: dict,
+    ):
+        super().__init__()
+        self.spec = spec
+        self.name = spec.name
+        self.model = model
+        self.timm_overrides = dict(timm_overrides)
+        self.layer = _normalise_layer(layer, len(model.blocks))
+        self.autocast_dtype = autocast_dtype
+        self.weights_path = "random"
+        self.extra: dict = {}  # the `extra` of a fine-tuned checkpoint
+
+    # --- attributes ------------------------------------------------------------------------------
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return nn.ModuleList(self.model.blocks)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.patch_embed.proj.weight.device
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.patch_embed.patch_size[0]
+
+    @property
+    def default_image_size(self) -> int:
+        return self.spec.default_image_size
+
+    @property
+    def last_block(self) -> int:
+        """Index of the block whose output becomes the features."""
+        return len(self.model.blocks) - 1 if self.layer is None else self.layer
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.embed_dim
+
+    # --- forward ---------------------------------------------------------------------------------
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) ImageNet-normalised images -> (B, feature_dim, H // P, W // P) float32."""
+        return self.to_feature_map(self.run_blocks(self.embed(images), 0, self.last_block + 1))
+
+    def embed(self, images: Tensor) -> TokenState:
+        """Patch embedding plus position information and prefix tokens."""
+        self._check_images(images)
+        with self._autocast():
+            return self._embed(images.to(self.device))
+
+    def run_blocks(self, state: TokenState, start: int, stop: int) -> TokenState:
+        """Apply blocks[start:stop]."""
+        x = state.tokens
+        with self._autocast():
+            for block in self.blocks[start:stop]:
+                x = self._run_block(block, x, state)
+        return replace(state, tokens=x)
+
+    def to_feature_map(self, state: TokenState) -> Tensor:
+        """Final norm (DINO) or neck (SAM), prefix tokens dropped -> (B, C, h, w) float32."""
+        with self._autocast():
+            return self._feature_map(state).float().contiguous()
+
+    def trainable_modules(self, n_last_blocks: int) -> list[nn.Module]:
+        """The last `n_last_blocks` blocks that feed the features, and the modules after them."""
+        used = self.last_block + 1
+        if not 0 <= n_last_blocks <= used:
+            raise ValueError(f"n_last_blocks must be in 0..{used} for {self.name} (layer {self.layer}), got {n_last_blocks}")
+        return [*self.blocks[used - n_last_blocks : used], *self._head_modules()]
+
+    # --- per family (each subclass defines _embed, _feature_map and _head_modules) -------------------
+
+    def _embed(self, images: Tensor) -> TokenState:
+        """Images on the device -> tokens before the first block."""
+        raise NotImplementedError
+
+    def _run_block(self, block: nn.Module, x: Tensor, state: TokenState) -> Tensor:
+        return block(x)
+
+    def _feature_map(self, state: TokenState) -> Tensor:
+        """Tokens after the last used block -> (B, C, h, w) features."""
+        raise NotImplementedError
+
+    def _head_modules(self) -> list[nn.Module]:
+        """The modules between the last used block and the features."""
+        raise NotImplementedError
+
+    @staticmethod
+    def timm_defaults(spec: BackboneSpec) -> dict:
+        """timm.create_model arguments that make the model match Meta's."""
+        return {"num_classes": 0}
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def _check_images(self, images: Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(
+                f"{self.name} expects float images of shape (B, 3, H, W), ImageNet-normalised; "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        p = self.patch_size
+        h, w = images.shape[-2:]
+        if h % p or w % p:
+            raise ValueError(
+                f"{self.name} needs image sides that are multiples of its patch size {p}; got {h}x{w}. "
+                f"Resize to e.g. {h // p * p or p}x{w // p * p or p} (default {self.default_image_size})."
+            )
+
+
+class DinoBackbone(Backbone):
+    """What DINOv2 and DINOv3 share: prefix tokens in front, final norm, patch tokens out."""
+
+    def _feature_map(self, state: TokenState) -> Tensor:
+        x = self.model.norm(state.tokens[:, self.model.num_prefix_tokens :])  # per-token norm
+        h, w = state.grid
+        return x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
+
+    def _head_modules(self) -> list[nn.Module]:
+        return [self.model.norm]
+
+
+class DinoV2Backbone(DinoBackbone):
+    """timm VisionTransformer; the position embedding is resized as Meta's interpolate_pos_encoding."""
+
+    @staticmethod
+    def timm_defaults(spec: BackboneSpec) -> dict:
+        return {"num_classes": 0, "img_size": spec.checkpoint_image_size, "dynamic_img_size": True}
+
+    def _embed(self, images: Tensor) -> TokenState:
+        m = self.model
+        x = m.patch_embed(images)  # (B, h, w, C)
+        b, h, w, c = x.shape
+        # timm's register models (no_embed_class) folded CLS's position into cls_token when loading
+        pos = m.pos_embed if m.no_embed_class else m.pos_embed[:, 1:]
+        cls = m.cls_token if m.no_embed_class else m.cls_token + m.pos_embed[:, :1]
+        grid = pos.reshape(1, *m.patch_embed.grid_size, c)
+        pos = resize_pos_embed(grid, (h, w), self.spec.pos_embed_offset, self.spec.pos_embed_antialias)
+        x = x.reshape(b, h * w, c) + pos.reshape(1, h * w, c)
+        prefix = [cls] if m.reg_token is None else [cls, m.reg_token]  # Meta: registers after the position
+        x = torch.cat([t.expand(b, -1, -1) for t in prefix] + [x], dim=1)
+        return TokenState(m.norm_pre(x), (h, w))
+
+
+class DinoV3Backbone(DinoBackbone):
+    """timm Eva (`*_dinov3_qkvb`); RoPE from the checkpoint's stored periods, computed in fp32.
+
+    The periods live in the persistent buffer `rope_periods` (timm recomputes its own from the
+    base, which need not equal the stored values). The masked k bias is folded in when loading.
+    """
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module, *args, **kwargs):
+        super().__init__(spec, model, *args, **kwargs)
+        head_dim = model.blocks[0].attn.head_dim
+        exponents = 2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2)
+        self.register_buffer("rope_periods", DINOV3_ROPE_BASE**exponents)
+
+    def _embed(self, images: Tensor) -> TokenState:
+        m = self.model
+        x = m.patch_embed(images)  # (B, h, w, C)
+        b, h, w, c = x.shape
+        prefix = [m.cls_token] if m.reg_token is None else [m.cls_token, m.reg_token]
+        x = torch.cat([t.expand(b, -1, -1) for t in prefix] + [x.reshape(b, h * w, c)], dim=1)
+        return TokenState(m.norm_pre(x), (h, w), dinov3_rope(self.rope_periods, h, w))
+
+    def _run_block(self, block: nn.Module, x: Tensor, state: TokenState) -> Tensor:
+        return block(x, rope=state.rope)
+
+
+class SamBackbone(Backbone):
+    """timm VisionTransformerSAM with Meta's LayerNorm eps (1e-6); features are the neck output.
+
+    Other input sizes than 1024: pos_embed is resized bicubic with antialias to the patch grid,
+    and the global-attention blocks' relative-position tables are linearly interpolated to
+    2 * grid - 1 entries (get_rel_pos, as in Meta's code); windowed blocks are unchanged.
+    With `layer=i` the features are block i's output without the neck (feature_dim = embed_dim).
+    """
+
+    @staticmethod
+    def timm_defaults(spec: BackboneSpec) -> dict:
+        return {
+            "num_classes": 0,
+            "img_size": spec.checkpoint_image_size,
+            "norm_layer": partial(nn.LayerNorm, eps=1e-6),  # timm's samvit default is nn.LayerNorm (1e-5)
+        }
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.num_features if self.layer is None else self.model.embed_dim
+
+    def _embed(self, images: Tensor) -> TokenState:
+        m = self.model
+        x = m.patch_embed(images)  # (B, h, w, C)
+        h, w = x.shape[1:3]
+        if m.pos_embed is not None:
+            x = x + resize_pos_embed(m.pos_embed, (h, w), self.spec.pos_embed_offset, self.spec.pos_embed_antialias)
+        return TokenState(m.norm_pre(x), (h, w))
+
+    def _feature_map(self, state: TokenState) -> Tensor:
+        x = state.tokens.permute(0, 3, 1, 2)
+        return self.model.neck(x) if self.layer is None else x
+
+    def _head_modules(self) -> list[nn.Module]:
+        return [self.model.neck] if self.layer is None else []
+
+
+FAMILIES: dict[str, type[Backbone]] = {"dinov2": DinoV2Backbone, "dinov3": DinoV3Backbone, "sam": SamBackbone}
+
+
+# --- Meta's formulas -------------------------------------------------------------------------------
+
+
+def resize_pos_embed(grid: Tensor, size: tuple[int, int], offset: float, antialias: bool) -> Tensor:
+    """Resize a (1, gh, gw, C) position grid to (1, h, w, C) as Meta's DINOv2 interpolate_pos_encoding.
+
+    Unchanged at the native grid. With `offset` > 0, bicubic to scale_factor (h + offset) / gh
+    (the original DINOv2 models: offset 0.1, no antialias); else bicubic to the exact size.
+    Computed in fp32 and returned in the grid's dtype.
+    """
+    gh, gw = grid.shape[1:3]
+    if (gh, gw) == tuple(size):
+        return grid
+    if offset:
+        how = {"scale_factor": ((size[0] + offset) / gh, (size[1] + offset) / gw)}
+    else:
+        how = {"size": tuple(size)}
+    x = F.interpolate(grid.float().permute(0, 3, 1, 2), mode="bicubic", antialias=antialias, **how)
+    return x.permute(0, 2, 3, 1).to(grid.dtype)
+
+
+def dinov3_rope(periods: Tensor, h: int, w: int) -> Tensor:
+    """DINOv3's RopePositionEmbedding (normalize_coords 'separate', eval mode) -> (h*w, 2*head_dim) [sin | cos].
+
+    fp32 throughout, whatever the autocast state; timm's attention applies it in the rope's dtype
+    and casts the rotated q, k back, as Meta's apply_rope does.
+    """
+    dd = {"device": periods.device, "dtype": torch.float32}
+    coords_h = torch.arange(0.5, h, **dd) / h
+    coords_w = torch.arange(0.5, w, **dd) / w
+    coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1).flatten(0, 1)
+    coords = 2.0 * coords - 1.0  # [-1, 1]
+    angles = 2 * math.pi * coords[:, :, None] / periods.float()[None, None, :]  # (hw, 2, head_dim / 4)
+    angles = angles.flatten(1, 2).tile(2)  # (hw, head_dim), the rotate-half layout
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def load_backbone(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    layer: int | None = None,
+    precision: str = "auto",
+    **timm_overrides,
+) -> Backbone:
+    """Build a backbone and load its weights strictly.
+
+    weights: None -> spec.default_weights; "random" -> random init (smoke tests only, warns);
+      a path -> official file, timm state dict, .safetensors or a fine-tuned checkpoint.
+    device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    layer: block index (negative allowed) whose output gives the features; None = the last
+      (DINO) or the neck output (SAM).
+    precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16".
+    timm_overrides: passed to timm.create_model (e.g. depth=2, embed_dim=64, num_heads=2).
+    """
+    spec = get_spec(name)
+    if isinstance(weights, str) and weights == "random":
+        message = f"{spec.name}: RANDOM weights (weights='random'); the features are meaningless, use only for smoke tests."
+        warnings.warn(message, stacklevel=2)
+        logger.warning(message)
+        return _build(spec, timm_overrides, layer, device, precision)
+    path = Path(weights) if weights is not None else spec.default_weights
+    return _load(spec, read_checkpoint(path, spec), layer, device, precision, timm_overrides)
+
+
+def load_finetuned(path: str | os.PathLike, device: str | torch.device = "auto", precision: str = "auto") -> Backbone:
+    """Rebuild a backbone saved by save_finetuned: name, timm overrides, layer and weights."""
+    ckpt = read_checkpoint(path)
+    if ckpt.source_format != "finetuned":
+        raise CheckpointError(
+            f"{ckpt.path} is not a fine-tuned checkpoint (no 'format' tag); it holds {ckpt.source_format}-format "
+            "weights. Load it with load_backbone(name, weights=PATH)."
+        )
+    return _load(get_spec(ckpt.finetuned["backbone"]), ckpt, None, device, precision, {})
+
+
+def _load(
+    spec: BackboneSpec, ckpt: Checkpoint, layer: int | None, device: str | torch.device, precision: str, overrides: dict
+) -> Backbone:
+    if ckpt.source_format == "finetuned":
+        saved = ckpt.finetuned
+        if saved["backbone"] != spec.name:
+            raise CheckpointError(
+                f"{ckpt.path} is a fine-tuned {saved['backbone']}, not {spec.name}; use load_finetuned(PATH)."
+            )
+        conflicts = {k: v for k, v in overrides.items() if saved["timm_overrides"].get(k, v) != v}
+        if conflicts:
+            raise ValueError(f"{ckpt.path} was saved with timm overrides {saved['timm_overrides']}, not {conflicts}")
+        overrides = {**saved["timm_overrides"], **overrides}
+        layer = saved["layer"] if layer is None else layer
+    check_identity(ckpt, spec)
+    bb = _build(spec, overrides, layer, device, precision, uninitialised=True)
+    check_keys(ckpt, spec, bb.state_dict())
+    state = dict(ckpt.state_dict)
+    if spec.family == "dinov3" and "rope_periods" not in state:  # timm does not store its periods
+        logger.info("%s has no RoPE periods (timm format): computing them from base %s", ckpt.path, DINOV3_ROPE_BASE)
+        state["rope_periods"] = bb.rope_periods
+    bb.load_state_dict(state, strict=True)
+    bb.weights_path = str(ckpt.path)
+    bb.extra = ckpt.finetuned.get("extra") or {}
+    return bb
+
+
+def _build(
+    spec: BackboneSpec,
+    overrides: dict,
+    layer: int | None,
+    device: str | torch.device,
+    precision: str,
+    uninitialised: bool = False,
+) -> Backbone:
+    """A backbone on its device, in eval mode: randomly initialised, or with uninitialised
+    parameters (much faster) that the caller then fills with a strict load_state_dict."""
+    device = _resolve_device(device)
+    autocast_dtype = _resolve_precision(precision, device)
+    family = FAMILIES[spec.family]
+    kwargs = {**family.timm_defaults(spec), **overrides}
+    try:
+        if not uninitialised:
+            model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        else:
+            with torch.device("meta"):  # skips timm's weight init, seconds for a ViT-B on CPU
+                model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+            model = model.to_empty(device="cpu")
+            for module in model.modules():  # the buffers that no checkpoint holds (e.g. Eva's zero k bias)
+                if hasattr(module, "init_non_persistent_buffers"):
+                    module.init_non_persistent_buffers()
+    except TypeError as err:
+        raise ValueError(f"timm.create_model({spec.timm_name!r}) rejected the overrides {overrides}: {err}") from err
+    bb = family(spec, model, layer, autocast_dtype, overrides)
+    return bb.to(device).eval()
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device='auto' or 'cpu'.")
+    return device
+
+
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'auto' or one of {list(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def _normalise_layer(layer: int | None, depth: int) -> int | None:
+    if layer is None:
+        return None
+    if not -depth <= layer < depth:
+        raise ValueError(f"layer must be a block index in [{-depth}, {depth - 1}], got {layer}")
+    return layer % depth

@@ -1,0 +1,319 @@
+"""load_backbone: the files it accepts, the errors it gives, and the Backbone contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from models import (
+    BACKBONES,
+    Backbone,
+    CheckpointError,
+    get_spec,
+    load_backbone,
+    load_finetuned,
+    save_finetuned,
+)
+from tests.model_factory import (
+    TINY_OVERRIDES,
+    official_shapes,
+    random_official_state_dict,
+    write_official_checkpoint,
+)
+
+BASE_MODELS = ["dinov2_vitb14", "dinov2_vitb14_reg4", "dinov3_vitb16", "sam_vit_b"]
+OTHER_SIZES = [name for name in BACKBONES if name not in BASE_MODELS]
+
+
+def _tiny(tmp_path, name: str, **kwargs) -> Backbone:
+    path = write_official_checkpoint(tmp_path, name, tiny=True)
+    return load_backbone(name, weights=path, device="cpu", **TINY_OVERRIDES, **kwargs)
+
+
+def _images(bb: Backbone, h_patches: int, w_patches: int) -> torch.Tensor:
+    p = bb.patch_size
+    return torch.randn(2, 3, h_patches * p, w_patches * p, generator=torch.Generator().manual_seed(1))
+
+
+# --- official files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BASE_MODELS)
+def test_official_vit_b_file_loads_strictly_with_right_shapes(tmp_path, name):
+    """The full ViT-B file, every key of Meta's manifest, into the default architecture."""
+    path = write_official_checkpoint(tmp_path, name)
+    bb = load_backbone(name, weights=path, device="cpu")
+    spec = get_spec(name)
+    assert (bb.name, bb.patch_size, bb.feature_dim, bb.weights_path) == (name, spec.patch_size, spec.feature_dim, str(path))
+    assert len(bb.blocks) == spec.depth and isinstance(bb.blocks, torch.nn.ModuleList)
+    with torch.no_grad():
+        for h, w in [(3, 3), (4, 6)]:
+            assert bb(_images(bb, h, w)).shape == (2, spec.feature_dim, h, w)
+
+
+def test_loaded_values_are_the_files(tmp_path):
+    path = write_official_checkpoint(tmp_path, "sam_vit_b", tiny=True)
+    sd = torch.load(path, weights_only=True)
+    bb = load_backbone("sam_vit_b", weights=path, device="cpu", **TINY_OVERRIDES)
+    assert torch.equal(bb.model.blocks[2].attn.rel_pos_h, sd["image_encoder.blocks.2.attn.rel_pos_h"])
+    assert torch.equal(bb.model.blocks[0].mlp.fc1.weight, sd["image_encoder.blocks.0.mlp.lin1.weight"])
+
+
+@pytest.mark.parametrize("name", OTHER_SIZES)
+def test_other_sizes_load_their_official_format(tmp_path, name):
+    """ViT-S/L/g and SAM L/H: the ViT-B manifest rescaled, one block deep to stay fast."""
+    path = write_official_checkpoint(tmp_path, name, depth=1)
+    bb = load_backbone(name, weights=path, device="cpu", depth=1)
+    with torch.no_grad():
+        assert bb(_images(bb, 2, 3)).shape == (2, get_spec(name).feature_dim, 2, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_backbones(tmp_path_factory) -> dict[str, Backbone]:
+    """One tiny backbone per family, loaded from a random official-format file."""
+    return {name: _tiny(tmp_path_factory.mktemp(name), name) for name in BASE_MODELS}
+
+
+@pytest.mark.parametrize("name", BASE_MODELS)
+def test_tiny_models_give_right_shapes_square_and_not(tiny_backbones, name):
+    bb = tiny_backbones[name]
+    for h, w in [(37, 37), (25, 40), (7, 9)]:
+        with torch.no_grad():
+            feats = bb(_images(bb, h, w))
+        assert feats.shape == (2, bb.feature_dim, h, w) and feats.dtype == torch.float32
+        assert torch.isfinite(feats).all()
+
+
+# --- other accepted formats ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BASE_MODELS)
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_timm_format_and_safetensors_give_the_same_features(tmp_path, name, suffix):
+    bb = _tiny(tmp_path, name)
+    timm_state = {k: v.contiguous() for k, v in bb.model.state_dict().items()}
+    path = tmp_path / f"timm_format{suffix}"
+    save_file(timm_state, path) if suffix == ".safetensors" else torch.save(timm_state, path)
+    again = load_backbone(name, weights=path, device="cpu", **TINY_OVERRIDES)
+    images = _images(bb, 3, 4)
+    with torch.no_grad():
+        same = torch.equal(again(images), bb(images))
+    # timm does not store DINOv3's RoPE periods: a timm-format file gets the formula's periods
+    assert same == (name != "dinov3_vitb16")
+
+
+def test_backbone_state_dict_loads_back(tmp_path):
+    bb = _tiny(tmp_path, "dinov3_vitb16")
+    path = tmp_path / "backbone.safetensors"
+    save_file(bb.state_dict(), path)
+    again = load_backbone("dinov3", weights=path, device="cpu", **TINY_OVERRIDES)
+    images = _images(bb, 3, 4)
+    with torch.no_grad():
+        assert torch.equal(again(images), bb(images))
+
+
+@pytest.mark.parametrize("name", ["dinov2_vitb14_reg4", "sam_vit_b"])
+def test_finetuned_checkpoint_round_trip(tmp_path, name):
+    bb = _tiny(tmp_path, name, layer=1)
+    with torch.no_grad():
+        bb.model.blocks[1].norm1.weight.add_(1.0)  # "fine-tuned"
+    path = save_finetuned(bb, tmp_path / "run" / "best.pt", extra={"epoch": 3, "pck": [0.5, 0.25], "note": None})
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # atomic write, nothing left over
+    again = load_finetuned(path, device="cpu")
+    assert (again.name, again.layer, again.timm_overrides, again.extra) == (
+        bb.name, 1, TINY_OVERRIDES, {"epoch": 3, "pck": [0.5, 0.25], "note": None})
+    images = _images(bb, 3, 4)
+    with torch.no_grad():
+        assert torch.equal(again(images), bb(images))
+        assert torch.equal(load_backbone(name, weights=path, device="cpu")(images), bb(images))
+    with pytest.raises(CheckpointError, match="fine-tuned"):
+        load_backbone("dinov3_vitb16", weights=path)
+
+
+def test_finetuned_extra_must_be_plain_data(tmp_path):
+    bb = _tiny(tmp_path, "dinov2_vitb14")
+    with pytest.raises(TypeError, match=r"extra\['lr'\]"):
+        save_finetuned(bb, tmp_path / "x.pt", extra={"lr": torch.optim.SGD})
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_unknown_finetuned_format_version(tmp_path):
+    path = tmp_path / "future.pt"
+    torch.save({"format": "semcorr-backbone/2", "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="this version reads 'semcorr-backbone/1'"):
+        load_finetuned(path)
+
+
+def test_load_finetuned_rejects_plain_weights(tmp_path):
+    path = write_official_checkpoint(tmp_path, "dinov2_vitb14", tiny=True)
+    with pytest.raises(CheckpointError, match="not a fine-tuned checkpoint"):
+        load_finetuned(path)
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+def test_missing_file_says_where_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_backbone("dinov2", weights=tmp_path / "nope.pth")
+    message = str(err.value)
+    spec = get_spec("dinov2")
+    assert "nope.pth" in message and spec.url in message and "download.py --models dinov2_vitb14" in message
+
+
+def test_missing_licence_gated_file_says_where_to_request_it(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_backbone("dinov3", weights=tmp_path / "nope.pth")
+    spec = get_spec("dinov3")
+    assert spec.request_url in str(err.value) and spec.official_file in str(err.value)
+
+
+def test_default_weights_location_is_in_the_message(monkeypatch, tmp_path):
+    monkeypatch.setattr("models.registry.WEIGHTS_ROOT", tmp_path)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "sam" / "weights" / "sam_vit_b_01ec64.pth")):
+        load_backbone("sam")
+
+
+def test_truncated_file(tmp_path):
+    path = write_official_checkpoint(tmp_path, "dinov2_vitb14", tiny=True)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as err:
+        load_backbone("dinov2", weights=path, **TINY_OVERRIDES)
+    message = str(err.value)
+    assert str(path) in message and "truncated" in message and get_spec("dinov2").url in message
+
+
+def test_partial_state_dict_lists_missing_keys(tmp_path):
+    sd = random_official_state_dict("dinov2_vitb14", depth=2)
+    sd = {k: v for k, v in sd.items() if not k.startswith("blocks.1.")}
+    path = tmp_path / "partial.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError) as err:
+        load_backbone("dinov2", weights=path, depth=2)
+    message = str(err.value)
+    assert "missing keys" in message and "model.blocks.1.attn.qkv.weight" in message
+    assert "depth 1" in message and "like dinov2_vitb14" in message
+
+
+def test_wrong_variant_says_what_the_file_looks_like(tmp_path):
+    path = write_official_checkpoint(tmp_path, "dinov2_vitb14_reg4", depth=1)
+    with pytest.raises(CheckpointError) as err:
+        load_backbone("dinov2", weights=path, depth=1)
+    message = str(err.value)
+    assert "like dinov2_vitb14_reg4" in message and "not dinov2_vitb14" in message
+    assert "load_backbone('dinov2_vitb14_reg4'" in message
+
+
+def test_wrong_size_says_what_the_file_looks_like(tmp_path):
+    path = write_official_checkpoint(tmp_path, "dinov3_vits16", depth=1)
+    with pytest.raises(CheckpointError, match="like dinov3_vits16"):
+        load_backbone("dinov3", weights=path)
+
+
+@pytest.mark.parametrize(("requested", "file_of"), [("dinov2", "sam_vit_b"), ("sam", "dinov3_vitb16"), ("dinov3", "dinov2_vitb14")])
+def test_wrong_family(tmp_path, requested, file_of):
+    path = write_official_checkpoint(tmp_path, file_of, depth=1)
+    with pytest.raises(CheckpointError) as err:
+        load_backbone(requested, weights=path)
+    message = str(err.value)
+    assert f"like {file_of}" in message and get_spec(requested).name in message
+
+
+def test_unrecognised_state_dict(tmp_path):
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 64)}, path)
+    with pytest.raises(CheckpointError, match="not a checkpoint of any supported backbone"):
+        load_backbone("dinov2", weights=path)
+
+
+def test_unmasked_k_bias_is_rejected(tmp_path):
+    sd = random_official_state_dict("dinov3_vitb16", tiny=True)
+    sd["blocks.0.attn.qkv.bias_mask"] = torch.ones_like(sd["blocks.0.attn.qkv.bias_mask"])
+    path = tmp_path / "bad_mask.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.attn\.qkv\.bias"):
+        load_backbone("dinov3", weights=path, **TINY_OVERRIDES)
+
+
+def test_image_size_must_be_a_multiple_of_the_patch(tmp_path):
+    bb = _tiny(tmp_path, "dinov2_vitb14")
+    with pytest.raises(ValueError, match="multiples of its patch size 14"):
+        bb(torch.zeros(1, 3, 225, 224))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        bb(torch.zeros(1, 224, 224, 3))
+
+
+def test_random_weights_warn_loudly():
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        bb = load_backbone("dinov2", weights="random", device="cpu", depth=2, embed_dim=48, num_heads=2)
+    assert bb.weights_path == "random" and bb.feature_dim == 48
+
+
+@pytest.mark.filterwarnings("ignore:.*RANDOM weights")
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        load_backbone("dinov4", weights="random")
+    with pytest.raises(ValueError, match="precision"):
+        load_backbone("dinov2", weights="random", precision="fp64", depth=1)
+    with pytest.raises(ValueError, match="layer"):
+        load_backbone("dinov2", weights="random", layer=2, depth=2)
+    with pytest.raises(ValueError, match="rejected the overrides"):
+        load_backbone("dinov2", weights="random", not_an_argument=1)
+
+
+# --- the Backbone contract -------------------------------------------------------------------------
+
+
+def test_aliases_and_specs():
+    assert [get_spec(a).name for a in ("dinov2", "dinov2_reg", "dinov3", "sam")] == BASE_MODELS
+    assert get_spec("SAM_VIT_H").feature_dim == 256
+    assert {s.family for s in BACKBONES.values()} == {"dinov2", "dinov3", "sam"}
+    assert all(s.default_weights.parts[-3:] == (s.family, "weights", s.official_file) for s in BACKBONES.values())
+
+
+def test_cpu_defaults_to_fp32_and_bf16_is_optional(tmp_path):
+    bb = _tiny(tmp_path, "sam_vit_b")
+    assert bb.device == torch.device("cpu") and bb.autocast_dtype is None
+    bf16 = load_backbone("sam", weights=bb.weights_path, precision="bf16", **TINY_OVERRIDES)
+    images = _images(bb, 4, 4)
+    with torch.no_grad():
+        exact, approx = bb(images), bf16(images)
+    assert approx.dtype == torch.float32 and bf16.autocast_dtype == torch.bfloat16
+    assert 0 < (exact - approx).abs().max() < 0.5
+
+
+@pytest.mark.parametrize("name", BASE_MODELS)
+def test_split_forward_equals_forward(tiny_backbones, name):
+    bb = tiny_backbones[name]
+    images = _images(bb, 3, 5)
+    with torch.no_grad():
+        state = bb.embed(images)
+        frozen = bb.run_blocks(state, 0, 2)
+        feats = bb.to_feature_map(bb.run_blocks(frozen, 2, len(bb.blocks)))
+        assert torch.equal(feats, bb(images))
+    assert state.grid == (3, 5)
+
+
+@pytest.mark.parametrize(("name", "layer", "head"), [("dinov3_vitb16", None, "LayerNorm"), ("sam_vit_b", None, "Sequential"), ("sam_vit_b", 1, None)])
+def test_trainable_modules_are_the_last_blocks_and_head(tmp_path, name, layer, head):
+    bb = _tiny(tmp_path, name, layer=layer)
+    modules = bb.trainable_modules(2)
+    last = bb.layer if layer is not None else len(bb.blocks) - 1
+    assert modules[:2] == [bb.blocks[last - 1], bb.blocks[last]]
+    assert [type(m).__name__ for m in modules[2:]] == ([head] if head else [])
+    with pytest.raises(ValueError, match="n_last_blocks"):
+        bb.trainable_modules(last + 2)
+
+
+def test_intermediate_layer_feature_dims(tmp_path):
+    assert _tiny(tmp_path, "sam_vit_b", layer=-1).feature_dim == TINY_OVERRIDES["embed_dim"]
+    assert _tiny(tmp_path, "sam_vit_b").feature_dim == 256
+    assert _tiny(tmp_path, "dinov2_vitb14", layer=0).feature_dim == TINY_OVERRIDES["embed_dim"]
+
+
+def test_official_shapes_follow_the_manifest():
+    shapes = official_shapes("dinov2_vitb14")
+    assert shapes["pos_embed"] == (1, 1370, 768) and shapes["blocks.11.mlp.fc1.weight"] == (3072, 768)
+    giant = official_shapes("dinov2_vitg14", depth=1)
+    assert giant["blocks.0.mlp.w12.weight"] == (8192, 1536) and giant["blocks.0.mlp.w3.weight"] == (1536, 4096)
