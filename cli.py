@@ -17,10 +17,10 @@ DATASETS = ("spair", "pf-pascal", "pf-willow", "custom")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None (whose meaning the help text gives)."""
+    """Shows defaults, except None and False (the help text says what those mean)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default is None else super()._get_help_string(action)
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
 
 
 def image_size(text: str) -> list[int]:
@@ -59,7 +59,7 @@ def add_data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="spair", help="benchmark to evaluate on")
     g.add_argument("--data-root", help="dataset folder (default: the folder download.py fills); for custom, the pairs file")
-    g.add_argument("--split", default=split, help=f"trn | val | test (default {split})")
+    g.add_argument("--split", default=split, help="trn | val | test")
     g.add_argument("--layout", choices=("large", "small"), default="large", help="SPair-71k layout")
     g.add_argument("--limit", type=int, help="evaluate only the first N pairs")
     g.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="PCK alphas")
@@ -87,8 +87,9 @@ def add_extraction_args(g: argparse._ArgumentGroup) -> None:
     """How images become features: size, resize mode, batching, device, cache."""
     g.add_argument("--image-size", type=image_size, help="N or HxW, rounded to the patch size "
                    "(default: 518 DINOv2, 512 DINOv3 and SAM)")
-    g.add_argument("--resize", choices=("squash", "pad"), default="squash",
-                   help="squash = resize to the square ignoring aspect (original project); pad = keep aspect, pad")
+    g.add_argument("--resize", choices=("squash", "pad"),
+                   help="squash = resize to the square ignoring aspect (original project, the default); "
+                   "pad = keep aspect, pad. A fine-tuned checkpoint defaults to the size and mode it was trained with")
     g.add_argument("--batch-size", type=int, default=16, help="images per backbone forward pass")
     g.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

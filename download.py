@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from models.registry import BACKBONES, BackboneSpec, get_spec
 from pairs import DEFAULT_ROOTS
+from results import write_json
 
 REPO_ROOT = Path(__file__).resolve().parent
 MANIFEST = ".download-manifest.json"
@@ -178,9 +179,7 @@ def read_manifest(folder: Path) -> dict[str, dict]:
 
 def write_manifest(folder: Path, manifest: dict[str, dict]) -> None:
     """Atomically replace the folder's manifest."""
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, folder / MANIFEST)
+    write_json(folder / MANIFEST, manifest)
 
 
 def rerun_hint(item: Item) -> str:

@@ -68,6 +68,7 @@ from helper_functions import FeatureSet
 from models import Backbone, load_backbone
 from pairs import PairSet, load_pairs
 from results import environment, new_run_dir, write_csv, write_json
+from viz2d import save_plot
 
 COMMON_GRIDS = ("finest", "coarsest", "first")
 COMBINE = ("similarity", "features")
@@ -321,7 +322,7 @@ def search_weights(
                     "total_s": time.time() - started},
     })
     fig = plot_weight_search(table, specs, cfg.thresholds, select_by)
-    fig.savefig(run_dir / "weight_search.png", bbox_inches="tight")
+    save_plot(fig, run_dir / "weight_search.png")
     for alpha, entry in best.items():
         print(f"best at PCK@{alpha} ({select_by}): {entry[f'pck_{select_by}']:.2f} with {entry['member_args']}")
     print(f"results: {run_dir}")

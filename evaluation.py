@@ -25,6 +25,7 @@ from feature_cache import FeatureCache
 from helper_functions import (
     FeatureSet,
     Preprocess,
+    backbone_preprocess,
     extract_features,
     input_to_patch,
     input_to_pixels,
@@ -61,7 +62,7 @@ class EvalConfig:
     layout: str = "large"
     limit: int | None = None
     image_size: list[int] | None = None  # [side] or [H, W]; None: the backbone's default
-    resize: str = "squash"
+    resize: str | None = None  # "squash" | "pad"; None: as trained (fine-tuned checkpoints), else squash
     match: MatchConfig = field(default_factory=MatchConfig)
     match_params: str | None = None  # the grid search file window/temperature came from (--params)
     thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
@@ -119,7 +120,7 @@ def build_member(
     backbone: Backbone,
     pairset: PairSet,
     image_size: list[int] | None,
-    resize: str,
+    resize: str | None,
     cache_dir: str | None,
     batch_size: int,
     num_workers: int = 2,
@@ -127,8 +128,7 @@ def build_member(
     weight: float = 1.0,
 ) -> tuple[Member, dict[str, object]]:
     """Extract (or read from cache) one backbone's features for every image of the pairs."""
-    size = image_size or [backbone.default_image_size]
-    prep = Preprocess.create(size[0] if len(size) == 1 else (size[0], size[1]), backbone.patch_size, resize)
+    prep = backbone_preprocess(backbone, image_size, resize)
     sha = weights_digest(backbone)
     cache = FeatureCache(cache_dir, feature_setting(backbone, prep, sha)) if cache_dir and sha else None
     feats = extract_features(
@@ -142,7 +142,7 @@ def build_member(
         "patch_size": backbone.patch_size,
         "image_size": [prep.height, prep.width],
         "grid": list(prep.grid),
-        "resize": resize,
+        "resize": prep.resize,
         "feature_cache": str(cache.dir) if cache else None,
     }
     return Member(feats, weight), resolved

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
 from pairs import ImageRef
+from results import atomic_torch_save
 
 CACHE_FORMAT = 1
 
@@ -30,13 +30,6 @@ def image_identity(ref: ImageRef) -> dict[str, object]:
     path = Path(ref.path).resolve()
     stat = path.stat()
     return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "key": ref.key}
-
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file next to `path`, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class FeatureCache:

@@ -52,6 +52,7 @@ from evaluation import (
 from models import Backbone
 from pairs import PairRecord, PairSet, load_pairs
 from results import environment, new_run_dir, write_csv, write_json
+from viz2d import save_plot
 
 DEFAULT_WINDOWS = [3, 5, 7, 9, 11]
 DEFAULT_TEMPERATURES = [0.05, 0.1, 0.2, 0.5, 1.0]
@@ -214,7 +215,7 @@ def grid_search(
     })
     title = f"{backbone.name} on {pairset.dataset} {pairset.split} ({len(eval_set.pairs)} pairs, {norm} threshold)"
     fig = plot_grid(table, cfg.thresholds, select_by, title)
-    fig.savefig(run_dir / "grid_search_heatmap.png", bbox_inches="tight")
+    save_plot(fig, run_dir / "grid_search_heatmap.png")
     print(table.drop(columns="time_s").round(2).to_string(index=False))
     for alpha, entry in best.items():
         print(f"best at PCK@{alpha} ({select_by}): K={entry['window']} T={entry['temperature']:g} -> "

@@ -71,6 +71,15 @@ def input_to_pixels(uv: Coords, scale: Coords, offset: Coords) -> Coords:
     return (uv - offset + 0.5) / scale - 0.5
 
 
+def backbone_preprocess(backbone: torch.nn.Module, image_size: list[int] | None, resize: str | None) -> Preprocess:
+    """The canvas for a backbone: the given size and resize mode, else those a fine-tuned checkpoint
+    was trained with, else the backbone's default size and squash."""
+    trained = getattr(backbone, "extra", {}).get("finetune", {})
+    size = image_size or trained.get("image_size") or [backbone.default_image_size]
+    mode = resize or trained.get("resize") or "squash"
+    return Preprocess.create(size[0] if len(size) == 1 else (size[0], size[1]), backbone.patch_size, mode)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """How one image's original pixels sit on the network input: scale (sx, sy) and offset (ox, oy)."""

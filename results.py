@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -33,8 +34,10 @@ def new_run_dir(output_dir: str | Path, parts: list[str], started: float | None 
             candidate = base.with_name(f"{base.name}-{n}")
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call write(tmp) on a temporary file next to `path` (same suffix), then rename it: readers never
+    see half a file."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -44,12 +47,17 @@ def _atomic_write(path: Path, write) -> None:
 
 def write_json(path: str | Path, obj: object) -> None:
     """Write JSON atomically (temporary file + rename)."""
-    _atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
 
 
 def write_csv(path: str | Path, table: pd.DataFrame) -> None:
     """Write CSV atomically, floats at full precision so that figures recompute exactly."""
-    _atomic_write(Path(path), lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(Path(path), lambda tmp: table.to_csv(tmp, index=False))
+
+
+def atomic_torch_save(obj: object, path: str | Path) -> None:
+    """torch.save, atomically."""
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

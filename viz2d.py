@@ -25,6 +25,7 @@ from PIL import Image
 import pck
 from helper_functions import Geometry, Preprocess
 from pairs import PairRecord, load_image
+from results import atomic_write
 
 CORRECT, WRONG, TRUTH = "lime", "red", "cyan"
 
@@ -84,9 +85,10 @@ def add_title(fig: Figure, title: str) -> None:
 
 
 def save_plot(fig: Figure, path: str | Path) -> Path:
+    """Write the figure, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight", pad_inches=0.05)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, bbox_inches="tight", pad_inches=0.05))
     return path
 
 

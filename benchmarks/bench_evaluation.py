@@ -156,7 +156,7 @@ def main() -> None:
               f"{backbone.name} (random weights) at {prep.height}x{prep.width} on {device}")
 
         t_forward = time_forward_only(backbone, images, prep, args.batch_size)
-        cfg = EvalConfig(image_size=[args.image_size], batch_size=args.batch_size, num_workers=args.num_workers,
+        cfg = EvalConfig(image_size=[args.image_size], pck_norm="bbox", batch_size=args.batch_size, num_workers=args.num_workers,
                          cache_dir=str(tmp / "cache"), output_dir=str(tmp / "results"), progress=False)
         t0 = time.perf_counter()
         evaluate(cfg, pairset, backbone)

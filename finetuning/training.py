@@ -35,11 +35,11 @@ import pck
 from evaluation import MatchConfig, build_member, evaluable, predict_keypoints, score
 from finetuning.data import Augment, Images, TrainingPairs, collate, epoch_batches
 from finetuning.presets import preset_for
-from helper_functions import Preprocess
+from helper_functions import Preprocess, backbone_preprocess
 from matching_strategies import nearest_patch, sample_descriptors
 from models import Backbone, TokenState, get_spec, load_backbone, load_finetuned, save_finetuned
 from pairs import ImageRef, PairRecord, PairSet, load_pairs
-from results import environment, new_run_dir, write_csv, write_json
+from results import atomic_torch_save, atomic_write, environment, new_run_dir, write_csv, write_json
 
 STATE_FILE = "training_state.pt"
 LOG_FILE = "train_log.csv"
@@ -319,13 +319,7 @@ def save_training_state(run_dir: Path, step: int, best: float, optimizer, schedu
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    path = run_dir / STATE_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_torch_save(state, run_dir / STATE_FILE)
 
 
 def restore_training_state(saved: dict, optimizer, schedule) -> tuple[int, float]:
@@ -357,10 +351,8 @@ def plot_curves(log: pd.DataFrame, path: Path, val_column: str) -> None:
         ax2.plot(val["step"], val[val_column], "o-", color="tab:red")
         ax2.set_ylabel(val_column.replace("val_", "validation ") + " (%)", color="tab:red")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 class TrainLog:
@@ -498,8 +490,7 @@ def train(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
     cfg = resolve(cfg, backbone)
     split = SplitBackbone(backbone, cfg.trainable_blocks)
     model = DistributedDataParallel(split, broadcast_buffers=False) if d.world > 1 else split
-    size = cfg.image_size or [backbone.default_image_size]
-    prep = Preprocess.create(size[0] if len(size) == 1 else (size[0], size[1]), backbone.patch_size, cfg.resize)
+    prep = backbone_preprocess(backbone, cfg.image_size, cfg.resize)
 
     pairs = training_pairs(train_set)
     val_set = val_subset(val_set, cfg.val_limit, cfg.seed) if val_set is not None else None

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from models.registry import BACKBONES, BackboneSpec
+from results import atomic_torch_save
 
 if TYPE_CHECKING:
     from models.backbones import Backbone
@@ -191,12 +192,7 @@ def save_finetuned(bb: Backbone, path: str | os.PathLike, extra: dict | None = N
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_torch_save(payload, path)
     return path
 
 

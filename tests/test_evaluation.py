@@ -120,3 +120,13 @@ def test_cache_is_keyed_by_preprocessing(tmp_path, backbone):
     backbone.calls = 0
     evaluate(config(tmp_path, resize="pad"), pairset, backbone)
     assert backbone.calls == 2
+
+
+def test_finetuned_checkpoint_defaults_to_its_training_preprocessing(tmp_path, backbone):
+    backbone.extra = {"finetune": {"image_size": [96], "resize": "pad"}}
+    run = evaluate(config(tmp_path), make_pairset(tmp_path), backbone)
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert (resolved["image_size"], resolved["resize"]) == ([96, 96], "pad")
+    run = evaluate(config(tmp_path, image_size=[64], resize="squash"), make_pairset(tmp_path), backbone)
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert (resolved["image_size"], resolved["resize"]) == ([64, 64], "squash")
