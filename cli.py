@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pck
 from evaluation import EvalConfig, MatchConfig
@@ -71,11 +72,12 @@ def add_data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
     )
 
 
-def add_backbone_args(p: argparse.ArgumentParser, checkpoint: bool = False) -> None:
+def add_backbone_args(p: argparse.ArgumentParser, checkpoint: Literal["none", "optional", "required"] = "none") -> None:
     g = p.add_argument_group("backbone")
-    if checkpoint:
-        g.add_argument("--checkpoint", required=True, help="fine-tuned checkpoint written by finetuning/finetune.py, "
-                       "or any weights file (then give --model)")
+    if checkpoint != "none":
+        g.add_argument("--checkpoint", required=checkpoint == "required",
+                       help="fine-tuned checkpoint written by finetuning/finetune.py (instead of --model/--weights), "
+                       "or any other weights file of --model")
     g.add_argument("--model", default="dinov2", help="dinov2 | dinov2_reg | dinov3 | sam, or a sized name like dinov2_vitl14")
     g.add_argument("--weights", help="weights file (default: the official file under models/<family>/weights/); "
                    "'random' only for smoke tests")
@@ -128,7 +130,7 @@ def add_output_args(p: argparse.ArgumentParser, save_vis: bool = True) -> None:
 
 def evaluation_parser(description: str, checkpoint: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    add_backbone_args(p, checkpoint)
+    add_backbone_args(p, "required" if checkpoint else "none")
     add_data_args(p)
     add_matcher_args(p)
     add_output_args(p)

@@ -24,7 +24,8 @@ Coordinates are pixels of the image as viewers show it (EXIF orientation applied
 integer values at pixel centres: (0, 0) is the centre of the top-left pixel. Keypoints outside the
 image are clamped into it (counted in PairSet.notes). Pairs without keypoints are kept with N = 0:
 they can be matched and drawn, and give no PCK. Unknown fields are an error (catches typos).
-The split name is only a label here.
+Both formats are read as UTF-8 (a spreadsheet's byte-order mark is fine). The split name is
+only a label here.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pairs import DatasetError, ImageRef, PairRecord, PairSet, collect_pairs, image_ref, points_array
+from pairs import DatasetError, ImageRef, PairRecord, PairSet, box_tuple, collect_pairs, image_ref, points_array
 
 NAME = "custom"
 FIELDS = (
@@ -61,7 +62,7 @@ def load(root: Path, split: str = "test", layout: str = "large", limit: int | No
 
 def _read_json(path: Path) -> list[dict]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read custom pairs {path}: {exc}") from None
     entries = data.get("pairs") if isinstance(data, dict) else data
@@ -71,8 +72,11 @@ def _read_json(path: Path) -> list[dict]:
 
 
 def _read_csv(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
+            rows = list(csv.DictReader(f))
+    except (OSError, ValueError, csv.Error) as exc:  # UnicodeDecodeError is a ValueError
+        raise DatasetError(f"cannot read custom pairs {path}: {exc}\n{FORMAT_HINT}") from None
     entries = []
     for number, row in enumerate(rows, 1):
         if None in row or None in row.values():
@@ -131,8 +135,8 @@ def _record(entry: dict, number: int, src: ImageRef, trg: ImageRef) -> PairRecor
         src_kps=src_kps,
         trg_kps=trg_kps,
         kp_ids=kp_ids,
-        src_bbox=_box(entry.get("source_bbox"), "source_bbox"),
-        trg_bbox=_box(entry.get("target_bbox"), "target_bbox"),
+        src_bbox=_optional_box(entry, "source_bbox"),
+        trg_bbox=_optional_box(entry, "target_bbox"),
     )
 
 
@@ -146,10 +150,5 @@ def _image(folder: Path, listed: str, where: str, images: dict[str, ImageRef]) -
     return images[str(path)]
 
 
-def _box(values, what: str) -> tuple[float, float, float, float] | None:
-    if values is None:
-        return None
-    if len(values) != 4:
-        raise ValueError(f"{what} must be [x1, y1, x2, y2], got {values}")
-    x1, y1, x2, y2 = (float(v) for v in values)
-    return (x1, y1, x2, y2)
+def _optional_box(entry: dict, key: str) -> tuple[float, float, float, float] | None:
+    return None if entry.get(key) is None else box_tuple(entry[key], key)

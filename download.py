@@ -39,9 +39,8 @@ from tqdm import tqdm
 
 from models.registry import BACKBONES, BackboneSpec, get_spec
 from pairs import DEFAULT_ROOTS
-from results import write_json
+from results import REPO_ROOT, write_json
 
-REPO_ROOT = Path(__file__).resolve().parent
 MANIFEST = ".download-manifest.json"
 CHUNK = 1 << 20
 USER_AGENT = "semantic-correspondence-download/1.0"

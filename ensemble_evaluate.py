@@ -252,14 +252,14 @@ def simplex_weights(n: int, step: float) -> list[list[float]]:
 
 
 def plot_weight_search(table: pd.DataFrame, specs: list[MemberSpec], thresholds: list[float], averaging: str) -> Figure:
-    """For each member, the best PCK reached with each of its weights (one line per alpha)."""
+    """For each member (specs without weights), the best PCK reached with each of its weights (one line per alpha)."""
     fig = Figure(figsize=(4 * len(specs), 3.4), dpi=100)
     axes = fig.subplots(1, len(specs), squeeze=False)[0]
     for i, (ax, spec) in enumerate(zip(axes, specs, strict=True)):
         for alpha in thresholds:
             profile = table.groupby(f"weight_{i}")[pck_column(alpha, averaging)].max()
             ax.plot(profile.index, profile.to_numpy(), marker="o", ms=3, label=f"PCK@{alpha:g}")
-        ax.set_xlabel(f"weight of {spec.model}{':' + spec.weights if spec.weights else ''}")
+        ax.set_xlabel(f"weight of {spec}")  # model, weights file and size: tells apart two sizes of one model
         ax.set_ylabel(f"best PCK ({averaging}) with that weight")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -361,8 +361,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = eval_config(args)
     started = time.time()
     seed_everything(cfg.seed)
-    if not args.search_weights:
-        normalised_weights(args.members)  # bad weights fail before any model is loaded
+    if args.search_weights:  # bad weights or a bad step fail before any model is loaded
+        simplex_weights(len(args.members), args.weight_step)
+    else:
+        normalised_weights(args.members)
     pairset = load_pairs(cfg.dataset, root=cfg.data_root, split=cfg.split, layout=cfg.layout, limit=cfg.limit)
     backbones = load_members(args.members, cfg.device)
     if args.search_weights:

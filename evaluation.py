@@ -33,7 +33,7 @@ from helper_functions import (
     pixels_to_input,
 )
 from matching_strategies import match, sample_descriptors
-from models import Backbone, load_backbone, load_finetuned
+from models import Backbone, is_finetuned, load_backbone, load_finetuned
 from pairs import PairRecord, PairSet, load_pairs
 from results import environment, file_sha256, new_run_dir, write_csv, write_json
 
@@ -92,10 +92,12 @@ def seed_everything(seed: int) -> None:
 
 
 def load_model(cfg: EvalConfig) -> Backbone:
-    """The backbone a config asks for: a fine-tuned checkpoint, or a named model with weights."""
-    if cfg.checkpoint:
+    """The backbone a config asks for: a fine-tuned checkpoint of this project (which names its own
+    model), any other weights file of cfg.model given as checkpoint, or cfg.model with cfg.weights."""
+    if cfg.checkpoint and is_finetuned(cfg.checkpoint):
         return load_finetuned(cfg.checkpoint, device=cfg.device)
-    return load_backbone(cfg.model, weights=cfg.weights, device=cfg.device, layer=cfg.layer)
+    weights = cfg.checkpoint or cfg.weights
+    return load_backbone(cfg.model, weights=weights, device=cfg.device, layer=cfg.layer)
 
 
 def weights_digest(backbone: Backbone) -> str | None:
@@ -300,7 +302,7 @@ def evaluable(pairset: PairSet) -> tuple[list[PairRecord], dict[str, int]]:
 def evaluation_set(pairset: PairSet, pck_norm: str | None) -> tuple[PairSet, dict[str, int], str]:
     """The pairs with ground truth (with the loader's notes), the skip counts, and the PCK normalisation."""
     pairs, skipped = evaluable(pairset)
-    norm = pck_norm or pck.DEFAULT_NORM.get(pairset.dataset, "image")
+    norm = pck.default_norm(pairset.dataset, pck_norm)
     return PairSet(pairset.dataset, pairset.split, pairset.root, pairs, notes=pairset.notes), skipped, norm
 
 

@@ -136,8 +136,8 @@ def best_parameters(table: pd.DataFrame, thresholds: list[float], select_by: str
     return best, reference
 
 
-def plot_grid(table: pd.DataFrame, thresholds: list[float], averaging: str, title: str) -> Figure:
-    """PCK over windows (rows) x temperatures (columns), one panel per alpha, best cell outlined."""
+def plot_grid(table: pd.DataFrame, thresholds: list[float], averaging: str, title: str, best: dict[str, dict]) -> Figure:
+    """PCK over windows (rows) x temperatures (columns), one panel per alpha, the cell `best` chose outlined."""
     soft = table[table["matcher"] == "wsoftargmax"]
     argmax = table[table["matcher"] == "argmax"].iloc[0]
     windows = sorted(soft["window"].unique())
@@ -152,7 +152,8 @@ def plot_grid(table: pd.DataFrame, thresholds: list[float], averaging: str, titl
         for i in range(len(windows)):
             for j in range(len(temperatures)):
                 ax.text(j, i, f"{grid.iat[i, j]:.1f}", ha="center", va="center", fontsize=8, color="white")
-        i, j = divmod(int(grid.to_numpy(dtype=float).argmax()), len(temperatures))
+        chosen = best[f"{alpha:g}"]
+        i, j = windows.index(chosen["window"]), temperatures.index(chosen["temperature"])
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
         ax.set_xticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
         ax.set_yticks(range(len(windows)), [str(k) for k in windows])
@@ -214,7 +215,7 @@ def grid_search(
         "timings": {**feature_timings([member.features.stats]), "grid_s": grid_s, "total_s": time.time() - started},
     })
     title = f"{backbone.name} on {pairset.dataset} {pairset.split} ({len(eval_set.pairs)} pairs, {norm} threshold)"
-    fig = plot_grid(table, cfg.thresholds, select_by, title)
+    fig = plot_grid(table, cfg.thresholds, select_by, title, best)
     save_plot(fig, run_dir / "grid_search_heatmap.png")
     print(table.drop(columns="time_s").round(2).to_string(index=False))
     for alpha, entry in best.items():
@@ -234,8 +235,7 @@ def run_grid_search(cfg: EvalConfig, windows: list[int], temperatures: list[floa
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    add_backbone_args(p)
-    p.add_argument("--checkpoint", help="a fine-tuned checkpoint of this project (instead of --model/--weights)")
+    add_backbone_args(p, "optional")
     add_data_args(p, split="val")
     g = p.add_argument_group("grid")
     g.add_argument("--windows", type=odd_window, nargs="+", default=DEFAULT_WINDOWS, help="window sizes K (odd)")

@@ -129,7 +129,9 @@ def preprocess_image(image: Image.Image, prep: Preprocess) -> torch.Tensor:
     return canvas
 
 
-class _ImageDataset(Dataset):
+class ImageDataset(Dataset):
+    """Images decoded and preprocessed on the fly (in DataLoader workers): yields (index, tensor)."""
+
     def __init__(self, images: list[ImageRef], prep: Preprocess):
         self.images, self.prep = images, prep
 
@@ -188,7 +190,7 @@ def extract_features(
     t0 = time.perf_counter()
     if todo:
         loader = DataLoader(
-            _ImageDataset([images[i] for i in todo], prep),
+            ImageDataset([images[i] for i in todo], prep),
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=device.type == "cuda",

@@ -109,10 +109,13 @@ def match_pair(
     grid: int = 8,
     mutual: int | None = None,
     image_size: list[int] | None = None,
-    resize: str = "squash",
+    resize: str | None = None,
     cache_dir: str | None = None,
 ) -> PairMatches:
-    """Match `points` of image src in image trg (default: a grid x grid grid, or `mutual` nearest neighbours)."""
+    """Match `points` of image src in image trg (default: a grid x grid grid, or `mutual` nearest neighbours).
+
+    image_size / resize None: those a fine-tuned checkpoint was trained with, else the backbone's
+    default size and squash (as in evaluations)."""
     refs = [image_ref(f"{role}/{Path(path).name}", path) for role, path in (("src", src), ("trg", trg))]
     images = PairRecord("images", "custom", "custom", refs[0], refs[1], np.zeros((0, 2), np.float32),
                         np.zeros((0, 2), np.float32), [])
@@ -179,8 +182,7 @@ def parser() -> argparse.ArgumentParser:
                    "neighbours instead of a grid")
     g.add_argument("--heatmap", type=int, nargs="*", default=[], metavar="I",
                    help="also draw the similarity map of these points (indices into the points)")
-    add_backbone_args(p)
-    p.add_argument("--checkpoint", help="a fine-tuned checkpoint of this project (instead of --model/--weights)")
+    add_backbone_args(p, "optional")
     add_matcher_args(p)
     add_output_args(p, save_vis=False)
     return p
@@ -192,6 +194,8 @@ def main(argv: list[str] | None = None) -> Path:
     points = parse_points(args.points) if args.points else None
     if args.points is None and args.grid < 1:
         raise ValueError(f"--grid must be >= 1, got {args.grid}")
+    if args.mutual is not None and args.mutual < 1:
+        raise ValueError(f"--mutual must be >= 1, got {args.mutual}")
     backbone = load_model(EvalConfig(model=args.model, weights=args.weights, checkpoint=args.checkpoint,
                                      layer=args.layer, device=args.device))
     cache_dir = None if args.no_cache else args.cache_dir

@@ -22,7 +22,7 @@ import importlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -257,7 +257,9 @@ def orient_points(points: np.ndarray, orientation: int, stored_size: tuple[int, 
     return np.stack([new_x, new_y], axis=1).astype(points.dtype)
 
 
-def orient_box(box: tuple[float, ...] | None, orientation: int, stored_size: tuple[int, int]):
+def orient_box(
+    box: tuple[float, float, float, float] | None, orientation: int, stored_size: tuple[int, int]
+) -> tuple[float, float, float, float] | None:
     """A box (x1, y1, x2, y2) on the stored pixels, after EXIF orientation."""
     if box is None:
         return None
@@ -320,6 +322,19 @@ def clamp_keypoints(records: list[PairRecord], side: str) -> dict[int, int]:
         setattr(records[i], f"{side}_kps", clamped[offsets[i] : offsets[i + 1]].copy())
         moved[i] = int((owners == i).sum())
     return moved
+
+
+def pair_id_from_row(number: int, src: ImageRef, trg: ImageRef) -> str:
+    """`<row number>-<source name>-<target name>`, unique even where a pair list repeats a pair."""
+    return f"{number:04d}-{PurePosixPath(src.key).name}-{PurePosixPath(trg.key).name}"
+
+
+def box_tuple(values, what: str) -> tuple[float, float, float, float]:
+    """(x1, y1, x2, y2) floats from four values; ValueError naming `what` if not four."""
+    if len(values) != 4:
+        raise ValueError(f"{what} must be [x1, y1, x2, y2], got {values}")
+    x1, y1, x2, y2 = (float(v) for v in values)
+    return (x1, y1, x2, y2)
 
 
 def points_array(values, what: str) -> np.ndarray:

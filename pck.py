@@ -31,6 +31,11 @@ AVERAGING = {
 KEY_COLUMNS = {"pair_id": str, "category": str, "kp_id": str}
 
 
+def default_norm(dataset: str, norm: str | None = None) -> str:
+    """`norm` if given, else the dataset's standard normalisation (image max side for unknown datasets)."""
+    return norm or DEFAULT_NORM.get(dataset, "image")
+
+
 def correct_column(alpha: float) -> str:
     return f"correct@{alpha:g}"
 
@@ -113,11 +118,13 @@ def summarize(table: pd.DataFrame) -> dict[str, object]:
         cat: {**overall(group, alphas), "pairs": int(group["pair_id"].nunique()), "keypoints": len(group)}
         for cat, group in table.groupby("category", sort=True)
     }
-    per_kp_id: dict[str, dict[str, float]] = {}
-    for (cat, kp), group in table.groupby(["category", "kp_id"], sort=True):
-        per_kp_id.setdefault(cat, {})[kp] = {
-            f"pck@{a:g}": 100.0 * float(group[correct_column(a)].mean()) for a in alphas
-        } | {"keypoints": len(group)}
+    by_id = table.groupby(["category", "kp_id"], sort=True)
+    id_pck = by_id[[correct_column(a) for a in alphas]].mean() * 100.0
+    id_pck.columns = [f"pck@{a:g}" for a in alphas]
+    id_pck["keypoints"] = by_id.size()
+    per_kp_id: dict[str, dict[str, dict]] = {}
+    for (cat, kp), row in zip(id_pck.index, id_pck.to_dict("records"), strict=True):
+        per_kp_id.setdefault(cat, {})[kp] = {**row, "keypoints": int(row["keypoints"])}
     return {
         **overall(table, alphas),
         "pairs": int(table["pair_id"].nunique()),

@@ -8,13 +8,14 @@ ensembles; grid and weight searches are skipped). PCK is written "per image (per
 The 'published' columns hold the original project's numbers (ViT-B backbones, square resize,
 nearest patch) when a run has the same backbone, setting, matcher, dataset, split and PCK
 threshold; they are copied in PUBLISHED below, so this script needs nothing but the runs.
-Also the loaders the notebooks use: load_run, run_pairs, pck_curve.
+Also the loaders the notebooks use: load_run, run_pairs, mark_correct, pck_curve.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pandas as pd
 import pck
 from cli import run_main
 from pairs import PairRecord, load_pairs
-from results import write_csv
+from results import atomic_write, write_csv
 
 DEFAULT_ALPHAS = (0.05, 0.1, 0.2)
 PUBLISHED_ALPHAS = (0.05, 0.1, 0.2)
@@ -218,17 +219,17 @@ def run_pairs(run: Run) -> dict[str, PairRecord]:
     return {p.pair_id: p for p in pairset.pairs}
 
 
-def pck_curve(table: pd.DataFrame, alphas: np.ndarray) -> pd.DataFrame:
-    """PCK (%) at any alphas from a per-keypoint table, both averagings (pck.py's rule: distance <= alpha * L)."""
-    rows = []
-    for alpha in alphas:
-        correct = table["distance"] <= alpha * table["norm_L"]
-        rows.append({
-            "alpha": float(alpha),
-            "per_image": 100.0 * float(correct.groupby(table["pair_id"], sort=False).mean().mean()),
-            "per_keypoint": 100.0 * float(correct.mean()),
-        })
-    return pd.DataFrame(rows)
+def mark_correct(table: pd.DataFrame, alphas: Iterable[float]) -> pd.DataFrame:
+    """The per-keypoint table with a correct@alpha column for each alpha, by pck.py's rule
+    (distance <= alpha * L): scores a table at thresholds it was not evaluated at."""
+    return table.assign(**{pck.correct_column(a): table["distance"] <= a * table["norm_L"] for a in alphas})
+
+
+def pck_curve(table: pd.DataFrame, alphas: Iterable[float]) -> pd.DataFrame:
+    """PCK (%) at any alphas from a per-keypoint table, both averagings, computed as metrics.json's are."""
+    alphas = [float(a) for a in alphas]
+    scores = pck.overall(mark_correct(table, alphas), alphas)
+    return pd.DataFrame([{"alpha": a, **scores[f"pck@{a:g}"]} for a in alphas])
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     text = to_markdown(table, tuple(args.alphas))
     print(text)
     if args.markdown:
-        Path(args.markdown).write_text(text)
+        atomic_write(Path(args.markdown), lambda tmp: tmp.write_text(text))
     if args.csv:
         write_csv(args.csv, table)
     return table

@@ -38,6 +38,7 @@ from pairs import (
     ImageRef,
     PairRecord,
     PairSet,
+    box_tuple,
     check_split,
     collect_pairs,
     missing_root_error,
@@ -156,8 +157,8 @@ def _pair_record(path: str, name: PairName, root: str, images: dict[str, ImageRe
             src_kps=src_kps,
             trg_kps=trg_kps,
             kp_ids=kp_ids,
-            src_bbox=_box(ann["src_bndbox"]),
-            trg_bbox=_box(ann["trg_bndbox"]),
+            src_bbox=box_tuple(ann["src_bndbox"], "src_bndbox"),
+            trg_bbox=box_tuple(ann["trg_bndbox"], "trg_bndbox"),
             flags={flag: int(ann[flag]) for flag in FLAGS},
         )
     except KeyError as exc:
@@ -176,9 +177,3 @@ def _image(root: str, category: str, imname: str, imsize: list, images: dict[str
         images[key] = ImageRef(key, path, (int(imsize[0]), int(imsize[1])))
     return images[key]
 
-
-def _box(values: list) -> tuple[float, float, float, float]:
-    if len(values) != 4:
-        raise ValueError(f"a box must be [x1, y1, x2, y2], got {values}")
-    x1, y1, x2, y2 = (float(v) for v in values)
-    return (x1, y1, x2, y2)

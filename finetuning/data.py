@@ -16,7 +16,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from torch.utils.data import Dataset, DistributedSampler
 
 from helper_functions import Preprocess, image_geometry, input_to_patch, preprocess_image
-from pairs import ImageRef, PairRecord, load_image
+from pairs import PairRecord, load_image
 
 
 @dataclass(frozen=True)
@@ -132,15 +132,3 @@ def epoch_batches(num_pairs: int, batch_size: int, epoch: int, seed: int, rank: 
     order = [(epoch, i) for i in sampler]
     return [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
 
-
-class Images(Dataset):
-    """Preprocessed images, for filling the frozen-feature cache."""
-
-    def __init__(self, images: list[ImageRef], prep: Preprocess):
-        self.images, self.prep = images, prep
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return preprocess_image(load_image(self.images[i]), self.prep)

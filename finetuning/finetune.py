@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import DATASETS, image_size
+import pck
+from cli import DATASETS, HelpFormatter, image_size
 from finetuning.presets import PRESETS
 from finetuning.training import FinetuneError, TrainConfig, read_resume_folder, run
 from models import CheckpointError
@@ -32,13 +33,6 @@ DEFAULTS = TrainConfig()
 
 def optional_split(text: str) -> str | None:
     return None if text.lower() == "none" else text
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None (those helps say what happens instead)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--val-every", type=int, default=DEFAULTS.val_every, help="steps between validations / checkpoints")
     g.add_argument("--val-alpha", type=float, default=DEFAULTS.val_alpha, help="PCK alpha that picks best.pt")
     g.add_argument("--thresholds", type=float, nargs="+", default=DEFAULTS.thresholds, help="PCK alphas to log")
-    g.add_argument("--pck-norm", choices=("bbox", "image", "kpbox"), help="default: the dataset's standard")
+    g.add_argument("--pck-norm", choices=pck.NORMS, help="default: the dataset's standard")
     g.add_argument("--log-every", type=int, default=DEFAULTS.log_every, help="steps between train_log.csv rows")
     g.add_argument("--stop-after", type=int, help="stop after this global step (saving last.pt); --resume continues")
     g.add_argument("--resume", help="continue the run in this folder exactly where its last.pt left off")

@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 
 import pck
 from evaluation import MatchConfig, build_member, evaluable, predict_keypoints, score
-from finetuning.data import Augment, Images, TrainingPairs, collate, epoch_batches
+from finetuning.data import Augment, TrainingPairs, collate, epoch_batches
 from finetuning.presets import preset_for
-from helper_functions import Preprocess, backbone_preprocess
+from helper_functions import ImageDataset, Preprocess, backbone_preprocess
 from matching_strategies import nearest_patch, sample_descriptors
 from models import Backbone, TokenState, get_spec, load_backbone, load_finetuned, save_finetuned
 from pairs import ImageRef, PairRecord, PairSet, load_pairs
@@ -188,13 +188,12 @@ class FrozenCache:
         self, split: SplitBackbone, images: list[ImageRef], prep: Preprocess, batch_size: int, num_workers: int, progress: bool
     ):
         device = split.backbone.device
-        loader = DataLoader(Images(images, prep), batch_size=batch_size, num_workers=num_workers)
+        loader = DataLoader(ImageDataset(images, prep), batch_size=batch_size, num_workers=num_workers)
         self.tokens: dict[str, Tensor] = {}
-        refs = iter(images)
-        for batch in tqdm(loader, desc="frozen features", unit="batch", disable=not progress):
+        for index, batch in tqdm(loader, desc="frozen features", unit="batch", disable=not progress):
             state = split.trunk(batch.to(device))
-            for tokens in state.tokens.cpu():
-                self.tokens[next(refs).key] = tokens
+            for i, tokens in zip(index.tolist(), state.tokens.cpu(), strict=True):
+                self.tokens[images[i].key] = tokens
         self.grid, self.rope = state.grid, state.rope  # the same for every image of one size
 
     def states(self, keys: list[str], device: torch.device) -> TokenState:
@@ -287,7 +286,7 @@ def val_subset(pairset: PairSet, limit: int | None, seed: int) -> PairSet:
 
 def validate(backbone: Backbone, val_set: PairSet, cfg: TrainConfig) -> dict[str, float]:
     """PCK (per image and per keypoint, argmax) of the model being trained, by the evaluation engine."""
-    norm = cfg.pck_norm or pck.DEFAULT_NORM.get(val_set.dataset, "image")
+    norm = pck.default_norm(val_set.dataset, cfg.pck_norm)
     member, _ = build_member(
         backbone, val_set, cfg.image_size, cfg.resize, None, 2 * cfg.batch_size, cfg.num_workers, progress=False
     )
@@ -450,7 +449,13 @@ def read_resume_folder(run_dir: Path, model: str | None) -> TrainConfig:
             f"cannot resume from {run_dir}: {', '.join(missing)} missing. Give the folder of a run of "
             "finetuning/finetune.py that saved at least one checkpoint (results/finetune/<timestamp>_<model>/)."
         )
-    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    try:
+        cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise FinetuneError(
+            f"cannot resume from {run_dir}: its config.json is not one finetuning/finetune.py wrote "
+            f"({type(err).__name__}: {err}); start a new run instead."
+        ) from None
     if model is not None:
         wanted = known_model(model)
         if wanted != known_model(cfg.model):

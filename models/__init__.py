@@ -7,7 +7,7 @@ from models.backbones import (
     load_backbone,
     load_finetuned,
 )
-from models.checkpoints import CheckpointError, save_finetuned
+from models.checkpoints import CheckpointError, is_finetuned, save_finetuned
 from models.registry import ALIASES, BACKBONES, BackboneSpec, get_spec
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "CheckpointError",
     "TokenState",
     "get_spec",
+    "is_finetuned",
     "load_backbone",
     "load_finetuned",
     "save_finetuned",

@@ -327,7 +327,7 @@ def load_backbone(
     timm_overrides: passed to timm.create_model (e.g. depth=2, embed_dim=64, num_heads=2).
     """
     spec = get_spec(name)
-    if isinstance(weights, str) and weights == "random":
+    if weights == "random":
         message = f"{spec.name}: RANDOM weights (weights='random'); the features are meaningless, use only for smoke tests."
         warnings.warn(message, stacklevel=2)
         logger.warning(message)

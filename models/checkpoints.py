@@ -84,7 +84,7 @@ def read_checkpoint(path: str | os.PathLike, spec: BackboneSpec | None = None) -
             f"{path} is not a checkpoint of any supported backbone (DINOv2, DINOv3, SAM): "
             f"{len(state)} tensors, first keys {list(state)[:SHOWN_KEYS]}. " + _hint(spec)
         )
-    converted = CONVERTERS[source, family](state)
+    converted = OFFICIAL_TO_TIMM[family](state) if source == "official" else state
     state = {k if k == "rope_periods" else f"model.{k}": v for k, v in converted.items()}
     return Checkpoint(path, state, source, family)
 
@@ -203,6 +203,18 @@ def _hint(spec: BackboneSpec | None) -> str:
     return where_to_get(spec) if spec is not None else "Check the path, or download the file again."
 
 
+def is_finetuned(path: str | os.PathLike) -> bool:
+    """Whether `path` is a fine-tuned checkpoint of this project; reads only its header (mmap)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return False
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip-format torch file: load_backbone reports what is wrong with it
+        return False
+    return isinstance(raw, dict) and raw.get("format") == FINETUNED_FORMAT
+
+
 def _load_file(path: Path, spec: BackboneSpec | None) -> object:
     try:
         if path.suffix == ".safetensors":
@@ -317,18 +329,7 @@ def _sam_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k.removeprefix(prefix).replace("mlp.lin", "mlp.fc"): v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return dict(state)
-
-
-CONVERTERS = {
-    ("official", "dinov2"): _dinov2_official,
-    ("official", "dinov3"): _dinov3_official,
-    ("official", "sam"): _sam_official,
-    ("timm", "dinov2"): _timm,
-    ("timm", "dinov3"): _timm,
-    ("timm", "sam"): _timm,
-}
+OFFICIAL_TO_TIMM = {"dinov2": _dinov2_official, "dinov3": _dinov3_official, "sam": _sam_official}
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from pairs import (
     ImageRef,
     PairRecord,
     PairSet,
+    box_tuple,
     check_split,
     collect_pairs,
     first_existing,
@@ -45,6 +46,7 @@ from pairs import (
     missing_root_error,
     orient_box,
     orient_points,
+    pair_id_from_row,
     stored_size,
 )
 
@@ -142,7 +144,7 @@ def _records(
             if len(src_ann[0]) != len(trg_ann[0]):
                 uneven.append(where)
         yield PairRecord(
-            pair_id=f"{number:04d}-{PurePosixPath(src.key).name}-{PurePosixPath(trg.key).name}",
+            pair_id=pair_id_from_row(number, src, trg),
             dataset=NAME,
             category=category,
             src=src,
@@ -207,8 +209,7 @@ def _annotation(path: Path, cache: dict[Path, Annotation]) -> Annotation:
                 f"{path}: malformed annotation, 'kps' must be N x 2 and 'bbox' have 4 values, "
                 f"got {kps.shape} and {bbox.size}"
             )
-        x1, y1, x2, y2 = (float(v) for v in bbox)
-        cache[path] = (kps, (x1, y1, x2, y2))
+        cache[path] = (kps, box_tuple(bbox, "bbox"))
     return cache[path]
 
 
@@ -237,7 +238,7 @@ def _common_keypoints(src: np.ndarray, trg: np.ndarray) -> tuple[np.ndarray, np.
     return src[index].astype(np.float32), trg[index].astype(np.float32), [str(i) for i in index]
 
 
-def _oriented_box(annotation: Annotation | None, ref: ImageRef):
+def _oriented_box(annotation: Annotation | None, ref: ImageRef) -> tuple[float, float, float, float] | None:
     if annotation is None:
         return None
     box = tuple(v - 1 for v in annotation[1])

@@ -41,6 +41,7 @@ from pairs import (
     image_ref,
     missing_root_error,
     orient_points,
+    pair_id_from_row,
     stored_size,
 )
 
@@ -103,7 +104,7 @@ def _records(root: Path, csv_path: Path, rows: list[list[str]], columns: dict[st
         src_kps = np.stack([xy["XA"], xy["YA"]], axis=1) - 1
         trg_kps = np.stack([xy["XB"], xy["YB"]], axis=1) - 1
         yield PairRecord(
-            pair_id=f"{number:04d}-{PurePosixPath(src.key).name}-{PurePosixPath(trg.key).name}",
+            pair_id=pair_id_from_row(number, src, trg),
             dataset=NAME,
             category=src_class,
             src=src,

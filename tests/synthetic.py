@@ -8,12 +8,18 @@ peaks where their object coordinates agree. Background and padding get a separat
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from evaluation import EvalConfig
 from helper_functions import IMAGENET_MEAN, IMAGENET_STD
+
+BOXES = [(20, 30, 120, 110), (50, 10, 170, 140), (10, 60, 90, 150), (70, 40, 190, 130)]
 
 
 class ColourCodeBackbone(torch.nn.Module):
@@ -58,3 +64,47 @@ def render_object(size: tuple[int, int], box: tuple[float, float, float, float])
     inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
     img = np.stack([u, v, np.ones_like(u)], axis=-1) * inside[..., None]
     return Image.fromarray(np.round(img.clip(0, 1) * 255).astype(np.uint8))
+
+
+def write_colour_pairs(folder: Path, n_images: int = 4, kps: int = 5, seed: int = 0) -> Path:
+    """A custom pairs file (custom_pairs.py format) of colour-coded objects, with exact ground truth:
+    every ordered pair of `n_images` images, `kps` keypoints each, categories 'a' and 'b'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n_images):
+        name = f"im{i}.png"
+        render_object((200 + 10 * i, 160 - 5 * i), BOXES[i]).save(folder / name)
+        names.append(name)
+    rng = np.random.default_rng(seed)
+    entries = []
+    for s in range(n_images):
+        for t in range(n_images):
+            if s != t:
+                uv = rng.uniform(0.15, 0.85, (kps, 2))
+                sb, tb = np.array(BOXES[s], float), np.array(BOXES[t], float)
+                entries.append({
+                    "source": names[s], "target": names[t], "category": "ab"[s % 2], "pair_id": f"{s}-{t}",
+                    "source_kps": (sb[:2] + uv * (sb[2:] - sb[:2]) - 0.5).tolist(),
+                    "target_kps": (tb[:2] + uv * (tb[2:] - tb[:2]) - 0.5).tolist(),
+                    "target_bbox": (tb - 0.5).tolist(),
+                })  # fmt: skip
+    path = folder / "pairs.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def colour_backbone(tmp_path: Path, patch_size: int = 8, image_size: int = 128) -> ColourCodeBackbone:
+    """A ColourCodeBackbone whose weights file exists, so that the feature cache is used."""
+    bb = ColourCodeBackbone(patch_size=patch_size, image_size=image_size)
+    weights = tmp_path / f"weights-{patch_size}.bin"
+    weights.write_bytes(b"weights")
+    bb.weights_path = str(weights)
+    return bb
+
+
+def colour_config(tmp_path: Path, **kw) -> EvalConfig:
+    """An EvalConfig for the colour-coded pairs: everything under tmp_path, no workers, bbox PCK at 0.05 and 0.1."""
+    settings = {"model": "colourcode", "dataset": "custom", "cache_dir": str(tmp_path / "cache"),
+                "output_dir": str(tmp_path / "results"), "num_workers": 0, "batch_size": 3, "progress": False,
+                "pck_norm": "bbox", "thresholds": [0.05, 0.1]}  # fmt: skip
+    return EvalConfig(**{**settings, **kw})

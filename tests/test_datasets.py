@@ -305,6 +305,16 @@ def test_custom_pairs_with_and_without_keypoints(tmp_path, fmt):
     assert bare.pairs[0].src_kps.shape == (0, 2) and bare.pairs[0].category == "mug"
 
 
+def test_custom_csv_from_a_spreadsheet_with_byte_order_mark(tmp_path):
+    pairs = fake_pairs(fake_images("mug", 2, num_kps=3))
+    path = make_custom(tmp_path, pairs, "csv")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # Excel's "CSV UTF-8"
+    assert_matches(load_pairs("custom", path), pairs, boxes=False)
+    path.write_bytes(b"source,target\n\xff\xfe.png,b.png\n")  # not UTF-8
+    with pytest.raises(DatasetError, match=f"cannot read custom pairs {re.escape(str(path))}: 'utf-8' codec"):
+        load_pairs("custom", path)
+
+
 def test_custom_pairs_bad_input(tmp_path):
     path = make_custom(tmp_path, fake_pairs(fake_images("mug", 2)))
     data = json.loads(path.read_text())
@@ -319,6 +329,11 @@ def test_custom_pairs_bad_input(tmp_path):
     data["pairs"][1]["target"] = "images/none.png"
     path.write_text(json.dumps(data["pairs"][1:]))
     with pytest.raises(DatasetError, match=r"pair 1: image not found: .*none.png"):
+        load_pairs("custom", path)
+    data["pairs"][1]["target_bbox"] = [1, 2, 3]
+    data["pairs"][1]["target"] = data["pairs"][1]["source"]
+    path.write_text(json.dumps(data["pairs"][1:]))
+    with pytest.raises(DatasetError, match=r"pair 1: target_bbox must be \[x1, y1, x2, y2\], got \[1, 2, 3\]"):
         load_pairs("custom", path)
     with pytest.raises(DatasetError, match="no default location"):
         load_pairs("custom")

@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 import pytest
-from dataset_factory import UNDO_ORIENTATION, FakeImage, write_image
+from dataset_factory import UNDO_ORIENTATION, FakeImage, render, write_image
 from PIL import Image
 
 from pairs import DatasetError, ImageRef, image_ref, load_image, orient_box, orient_points
@@ -73,17 +73,19 @@ def test_orient_points_moves_keypoints_with_the_pixels(tmp_path, orientation):
     moved = orient_points(points, orientation, (w, h))
     for (x, y), (mx, my) in zip(points, moved, strict=True):
         assert tuple(loaded[int(my), int(mx), :2]) == (x * 40, y * 80)
-    box = orient_box((1.0, 0.0, 3.0, 2.0), orientation, (w, h))
-    corners = orient_points(np.array([[1, 0], [3, 2]], np.float32), orientation, (w, h))
-    assert box == (*corners.min(0), *corners.max(0))
+    # the box must enclose exactly the loaded pixels that come from inside the stored box
+    from_box = (loaded[..., 0] >= 1 * 40) & (loaded[..., 0] <= 3 * 40) & (loaded[..., 1] >= 1 * 80)
+    rows, cols = np.nonzero(from_box)
+    box = orient_box((1.0, 1.0, 3.0, 2.0), orientation, (w, h))
+    assert box == (cols.min(), rows.min(), cols.max(), rows.max())
 
 
 def test_factory_undo_orientation_is_the_inverse_of_exif_transpose(tmp_path):
     for orientation in UNDO_ORIENTATION:
-        image = FakeImage("x", "c", (7, 4), {0: (1.0, 2.0)}, orientation=orientation)
+        image = FakeImage("x", "c", (7, 4), {0: (1.0, 2.0), 1: (5.0, 1.0)}, orientation=orientation)
         ref = image_ref("t", write_image(tmp_path / f"{orientation}.png", image))
         assert ref.size == (7, 4) and ref.orientation == orientation
-        assert load_image(ref).size == (7, 4)
+        np.testing.assert_array_equal(np.asarray(load_image(ref)), np.asarray(render(image)))
 
 
 def test_unreadable_and_missing_images_name_the_file(tmp_path):

@@ -5,7 +5,6 @@ import csv
 import gzip
 import io
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -58,7 +57,9 @@ def test_spair_small_layout_is_a_subset_of_large(tmp_path):
 
 
 def test_spair_loads_the_real_val_list_from_windows_named_annotations(tmp_path):
-    """All 5,384 large val pairs, annotation files named with '_' (auto-detected), in seconds."""
+    """All 5,384 large val pairs, annotation files named with '_' (auto-detected).
+
+    The listing speed is measured by benchmarks/bench_datasets.py, not here."""
     layout = spair_layout(tmp_path, "large", "val")
     root = layout.parents[2]
     ann_dir = root / "PairAnnotation" / "val"
@@ -77,14 +78,11 @@ def test_spair_loads_the_real_val_list_from_windows_named_annotations(tmp_path):
             path = root / "JPEGImages" / name.category / f"{image}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()  # listing pairs must not open images
-    start = time.perf_counter()
     ps = load_pairs("spair", root, "val")
-    seconds = time.perf_counter() - start
     assert len(ps.pairs) == 5_384 and len(ps.unique_images()) == 322
     assert ps.pairs[0].pair_id == layout.read_text().split()[0]
     assert Counter(p.flags["viewpoint_variation"] for p in ps.pairs) == Counter(n % 3 for n in range(1, 5_385))
     assert ps.skipped == {} and ps.clamped_keypoints == 0
-    assert seconds < 15, f"listing 5,384 pairs took {seconds:.1f} s"
 
 
 @pytest.mark.parametrize(("split", "num_pairs", "num_images"), [("trn", 2_940, 1_001), ("val", 308, 521)])

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic import ColourCodeBackbone
-from test_grid_search import colour_backbone, config, write_colour_pairs
+from synthetic import ColourCodeBackbone, colour_backbone, colour_config, write_colour_pairs
 
 import ensemble_evaluate as ens
 import pck
@@ -87,7 +86,7 @@ def predictions(run):
 
 def test_identical_members_equal_one_model_and_weights_are_normalised(tmp_path, pairset):
     """Weights 3 and 7 on the same model: only normalised weights keep the soft-argmax temperature."""
-    cfg = config(tmp_path, match=MatchConfig("wsoftargmax", 5, 0.1))
+    cfg = colour_config(tmp_path, match=MatchConfig("wsoftargmax", 5, 0.1))
     bb = colour_backbone(tmp_path)
     single = evaluate(cfg, pairset, bb)
     run = ens.evaluate_ensemble(cfg, pairset, [spec("cc:3"), spec("cc:7")], [bb, bb])
@@ -108,7 +107,7 @@ def test_identical_members_equal_one_model_and_weights_are_normalised(tmp_path, 
 def test_members_on_different_grids(tmp_path, pairset, common_grid, grid, reference):
     """Patch 16 (8x8 grid) and patch 8 (16x16): maps meet on the chosen grid, pixels come from it."""
     coarse, fine = colour_backbone(tmp_path, patch_size=16), colour_backbone(tmp_path, patch_size=8)
-    cfg = config(tmp_path, thresholds=[0.2])
+    cfg = colour_config(tmp_path, thresholds=[0.2])
     run = ens.evaluate_ensemble(cfg, pairset, [spec("coarse"), spec("fine")], [coarse, fine], common_grid)
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert resolved["grid"] == grid and resolved["reference_member"] == reference
@@ -117,7 +116,7 @@ def test_members_on_different_grids(tmp_path, pairset, common_grid, grid, refere
 
 
 def test_zero_weight_member_changes_nothing_and_noise_hurts(tmp_path, pairset):
-    cfg = config(tmp_path, cache_dir=None)
+    cfg = colour_config(tmp_path, cache_dir=None)
     good = colour_backbone(tmp_path)
     alone = evaluate(cfg, pairset, good)
     muted = ens.evaluate_ensemble(cfg, pairset, [spec("good:1"), spec("noise:0")], [good, NoiseBackbone(8, 128)])
@@ -156,7 +155,7 @@ def test_pad_members_need_one_aspect_ratio(tmp_path, pairset):
 
 
 def test_weight_search(tmp_path, pairset):
-    cfg = config(tmp_path, cache_dir=None)
+    cfg = colour_config(tmp_path, cache_dir=None)
     good = colour_backbone(tmp_path)
     run = ens.search_weights(cfg, pairset, [spec("good"), spec("noise:0.9")], [good, NoiseBackbone(8, 128)], step=0.25)
     assert run.name.endswith("_ensemble_custom_test_weights")
@@ -188,3 +187,5 @@ def test_command_line(tmp_path, capsys):
     assert "MODEL[:WEIGHTS][:WEIGHT][@SIZE]" in capsys.readouterr().out
     with pytest.raises(ValueError, match="every member or to none"):
         ens.main(["--member", "dinov2_vits14:random:1", "--member", "dinov2_vits14:random", *common])
+    with pytest.raises(ValueError, match="must divide 1"):
+        ens.main(["--member", "no_such_model", "--member", "dinov2", "--search-weights", "--weight-step", "0.3", *common])

@@ -130,3 +130,25 @@ def test_finetuned_checkpoint_defaults_to_its_training_preprocessing(tmp_path, b
     run = evaluate(config(tmp_path, image_size=[64], resize="squash"), make_pairset(tmp_path), backbone)
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert (resolved["image_size"], resolved["resize"]) == ([64, 64], "squash")
+
+
+def test_checkpoint_flag_takes_finetuned_files_and_plain_weights(tmp_path, monkeypatch):
+    import evaluation
+    from models import is_finetuned, load_backbone, save_finetuned
+
+    tiny = load_backbone("dinov2", weights="random", device="cpu", depth=1, embed_dim=32, num_heads=2)
+    finetuned = save_finetuned(tiny, tmp_path / "best.pt", {"note": "test"})
+    plain = tmp_path / "plain.pth"
+    torch.save(tiny.state_dict(), plain)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    assert is_finetuned(finetuned)
+    assert not any(is_finetuned(p) for p in (plain, garbage, tmp_path / "missing.pth"))
+
+    calls = []
+    monkeypatch.setattr(evaluation, "load_finetuned", lambda path, device: calls.append(("finetuned", str(path))))
+    monkeypatch.setattr(evaluation, "load_backbone", lambda name, weights, device, layer: calls.append((name, str(weights))))
+    evaluation.load_model(EvalConfig(checkpoint=str(finetuned)))
+    evaluation.load_model(EvalConfig(model="dinov3", checkpoint=str(plain)))
+    evaluation.load_model(EvalConfig(model="sam", weights="w.pth"))
+    assert calls == [("finetuned", str(finetuned)), ("dinov3", str(plain)), ("sam", "w.pth")]

@@ -340,6 +340,8 @@ def test_resume_refuses_another_model_changed_settings_and_incomplete_folders(in
                 "--stop-after", "1", "--val-split", "none"])  # fmt: skip
     assert "fine-tuning run of dinov2_vitb14, not sam_vit_b" in error_of(["--resume", str(run), "--model", "sam"])
     assert "--lr" in error_of(["--resume", str(run), "--lr", "0.1"])
+    (run / "config.json").write_text("{")
+    assert "its config.json is not one finetuning/finetune.py wrote" in error_of(["--resume", str(run)])
     (run / STATE_FILE).unlink()
     assert f"{STATE_FILE} missing" in error_of(["--resume", str(run)])
 

@@ -6,58 +6,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.patches import Rectangle
 from PIL import Image
-from synthetic import ColourCodeBackbone, render_object
+from synthetic import colour_backbone, colour_config, write_colour_pairs
 
 import evaluation
 import grid_search_hyperparams as gs
 import pck
 from cli import eval_config, evaluation_parser, read_best_parameters
-from evaluation import EvalConfig, MatchConfig, build_member, evaluation_set, predict_keypoints
+from evaluation import MatchConfig, build_member, evaluation_set, predict_keypoints
 from pairs import load_pairs
-
-BOXES = [(20, 30, 120, 110), (50, 10, 170, 140), (10, 60, 90, 150), (70, 40, 190, 130)]
-
-
-def write_colour_pairs(folder, n_images=4, kps=5, seed=0):
-    """A custom pairs file (custom_pairs.py format) of colour-coded objects, with exact ground truth."""
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(n_images):
-        name = f"im{i}.png"
-        render_object((200 + 10 * i, 160 - 5 * i), BOXES[i]).save(folder / name)
-        names.append(name)
-    rng = np.random.default_rng(seed)
-    entries = []
-    for s in range(n_images):
-        for t in range(n_images):
-            if s != t:
-                uv = rng.uniform(0.15, 0.85, (kps, 2))
-                sb, tb = np.array(BOXES[s], float), np.array(BOXES[t], float)
-                entries.append({
-                    "source": names[s], "target": names[t], "category": "ab"[s % 2], "pair_id": f"{s}-{t}",
-                    "source_kps": (sb[:2] + uv * (sb[2:] - sb[:2]) - 0.5).tolist(),
-                    "target_kps": (tb[:2] + uv * (tb[2:] - tb[:2]) - 0.5).tolist(),
-                    "target_bbox": (tb - 0.5).tolist(),
-                })
-    path = folder / "pairs.json"
-    path.write_text(json.dumps(entries))
-    return path
-
-
-def colour_backbone(tmp_path, patch_size=8, image_size=128):
-    bb = ColourCodeBackbone(patch_size=patch_size, image_size=image_size)
-    weights = tmp_path / f"weights-{patch_size}.bin"
-    weights.write_bytes(b"weights")
-    bb.weights_path = str(weights)  # a real file, so that the feature cache is used
-    return bb
-
-
-def config(tmp_path, **kw):
-    settings = {"model": "colourcode", "dataset": "custom", "cache_dir": str(tmp_path / "cache"),
-                "output_dir": str(tmp_path / "results"), "num_workers": 0, "batch_size": 3, "progress": False,
-                "pck_norm": "bbox", "thresholds": [0.05, 0.1]}
-    return EvalConfig(**{**settings, **kw})
 
 
 @pytest.fixture
@@ -68,7 +26,7 @@ def pairset(tmp_path):
 def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, pairset):
     backbone = colour_backbone(tmp_path)
     windows, temperatures = [3, 5], [0.02, 0.5, 2.0]
-    run = gs.grid_search(config(tmp_path), pairset, backbone, windows, temperatures)
+    run = gs.grid_search(colour_config(tmp_path), pairset, backbone, windows, temperatures)
     assert backbone.calls == 2  # 4 images in batches of 3, once for the whole grid
     assert sorted(p.name for p in run.iterdir()) == [
         "best_parameters.json", "config.json", "grid_search_heatmap.png", "grid_search_results.csv"]
@@ -100,6 +58,22 @@ def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, p
     assert Image.open(run / "grid_search_heatmap.png").size[0] > 400
 
 
+def test_ties_go_to_the_first_cell_searched_and_the_heatmap_outlines_that_cell():
+    """Windows given as 9, 3 (the heatmap sorts them): K=9 T=0.2 and K=3 T=0.1 tie, the first searched wins."""
+    cells = [(9, 0.1, 50.0), (9, 0.2, 70.0), (3, 0.1, 70.0), (3, 0.2, 60.0)]
+    rows = [{"matcher": "argmax", "window": None, "temperature": None, "pck@0.1_per_image": 40.0,
+             "pck@0.1_per_keypoint": 41.0}]
+    rows += [{"matcher": "wsoftargmax", "window": k, "temperature": t, "pck@0.1_per_image": v,
+              "pck@0.1_per_keypoint": v - 1} for k, t, v in cells]
+    table = pd.DataFrame(rows).astype({"window": "Int64"})
+    best, argmax = gs.best_parameters(table, [0.1], "per_image")
+    assert best["0.1"] == {"window": 9, "temperature": 0.2, "pck_per_image": 70.0, "pck_per_keypoint": 69.0}
+    assert argmax == {"0.1": {"pck_per_image": 40.0, "pck_per_keypoint": 41.0}}
+    fig = gs.plot_grid(table, [0.1], "per_image", "ties", best)
+    (outline,) = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
+    assert outline.get_xy() == (0.5, 0.5)  # row K=9 (of 3, 9), column T=0.2 (of 0.1, 0.2)
+
+
 def test_grid_reaches_below_patch_resolution_and_low_temperature_is_argmax(tmp_path, pairset):
     """Known behaviour on the colour-coded data: keypoints lie between patch centres, so a moderate
     temperature beats argmax, and T -> 0 reduces to argmax."""
@@ -128,7 +102,7 @@ def test_chunked_matching_changes_nothing(tmp_path, pairset, monkeypatch):
 
 
 def test_best_parameters_reach_evaluation_through_params(tmp_path, pairset):
-    run = gs.grid_search(config(tmp_path), pairset, colour_backbone(tmp_path), [3, 7], [0.05, 1.0])
+    run = gs.grid_search(colour_config(tmp_path), pairset, colour_backbone(tmp_path), [3, 7], [0.05, 1.0])
     best = json.loads((run / "best_parameters.json").read_text())["best"]
     parser = evaluation_parser("test")
     args = parser.parse_args(["--params", str(run / "best_parameters.json"), "--params-alpha", "0.05"])

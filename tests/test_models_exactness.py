@@ -337,8 +337,6 @@ def test_sam_layernorm_eps_shows_on_small_activations(tmp_path):
         assert _max_diff(bb(images), encoder.neck(x.permute(0, 3, 1, 2))) > 1e-2
 
 
-
-
 @pytest.mark.parametrize(("name", "eps"), [("dinov2_vitb14", 1e-6), ("dinov3_vitb16", 1e-5), ("sam_vit_b", 1e-6)])
 def test_layernorm_eps_is_metas(name, eps):
     with pytest.warns(UserWarning, match="RANDOM"):

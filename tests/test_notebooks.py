@@ -7,9 +7,10 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 from nbclient import NotebookClient
-from test_grid_search import colour_backbone, config, write_colour_pairs
+from synthetic import colour_backbone, colour_config, write_colour_pairs
 
 import report
 from evaluation import MatchConfig, evaluate
@@ -24,7 +25,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
     pairset = load_pairs("custom", root=write_colour_pairs(tmp / "data"))
     backbone = colour_backbone(tmp, image_size=64)
-    return [evaluate(config(tmp, match=MatchConfig(m, 3, 0.1)), pairset, backbone) for m in ("argmax", "wsoftargmax")]
+    return [evaluate(colour_config(tmp, match=MatchConfig(m, 3, 0.1)), pairset, backbone) for m in ("argmax", "wsoftargmax")]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -58,7 +59,9 @@ def test_report_table_and_markdown(runs, tmp_path):
     markdown = (tmp_path / "r.md").read_text()
     assert markdown.splitlines()[0].startswith("| model | setting | dataset |")
     assert f"{metrics['pck@0.1']['per_image']:.1f} ({metrics['pck@0.1']['per_keypoint']:.1f})" in markdown
-    assert (tmp_path / "r.csv").stat().st_size > 0
+    saved = pd.read_csv(tmp_path / "r.csv")
+    assert saved["run"].tolist() == table["run"].tolist()
+    assert saved["pck@0.1_per_image"].tolist() == table["pck@0.1_per_image"].tolist()
 
 
 def test_published_numbers_only_for_the_same_protocol(runs):

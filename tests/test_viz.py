@@ -8,8 +8,7 @@ import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.patches import ConnectionPatch
 from PIL import Image
-from synthetic import render_object
-from test_grid_search import colour_backbone, config, write_colour_pairs
+from synthetic import colour_backbone, colour_config, render_object, write_colour_pairs
 
 import match_pair as mp
 import pck
@@ -97,7 +96,7 @@ def test_best_and_worst_pairs_are_drawn(tmp_path):
 
 def test_evaluation_saves_pictures_of_its_best_and_worst_pairs(tmp_path):
     pairset = load_pairs("custom", root=write_colour_pairs(tmp_path / "data"))
-    run = evaluate(config(tmp_path, save_vis=1), pairset, colour_backbone(tmp_path, image_size=64))
+    run = evaluate(colour_config(tmp_path, save_vis=1), pairset, colour_backbone(tmp_path, image_size=64))
     per_pair = pd.read_csv(run / "per_pair.csv", dtype={"pair_id": str})
     table = pck.read_keypoint_table(run / "per_keypoint.csv")
     ranking = viz2d.pair_ranking(table, 0.1)["pair_id"]
@@ -150,6 +149,14 @@ def test_match_pair_finds_given_and_mutual_points(tmp_path):
     assert saved["matches"][1]["target"] == pytest.approx(result.pred[1].tolist())
 
 
+def test_match_pair_defaults_to_the_preprocessing_a_checkpoint_was_trained_with(tmp_path):
+    src, trg = colour_images(tmp_path)
+    backbone = colour_backbone(tmp_path)
+    backbone.extra = {"finetune": {"image_size": [64], "resize": "pad"}}  # what load_finetuned restores
+    result = mp.match_pair(backbone, src, trg, MatchConfig(), np.array([[40.0, 50.0]]))
+    assert (result.features.prep.height, result.features.prep.width, result.features.prep.resize) == (64, 64, "pad")
+
+
 def test_points_syntax_and_grid():
     np.testing.assert_array_equal(mp.parse_points("1,2; 3.5,4"), [[1, 2], [3.5, 4]])
     for bad in ("1,2,3", "a,b", "", "1,nan"):
@@ -175,3 +182,5 @@ def test_match_pair_command_line(tmp_path, capsys):
         mp.main([*common, "--points", "10,10;250,10"])
     with pytest.raises(ValueError, match="only 4 points"):
         mp.main([*common, "--grid", "2", "--heatmap", "4"])
+    with pytest.raises(ValueError, match="--mutual must be >= 1"):
+        mp.main([*common, "--mutual", "0"])
