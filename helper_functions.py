@@ -10,6 +10,7 @@ between original pixels and the backbone's input; everything else calls them.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -175,37 +176,36 @@ def extract_features(
     L2-normalised over channels so that a dot product is the cosine similarity.
     """
     device = backbone.device
-    h, w = prep.grid
-    feats = torch.empty(len(images), backbone.feature_dim, h, w, dtype=store_dtype, device=device)
-    todo = []
-    t0 = time.perf_counter()
-    for i, ref in enumerate(images):
-        cached = cache.load(ref) if cache is not None else None
-        if cached is None:
-            todo.append(i)
-        else:
-            feats[i] = cached.to(device=device, dtype=store_dtype)  # cached features are normalised
-    t_cache = time.perf_counter() - t0
+    feats = torch.empty(len(images), backbone.feature_dim, *prep.grid, dtype=store_dtype, device=device)
+    with ThreadPoolExecutor(max_workers=4) as io:  # cache files are read and written beside the compute
+        t0 = time.perf_counter()
+        cached = list(io.map(cache.load, images)) if cache is not None else [None] * len(images)
+        todo = [i for i, c in enumerate(cached) if c is None]
+        for i, c in enumerate(cached):
+            if c is not None:
+                feats[i] = c.to(device=device, dtype=store_dtype)  # cached features are normalised
+        t_cache = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    if todo:
+        t0 = time.perf_counter()
         loader = DataLoader(
             ImageDataset([images[i] for i in todo], prep),
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
         )
-        bar = tqdm(total=len(todo), desc=f"features {backbone.name}", unit="img", disable=not progress)
-        with torch.inference_mode():
+        writes = []
+        with torch.inference_mode(), tqdm(
+            total=len(todo), desc=f"features {backbone.name}", unit="img", disable=not progress or not todo
+        ) as bar:
             for local_idx, batch in loader:
-                out = F.normalize(backbone(batch.to(device, non_blocking=True)).float(), dim=1)
-                out = out.to(store_dtype)
+                out = F.normalize(backbone(batch.to(device, non_blocking=True)).float(), dim=1).to(store_dtype)
                 rows = [todo[j] for j in local_idx.tolist()]
                 feats[rows] = out
                 if cache is not None:
-                    cache.save([images[r] for r in rows], out)
+                    writes.append(io.submit(cache.save, [images[r] for r in rows], out))
                 bar.update(len(rows))
-        bar.close()
+        for write in writes:
+            write.result()  # an error while writing the cache surfaces here
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t_extract = time.perf_counter() - t0
