@@ -70,6 +70,30 @@ def synthetic_pairs(images: list[ImageRef], n: int, kps: int, rng: np.random.Gen
     return pairs
 
 
+def synthetic_parser(description: str, model: str, image_size: int, images: int, pairs: int) -> argparse.ArgumentParser:
+    """Arguments of a benchmark on a synthetic set: its size and how features are extracted."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", default=model)
+    ap.add_argument("--image-size", type=int, default=image_size)
+    ap.add_argument("--images", type=int, default=images)
+    ap.add_argument("--pairs", type=int, default=pairs)
+    ap.add_argument("--keypoints", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--num-workers", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    return ap
+
+
+def synthetic_set(folder: Path, args: argparse.Namespace, split: str) -> tuple[list[ImageRef], PairSet]:
+    """The images and pairs that `args` describe, written under `folder` (seeded: the same every run)."""
+    if args.images < 2 * CATEGORIES:
+        sys.exit(f"--images must be at least {2 * CATEGORIES}: pairs are drawn within {CATEGORIES} categories")
+    rng = np.random.default_rng(0)
+    (folder / "img").mkdir()
+    images = synthetic_images(folder / "img", args.images, rng)
+    return images, PairSet("bench", split, str(folder), synthetic_pairs(images, args.pairs, args.keypoints, rng))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -125,27 +149,16 @@ def time_original_way(backbone, pairs: list[PairRecord], prep: Preprocess, sampl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="dinov2")
-    ap.add_argument("--image-size", type=int, default=112)
-    ap.add_argument("--images", type=int, default=481)
-    ap.add_argument("--pairs", type=int, default=12234)
-    ap.add_argument("--keypoints", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--num-workers", type=int, default=2)
-    ap.add_argument("--device", default="auto")
+    ap = synthetic_parser(__doc__.splitlines()[0], "dinov2", image_size=112, images=481, pairs=12234)
     ap.add_argument("--original-sample", type=int, default=20, help="pairs timed the original way")
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
     torch.manual_seed(0)
     warnings.simplefilter("ignore")
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "img").mkdir()
-        images = synthetic_images(tmp / "img", args.images, rng)
-        pairs = synthetic_pairs(images, args.pairs, args.keypoints, rng)
-        pairset = PairSet("bench", "test", str(tmp), pairs)
+        images, pairset = synthetic_set(tmp, args, "test")
+        pairs = pairset.pairs
         random_bb = load_backbone(args.model, weights="random", device=args.device)
         save_finetuned(random_bb, tmp / "weights.pt", {"note": "random weights for benchmarking"})
         backbone = load_finetuned(tmp / "weights.pt", device=args.device).eval()

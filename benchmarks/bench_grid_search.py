@@ -10,7 +10,6 @@ then scores 25 window soft-argmax cells plus argmax on them. Prints the seconds 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -18,39 +17,25 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_evaluation import synthetic_images, synthetic_pairs
+from bench_evaluation import synthetic_parser, synthetic_set
 
 from evaluation import EvalConfig, evaluate
 from grid_search_hyperparams import grid_search
 from models import load_backbone
-from pairs import PairSet
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="dinov2_vits14")
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--images", type=int, default=120)
-    ap.add_argument("--pairs", type=int, default=2000)
-    ap.add_argument("--keypoints", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--num-workers", type=int, default=2)
-    ap.add_argument("--device", default="auto")
-    args = ap.parse_args()
-    rng = np.random.default_rng(0)
+    args = synthetic_parser(__doc__.splitlines()[0], "dinov2_vits14", image_size=224, images=120, pairs=2000).parse_args()
     torch.manual_seed(0)
     warnings.simplefilter("ignore")
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "img").mkdir()
-        images = synthetic_images(tmp / "img", args.images, rng)
-        pairset = PairSet("bench", "val", str(tmp), synthetic_pairs(images, args.pairs, args.keypoints, rng))
+        _, pairset = synthetic_set(tmp, args, "val")
         backbone = load_backbone(args.model, weights="random", device=args.device)
         cfg = EvalConfig(image_size=[args.image_size], batch_size=args.batch_size, num_workers=args.num_workers,
                          device=args.device, cache_dir=None, output_dir=str(tmp / "results"), progress=False)
