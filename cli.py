@@ -59,7 +59,9 @@ def positive_float(text: str) -> float:
 def add_data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="spair", help="benchmark to evaluate on")
-    g.add_argument("--data-root", help="dataset folder (default: the folder download.py fills); for custom, the pairs file")
+    g.add_argument(
+        "--data-root", help="dataset folder (default: the folder download.py fills); for custom, the pairs file"
+    )
     g.add_argument("--split", default=split, help="trn | val | test")
     g.add_argument("--layout", choices=("large", "small"), default="large", help="SPair-71k layout")
     g.add_argument("--limit", type=int, help="evaluate only the first N pairs")
@@ -75,23 +77,36 @@ def add_data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
 def add_backbone_args(p: argparse.ArgumentParser, checkpoint: Literal["none", "optional", "required"] = "none") -> None:
     g = p.add_argument_group("backbone")
     if checkpoint != "none":
-        g.add_argument("--checkpoint", required=checkpoint == "required",
-                       help="fine-tuned checkpoint written by finetuning/finetune.py (instead of --model/--weights), "
-                       "or any other weights file of --model")
-    g.add_argument("--model", default="dinov2", help="dinov2 | dinov2_reg | dinov3 | sam, or a sized name like dinov2_vitl14")
-    g.add_argument("--weights", help="weights file (default: the official file under models/<family>/weights/); "
-                   "'random' only for smoke tests")
+        g.add_argument(
+            "--checkpoint",
+            required=checkpoint == "required",
+            help="fine-tuned checkpoint written by finetuning/finetune.py (instead of --model/--weights), "
+            "or any other weights file of --model",
+        )
+    g.add_argument(
+        "--model", default="dinov2", help="dinov2 | dinov2_reg | dinov3 | sam, or a sized name like dinov2_vitl14"
+    )
+    g.add_argument(
+        "--weights",
+        help="weights file (default: the official file under models/<family>/weights/); 'random' only for smoke tests",
+    )
     g.add_argument("--layer", type=int, help="take features from this block (0-based, negative from the end)")
     add_extraction_args(g)
 
 
 def add_extraction_args(g: argparse._ArgumentGroup) -> None:
     """How images become features: size, resize mode, batching, device, cache."""
-    g.add_argument("--image-size", type=image_size, help="N or HxW, rounded to the patch size "
-                   "(default: 518 DINOv2, 512 DINOv3 and SAM)")
-    g.add_argument("--resize", choices=("squash", "pad"),
-                   help="squash = resize to the square ignoring aspect (original project, the default); "
-                   "pad = keep aspect, pad. A fine-tuned checkpoint defaults to the size and mode it was trained with")
+    g.add_argument(
+        "--image-size",
+        type=image_size,
+        help="N or HxW, rounded to the patch size (default: 518 DINOv2, 512 DINOv3 and SAM)",
+    )
+    g.add_argument(
+        "--resize",
+        choices=("squash", "pad"),
+        help="squash = resize to the square ignoring aspect (original project, the default); "
+        "pad = keep aspect, pad. A fine-tuned checkpoint defaults to the size and mode it was trained with",
+    )
     g.add_argument("--batch-size", type=int, default=16, help="images per backbone forward pass")
     g.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -102,28 +117,47 @@ def add_extraction_args(g: argparse._ArgumentGroup) -> None:
 def add_matcher_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("matching")
     default = MatchConfig()
-    g.add_argument("--matcher", choices=MATCHERS,
-                   help=f"argmax or windowed soft-argmax (default {default.matcher}; wsoftargmax with --params)")
-    g.add_argument("--window", type=odd_window, help=f"soft-argmax window K (odd), in patches (default {default.window})")
-    g.add_argument("--temperature", type=positive_float,
-                   help=f"soft-argmax temperature T (default {default.temperature})")
-    g.add_argument("--params", metavar="JSON", help="take K and T from a grid search's best_parameters.json "
-                   "(grid_search_hyperparams.py); implies --matcher wsoftargmax")
+    g.add_argument(
+        "--matcher",
+        choices=MATCHERS,
+        help=f"argmax or windowed soft-argmax (default {default.matcher}; wsoftargmax with --params)",
+    )
+    g.add_argument(
+        "--window", type=odd_window, help=f"soft-argmax window K (odd), in patches (default {default.window})"
+    )
+    g.add_argument(
+        "--temperature", type=positive_float, help=f"soft-argmax temperature T (default {default.temperature})"
+    )
+    g.add_argument(
+        "--params",
+        metavar="JSON",
+        help="take K and T from a grid search's best_parameters.json "
+        "(grid_search_hyperparams.py); implies --matcher wsoftargmax",
+    )
     g.add_argument("--params-alpha", type=float, default=0.1, help="use the K and T that were best at this PCK alpha")
     add_descriptor_arg(g)
 
 
 def add_descriptor_arg(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--descriptor", choices=("nearest", "bilinear"), default="nearest",
-                   help="source descriptor: the keypoint's patch, or bilinear between patch centres")
+    g.add_argument(
+        "--descriptor",
+        choices=("nearest", "bilinear"),
+        default="nearest",
+        help="source descriptor: the keypoint's patch, or bilinear between patch centres",
+    )
 
 
 def add_output_args(p: argparse.ArgumentParser, save_vis: bool = True) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--output-dir", default="results", help="a new timestamped folder is made inside")
     if save_vis:
-        g.add_argument("--save-vis", type=count, default=0, metavar="N",
-                       help="draw the matches of the N best and N worst pairs into <run>/vis/")
+        g.add_argument(
+            "--save-vis",
+            type=count,
+            default=0,
+            metavar="N",
+            help="draw the matches of the N best and N worst pairs into <run>/vis/",
+        )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -148,8 +182,10 @@ def read_best_parameters(path: str | Path, alpha: float) -> tuple[int, float]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"--params: {path} is not {what} ({type(err).__name__}: {err})") from None
     if f"{alpha:g}" not in found:
-        raise ValueError(f"--params: {path} has best parameters for alpha {', '.join(found)}, not {alpha:g}; "
-                         "choose one of those with --params-alpha")
+        raise ValueError(
+            f"--params: {path} has best parameters for alpha {', '.join(found)}, not {alpha:g}; "
+            "choose one of those with --params-alpha"
+        )
     return found[f"{alpha:g}"]
 
 
@@ -164,8 +200,10 @@ def match_config(args: argparse.Namespace) -> MatchConfig:
             args.descriptor,
         )
     if args.matcher == "argmax" or args.window is not None or args.temperature is not None:
-        raise ValueError("--params sets the soft-argmax window and temperature: drop --matcher argmax, --window "
-                         "and --temperature, or drop --params")
+        raise ValueError(
+            "--params sets the soft-argmax window and temperature: drop --matcher argmax, --window "
+            "and --temperature, or drop --params"
+        )
     window, temperature = read_best_parameters(args.params, args.params_alpha)
     return MatchConfig("wsoftargmax", window, temperature, args.descriptor)
 

@@ -43,8 +43,8 @@ FIELDS = (
     "source", "target", "category", "source_kps", "target_kps", "kp_ids", "source_bbox", "target_bbox", "pair_id",
 )  # fmt: skip
 FORMAT_HINT = (
-    "A custom pairs file is a .json list of {\"source\": ..., \"target\": ..., optional \"source_kps\", "
-    "\"target_kps\", ...} or a .csv with the header source,target[,category,source_kps,target_kps,...]; "
+    'A custom pairs file is a .json list of {"source": ..., "target": ..., optional "source_kps", '
+    '"target_kps", ...} or a .csv with the header source,target[,category,source_kps,target_kps,...]; '
     "see custom_pairs.py."
 )
 
@@ -67,7 +67,7 @@ def _read_json(path: Path) -> list[dict]:
         raise DatasetError(f"cannot read custom pairs {path}: {exc}") from None
     entries = data.get("pairs") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise DatasetError(f"{path}: expected a list of pair objects (or {{\"pairs\": [...]}})\n{FORMAT_HINT}")
+        raise DatasetError(f'{path}: expected a list of pair objects (or {{"pairs": [...]}})\n{FORMAT_HINT}')
     return entries
 
 

@@ -84,8 +84,13 @@ class MemberSpec:
     image_size: list[int] | None = None
 
     def __str__(self) -> str:
-        text = ":".join([self.model, *([self.weights] if self.weights else []),
-                         *([f"{self.weight:g}"] if self.weight is not None else [])])
+        text = ":".join(
+            [
+                self.model,
+                *([self.weights] if self.weights else []),
+                *([f"{self.weight:g}"] if self.weight is not None else []),
+            ]
+        )
         return text + ("@" + "x".join(map(str, self.image_size)) if self.image_size else "")
 
 
@@ -109,7 +114,9 @@ def parse_member(text: str) -> MemberSpec:
         except ValueError:
             pass  # the last part is the weights file
     if not model or any(not part for part in rest):
-        raise argparse.ArgumentTypeError(f"member {text!r}: expected MODEL[:WEIGHTS][:WEIGHT][@SIZE], e.g. dinov3:ckpt.pt:0.65")
+        raise argparse.ArgumentTypeError(
+            f"member {text!r}: expected MODEL[:WEIGHTS][:WEIGHT][@SIZE], e.g. dinov3:ckpt.pt:0.65"
+        )
     if weight is not None and not (math.isfinite(weight) and weight >= 0):
         raise argparse.ArgumentTypeError(f"member {text!r}: the ensemble weight must be a number >= 0, got {weight}")
     return MemberSpec(model, ":".join(rest) or None, weight, size)
@@ -148,15 +155,19 @@ def check_alignment(members: list[Member]) -> None:
         aspects = {round(p.width / p.height, 2) for p in preps}
         if len(aspects) > 1:
             sizes = ", ".join(f"{p.height}x{p.width}" for p in preps)
-            raise ValueError(f"with --resize pad, members need input sizes of one aspect ratio to share a grid, got "
-                             f"{sizes}: give them sizes of the same shape, or use --resize squash")
+            raise ValueError(
+                f"with --resize pad, members need input sizes of one aspect ratio to share a grid, got "
+                f"{sizes}: give them sizes of the same shape, or use --resize squash"
+            )
 
 
 def resampled(fs: FeatureSet, ref: FeatureSet, chunk: int = 32) -> FeatureSet:
     """fs's feature maps resized bilinearly to ref's grid and re-normalised, with ref's geometry."""
     parts = [
-        F.normalize(F.interpolate(fs.feats[i : i + chunk].float(), size=ref.prep.grid, mode="bilinear",
-                                  align_corners=False), dim=1).to(fs.feats.dtype)
+        F.normalize(
+            F.interpolate(fs.feats[i : i + chunk].float(), size=ref.prep.grid, mode="bilinear", align_corners=False),
+            dim=1,
+        ).to(fs.feats.dtype)
         for i in range(0, len(fs.feats), chunk)
     ]
     return FeatureSet(torch.cat(parts), fs.index, ref.prep, ref.geometries, fs.stats)
@@ -182,8 +193,17 @@ def build_members(
     """Each member's features (cached like any evaluation's) with its normalised weight."""
     members, resolved = [], []
     for spec, backbone, weight in zip(specs, backbones, normalised_weights(specs), strict=True):
-        member, info = build_member(backbone, eval_set, spec.image_size or cfg.image_size, cfg.resize, cfg.cache_dir,
-                                    cfg.batch_size, cfg.num_workers, cfg.progress, weight)
+        member, info = build_member(
+            backbone,
+            eval_set,
+            spec.image_size or cfg.image_size,
+            cfg.resize,
+            cfg.cache_dir,
+            cfg.batch_size,
+            cfg.num_workers,
+            cfg.progress,
+            weight,
+        )
         members.append(member)
         resolved.append({"spec": str(spec), "weight": weight, **info})
     return members, resolved
@@ -194,14 +214,27 @@ def load_members(specs: list[MemberSpec], device: str) -> list[Backbone]:
 
 
 def ensemble_config(
-    cfg: EvalConfig, specs: list[MemberSpec], resolved: list[dict], order: list[int], members: list[Member],
-    common_grid: str, combine: str, norm: str, data_root: str, device: torch.device, extra: dict | None = None,
+    cfg: EvalConfig,
+    specs: list[MemberSpec],
+    resolved: list[dict],
+    order: list[int],
+    members: list[Member],
+    common_grid: str,
+    combine: str,
+    norm: str,
+    data_root: str,
+    device: torch.device,
+    extra: dict | None = None,
 ) -> dict:
     """config.json of an ensemble run: the settings, every member's resolved settings, the environment."""
     return {
-        "args": {**asdict(replace(cfg, model="ensemble", weights=None, checkpoint=None, layer=None)),
-                 "members": [asdict(s) for s in specs], "common_grid": common_grid,
-                 "combine": combine, **(extra or {})},
+        "args": {
+            **asdict(replace(cfg, model="ensemble", weights=None, checkpoint=None, layer=None)),
+            "members": [asdict(s) for s in specs],
+            "common_grid": common_grid,
+            "combine": combine,
+            **(extra or {}),
+        },
         "resolved": {
             "members": resolved,
             "reference_member": order[0],
@@ -233,8 +266,9 @@ def evaluate_ensemble(
     pred = predict_keypoints(eval_set.pairs, ordered, cfg.match, cfg.progress)
     table, summary = score(eval_set.pairs, pred, cfg.thresholds, norm)
     metrics = run_metrics(eval_set, norm, table, summary, skipped, stats, time.perf_counter() - t0, started)
-    config = ensemble_config(cfg, specs, resolved, order, ordered, common_grid, combine, norm, pairset.root,
-                             backbones[0].device)
+    config = ensemble_config(
+        cfg, specs, resolved, order, ordered, common_grid, combine, norm, pairset.root, backbones[0].device
+    )
     parts = ["ensemble", pairset.dataset, pairset.split, cfg.match.matcher]
     return save_run(cfg.output_dir, parts, started, config, metrics, table, eval_set.pairs, cfg.save_vis)
 
@@ -290,8 +324,15 @@ def search_weights(
     ordered, order = engine_members(members, common_grid, combine)
     del members
     t0 = time.perf_counter()
-    scores = score_variants(eval_set.pairs, ordered, [cfg.match] * len(combos), cfg.thresholds, norm,
-                            [[w[i] for i in order] for w in combos], cfg.progress)
+    scores = score_variants(
+        eval_set.pairs,
+        ordered,
+        [cfg.match] * len(combos),
+        cfg.thresholds,
+        norm,
+        [[w[i] for i in order] for w in combos],
+        cfg.progress,
+    )
     search_s = time.perf_counter() - t0
     weight_columns = [f"weight_{i}" for i in range(len(specs))]
     table = pd.concat([pd.DataFrame(combos, columns=weight_columns), scores], axis=1)
@@ -303,24 +344,38 @@ def search_weights(
             f"--member {MemberSpec(s.model, s.weights, w, s.image_size)}" for s, w in zip(specs, weights, strict=True)
         )
     run_dir = new_run_dir(cfg.output_dir, ["ensemble", pairset.dataset, pairset.split, "weights"], started)
-    write_json(run_dir / "config.json", ensemble_config(
-        cfg, specs, resolved, order, ordered, common_grid, combine, norm, pairset.root, backbones[0].device,
-        {"weight_step": step, "select_by": select_by},
-    ))
+    write_json(
+        run_dir / "config.json",
+        ensemble_config(
+            cfg,
+            specs,
+            resolved,
+            order,
+            ordered,
+            common_grid,
+            combine,
+            norm,
+            pairset.root,
+            backbones[0].device,
+            {"weight_step": step, "select_by": select_by},
+        ),
+    )
     write_csv(run_dir / "weight_search_results.csv", table)
-    write_json(run_dir / "best_weights.json", {
-        "selected_by": select_by,
-        "members": [str(s) for s in specs],
-        "best": best,
-        "matcher": asdict(cfg.match),
-        "dataset": pairset.dataset,
-        "split": pairset.split,
-        "pck_norm": norm,
-        "pairs": len(eval_set.pairs),
-        "pairs_skipped": skipped,
-        "timings": {**feature_timings(stats), "search_s": search_s,
-                    "total_s": time.time() - started},
-    })
+    write_json(
+        run_dir / "best_weights.json",
+        {
+            "selected_by": select_by,
+            "members": [str(s) for s in specs],
+            "best": best,
+            "matcher": asdict(cfg.match),
+            "dataset": pairset.dataset,
+            "split": pairset.split,
+            "pck_norm": norm,
+            "pairs": len(eval_set.pairs),
+            "pairs_skipped": skipped,
+            "timings": {**feature_timings(stats), "search_s": search_s, "total_s": time.time() - started},
+        },
+    )
     fig = plot_weight_search(table, specs, cfg.thresholds, select_by)
     save_plot(fig, run_dir / "weight_search.png")
     for alpha, entry in best.items():
@@ -336,19 +391,37 @@ class Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     g = p.add_argument_group("members")
-    g.add_argument("--member", dest="members", type=parse_member, action="append", required=True,
-                   metavar="MODEL[:WEIGHTS][:WEIGHT][@SIZE]", help="an ensemble member (repeat for each); see above")
-    g.add_argument("--common-grid", choices=COMMON_GRIDS, default="finest",
-                   help="whose patch grid similarity maps are resized to (and pixels computed from)")
-    g.add_argument("--combine", choices=COMBINE, default="similarity",
-                   help="similarity: weighted sum of the members' similarity maps; features: cosine similarity "
-                        "of the members' concatenated features (resized to the common grid)")
+    g.add_argument(
+        "--member",
+        dest="members",
+        type=parse_member,
+        action="append",
+        required=True,
+        metavar="MODEL[:WEIGHTS][:WEIGHT][@SIZE]",
+        help="an ensemble member (repeat for each); see above",
+    )
+    g.add_argument(
+        "--common-grid",
+        choices=COMMON_GRIDS,
+        default="finest",
+        help="whose patch grid similarity maps are resized to (and pixels computed from)",
+    )
+    g.add_argument(
+        "--combine",
+        choices=COMBINE,
+        default="similarity",
+        help="similarity: weighted sum of the members' similarity maps; features: cosine similarity "
+        "of the members' concatenated features (resized to the common grid)",
+    )
     add_extraction_args(g)
     add_data_args(p)
     add_matcher_args(p)
     s = p.add_argument_group("weight search")
-    s.add_argument("--search-weights", action="store_true",
-                   help="score every weight combination (member weights ignored) instead of evaluating")
+    s.add_argument(
+        "--search-weights",
+        action="store_true",
+        help="score every weight combination (member weights ignored) instead of evaluating",
+    )
     s.add_argument("--weight-step", type=float, default=0.1, help="spacing of the simplex grid of weights")
     s.add_argument("--select-by", choices=AVERAGINGS, default="per_image", help="averaging that picks the best")
     add_output_args(p)
@@ -368,8 +441,17 @@ def main(argv: list[str] | None = None) -> None:
     pairset = load_pairs(cfg.dataset, root=cfg.data_root, split=cfg.split, layout=cfg.layout, limit=cfg.limit)
     backbones = load_members(args.members, cfg.device)
     if args.search_weights:
-        search_weights(cfg, pairset, args.members, backbones, args.weight_step, args.select_by, args.common_grid,
-                       args.combine, started)
+        search_weights(
+            cfg,
+            pairset,
+            args.members,
+            backbones,
+            args.weight_step,
+            args.select_by,
+            args.common_grid,
+            args.combine,
+            started,
+        )
     else:
         evaluate_ensemble(cfg, pairset, args.members, backbones, args.common_grid, args.combine, started)
 

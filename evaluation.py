@@ -133,9 +133,7 @@ def build_member(
     prep = backbone_preprocess(backbone, image_size, resize)
     sha = weights_digest(backbone)
     cache = FeatureCache(cache_dir, feature_setting(backbone, prep, sha)) if cache_dir and sha else None
-    feats = extract_features(
-        backbone, pairset.unique_images(), prep, cache, batch_size, num_workers, progress=progress
-    )
+    feats = extract_features(backbone, pairset.unique_images(), prep, cache, batch_size, num_workers, progress=progress)
     resolved = {
         "model": backbone.name,
         "weights": str(backbone.weights_path),
@@ -170,7 +168,9 @@ def source_descriptors(fs: FeatureSet, pairs: list[PairRecord], descriptor: str)
     return sample_descriptors(fs.feats, rows, pq.float().to(device), descriptor)
 
 
-def target_similarities(members: list[Member], descs: list[torch.Tensor], ks: torch.Tensor, key: str) -> list[torch.Tensor]:
+def target_similarities(
+    members: list[Member], descs: list[torch.Tensor], ks: torch.Tensor, key: str
+) -> list[torch.Tensor]:
     """Each member's (k, h, w) cosine similarity of descriptors ks to target `key`, on the first member's grid.
 
     Maps on another grid are resized bilinearly (align_corners=False: cell centres line up when
@@ -295,7 +295,9 @@ def evaluable(pairset: PairSet) -> tuple[list[PairRecord], dict[str, int]]:
     keep = [p for p in pairset.pairs if p.num_keypoints > 0]
     skipped = dict(pairset.skipped)
     if len(keep) < len(pairset.pairs):
-        skipped["no ground-truth keypoints"] = skipped.get("no ground-truth keypoints", 0) + len(pairset.pairs) - len(keep)
+        skipped["no ground-truth keypoints"] = (
+            skipped.get("no ground-truth keypoints", 0) + len(pairset.pairs) - len(keep)
+        )
     return keep, skipped
 
 
@@ -306,9 +308,7 @@ def evaluation_set(pairset: PairSet, pck_norm: str | None) -> tuple[PairSet, dic
     return PairSet(pairset.dataset, pairset.split, pairset.root, pairs, notes=pairset.notes), skipped, norm
 
 
-def write_run(
-    run_dir: Path, config: dict, metrics: dict, table: pd.DataFrame, pairs: list[PairRecord]
-) -> None:
+def write_run(run_dir: Path, config: dict, metrics: dict, table: pd.DataFrame, pairs: list[PairRecord]) -> None:
     """config.json, metrics.json, per_pair.csv, per_keypoint.csv, each written atomically."""
     write_json(run_dir / "config.json", config)
     write_csv(run_dir / "per_keypoint.csv", table)

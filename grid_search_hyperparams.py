@@ -113,8 +113,11 @@ def grid_table(
     cfgs += [MatchConfig("wsoftargmax", k, t, descriptor) for k in windows for t in temperatures]
     settings = pd.DataFrame(
         [
-            {"matcher": c.matcher, "window": c.window if c.matcher != "argmax" else None,
-             "temperature": c.temperature if c.matcher != "argmax" else None}
+            {
+                "matcher": c.matcher,
+                "window": c.window if c.matcher != "argmax" else None,
+                "temperature": c.temperature if c.matcher != "argmax" else None,
+            }
             for c in cfgs
         ]
     )
@@ -130,13 +133,13 @@ def best_parameters(table: pd.DataFrame, thresholds: list[float], select_by: str
     for entry in best.values():
         entry["window"], entry["temperature"] = int(entry["window"]), float(entry["temperature"])
     argmax = table[table["matcher"] == "argmax"].iloc[0]
-    reference = {
-        f"{a:g}": {f"pck_{avg}": float(argmax[pck_column(a, avg)]) for avg in AVERAGINGS} for a in thresholds
-    }
+    reference = {f"{a:g}": {f"pck_{avg}": float(argmax[pck_column(a, avg)]) for avg in AVERAGINGS} for a in thresholds}
     return best, reference
 
 
-def plot_grid(table: pd.DataFrame, thresholds: list[float], averaging: str, title: str, best: dict[str, dict]) -> Figure:
+def plot_grid(
+    table: pd.DataFrame, thresholds: list[float], averaging: str, title: str, best: dict[str, dict]
+) -> Figure:
     """PCK over windows (rows) x temperatures (columns), one panel per alpha, the cell `best` chose outlined."""
     soft = table[table["matcher"] == "wsoftargmax"]
     argmax = table[table["matcher"] == "argmax"].iloc[0]
@@ -185,42 +188,56 @@ def grid_search(
         backbone, eval_set, cfg.image_size, cfg.resize, cfg.cache_dir, cfg.batch_size, cfg.num_workers, cfg.progress
     )
     t0 = time.perf_counter()
-    table = grid_table(eval_set.pairs, member, windows, temperatures, cfg.thresholds, norm, cfg.match.descriptor,
-                       cfg.progress)
+    table = grid_table(
+        eval_set.pairs, member, windows, temperatures, cfg.thresholds, norm, cfg.match.descriptor, cfg.progress
+    )
     grid_s = time.perf_counter() - t0
     best, argmax = best_parameters(table, cfg.thresholds, select_by)
     run_dir = new_run_dir(cfg.output_dir, [backbone.name, pairset.dataset, pairset.split, "grid"], started)
     args = {k: v for k, v in asdict(cfg).items() if k not in ("match", "match_params", "save_vis")}
-    write_json(run_dir / "config.json", {
-        "args": {**args, "descriptor": cfg.match.descriptor, "windows": list(windows),
-                 "temperatures": list(temperatures), "select_by": select_by},
-        "resolved": {**resolved, "pck_norm": norm, "data_root": pairset.root},
-        "environment": environment(backbone.device),
-    })
+    write_json(
+        run_dir / "config.json",
+        {
+            "args": {
+                **args,
+                "descriptor": cfg.match.descriptor,
+                "windows": list(windows),
+                "temperatures": list(temperatures),
+                "select_by": select_by,
+            },
+            "resolved": {**resolved, "pck_norm": norm, "data_root": pairset.root},
+            "environment": environment(backbone.device),
+        },
+    )
     write_csv(run_dir / "grid_search_results.csv", table)
-    write_json(run_dir / "best_parameters.json", {
-        "selected_by": select_by,
-        "best": best,
-        "argmax": argmax,
-        "model": backbone.name,
-        "weights": resolved["weights"],
-        "dataset": pairset.dataset,
-        "split": pairset.split,
-        "pck_norm": norm,
-        "descriptor": cfg.match.descriptor,
-        "image_size": resolved["image_size"],
-        "pairs": len(eval_set.pairs),
-        "keypoints": sum(p.num_keypoints for p in eval_set.pairs),
-        "pairs_skipped": skipped,
-        "timings": {**feature_timings([member.features.stats]), "grid_s": grid_s, "total_s": time.time() - started},
-    })
+    write_json(
+        run_dir / "best_parameters.json",
+        {
+            "selected_by": select_by,
+            "best": best,
+            "argmax": argmax,
+            "model": backbone.name,
+            "weights": resolved["weights"],
+            "dataset": pairset.dataset,
+            "split": pairset.split,
+            "pck_norm": norm,
+            "descriptor": cfg.match.descriptor,
+            "image_size": resolved["image_size"],
+            "pairs": len(eval_set.pairs),
+            "keypoints": sum(p.num_keypoints for p in eval_set.pairs),
+            "pairs_skipped": skipped,
+            "timings": {**feature_timings([member.features.stats]), "grid_s": grid_s, "total_s": time.time() - started},
+        },
+    )
     title = f"{backbone.name} on {pairset.dataset} {pairset.split} ({len(eval_set.pairs)} pairs, {norm} threshold)"
     fig = plot_grid(table, cfg.thresholds, select_by, title, best)
     save_plot(fig, run_dir / "grid_search_heatmap.png")
     print(table.drop(columns="time_s").round(2).to_string(index=False))
     for alpha, entry in best.items():
-        print(f"best at PCK@{alpha} ({select_by}): K={entry['window']} T={entry['temperature']:g} -> "
-              f"{entry[f'pck_{select_by}']:.2f} (argmax {argmax[alpha][f'pck_{select_by}']:.2f})")
+        print(
+            f"best at PCK@{alpha} ({select_by}): K={entry['window']} T={entry['temperature']:g} -> "
+            f"{entry[f'pck_{select_by}']:.2f} (argmax {argmax[alpha][f'pck_{select_by}']:.2f})"
+        )
     print(f"results: {run_dir}")
     return run_dir
 
@@ -239,8 +256,9 @@ def parser() -> argparse.ArgumentParser:
     add_data_args(p, split="val")
     g = p.add_argument_group("grid")
     g.add_argument("--windows", type=odd_window, nargs="+", default=DEFAULT_WINDOWS, help="window sizes K (odd)")
-    g.add_argument("--temperatures", type=positive_float, nargs="+", default=DEFAULT_TEMPERATURES,
-                   help="temperatures T")
+    g.add_argument(
+        "--temperatures", type=positive_float, nargs="+", default=DEFAULT_TEMPERATURES, help="temperatures T"
+    )
     g.add_argument("--select-by", choices=AVERAGINGS, default="per_image", help="averaging that picks the best cell")
     add_descriptor_arg(g)
     add_output_args(p, save_vis=False)

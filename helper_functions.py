@@ -194,9 +194,12 @@ def extract_features(
             pin_memory=device.type == "cuda",
         )
         writes = []
-        with torch.inference_mode(), tqdm(
-            total=len(todo), desc=f"features {backbone.name}", unit="img", disable=not progress or not todo
-        ) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(
+                total=len(todo), desc=f"features {backbone.name}", unit="img", disable=not progress or not todo
+            ) as bar,
+        ):
             for local_idx, batch in loader:
                 out = F.normalize(backbone(batch.to(device, non_blocking=True)).float(), dim=1).to(store_dtype)
                 rows = [todo[j] for j in local_idx.tolist()]

@@ -117,10 +117,19 @@ def match_pair(
     image_size / resize None: those a fine-tuned checkpoint was trained with, else the backbone's
     default size and squash (as in evaluations)."""
     refs = [image_ref(f"{role}/{Path(path).name}", path) for role, path in (("src", src), ("trg", trg))]
-    images = PairRecord("images", "custom", "custom", refs[0], refs[1], np.zeros((0, 2), np.float32),
-                        np.zeros((0, 2), np.float32), [])
-    member, _ = build_member(backbone, PairSet("custom", "pair", "", [images]), image_size, resize, cache_dir,
-                             batch_size=2, num_workers=0, progress=False)
+    images = PairRecord(
+        "images", "custom", "custom", refs[0], refs[1], np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), []
+    )
+    member, _ = build_member(
+        backbone,
+        PairSet("custom", "pair", "", [images]),
+        image_size,
+        resize,
+        cache_dir,
+        batch_size=2,
+        num_workers=0,
+        progress=False,
+    )
     if points is not None:
         check_inside(points, refs[0].size)
         how = "given"
@@ -130,8 +139,16 @@ def match_pair(
     else:
         points = grid_points(refs[0].size, grid)
         how = f"{grid} x {grid} grid"
-    pair = PairRecord("pair", "custom", "custom", refs[0], refs[1], points.astype(np.float32),
-                      np.full_like(points, np.nan, dtype=np.float32), [str(i) for i in range(len(points))])
+    pair = PairRecord(
+        "pair",
+        "custom",
+        "custom",
+        refs[0],
+        refs[1],
+        points.astype(np.float32),
+        np.full_like(points, np.nan, dtype=np.float32),
+        [str(i) for i in range(len(points))],
+    )
     pred = predict_keypoints([pair], [member], cfg, progress=False)
     descs = [source_descriptors(member.features, [pair], cfg.descriptor)]
     ks = torch.arange(len(points), device=member.features.feats.device)
@@ -145,12 +162,21 @@ def write_outputs(folder: Path, result: PairMatches, backbone: Backbone, cfg: Ma
     src, trg = load_image(pair.src), load_image(pair.trg)
     peak = result.peak
     title = f"{backbone.name}, {cfg.matcher}: {len(peak)} matches ({result.points})"
-    viz2d.save_plot(viz2d.draw_matches(src, trg, pair.src_kps, result.pred, colors=viz2d.score_colors(peak),
-                                       title=title), folder / "matches.png")
+    viz2d.save_plot(
+        viz2d.draw_matches(src, trg, pair.src_kps, result.pred, colors=viz2d.score_colors(peak), title=title),
+        folder / "matches.png",
+    )
     extent = viz2d.grid_extent(fs.geometries[pair.trg.key], fs.prep)
     for i in heatmaps:
-        fig = viz2d.draw_similarity(src, trg, pair.src_kps[i], result.similarity[i].float().cpu().numpy(), extent,
-                                    result.pred[i], title=f"point {i}: similarity {peak[i]:.3f}")
+        fig = viz2d.draw_similarity(
+            src,
+            trg,
+            pair.src_kps[i],
+            result.similarity[i].float().cpu().numpy(),
+            extent,
+            result.pred[i],
+            title=f"point {i}: similarity {peak[i]:.3f}",
+        )
         viz2d.save_plot(fig, folder / f"heatmap_{i}.png")
     report = {
         "source": {"path": pair.src.path, "size": list(pair.src.size)},
@@ -178,10 +204,20 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--trg", required=True, help="target image")
     g.add_argument("--points", help="source points 'x,y;x,y;...' in pixels (default: a grid)")
     g.add_argument("--grid", type=int, default=8, help="without --points: an N x N grid of source points")
-    g.add_argument("--mutual", type=int, metavar="N", help="without --points: the N most similar mutual nearest "
-                   "neighbours instead of a grid")
-    g.add_argument("--heatmap", type=int, nargs="*", default=[], metavar="I",
-                   help="also draw the similarity map of these points (indices into the points)")
+    g.add_argument(
+        "--mutual",
+        type=int,
+        metavar="N",
+        help="without --points: the N most similar mutual nearest neighbours instead of a grid",
+    )
+    g.add_argument(
+        "--heatmap",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="I",
+        help="also draw the similarity map of these points (indices into the points)",
+    )
     add_backbone_args(p, "optional")
     add_matcher_args(p)
     add_output_args(p, save_vis=False)
@@ -196,14 +232,20 @@ def main(argv: list[str] | None = None) -> Path:
         raise ValueError(f"--grid must be >= 1, got {args.grid}")
     if args.mutual is not None and args.mutual < 1:
         raise ValueError(f"--mutual must be >= 1, got {args.mutual}")
-    backbone = load_model(EvalConfig(model=args.model, weights=args.weights, checkpoint=args.checkpoint,
-                                     layer=args.layer, device=args.device))
+    backbone = load_model(
+        EvalConfig(
+            model=args.model, weights=args.weights, checkpoint=args.checkpoint, layer=args.layer, device=args.device
+        )
+    )
     cache_dir = None if args.no_cache else args.cache_dir
-    result = match_pair(backbone, args.src, args.trg, cfg, points, args.grid, args.mutual, args.image_size,
-                        args.resize, cache_dir)
+    result = match_pair(
+        backbone, args.src, args.trg, cfg, points, args.grid, args.mutual, args.image_size, args.resize, cache_dir
+    )
     bad = [i for i in args.heatmap if not 0 <= i < len(result.pred)]
     if bad:
-        raise ValueError(f"--heatmap {bad}: there are only {len(result.pred)} points (indices 0..{len(result.pred) - 1})")
+        raise ValueError(
+            f"--heatmap {bad}: there are only {len(result.pred)} points (indices 0..{len(result.pred) - 1})"
+        )
     folder = new_run_dir(args.output_dir, ["match", backbone.name, Path(args.src).stem, Path(args.trg).stem])
     write_outputs(folder, result, backbone, cfg, args.heatmap)
     print(f"{len(result.pred)} matches ({result.points}) -> {folder}")

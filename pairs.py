@@ -113,7 +113,9 @@ class PairSet:
     def summary(self) -> str:
         """One line: pairs, images, keypoints, and what was skipped or clamped."""
         kps = sum(p.num_keypoints for p in self.pairs)
-        text = f"{self.dataset} {self.split}: {len(self.pairs)} pairs, {len(self.unique_images())} images, {kps} keypoints"
+        text = (
+            f"{self.dataset} {self.split}: {len(self.pairs)} pairs, {len(self.unique_images())} images, {kps} keypoints"
+        )
         if self.skipped:
             text += "; skipped " + ", ".join(f"{n} ({why})" for why, n in self.skipped.items())
         return "; ".join([text, *self.notes])
@@ -252,7 +254,13 @@ def orient_points(points: np.ndarray, orientation: int, stored_size: tuple[int, 
     x, y = points[:, 0], points[:, 1]
     xr, yr = (w - 1) - x, (h - 1) - y
     new_x, new_y = {
-        2: (xr, y), 3: (xr, yr), 4: (x, yr), 5: (y, x), 6: (yr, x), 7: (yr, xr), 8: (y, xr),
+        2: (xr, y),
+        3: (xr, yr),
+        4: (x, yr),
+        5: (y, x),
+        6: (yr, x),
+        7: (yr, xr),
+        8: (y, xr),
     }[orientation]
     return np.stack([new_x, new_y], axis=1).astype(points.dtype)
 

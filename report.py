@@ -47,30 +47,87 @@ class Published:
 
 _PF = "averaging not stated; matcher not stated for zero-shot rows (argmax as in its SPair rows)"
 PUBLISHED = [
-    Published("spair", "bbox", "dinov2_vitb14", "zero-shot", "argmax", (35.61, 51.90, 67.64), (38.12, 54.61, 70.41),
-              "DINOv2-B/14 @518"),
-    Published("spair", "bbox", "dinov3_vitb16", "zero-shot", "argmax", (32.39, 48.30, 62.85), (36.77, 53.67, 68.45),
-              "DINOv3-B/16 @512"),
+    Published(
+        "spair",
+        "bbox",
+        "dinov2_vitb14",
+        "zero-shot",
+        "argmax",
+        (35.61, 51.90, 67.64),
+        (38.12, 54.61, 70.41),
+        "DINOv2-B/14 @518",
+    ),
+    Published(
+        "spair",
+        "bbox",
+        "dinov3_vitb16",
+        "zero-shot",
+        "argmax",
+        (32.39, 48.30, 62.85),
+        (36.77, 53.67, 68.45),
+        "DINOv3-B/16 @512",
+    ),
     Published("spair", "bbox", "sam_vit_b", "zero-shot", "argmax", (11.72, 20.44, 33.41), None, "SAM-B @512"),
-    Published("spair", "bbox", "dinov2_vitb14", "fine-tuned", "wsoftargmax", (46.59, 58.89, 69.58), None,
-              "last 2 blocks, logit scale 10; K9 T0.1"),
-    Published("spair", "bbox", "dinov3_vitb16", "fine-tuned", "wsoftargmax", (56.41, 69.27, 78.74),
-              (60.54, 73.67, 82.60), "last 3 blocks, logit scale 15, lr 1e-4; K5 T0.2"),
-    Published("spair", "bbox", "sam_vit_b", "fine-tuned", "wsoftargmax", (25.92, 37.38, 50.04), None,
-              "last 4 blocks; K7 T0.1"),
-    Published("spair", "bbox", "ensemble", "ensemble", "wsoftargmax", (57.75, 70.08, 79.32), (62.21, 74.69, 83.27),
-              "0.25 DINOv2 + 0.65 DINOv3 + 0.10 SAM, fine-tuned; K5 T0.2"),
+    Published(
+        "spair",
+        "bbox",
+        "dinov2_vitb14",
+        "fine-tuned",
+        "wsoftargmax",
+        (46.59, 58.89, 69.58),
+        None,
+        "last 2 blocks, logit scale 10; K9 T0.1",
+    ),
+    Published(
+        "spair",
+        "bbox",
+        "dinov3_vitb16",
+        "fine-tuned",
+        "wsoftargmax",
+        (56.41, 69.27, 78.74),
+        (60.54, 73.67, 82.60),
+        "last 3 blocks, logit scale 15, lr 1e-4; K5 T0.2",
+    ),
+    Published(
+        "spair", "bbox", "sam_vit_b", "fine-tuned", "wsoftargmax", (25.92, 37.38, 50.04), None, "last 4 blocks; K7 T0.1"
+    ),
+    Published(
+        "spair",
+        "bbox",
+        "ensemble",
+        "ensemble",
+        "wsoftargmax",
+        (57.75, 70.08, 79.32),
+        (62.21, 74.69, 83.27),
+        "0.25 DINOv2 + 0.65 DINOv3 + 0.10 SAM, fine-tuned; K5 T0.2",
+    ),
     Published("pf-pascal", "image", "dinov2_vitb14", "zero-shot", "argmax", (63.79, 82.52, 93.54), None, _PF),
     Published("pf-pascal", "image", "dinov3_vitb16", "zero-shot", "argmax", (65.80, 86.92, 95.65), None, _PF),
     Published("pf-pascal", "image", "sam_vit_b", "zero-shot", "argmax", (31.96, 48.98, 66.65), None, _PF),
-    Published("pf-pascal", "image", "dinov3_vitb16", "fine-tuned", "wsoftargmax", (62.13, 78.60, 88.24), None,
-              "fine-tuned on SPair-71k; " + _PF),
+    Published(
+        "pf-pascal",
+        "image",
+        "dinov3_vitb16",
+        "fine-tuned",
+        "wsoftargmax",
+        (62.13, 78.60, 88.24),
+        None,
+        "fine-tuned on SPair-71k; " + _PF,
+    ),
     Published("pf-pascal", "image", "ensemble", "ensemble", "wsoftargmax", (63.32, 79.25, 88.47), None, _PF),
     Published("pf-willow", "image", "dinov2_vitb14", "zero-shot", "argmax", (54.13, 80.78, 93.78), None, _PF),
     Published("pf-willow", "image", "dinov3_vitb16", "zero-shot", "argmax", (60.86, 85.97, 96.61), None, _PF),
     Published("pf-willow", "image", "sam_vit_b", "zero-shot", "argmax", (33.66, 50.46, 68.67), None, _PF),
-    Published("pf-willow", "image", "dinov3_vitb16", "fine-tuned", "wsoftargmax", (61.94, 83.26, 94.04), None,
-              "fine-tuned on SPair-71k; " + _PF),
+    Published(
+        "pf-willow",
+        "image",
+        "dinov3_vitb16",
+        "fine-tuned",
+        "wsoftargmax",
+        (61.94, 83.26, 94.04),
+        None,
+        "fine-tuned on SPair-71k; " + _PF,
+    ),
     Published("pf-willow", "image", "ensemble", "ensemble", "wsoftargmax", (63.22, 83.81, 94.50), None, _PF),
 ]
 
@@ -129,8 +186,15 @@ def describe(run: Run) -> dict[str, object]:
         setting = "ensemble"
     else:
         model = resolved["model"]
-        setting = ("fine-tuned" if args.get("checkpoint") else "random weights" if resolved["weights"] == "random"
-                   else "custom weights" if args.get("weights") else "zero-shot")
+        setting = (
+            "fine-tuned"
+            if args.get("checkpoint")
+            else "random weights"
+            if resolved["weights"] == "random"
+            else "custom weights"
+            if args.get("weights")
+            else "zero-shot"
+        )
     return {
         "run": run.name,
         "model": model,
@@ -150,7 +214,11 @@ def published_for(run: Run) -> Published | None:
     model = "ensemble" if info["setting"] == "ensemble" else run.config["resolved"]["model"]
     for entry in PUBLISHED:
         if (entry.dataset, entry.pck_norm, entry.model, entry.setting, entry.matcher, "test") == (
-            info["dataset"], info["pck_norm"], model, info["setting"], run.config["args"]["match"]["matcher"],
+            info["dataset"],
+            info["pck_norm"],
+            model,
+            info["setting"],
+            run.config["args"]["match"]["matcher"],
             info["split"],
         ):
             return entry
@@ -192,8 +260,15 @@ def to_markdown(table: pd.DataFrame, alphas: tuple[float, ...] = DEFAULT_ALPHAS)
         head += [f"PCK@{alpha:g}", f"published@{alpha:g}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.to_dict("records"):
-        cells = [row["model"], row["setting"], row["dataset"], row["split"], row["pck_norm"], row["matcher"],
-                 str(row["pairs"])]
+        cells = [
+            row["model"],
+            row["setting"],
+            row["dataset"],
+            row["split"],
+            row["pck_norm"],
+            row["matcher"],
+            str(row["pairs"]),
+        ]
         for alpha in alphas:
             a = f"{alpha:g}"
             cells.append(_both(row[f"pck@{a}_per_image"], row[f"pck@{a}_per_keypoint"], 1))
@@ -214,8 +289,13 @@ def to_markdown(table: pd.DataFrame, alphas: tuple[float, ...] = DEFAULT_ALPHAS)
 def run_pairs(run: Run) -> dict[str, PairRecord]:
     """The run's pairs, reloaded from its dataset (for drawing them), by pair_id."""
     args = run.config["args"]
-    pairset = load_pairs(args["dataset"], root=run.config["resolved"].get("data_root") or args["data_root"],
-                         split=args["split"], layout=args["layout"], limit=args["limit"])
+    pairset = load_pairs(
+        args["dataset"],
+        root=run.config["resolved"].get("data_root") or args["data_root"],
+        split=args["split"],
+        layout=args["layout"],
+        limit=args["limit"],
+    )
     return {p.pair_id: p for p in pairset.pairs}
 
 
@@ -233,8 +313,9 @@ def pck_curve(table: pd.DataFrame, alphas: Iterable[float]) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("paths", nargs="+", help="results folders, or folders holding them")
     p.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS), help="PCK thresholds shown")
     p.add_argument("--markdown", help="also write the markdown table here")

@@ -1,7 +1,7 @@
 """Zero-shot evaluation of a pretrained backbone on a correspondence benchmark.
 
-    python training_free_evaluation.py --model dinov2 --dataset spair
-    python training_free_evaluation.py --model dinov3 --dataset pf-pascal --matcher wsoftargmax --window 5 --temperature 0.1
+python training_free_evaluation.py --model dinov2 --dataset spair
+python training_free_evaluation.py --model dinov3 --dataset pf-pascal --matcher wsoftargmax --window 5 --temperature 0.1
 """
 
 from cli import eval_config, evaluation_parser, run_main

@@ -58,8 +58,9 @@ def plot_matches(fig: Figure, xy0: np.ndarray, xy1: np.ndarray, colors, lw: floa
     xy0, xy1 = np.asarray(xy0, dtype=float).reshape(-1, 2), np.asarray(xy1, dtype=float).reshape(-1, 2)
     colors = [colors] * len(xy0) if isinstance(colors, str) else list(colors)
     for p0, p1, color in zip(xy0, xy1, colors, strict=True):
-        line = ConnectionPatch(xyA=p0, xyB=p1, coordsA="data", coordsB="data", axesA=ax0, axesB=ax1,
-                               color=color, lw=lw, alpha=alpha)
+        line = ConnectionPatch(
+            xyA=p0, xyB=p1, coordsA="data", coordsB="data", axesA=ax0, axesB=ax1, color=color, lw=lw, alpha=alpha
+        )
         line.set_annotation_clip(False)
         fig.add_artist(line)
     plot_keypoints(ax0, xy0, colors)
@@ -75,8 +76,17 @@ def plot_heatmap(ax, heat: np.ndarray, extent: tuple[float, float, float, float]
 
 
 def add_text(ax, text: str, color: str = "white") -> None:
-    ax.text(0.01, 0.99, text, transform=ax.transAxes, va="top", ha="left", fontsize=9, color=color,
-            bbox={"facecolor": "black", "alpha": 0.5, "pad": 2, "edgecolor": "none"})
+    ax.text(
+        0.01,
+        0.99,
+        text,
+        transform=ax.transAxes,
+        va="top",
+        ha="left",
+        fontsize=9,
+        color=color,
+        bbox={"facecolor": "black", "alpha": 0.5, "pad": 2, "edgecolor": "none"},
+    )
 
 
 def add_title(fig: Figure, title: str) -> None:
@@ -144,8 +154,13 @@ def draw_pair_rows(rows: pd.DataFrame, src: Image.Image, trg: Image.Image, alpha
         f"({correct.sum()}/{len(correct)})"
     )
     return draw_matches(
-        src, trg, rows[["src_x", "src_y"]].to_numpy(), rows[["pred_x", "pred_y"]].to_numpy(),
-        correct, rows[["gt_x", "gt_y"]].to_numpy(), title=title,
+        src,
+        trg,
+        rows[["src_x", "src_y"]].to_numpy(),
+        rows[["pred_x", "pred_y"]].to_numpy(),
+        correct,
+        rows[["gt_x", "gt_y"]].to_numpy(),
+        title=title,
     )
 
 

@@ -176,4 +176,3 @@ def _image(root: str, category: str, imname: str, imsize: list, images: dict[str
         path = os.path.join(root, "JPEGImages", category, imname)
         images[key] = ImageRef(key, path, (int(imsize[0]), int(imsize[1])))
     return images[key]
-

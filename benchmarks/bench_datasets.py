@@ -63,8 +63,10 @@ def main() -> None:
         t0 = time.perf_counter()
         pairset = load_pairs("spair", root, "trn")
         seconds = time.perf_counter() - t0
-        print(f"listed {len(pairset.pairs)} pairs over {len(pairset.unique_images())} images "
-              f"in {seconds:.2f} s ({len(pairset.pairs) / seconds:,.0f} pairs/s)")
+        print(
+            f"listed {len(pairset.pairs)} pairs over {len(pairset.unique_images())} images "
+            f"in {seconds:.2f} s ({len(pairset.pairs) / seconds:,.0f} pairs/s)"
+        )
 
 
 if __name__ == "__main__":

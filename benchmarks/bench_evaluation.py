@@ -64,8 +64,17 @@ def synthetic_pairs(images: list[ImageRef], n: int, kps: int, rng: np.random.Gen
 
         w, h = trg.size
         pairs.append(
-            PairRecord(f"{i:06d}", "bench", str(i % CATEGORIES), src, trg, points(src), points(trg),
-                       [str(j) for j in range(k)], trg_bbox=(0.1 * w, 0.1 * h, 0.9 * w, 0.8 * h))
+            PairRecord(
+                f"{i:06d}",
+                "bench",
+                str(i % CATEGORIES),
+                src,
+                trg,
+                points(src),
+                points(trg),
+                [str(j) for j in range(k)],
+                trg_bbox=(0.1 * w, 0.1 * h, 0.9 * w, 0.8 * h),
+            )
         )
     return pairs
 
@@ -116,8 +125,9 @@ def time_matching(pairs: list[PairRecord], images: list[ImageRef], device: torch
     """Matching + PCK for all pairs on a 37x37 grid (random unit features), for both matchers."""
     prep = Preprocess.create(518, 14, "squash")
     feats = F.normalize(torch.randn(len(images), dim, *prep.grid, device=device, dtype=torch.float16), dim=1)
-    fs = FeatureSet(feats, {r.key: i for i, r in enumerate(images)}, prep,
-                    {r.key: image_geometry(r.size, prep) for r in images}, {})
+    fs = FeatureSet(
+        feats, {r.key: i for i, r in enumerate(images)}, prep, {r.key: image_geometry(r.size, prep) for r in images}, {}
+    )
     out = {}
     for matcher in ("argmax", "wsoftargmax"):
         sync(device)
@@ -167,12 +177,21 @@ def main() -> None:
         device = backbone.device
         prep = Preprocess.create(args.image_size, backbone.patch_size, "squash")
         n_kps = sum(p.num_keypoints for p in pairs)
-        print(f"synthetic set: {len(pairs)} pairs, {len(images)} images, {n_kps} keypoints; "
-              f"{backbone.name} (random weights) at {prep.height}x{prep.width} on {device}")
+        print(
+            f"synthetic set: {len(pairs)} pairs, {len(images)} images, {n_kps} keypoints; "
+            f"{backbone.name} (random weights) at {prep.height}x{prep.width} on {device}"
+        )
 
         t_forward = time_forward_only(backbone, images, prep, args.batch_size)
-        cfg = EvalConfig(image_size=[args.image_size], pck_norm="bbox", batch_size=args.batch_size, num_workers=args.num_workers,
-                         cache_dir=str(tmp / "cache"), output_dir=str(tmp / "results"), progress=False)
+        cfg = EvalConfig(
+            image_size=[args.image_size],
+            pck_norm="bbox",
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            cache_dir=str(tmp / "cache"),
+            output_dir=str(tmp / "results"),
+            progress=False,
+        )
         t0 = time.perf_counter()
         cold = json.loads((evaluate(cfg, pairset, backbone) / "metrics.json").read_text())["timings"]
         t_total = time.perf_counter() - t0
@@ -188,16 +207,21 @@ def main() -> None:
     t_original = per_pair * len(pairs)
     print()
     print(f"backbone only (unique images x one batched pass): {t_forward:8.2f} s   (mean of a pass before and after)")
-    print(f"full evaluation, cold cache:                      {t_total:8.2f} s   ratio {t_total / t_forward:.2f} "
-          "(target <= 1.25)")
-    print(f"  of which: features {cold['extraction_s']:.2f} s, matching + PCK {cold['matching_s']:.2f} s, "
-          f"the rest (weights hash, results files) {t_total - cold['extraction_s'] - cold['matching_s']:.2f} s")
-    print(f"full evaluation, warm cache:                      {t_warm:8.2f} s   backbone calls {warm_calls} "
-          "(target 0)")
+    print(
+        f"full evaluation, cold cache:                      {t_total:8.2f} s   ratio {t_total / t_forward:.2f} "
+        "(target <= 1.25)"
+    )
+    print(
+        f"  of which: features {cold['extraction_s']:.2f} s, matching + PCK {cold['matching_s']:.2f} s, "
+        f"the rest (weights hash, results files) {t_total - cold['extraction_s'] - cold['matching_s']:.2f} s"
+    )
+    print(f"full evaluation, warm cache:                      {t_warm:8.2f} s   backbone calls {warm_calls} (target 0)")
     for matcher, seconds in t_match.items():
         print(f"matching + PCK, 37x37 grid, {matcher:<11}:          {seconds:8.2f} s   (target < 10 s on 2 CPU cores)")
-    print(f"original way (2 passes per pair, per keypoint):   {t_original:8.2f} s   extrapolated from "
-          f"{args.original_sample} pairs; {t_original / t_total:.1f}x slower than this engine")
+    print(
+        f"original way (2 passes per pair, per keypoint):   {t_original:8.2f} s   extrapolated from "
+        f"{args.original_sample} pairs; {t_original / t_total:.1f}x slower than this engine"
+    )
 
 
 if __name__ == "__main__":

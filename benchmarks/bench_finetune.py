@@ -99,19 +99,27 @@ def main() -> None:
         "keys": [str(i) for i in range(2 * b)],
     }
     trainable = sum(p.numel() for p in split.parameters() if p.requires_grad)
-    print(f"{bb.name} (random weights) at {size}x{size} on {device}, autocast {bb.autocast_dtype}; "
-          f"batch {b} pairs x {k} keypoints; last {n} of {len(bb.blocks)} blocks train "
-          f"({trainable / 1e6:.1f}M of {sum(p.numel() for p in split.parameters()) / 1e6:.1f}M parameters)")
+    print(
+        f"{bb.name} (random weights) at {size}x{size} on {device}, autocast {bb.autocast_dtype}; "
+        f"batch {b} pairs x {k} keypoints; last {n} of {len(bb.blocks)} blocks train "
+        f"({trainable / 1e6:.1f}M of {sum(p.numel() for p in split.parameters()) / 1e6:.1f}M parameters)"
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step, frozen = time_steps(split, None, batch, cfg, args.steps)
-    memory = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
-    print(f"frozen blocks under no_grad:  {1 / step:7.2f} steps/s  {b / step:8.1f} pairs/s  "
-          f"frozen part {100 * frozen / step:4.1f}% of the step{memory}")
+    memory = (
+        f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
+    )
+    print(
+        f"frozen blocks under no_grad:  {1 / step:7.2f} steps/s  {b / step:8.1f} pairs/s  "
+        f"frozen part {100 * frozen / step:4.1f}% of the step{memory}"
+    )
     cache = Precomputed(split.trunk(batch["images"].to(device)))
     cached, _ = time_steps(split, cache, batch, cfg, args.steps)
-    print(f"frozen outputs cached:        {1 / cached:7.2f} steps/s  {b / cached:8.1f} pairs/s  "
-          f"{step / cached:.2f}x faster (valid only without --flip / --jitter)")
+    print(
+        f"frozen outputs cached:        {1 / cached:7.2f} steps/s  {b / cached:8.1f} pairs/s  "
+        f"{step / cached:.2f}x faster (valid only without --flip / --jitter)"
+    )
 
 
 if __name__ == "__main__":

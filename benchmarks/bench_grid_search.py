@@ -29,7 +29,9 @@ from models import load_backbone
 
 
 def main() -> None:
-    args = synthetic_parser(__doc__.splitlines()[0], "dinov2_vits14", image_size=224, images=120, pairs=2000).parse_args()
+    args = synthetic_parser(
+        __doc__.splitlines()[0], "dinov2_vits14", image_size=224, images=120, pairs=2000
+    ).parse_args()
     torch.manual_seed(0)
     warnings.simplefilter("ignore")
 
@@ -37,11 +39,20 @@ def main() -> None:
         tmp = Path(tmp)
         _, pairset = synthetic_set(tmp, args, "val")
         backbone = load_backbone(args.model, weights="random", device=args.device)
-        cfg = EvalConfig(image_size=[args.image_size], batch_size=args.batch_size, num_workers=args.num_workers,
-                         device=args.device, cache_dir=None, output_dir=str(tmp / "results"), progress=False)
+        cfg = EvalConfig(
+            image_size=[args.image_size],
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=args.device,
+            cache_dir=None,
+            output_dir=str(tmp / "results"),
+            progress=False,
+        )
         n_kps = sum(p.num_keypoints for p in pairset.pairs)
-        print(f"synthetic set: {args.pairs} pairs, {args.images} images, {n_kps} keypoints; {backbone.name} "
-              f"(random weights) at {args.image_size} px on {backbone.device}")
+        print(
+            f"synthetic set: {args.pairs} pairs, {args.images} images, {n_kps} keypoints; {backbone.name} "
+            f"(random weights) at {args.image_size} px on {backbone.device}"
+        )
 
         evaluate(cfg, pairset, backbone)  # warm-up: first-call overheads are no part of either figure
         t0 = time.perf_counter()
@@ -54,10 +65,14 @@ def main() -> None:
         grid_timings = json.loads((grid / "best_parameters.json").read_text())["timings"]
 
     print()
-    print(f"one evaluation (argmax):      {t_single:8.2f} s   (features {single_timings['extraction_s']:.2f} s, "
-          f"matching + PCK {single_timings['matching_s']:.2f} s)")
-    print(f"grid search, 25 cells + argmax: {t_grid:6.2f} s   (features {grid_timings['extraction_s']:.2f} s, "
-          f"all cells {grid_timings['grid_s']:.2f} s)")
+    print(
+        f"one evaluation (argmax):      {t_single:8.2f} s   (features {single_timings['extraction_s']:.2f} s, "
+        f"matching + PCK {single_timings['matching_s']:.2f} s)"
+    )
+    print(
+        f"grid search, 25 cells + argmax: {t_grid:6.2f} s   (features {grid_timings['extraction_s']:.2f} s, "
+        f"all cells {grid_timings['grid_s']:.2f} s)"
+    )
     print(f"grid / one evaluation:        {t_grid / t_single:8.2f}     (target < 3)")
 
 

@@ -56,8 +56,10 @@ def main() -> None:
     for name in args.models:
         for precision in args.precision:
             r = compare(name, args.weights, args.image_size, precision)
-            print(f"{name:8s} {precision:5s} max|diff| {r['max_abs_diff']:.2e} (features up to {r['feature_scale']:.1f})"
-                  f"  mean cosine {r['mean_cosine']:.5f}  same nearest patch {100 * r['same_nearest_patch']:.1f}%")
+            print(
+                f"{name:8s} {precision:5s} max|diff| {r['max_abs_diff']:.2e} (features up to {r['feature_scale']:.1f})"
+                f"  mean cosine {r['mean_cosine']:.5f}  same nearest patch {100 * r['same_nearest_patch']:.1f}%"
+            )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Fine-tuning: one training engine (training.py), per-model presets as data (presets.py).
 
-    python finetuning/finetune.py --model dinov3 --data-root SPair71k/SPair-71k
-    torchrun --nproc_per_node=4 finetuning/finetune.py --model dinov3
+python finetuning/finetune.py --model dinov3 --data-root SPair71k/SPair-71k
+torchrun --nproc_per_node=4 finetuning/finetune.py --model dinov3
 """

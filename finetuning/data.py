@@ -131,4 +131,3 @@ def epoch_batches(num_pairs: int, batch_size: int, epoch: int, seed: int, rank: 
     sampler.set_epoch(epoch)
     order = [(epoch, i) for i in sampler]
     return [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
-

@@ -42,12 +42,24 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="dinov2 | dinov3 | sam, or a sized name like dinov2_vitl14 (default: dinov2)")
     g.add_argument("--weights", help="weights file (default: the official file under models/<family>/weights/)")
     g.add_argument("--checkpoint", help="start from a checkpoint of this project (e.g. an earlier best.pt)")
-    g.add_argument("--precision", default=DEFAULTS.precision, choices=("auto", "fp32", "bf16", "fp16"),
-                   help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU")
-    g.add_argument("--trainable-blocks", type=int, help=f"train the last N blocks (+ final norm / SAM neck); presets: {presets}")
-    g.add_argument("--logit-scale", type=float, help="logits = cosine similarity x scale (1 / temperature); default: preset")
-    g.add_argument("--soft-sigma", type=float, default=DEFAULTS.soft_sigma,
-                   help="> 0: Gaussian soft targets with this std in patches instead of one-hot")
+    g.add_argument(
+        "--precision",
+        default=DEFAULTS.precision,
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU",
+    )
+    g.add_argument(
+        "--trainable-blocks", type=int, help=f"train the last N blocks (+ final norm / SAM neck); presets: {presets}"
+    )
+    g.add_argument(
+        "--logit-scale", type=float, help="logits = cosine similarity x scale (1 / temperature); default: preset"
+    )
+    g.add_argument(
+        "--soft-sigma",
+        type=float,
+        default=DEFAULTS.soft_sigma,
+        help="> 0: Gaussian soft targets with this std in patches instead of one-hot",
+    )
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset, help="benchmark to train on")
     g.add_argument("--data-root", help="dataset folder (default: the folder download.py fills)")
@@ -55,14 +67,23 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--train-split", default=DEFAULTS.train_split, help="split to train on")
     g.add_argument("--val-split", type=optional_split, default=DEFAULTS.val_split, help="'none': no validation")
     g.add_argument("--limit", type=int, help="train on the first N pairs only")
-    g.add_argument("--val-limit", type=int, default=DEFAULTS.val_limit, help="validate on a fixed random subset of N pairs; 0: all")
+    g.add_argument(
+        "--val-limit", type=int, default=DEFAULTS.val_limit, help="validate on a fixed random subset of N pairs; 0: all"
+    )
     g.add_argument("--image-size", type=image_size, help="N or HxW (default: 518 DINOv2, 512 DINOv3 and SAM)")
-    g.add_argument("--resize", choices=("squash", "pad"), default=DEFAULTS.resize,
-                   help="squash = resize ignoring aspect (original project); pad = keep aspect, pad")
+    g.add_argument(
+        "--resize",
+        choices=("squash", "pad"),
+        default=DEFAULTS.resize,
+        help="squash = resize ignoring aspect (original project); pad = keep aspect, pad",
+    )
     g.add_argument("--flip", action="store_true", help="mirror both images of a pair together, half of the time")
     g.add_argument("--jitter", type=float, default=DEFAULTS.jitter, help="photometric jitter strength (e.g. 0.2)")
-    g.add_argument("--cache-frozen", action="store_true",
-                   help="compute each image's frozen blocks once and reuse them (no --flip / --jitter)")
+    g.add_argument(
+        "--cache-frozen",
+        action="store_true",
+        help="compute each image's frozen blocks once and reuse them (no --flip / --jitter)",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the training pairs")
     g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="pairs per step per process")

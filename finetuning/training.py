@@ -185,7 +185,13 @@ class FrozenCache:
     """
 
     def __init__(
-        self, split: SplitBackbone, images: list[ImageRef], prep: Preprocess, batch_size: int, num_workers: int, progress: bool
+        self,
+        split: SplitBackbone,
+        images: list[ImageRef],
+        prep: Preprocess,
+        batch_size: int,
+        num_workers: int,
+        progress: bool,
     ):
         device = split.backbone.device
         loader = DataLoader(ImageDataset(images, prep), batch_size=batch_size, num_workers=num_workers)
@@ -222,7 +228,13 @@ def soft_targets(trg_pq: Tensor, grid: tuple[int, int], sigma: float) -> Tensor:
 
 
 def correspondence_loss(
-    src_feats: Tensor, trg_feats: Tensor, src_pq: Tensor, trg_pq: Tensor, mask: Tensor, scale: float, soft_sigma: float = 0.0
+    src_feats: Tensor,
+    trg_feats: Tensor,
+    src_pq: Tensor,
+    trg_pq: Tensor,
+    mask: Tensor,
+    scale: float,
+    soft_sigma: float = 0.0,
 ) -> Tensor:
     """Cross-entropy of scale x cosine similarity over target patches, per keypoint.
 
@@ -302,7 +314,9 @@ def validate(backbone: Backbone, val_set: PairSet, cfg: TrainConfig) -> dict[str
 # --- run folder: checkpoints, training state, log ---------------------------------------------------
 
 
-def save_model(run_dir: Path, name: str, backbone: Backbone, cfg: TrainConfig, step: int, epoch: int, val: dict) -> None:
+def save_model(
+    run_dir: Path, name: str, backbone: Backbone, cfg: TrainConfig, step: int, epoch: int, val: dict
+) -> None:
     """best.pt / last.pt: the full backbone in its weights' dtype, with the settings (loads with no other flag)."""
     extra = {"finetune": asdict(cfg), "step": step, "epoch": epoch, "val": dict(val)}
     save_finetuned(backbone, run_dir / f"{name}.pt", extra)
@@ -417,8 +431,10 @@ def build_backbone(cfg: TrainConfig, device: str) -> Backbone:
     if cfg.checkpoint:
         backbone = load_finetuned(cfg.checkpoint, device=device, precision=cfg.precision)
         if cfg.model is not None and known_model(cfg.model) != backbone.name:
-            raise FinetuneError(f"--checkpoint {cfg.checkpoint} holds a {backbone.name}, not {known_model(cfg.model)}: "
-                                "drop --model, or give a checkpoint of that model.")
+            raise FinetuneError(
+                f"--checkpoint {cfg.checkpoint} holds a {backbone.name}, not {known_model(cfg.model)}: "
+                "drop --model, or give a checkpoint of that model."
+            )
         return backbone
     return load_backbone(known_model(cfg.model), weights=cfg.weights, device=device, precision=cfg.precision)
 
@@ -487,8 +503,10 @@ def train(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
         backbone = load_finetuned(run_dir / "last.pt", device=d.device, precision=cfg.precision)
         saved = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
         if backbone.extra.get("step") != saved["step"]:
-            raise FinetuneError(f"{run_dir}: last.pt (step {backbone.extra.get('step')}) and {STATE_FILE} "
-                                f"(step {saved['step']}) disagree; the run was interrupted while saving.")
+            raise FinetuneError(
+                f"{run_dir}: last.pt (step {backbone.extra.get('step')}) and {STATE_FILE} "
+                f"(step {saved['step']}) disagree; the run was interrupted while saving."
+            )
     else:
         backbone = build_backbone(cfg, d.device)
         saved = None
@@ -500,8 +518,10 @@ def train(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
     pairs = training_pairs(train_set)
     val_set = val_subset(val_set, cfg.val_limit, cfg.seed) if val_set is not None else None
     if val_set is not None and not val_set.pairs:
-        raise FinetuneError(f"validation split {val_set.split!r} of {val_set.dataset} has no pairs with keypoints; "
-                            "choose another --val-split, or --val-split none")
+        raise FinetuneError(
+            f"validation split {val_set.split!r} of {val_set.dataset} has no pairs with keypoints; "
+            "choose another --val-split, or --val-split none"
+        )
     batches_per_epoch = len(epoch_batches(len(pairs), cfg.batch_size, 0, cfg.seed, d.rank, d.world))
     total = cfg.epochs * batches_per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * total))
@@ -532,8 +552,10 @@ def train(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
             "environment": environment(backbone.device),
         })  # fmt: skip
         log = TrainLog.resume(run_dir, val_key, step) if saved is not None else TrainLog(run_dir, val_key)
-        print(f"fine-tuning {backbone.name}: last {cfg.trainable_blocks} blocks, scale {cfg.logit_scale}, "
-              f"{len(pairs)} pairs, {total} steps of {cfg.batch_size * d.world} pairs; run folder {run_dir}")
+        print(
+            f"fine-tuning {backbone.name}: last {cfg.trainable_blocks} blocks, scale {cfg.logit_scale}, "
+            f"{len(pairs)} pairs, {total} steps of {cfg.batch_size * d.world} pairs; run folder {run_dir}"
+        )
 
     def checkpoint(epoch: int, validate_now: bool) -> None:
         nonlocal best
@@ -560,8 +582,13 @@ def train(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
     while step < min(stop, total):
         epoch, skip = divmod(step, batches_per_epoch)
         batches = epoch_batches(len(pairs), cfg.batch_size, epoch, cfg.seed, d.rank, d.world)[skip:]
-        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers,
-                            pin_memory=backbone.device.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+            pin_memory=backbone.device.type == "cuda",
+        )
         for batch in loader:
             loss, grad_norm = train_step(model, split, cache, batch, cfg, optimizer)
             schedule.step()
@@ -575,8 +602,16 @@ def train(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
                 seconds = time.perf_counter() - interval["t0"]
                 lr = schedule.get_last_lr()[0]
                 if d.main:
-                    log.add({"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr, "grad_norm": mean_norm,
-                             "pairs_per_s": n * cfg.batch_size * d.world / seconds})
+                    log.add(
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            "loss": mean_loss,
+                            "lr": lr,
+                            "grad_norm": mean_norm,
+                            "pairs_per_s": n * cfg.batch_size * d.world / seconds,
+                        }
+                    )
                     bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
                 interval = {"loss": 0, "grad_norm": 0, "steps": 0, "t0": time.perf_counter()}
             bar.update(1)
@@ -593,16 +628,31 @@ def train(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
     return run_dir
 
 
-def train_step(model: nn.Module, split: SplitBackbone, cache: FrozenCache | None, batch: dict, cfg: TrainConfig,
-               optimizer: torch.optim.Optimizer) -> tuple[Tensor, Tensor]:
+def train_step(
+    model: nn.Module,
+    split: SplitBackbone,
+    cache: FrozenCache | None,
+    batch: dict,
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[Tensor, Tensor]:
     """One optimisation step on one batch; returns (loss, gradient norm before clipping) as
     tensors on the device (reading them waits for the GPU: done only when logging)."""
     device = split.backbone.device
-    state = cache.states(batch["keys"], device) if cache is not None else split.trunk(batch["images"].to(device, non_blocking=True))
+    state = (
+        cache.states(batch["keys"], device)
+        if cache is not None
+        else split.trunk(batch["images"].to(device, non_blocking=True))
+    )
     src_feats, trg_feats = model(state).chunk(2)
     loss = correspondence_loss(
-        src_feats, trg_feats, batch["src_pq"].to(device), batch["trg_pq"].to(device), batch["mask"].to(device),
-        cfg.logit_scale, cfg.soft_sigma,
+        src_feats,
+        trg_feats,
+        batch["src_pq"].to(device),
+        batch["trg_pq"].to(device),
+        batch["mask"].to(device),
+        cfg.logit_scale,
+        cfg.soft_sigma,
     )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

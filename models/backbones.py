@@ -124,7 +124,9 @@ class Backbone(nn.Module):
         """The last `n_last_blocks` blocks that feed the features, and the modules after them."""
         used = self.last_block + 1
         if not 0 <= n_last_blocks <= used:
-            raise ValueError(f"n_last_blocks must be in 0..{used} for {self.name} (layer {self.layer}), got {n_last_blocks}")
+            raise ValueError(
+                f"n_last_blocks must be in 0..{used} for {self.name} (layer {self.layer}), got {n_last_blocks}"
+            )
         return [*self.blocks[used - n_last_blocks : used], *self._head_modules()]
 
     # --- per family (each subclass defines _embed, _feature_map and _head_modules) -------------------
@@ -328,7 +330,9 @@ def load_backbone(
     """
     spec = get_spec(name)
     if weights == "random":
-        message = f"{spec.name}: RANDOM weights (weights='random'); the features are meaningless, use only for smoke tests."
+        message = (
+            f"{spec.name}: RANDOM weights (weights='random'); the features are meaningless, use only for smoke tests."
+        )
         warnings.warn(message, stacklevel=2)
         logger.warning(message)
         return _build(spec, timm_overrides, layer, device, precision)

@@ -124,7 +124,11 @@ def check_keys(ckpt: Checkpoint, spec: BackboneSpec, expected: dict[str, Tensor]
     ]
     problems = [
         f"{len(items)} {what} ({', '.join(items[:SHOWN_KEYS])}{', ...' if len(items) > SHOWN_KEYS else ''})"
-        for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        for what, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
         if items
     ]
     if problems:
@@ -272,7 +276,13 @@ def _family(state: dict[str, Tensor]) -> str | None:
     """Which family a state dict (official or timm keys) belongs to, from its marker keys."""
     if any(k.startswith("image_encoder.") for k in state) or "neck.0.weight" in state:
         return "sam"
-    dinov3_markers = ("storage_tokens", "rope_embed.periods", "rope_periods", "blocks.0.gamma_1", "blocks.0.attn.q_bias")
+    dinov3_markers = (
+        "storage_tokens",
+        "rope_embed.periods",
+        "rope_periods",
+        "blocks.0.gamma_1",
+        "blocks.0.attn.q_bias",
+    )
     if any(k in state for k in dinov3_markers):
         return "dinov3"
     if "cls_token" in state and "pos_embed" in state:

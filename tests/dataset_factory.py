@@ -235,7 +235,9 @@ def make_pf_pascal(
     pairs = default_pairs("pf-pascal") if pairs is None else pairs
     data = root / "PF-dataset-PASCAL"
     images = unique_images(pairs)
-    rows_per_class = {i.category: 1 + max(max(j.kps, default=-1) for j in images if j.category == i.category) for i in images}
+    rows_per_class = {
+        i.category: 1 + max(max(j.kps, default=-1) for j in images if j.category == i.category) for i in images
+    }
     for image in images:
         write_image(data / "JPEGImages" / f"{image.name}.jpg", image)
         if annotations:
@@ -302,14 +304,20 @@ def make_custom(folder: Path, pairs: list[FakePair], fmt: str = "json", keypoint
     for pair in pairs:
         for image in (pair.src, pair.trg):
             write_image(folder / "images" / f"{image.name}.png", image)
-        entry = {"source": f"images/{pair.src.name}.png", "target": f"images/{pair.trg.name}.png", "category": pair.src.category}
+        entry = {
+            "source": f"images/{pair.src.name}.png",
+            "target": f"images/{pair.trg.name}.png",
+            "category": pair.src.category,
+        }
         src, trg, ids = pair.expected()
         if keypoints:
             entry.update(source_kps=src.tolist(), target_kps=trg.tolist(), kp_ids=ids, target_bbox=list(pair.trg.box()))
         entries.append(entry)
     if fmt == "json":
         return _write_json(folder / "pairs.json", {"pairs": entries})
-    header = ["source", "target", "category"] + (["source_kps", "target_kps", "kp_ids", "target_bbox"] if keypoints else [])
+    header = ["source", "target", "category"] + (
+        ["source_kps", "target_kps", "kp_ids", "target_bbox"] if keypoints else []
+    )
     rows = []
     for e in entries:
         row = [e["source"], e["target"], e["category"]]

@@ -74,13 +74,17 @@ def num_heads(name: str) -> int:
         return timm.create_model(get_spec(name).timm_name, pretrained=False, depth=1).blocks[0].attn.num_heads
 
 
-def random_official_state_dict(name: str, tiny: bool = False, seed: int = 0, depth: int | None = None) -> dict[str, torch.Tensor]:
+def random_official_state_dict(
+    name: str, tiny: bool = False, seed: int = 0, depth: int | None = None
+) -> dict[str, torch.Tensor]:
     """A state dict in the official format of `name`, with random values (see module docstring)."""
     gen = torch.Generator().manual_seed(seed)
     return {key: _random(key, shape, gen) for key, shape in official_shapes(name, tiny, depth).items()}
 
 
-def write_official_checkpoint(directory: Path, name: str, tiny: bool = False, seed: int = 0, depth: int | None = None) -> Path:
+def write_official_checkpoint(
+    directory: Path, name: str, tiny: bool = False, seed: int = 0, depth: int | None = None
+) -> Path:
     """Save a random official-format file under its official name in `directory`."""
     path = Path(directory) / get_spec(name).official_file
     torch.save(random_official_state_dict(name, tiny, seed, depth), path)

@@ -208,7 +208,9 @@ def test_pf_pascal_without_annotations_test_loads_trn_does_not(tmp_path):
     ps = load_pairs("pf-pascal", root, "test")
     assert len(ps.pairs) == 12 and ps.pairs[0].trg_bbox is None
     assert "bounding boxes are None" in ps.notes[-1]
-    with pytest.raises(DatasetError, match=r"PF-Pascal trn pairs come from the .mat annotations, but there is no .*Annotations"):
+    with pytest.raises(
+        DatasetError, match=r"PF-Pascal trn pairs come from the .mat annotations, but there is no .*Annotations"
+    ):
         load_pairs("pf-pascal", root, "trn")
 
 

@@ -36,25 +36,35 @@ def spec(text):
     return ens.parse_member(text)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("dinov2", ens.MemberSpec("dinov2")),
-    ("dinov2:0.25", ens.MemberSpec("dinov2", None, 0.25)),
-    ("dinov3:ckpt.pt:0.65", ens.MemberSpec("dinov3", "ckpt.pt", 0.65)),
-    ("dinov3:runs/a b/best.pt", ens.MemberSpec("dinov3", "runs/a b/best.pt")),
-    ("sam:0.1@1024", ens.MemberSpec("sam", None, 0.1, [1024])),
-    ("dinov2_vitl14:random@448x336", ens.MemberSpec("dinov2_vitl14", "random", None, [448, 336])),
-    ("dinov2:C:/w/x.pt:0.5", ens.MemberSpec("dinov2", "C:/w/x.pt", 0.5)),
-    ("dinov2:0", ens.MemberSpec("dinov2", None, 0.0)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("dinov2", ens.MemberSpec("dinov2")),
+        ("dinov2:0.25", ens.MemberSpec("dinov2", None, 0.25)),
+        ("dinov3:ckpt.pt:0.65", ens.MemberSpec("dinov3", "ckpt.pt", 0.65)),
+        ("dinov3:runs/a b/best.pt", ens.MemberSpec("dinov3", "runs/a b/best.pt")),
+        ("sam:0.1@1024", ens.MemberSpec("sam", None, 0.1, [1024])),
+        ("dinov2_vitl14:random@448x336", ens.MemberSpec("dinov2_vitl14", "random", None, [448, 336])),
+        ("dinov2:C:/w/x.pt:0.5", ens.MemberSpec("dinov2", "C:/w/x.pt", 0.5)),
+        ("dinov2:0", ens.MemberSpec("dinov2", None, 0.0)),
+    ],
+)
 def test_member_syntax(text, expected):
     assert spec(text) == expected
     assert spec(str(expected)) == expected  # str() writes the same syntax back
 
 
-@pytest.mark.parametrize("text,message", [
-    ("", "expected MODEL"), (":0.5", "expected MODEL"), ("dinov2::0.5", "expected MODEL"),
-    ("dinov2:0.5@big", "image size"), ("dinov2:-1", ">= 0"), ("dinov2:nan", ">= 0"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("", "expected MODEL"),
+        (":0.5", "expected MODEL"),
+        ("dinov2::0.5", "expected MODEL"),
+        ("dinov2:0.5@big", "image size"),
+        ("dinov2:-1", ">= 0"),
+        ("dinov2:nan", ">= 0"),
+    ],
+)
 def test_member_syntax_errors(text, message):
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         spec(text)
@@ -72,7 +82,8 @@ def test_weights_are_normalised_and_all_or_none():
 def test_simplex_grid():
     combos = ens.simplex_weights(3, 0.5)
     assert sorted(map(tuple, combos)) == sorted(
-        [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)])
+        [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)]
+    )
     assert len(ens.simplex_weights(3, 0.1)) == math.comb(12, 2)
     assert all(abs(sum(c) - 1) < 1e-12 for c in ens.simplex_weights(4, 0.25))
     for bad in (0.3, 0, 1.5):
@@ -102,8 +113,9 @@ def test_identical_members_equal_one_model_and_weights_are_normalised(tmp_path, 
     assert metrics["counts"]["pairs"] == 12 and len(metrics["timings"]["per_member"]) == 2
 
 
-@pytest.mark.parametrize("common_grid,grid,reference", [("finest", [16, 16], 1), ("coarsest", [8, 8], 0),
-                                                        ("first", [8, 8], 0)])
+@pytest.mark.parametrize(
+    "common_grid,grid,reference", [("finest", [16, 16], 1), ("coarsest", [8, 8], 0), ("first", [8, 8], 0)]
+)
 def test_members_on_different_grids(tmp_path, pairset, common_grid, grid, reference):
     """Patch 16 (8x8 grid) and patch 8 (16x16): maps meet on the chosen grid, pixels come from it."""
     coarse, fine = colour_backbone(tmp_path, patch_size=16), colour_backbone(tmp_path, patch_size=8)
@@ -175,8 +187,23 @@ def test_weight_search(tmp_path, pairset):
 @pytest.mark.filterwarnings("ignore:.*RANDOM weights")
 def test_command_line(tmp_path, capsys):
     pairs_file = write_colour_pairs(tmp_path / "data", n_images=3, kps=3)
-    common = ["--dataset", "custom", "--data-root", str(pairs_file), "--pck-norm", "bbox", "--device", "cpu",
-              "--num-workers", "0", "--output-dir", str(tmp_path / "results"), "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    common = [
+        "--dataset",
+        "custom",
+        "--data-root",
+        str(pairs_file),
+        "--pck-norm",
+        "bbox",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--output-dir",
+        str(tmp_path / "results"),
+        "--quiet",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     ens.main(["--member", "dinov2_vits14:random:1@28", "--member", "dinov2_vits14:random:3@42", *common])
     (run,) = (tmp_path / "results").iterdir()
     members = json.loads((run / "config.json").read_text())["resolved"]["members"]
@@ -188,4 +215,6 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(ValueError, match="every member or to none"):
         ens.main(["--member", "dinov2_vits14:random:1", "--member", "dinov2_vits14:random", *common])
     with pytest.raises(ValueError, match="must divide 1"):
-        ens.main(["--member", "no_such_model", "--member", "dinov2", "--search-weights", "--weight-step", "0.3", *common])
+        ens.main(
+            ["--member", "no_such_model", "--member", "dinov2", "--search-weights", "--weight-step", "0.3", *common]
+        )

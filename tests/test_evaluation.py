@@ -35,8 +35,17 @@ def make_pairset(tmp_path, n_images=4):
             src = sb[:2] + uv * (sb[2:] - sb[:2]) - 0.5
             trg = tb[:2] + uv * (tb[2:] - tb[:2]) - 0.5
             pairs.append(
-                PairRecord(f"{s}-{t}", "test", ["a", "b"][s % 2], refs[s], refs[t], src.astype(np.float32),
-                           trg.astype(np.float32), list("abcde"), trg_bbox=tuple(tb - 0.5))
+                PairRecord(
+                    f"{s}-{t}",
+                    "test",
+                    ["a", "b"][s % 2],
+                    refs[s],
+                    refs[t],
+                    src.astype(np.float32),
+                    trg.astype(np.float32),
+                    list("abcde"),
+                    trg_bbox=tuple(tb - 0.5),
+                )
             )
     return PairSet("test", "test", str(tmp_path), pairs, skipped={"no keypoints": 2})
 
@@ -52,8 +61,15 @@ def backbone(tmp_path):
 
 def config(tmp_path, **kw):
     return EvalConfig(
-        model="colourcode", dataset="test", cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "results"),
-        num_workers=0, batch_size=3, progress=False, pck_norm="bbox", **kw,
+        model="colourcode",
+        dataset="test",
+        cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "results"),
+        num_workers=0,
+        batch_size=3,
+        progress=False,
+        pck_norm="bbox",
+        **kw,
     )
 
 
@@ -147,7 +163,9 @@ def test_checkpoint_flag_takes_finetuned_files_and_plain_weights(tmp_path, monke
 
     calls = []
     monkeypatch.setattr(evaluation, "load_finetuned", lambda path, device: calls.append(("finetuned", str(path))))
-    monkeypatch.setattr(evaluation, "load_backbone", lambda name, weights, device, layer: calls.append((name, str(weights))))
+    monkeypatch.setattr(
+        evaluation, "load_backbone", lambda name, weights, device, layer: calls.append((name, str(weights)))
+    )
     evaluation.load_model(EvalConfig(checkpoint=str(finetuned)))
     evaluation.load_model(EvalConfig(model="dinov3", checkpoint=str(plain)))
     evaluation.load_model(EvalConfig(model="sam", weights="w.pth"))

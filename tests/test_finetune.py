@@ -67,7 +67,9 @@ def spair(tmp_path_factory) -> Path:
     """SPair-71k on disk: 3 images of 48x36 with 6 coloured keypoint markers; the 6 ordered pairs
     are both the trn and the val split (so validation measures the pairs being fitted)."""
     images = fake_images("cat", 3, size=(48, 36), num_kps=6, seed=0)  # seed 0: no two markers touch
-    return make_spair(tmp_path_factory.mktemp("spair") / "SPair-71k", fake_pairs(images, "trn") + fake_pairs(images, "val"))
+    return make_spair(
+        tmp_path_factory.mktemp("spair") / "SPair-71k", fake_pairs(images, "trn") + fake_pairs(images, "val")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,11 @@ def test_each_preset_trains_its_last_blocks_and_head_only(family, spair, tmp_pat
     n = PRESETS[family].trainable_blocks
     first_trained = TINY[family]["depth"] - n
     head = "model.neck." if family == "sam" else "model.norm."
-    trained = {k for k in before if k.startswith(head) or any(k.startswith(f"model.blocks.{i}.") for i in range(first_trained, 9))}
+    trained = {
+        k
+        for k in before
+        if k.startswith(head) or any(k.startswith(f"model.blocks.{i}.") for i in range(first_trained, 9))
+    }
     assert any(k.startswith(head) for k in trained)  # SAM: the neck trains too
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and changed <= trained
@@ -150,7 +156,9 @@ def test_resume_after_k_steps_equals_an_uninterrupted_run(init, spair, tmp_path)
         assert all(torch.equal(pa[k], pb[k]) for k in pa)
     log_a, log_b = (pd.read_csv(r / "train_log.csv") for r in (whole, part))
     assert log_b["step"].is_monotonic_increasing
-    assert np.allclose(log_a.dropna(subset=["val_pck@0.1"])["val_pck@0.1"], log_b.dropna(subset=["val_pck@0.1"])["val_pck@0.1"])
+    assert np.allclose(
+        log_a.dropna(subset=["val_pck@0.1"])["val_pck@0.1"], log_b.dropna(subset=["val_pck@0.1"])["val_pck@0.1"]
+    )
 
 
 def test_ddp_with_two_gloo_processes_equals_one_process_on_the_same_global_batch(init, spair, tmp_path):
@@ -202,7 +210,14 @@ def test_evaluate_loads_the_checkpoint_with_no_other_flag(init, spair, tmp_path)
     saved = state_dict(best)
     assert all(torch.equal(v, saved[k]) for k, v in bb.state_dict().items())
     assert bb.extra["finetune"]["model"] == "dinov2_vitb14" and bb.extra["step"] == 2
-    assert set(torch.load(best, weights_only=True)) == {"format", "backbone", "timm_overrides", "layer", "state_dict", "extra"}
+    assert set(torch.load(best, weights_only=True)) == {
+        "format",
+        "backbone",
+        "timm_overrides",
+        "layer",
+        "state_dict",
+        "extra",
+    }
 
     cfg = EvalConfig(checkpoint=str(best), data_root=str(spair), split="val", image_size=[112], device="cpu",
                      cache_dir=None, output_dir=str(tmp_path / "eval"), num_workers=0, progress=False)  # fmt: skip
@@ -249,7 +264,9 @@ def test_soft_targets_are_a_gaussian_around_the_keypoint_and_tend_to_one_hot():
     torch.testing.assert_close(correspondence_loss(src, trg, centres, centres, mask, 10.0, soft_sigma=0.05), hard)
     # sigma 1: cross-entropy against weights exp(-d^2 / 2) over the patch centres, by hand
     log_p = [
-        (10.0 * torch.einsum("c,chw->hw", F.normalize(src[0, :, y, x], dim=0), F.normalize(trg[0], dim=0))).flatten().log_softmax(0)
+        (10.0 * torch.einsum("c,chw->hw", F.normalize(src[0, :, y, x], dim=0), F.normalize(trg[0], dim=0)))
+        .flatten()
+        .log_softmax(0)
         for x, y in ((2, 1), (0, 2))
     ]
     yy, xx = torch.meshgrid(torch.arange(3.0), torch.arange(4.0), indexing="ij")
@@ -297,7 +314,9 @@ def test_each_global_step_covers_the_same_pairs_for_any_number_of_processes():
 
 
 def test_collate_pads_keypoints_with_a_mask():
-    samples = [{"src_pq": torch.ones(n, 2), "trg_pq": torch.ones(n, 2), "src_key": f"s{n}", "trg_key": f"t{n}"} for n in (2, 3)]
+    samples = [
+        {"src_pq": torch.ones(n, 2), "trg_pq": torch.ones(n, 2), "src_key": f"s{n}", "trg_key": f"t{n}"} for n in (2, 3)
+    ]
     batch = collate(samples)
     assert batch["src_pq"].shape == (2, 3, 2) and batch["mask"].tolist() == [[True, True, False], [True, True, True]]
     assert batch["keys"] == ["s2", "s3", "t2", "t3"]

@@ -119,5 +119,5 @@ def test_preprocess_pads_with_zero_and_rounds_to_patch():
     geom = image_geometry((50, 200), prep)
     ox = int(geom.offset[0])
     assert tensor.shape == (3, 224, 98)
-    assert torch.all(tensor[:, :, : ox] == 0) and torch.all(tensor[:, :, ox + geom.content[0] :] == 0)
+    assert torch.all(tensor[:, :, :ox] == 0) and torch.all(tensor[:, :, ox + geom.content[0] :] == 0)
     assert tensor[:, :, ox : ox + geom.content[0]].min() > 2.0  # white, normalised

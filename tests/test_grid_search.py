@@ -29,7 +29,11 @@ def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, p
     run = gs.grid_search(colour_config(tmp_path), pairset, backbone, windows, temperatures)
     assert backbone.calls == 2  # 4 images in batches of 3, once for the whole grid
     assert sorted(p.name for p in run.iterdir()) == [
-        "best_parameters.json", "config.json", "grid_search_heatmap.png", "grid_search_results.csv"]
+        "best_parameters.json",
+        "config.json",
+        "grid_search_heatmap.png",
+        "grid_search_results.csv",
+    ]
     assert run.name.endswith("_colourcode_custom_test_grid")
     table = pd.read_csv(run / "grid_search_results.csv")
     assert table["matcher"].tolist() == ["argmax"] + ["wsoftargmax"] * 6
@@ -41,8 +45,11 @@ def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, p
     eval_set, _, norm = evaluation_set(pairset, "bbox")
     member, _ = build_member(backbone, eval_set, None, "squash", None, 8, 0, progress=False)
     for row in table.itertuples():
-        cfg = MatchConfig(row.matcher, 5 if row.matcher == "argmax" else int(row.window),
-                          0.1 if row.matcher == "argmax" else row.temperature)
+        cfg = MatchConfig(
+            row.matcher,
+            5 if row.matcher == "argmax" else int(row.window),
+            0.1 if row.matcher == "argmax" else row.temperature,
+        )
         pred = predict_keypoints(eval_set.pairs, [member], cfg, progress=False)
         summary = pck.summarize(pck.keypoint_table(eval_set.pairs, pred, [0.05, 0.1], norm))
         assert table.loc[row.Index, "pck@0.05_per_image"] == pytest.approx(summary["pck@0.05"]["per_image"])
@@ -52,7 +59,10 @@ def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, p
     soft = table[table["matcher"] == "wsoftargmax"]
     for alpha in ("0.05", "0.1"):
         top = soft.loc[soft[f"pck@{alpha}_per_image"].idxmax()]
-        assert (best["best"][alpha]["window"], best["best"][alpha]["temperature"]) == (top["window"], top["temperature"])
+        assert (best["best"][alpha]["window"], best["best"][alpha]["temperature"]) == (
+            top["window"],
+            top["temperature"],
+        )
         assert best["argmax"][alpha]["pck_per_image"] == table.loc[0, f"pck@{alpha}_per_image"]
     assert best["pck_norm"] == "bbox" and best["pairs"] == 12 and best["keypoints"] == 60
     assert Image.open(run / "grid_search_heatmap.png").size[0] > 400
@@ -61,10 +71,19 @@ def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, p
 def test_ties_go_to_the_first_cell_searched_and_the_heatmap_outlines_that_cell():
     """Windows given as 9, 3 (the heatmap sorts them): K=9 T=0.2 and K=3 T=0.1 tie, the first searched wins."""
     cells = [(9, 0.1, 50.0), (9, 0.2, 70.0), (3, 0.1, 70.0), (3, 0.2, 60.0)]
-    rows = [{"matcher": "argmax", "window": None, "temperature": None, "pck@0.1_per_image": 40.0,
-             "pck@0.1_per_keypoint": 41.0}]
-    rows += [{"matcher": "wsoftargmax", "window": k, "temperature": t, "pck@0.1_per_image": v,
-              "pck@0.1_per_keypoint": v - 1} for k, t, v in cells]
+    rows = [
+        {
+            "matcher": "argmax",
+            "window": None,
+            "temperature": None,
+            "pck@0.1_per_image": 40.0,
+            "pck@0.1_per_keypoint": 41.0,
+        }
+    ]
+    rows += [
+        {"matcher": "wsoftargmax", "window": k, "temperature": t, "pck@0.1_per_image": v, "pck@0.1_per_keypoint": v - 1}
+        for k, t, v in cells
+    ]
     table = pd.DataFrame(rows).astype({"window": "Int64"})
     best, argmax = gs.best_parameters(table, [0.1], "per_image")
     assert best["0.1"] == {"window": 9, "temperature": 0.2, "pck_per_image": 70.0, "pck_per_keypoint": 69.0}
@@ -77,8 +96,14 @@ def test_ties_go_to_the_first_cell_searched_and_the_heatmap_outlines_that_cell()
 def test_grid_reaches_below_patch_resolution_and_low_temperature_is_argmax(tmp_path, pairset):
     """Known behaviour on the colour-coded data: keypoints lie between patch centres, so a moderate
     temperature beats argmax, and T -> 0 reduces to argmax."""
-    table = gs.grid_table(*_member_setup(tmp_path, pairset), windows=[3, 11], temperatures=[1e-4, 0.1],
-                          thresholds=[0.05], norm="bbox", progress=False)
+    table = gs.grid_table(
+        *_member_setup(tmp_path, pairset),
+        windows=[3, 11],
+        temperatures=[1e-4, 0.1],
+        thresholds=[0.05],
+        norm="bbox",
+        progress=False,
+    )
     col = table["pck@0.05_per_keypoint"]
     assert col[1] == col[0] == col[3]  # T=1e-4 rows equal argmax
     assert col[2] > col[0] + 10 and col[4] > col[0] + 10
@@ -109,7 +134,10 @@ def test_best_parameters_reach_evaluation_through_params(tmp_path, pairset):
     cfg = eval_config(args)
     assert cfg.match == MatchConfig("wsoftargmax", best["0.05"]["window"], best["0.05"]["temperature"])
     assert cfg.match_params.endswith("(best at PCK@0.05)")
-    assert read_best_parameters(run / "best_parameters.json", 0.1) == (best["0.1"]["window"], best["0.1"]["temperature"])
+    assert read_best_parameters(run / "best_parameters.json", 0.1) == (
+        best["0.1"]["window"],
+        best["0.1"]["temperature"],
+    )
 
 
 def test_matcher_arguments_without_params_keep_their_defaults():
@@ -142,12 +170,36 @@ def test_params_errors_are_clear(tmp_path):
 def test_command_line_grid_search(tmp_path, capsys):
     """The script end to end with a tiny random DINOv2 (argument wiring, folder, printout)."""
     pairs_file = write_colour_pairs(tmp_path / "data", n_images=3, kps=3)
-    gs.main([
-        "--model", "dinov2_vits14", "--weights", "random", "--image-size", "28", "--device", "cpu", "--num-workers", "0",
-        "--dataset", "custom", "--data-root", str(pairs_file), "--pck-norm", "bbox",
-        "--windows", "3", "5", "--temperatures", "0.1", "--output-dir", str(tmp_path / "results"), "--quiet",
-        "--cache-dir", str(tmp_path / "cache"),
-    ])
+    gs.main(
+        [
+            "--model",
+            "dinov2_vits14",
+            "--weights",
+            "random",
+            "--image-size",
+            "28",
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+            "--dataset",
+            "custom",
+            "--data-root",
+            str(pairs_file),
+            "--pck-norm",
+            "bbox",
+            "--windows",
+            "3",
+            "5",
+            "--temperatures",
+            "0.1",
+            "--output-dir",
+            str(tmp_path / "results"),
+            "--quiet",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "best at PCK@0.1 (per_image): K=" in out
     (run,) = (tmp_path / "results").iterdir()

@@ -45,7 +45,12 @@ def test_official_vit_b_file_loads_strictly_with_right_shapes(tmp_path, name):
     path = write_official_checkpoint(tmp_path, name)
     bb = load_backbone(name, weights=path, device="cpu")
     spec = get_spec(name)
-    assert (bb.name, bb.patch_size, bb.feature_dim, bb.weights_path) == (name, spec.patch_size, spec.feature_dim, str(path))
+    assert (bb.name, bb.patch_size, bb.feature_dim, bb.weights_path) == (
+        name,
+        spec.patch_size,
+        spec.feature_dim,
+        str(path),
+    )
     assert len(bb.blocks) == spec.depth and isinstance(bb.blocks, torch.nn.ModuleList)
     with torch.no_grad():
         for h, w in [(3, 3), (4, 6)]:
@@ -122,7 +127,11 @@ def test_finetuned_checkpoint_round_trip(tmp_path, name):
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # atomic write, nothing left over
     again = load_finetuned(path, device="cpu")
     assert (again.name, again.layer, again.timm_overrides, again.extra) == (
-        bb.name, 1, TINY_OVERRIDES, {"epoch": 3, "pck": [0.5, 0.25], "note": None})
+        bb.name,
+        1,
+        TINY_OVERRIDES,
+        {"epoch": 3, "pck": [0.5, 0.25], "note": None},
+    )
     images = _images(bb, 3, 4)
     with torch.no_grad():
         assert torch.equal(again(images), bb(images))
@@ -211,7 +220,9 @@ def test_wrong_size_says_what_the_file_looks_like(tmp_path):
         load_backbone("dinov3", weights=path)
 
 
-@pytest.mark.parametrize(("requested", "file_of"), [("dinov2", "sam_vit_b"), ("sam", "dinov3_vitb16"), ("dinov3", "dinov2_vitb14")])
+@pytest.mark.parametrize(
+    ("requested", "file_of"), [("dinov2", "sam_vit_b"), ("sam", "dinov3_vitb16"), ("dinov3", "dinov2_vitb14")]
+)
 def test_wrong_family(tmp_path, requested, file_of):
     path = write_official_checkpoint(tmp_path, file_of, depth=1)
     with pytest.raises(CheckpointError) as err:
@@ -295,7 +306,10 @@ def test_split_forward_equals_forward(tiny_backbones, name):
     assert state.grid == (3, 5)
 
 
-@pytest.mark.parametrize(("name", "layer", "head"), [("dinov3_vitb16", None, "LayerNorm"), ("sam_vit_b", None, "Sequential"), ("sam_vit_b", 1, None)])
+@pytest.mark.parametrize(
+    ("name", "layer", "head"),
+    [("dinov3_vitb16", None, "LayerNorm"), ("sam_vit_b", None, "Sequential"), ("sam_vit_b", 1, None)],
+)
 def test_trainable_modules_are_the_last_blocks_and_head(tmp_path, name, layer, head):
     bb = _tiny(tmp_path, name, layer=layer)
     modules = bb.trainable_modules(2)

@@ -304,7 +304,9 @@ def test_sam_other_sizes_resize_pos_embed_and_rel_pos(tmp_path):
         state = bb.embed(images)
         pos = sd["image_encoder.pos_embed"].permute(0, 3, 1, 2)
         pos = F.interpolate(pos, size=(32, 32), mode="bicubic", antialias=True).permute(0, 2, 3, 1)
-        patches = F.conv2d(images, sd["image_encoder.patch_embed.proj.weight"], sd["image_encoder.patch_embed.proj.bias"], stride=16)
+        patches = F.conv2d(
+            images, sd["image_encoder.patch_embed.proj.weight"], sd["image_encoder.patch_embed.proj.bias"], stride=16
+        )
         assert _max_diff(state.tokens, patches.permute(0, 2, 3, 1) + pos) < 1e-5
         feats = bb(images)
     assert feats.shape == (1, 256, 32, 32) and torch.isfinite(feats).all()
@@ -317,7 +319,11 @@ def test_sam_other_sizes_resize_pos_embed_and_rel_pos(tmp_path):
 def test_sam_layernorm_eps_shows_on_small_activations(tmp_path):
     """timm's samvit defaults to eps 1e-5; with tiny activations only Meta's 1e-6 matches."""
     sd = random_official_state_dict("sam_vit_b", tiny=True)
-    for key in ("image_encoder.patch_embed.proj.weight", "image_encoder.patch_embed.proj.bias", "image_encoder.pos_embed"):
+    for key in (
+        "image_encoder.patch_embed.proj.weight",
+        "image_encoder.patch_embed.proj.bias",
+        "image_encoder.pos_embed",
+    ):
         sd[key] = sd[key] * 1e-3
     path = tmp_path / "sam_small_activations.pth"
     torch.save(sd, path)

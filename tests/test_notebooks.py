@@ -25,7 +25,9 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
     pairset = load_pairs("custom", root=write_colour_pairs(tmp / "data"))
     backbone = colour_backbone(tmp, image_size=64)
-    return [evaluate(colour_config(tmp, match=MatchConfig(m, 3, 0.1)), pairset, backbone) for m in ("argmax", "wsoftargmax")]
+    return [
+        evaluate(colour_config(tmp, match=MatchConfig(m, 3, 0.1)), pairset, backbone) for m in ("argmax", "wsoftargmax")
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -63,7 +63,9 @@ def test_bbox_and_kpbox_thresholds_by_hand():
 
 def test_summary_is_recomputable_from_the_csv(tmp_path):
     rng = np.random.default_rng(0)
-    pairs = [pair(str(i), ["cat", "dog"][i % 2], rng.uniform(0, 100, (1 + i % 4, 2)), bbox=(0, 0, 80, 60)) for i in range(9)]
+    pairs = [
+        pair(str(i), ["cat", "dog"][i % 2], rng.uniform(0, 100, (1 + i % 4, 2)), bbox=(0, 0, 80, 60)) for i in range(9)
+    ]
     pred = np.concatenate([p.trg_kps + rng.normal(0, 6, p.trg_kps.shape) for p in pairs])
     table = pck.keypoint_table(pairs, pred, [0.05, 0.1, 0.2], "bbox")
     path = tmp_path / "per_keypoint.csv"

@@ -28,12 +28,22 @@ def lines(fig):
 def pair_rows(correct):
     n = len(correct)
     xy = np.arange(2 * n, dtype=float).reshape(n, 2) + 10
-    return pd.DataFrame({
-        "pair_id": "p", "category": "cat", "kp_id": [str(i) for i in range(n)],
-        "src_x": xy[:, 0], "src_y": xy[:, 1], "gt_x": xy[:, 0] + 5, "gt_y": xy[:, 1],
-        "pred_x": xy[:, 0] + 1, "pred_y": xy[:, 1] + 1, "distance": 1.0, "norm_L": 10.0,
-        "correct@0.1": correct,
-    })
+    return pd.DataFrame(
+        {
+            "pair_id": "p",
+            "category": "cat",
+            "kp_id": [str(i) for i in range(n)],
+            "src_x": xy[:, 0],
+            "src_y": xy[:, 1],
+            "gt_x": xy[:, 0] + 5,
+            "gt_y": xy[:, 1],
+            "pred_x": xy[:, 0] + 1,
+            "pred_y": xy[:, 1] + 1,
+            "distance": 1.0,
+            "norm_L": 10.0,
+            "correct@0.1": correct,
+        }
+    )
 
 
 def test_matches_are_coloured_by_correctness_with_ground_truth():
@@ -45,8 +55,11 @@ def test_matches_are_coloured_by_correctness_with_ground_truth():
     src_ax, trg_ax = fig.axes
     assert list(drawn[1].xy1) == [12.0, 13.0] and list(drawn[1].xy2) == [13.0, 14.0]  # source -> prediction
     assert drawn[1].axesA is src_ax and drawn[1].axesB is trg_ax
-    truth = [c for c in trg_ax.collections if len(c.get_offsets()) == 3 and c.get_facecolor()[0].tolist() ==
-             list(to_rgba("cyan"))]
+    truth = [
+        c
+        for c in trg_ax.collections
+        if len(c.get_offsets()) == 3 and c.get_facecolor()[0].tolist() == list(to_rgba("cyan"))
+    ]
     assert len(truth) == 1 and truth[0].get_offsets()[1].tolist() == [17.0, 13.0]
     dotted = [ln for ln in trg_ax.lines if ln.get_linestyle() == ":"]
     assert len(dotted) == 1 and dotted[0].get_xydata().tolist() == [[13.0, 14.0], [17.0, 13.0]]  # wrong one only
@@ -60,8 +73,9 @@ def test_heatmap_spans_the_patch_grid_in_image_pixels(resize):
     geom = image_geometry(size, prep)
     left, right, bottom, top = viz2d.grid_extent(geom, prep)
     # the grid's outer edges are the network input's edges, mapped back to the image
-    np.testing.assert_allclose(geom.to_input(np.array([[left, top], [right, bottom]])),
-                               [[-0.5, -0.5], [223.5, 223.5]], atol=1e-9)
+    np.testing.assert_allclose(
+        geom.to_input(np.array([[left, top], [right, bottom]])), [[-0.5, -0.5], [223.5, 223.5]], atol=1e-9
+    )
     if resize == "squash":
         assert (left, right, bottom, top) == pytest.approx((-0.5, 299.5, 199.5, -0.5))
     else:
@@ -82,15 +96,31 @@ def test_best_and_worst_pairs_are_drawn(tmp_path):
     rows = []
     for p in pairs:
         for k, (xy, ok) in enumerate(zip(p.trg_kps, correct[p.pair_id], strict=True)):
-            rows.append({"pair_id": p.pair_id, "category": p.category, "kp_id": str(k), "src_x": p.src_kps[k, 0],
-                         "src_y": p.src_kps[k, 1], "gt_x": xy[0], "gt_y": xy[1], "pred_x": xy[0], "pred_y": xy[1],
-                         "distance": 0.0 if ok else 50.0, "norm_L": 100.0, "correct@0.05": bool(ok),
-                         "correct@0.1": bool(ok)})
+            rows.append(
+                {
+                    "pair_id": p.pair_id,
+                    "category": p.category,
+                    "kp_id": str(k),
+                    "src_x": p.src_kps[k, 0],
+                    "src_y": p.src_kps[k, 1],
+                    "gt_x": xy[0],
+                    "gt_y": xy[1],
+                    "pred_x": xy[0],
+                    "pred_y": xy[1],
+                    "distance": 0.0 if ok else 50.0,
+                    "norm_L": 100.0,
+                    "correct@0.05": bool(ok),
+                    "correct@0.1": bool(ok),
+                }
+            )
     table = pd.DataFrame(rows)
     assert viz2d.pair_ranking(table, 0.1)["pair_id"].tolist() == [pairs[1].pair_id, pairs[0].pair_id, pairs[2].pair_id]
     written = viz2d.save_best_worst(tmp_path / "vis", pairs, table, n=2)
-    assert [p.name for p in written] == [f"best_01_{pairs[1].pair_id}.png", f"best_02_{pairs[0].pair_id}.png",
-                                         f"worst_01_{pairs[2].pair_id}.png"]
+    assert [p.name for p in written] == [
+        f"best_01_{pairs[1].pair_id}.png",
+        f"best_02_{pairs[0].pair_id}.png",
+        f"worst_01_{pairs[2].pair_id}.png",
+    ]
     assert all(Image.open(p).size[0] > 100 for p in written)
 
 
@@ -101,8 +131,10 @@ def test_evaluation_saves_pictures_of_its_best_and_worst_pairs(tmp_path):
     table = pck.read_keypoint_table(run / "per_keypoint.csv")
     ranking = viz2d.pair_ranking(table, 0.1)["pair_id"]
     assert per_pair.set_index("pair_id").loc[ranking.iloc[0], "pck@0.1"] == per_pair["pck@0.1"].max()
-    assert sorted(p.name for p in (run / "vis").iterdir()) == [f"best_01_{ranking.iloc[0]}.png",
-                                                               f"worst_01_{ranking.iloc[-1]}.png"]
+    assert sorted(p.name for p in (run / "vis").iterdir()) == [
+        f"best_01_{ranking.iloc[0]}.png",
+        f"worst_01_{ranking.iloc[-1]}.png",
+    ]
 
 
 def test_save_vis_argument():
@@ -169,13 +201,27 @@ def test_points_syntax_and_grid():
 @pytest.mark.filterwarnings("ignore:.*RANDOM weights")
 def test_match_pair_command_line(tmp_path, capsys):
     src, trg = colour_images(tmp_path)
-    common = ["--src", str(src), "--trg", str(trg), "--model", "dinov2_vits14", "--weights", "random",
-              "--image-size", "28", "--device", "cpu", "--output-dir", str(tmp_path / "results"),
-              "--cache-dir", str(tmp_path / "cache")]
+    common = [
+        "--src",
+        str(src),
+        "--trg",
+        str(trg),
+        "--model",
+        "dinov2_vits14",
+        "--weights",
+        "random",
+        "--image-size",
+        "28",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     folder = mp.main([*common, "--grid", "2", "--heatmap", "0", "3"])
     assert folder.name.endswith("_match_dinov2_vits14_src_trg")
-    assert sorted(p.name for p in folder.iterdir()) == ["heatmap_0.png", "heatmap_3.png", "matches.json",
-                                                         "matches.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["heatmap_0.png", "heatmap_3.png", "matches.json", "matches.png"]
     saved = json.loads((folder / "matches.json").read_text())
     assert len(saved["matches"]) == 4 and saved["points"] == "2 x 2 grid" and saved["image_size"] == [28, 28]
     with pytest.raises(ValueError, match=r"outside the source image \(200 x 160 pixels\)"):
