@@ -1,20 +1,35 @@
-"""Command-line arguments shared by the evaluation scripts (one definition, many scripts)."""
+"""Command-line arguments shared by the scripts (one definition, many scripts), and how a script ends.
+
+Only light modules are imported here: a script parses its arguments, and answers --help, before
+torch loads.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import pck
-from evaluation import EvalConfig, MatchConfig
-from matching_strategies import MATCHERS
+import numpy as np
 
-DATASETS = ("spair", "pf-pascal", "pf-willow", "custom")
+from pairs import LOADERS
+from settings import (
+    DEFAULT_THRESHOLDS,
+    DESCRIPTORS,
+    MATCHERS,
+    PCK_NORMS,
+    RESIZE_MODES,
+    EvalConfig,
+    MatchConfig,
+    MemberSpec,
+)
+
+CheckpointFlag = Literal["none", "optional", "either"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -56,39 +71,79 @@ def positive_float(text: str) -> float:
     return value
 
 
+def parse_member(text: str) -> MemberSpec:
+    """'dinov3:ckpt.pt:0.65@512' -> MemberSpec('dinov3', 'ckpt.pt', 0.65, [512])."""
+    body, size = text, None
+    if "@" in text:
+        body, size_text = text.rsplit("@", 1)
+        try:
+            size = image_size(size_text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"member {text!r}: the part after '@' must be an image size N or HxW, got {size_text!r}"
+            ) from None
+    model, *rest = body.split(":")
+    weight = None
+    if rest:
+        try:
+            weight = float(rest[-1])
+            rest = rest[:-1]
+        except ValueError:
+            pass  # the last part is the weights file
+    if not model or any(not part for part in rest):
+        raise argparse.ArgumentTypeError(
+            f"member {text!r}: expected MODEL[:WEIGHTS][:WEIGHT][@SIZE], e.g. dinov3:ckpt.pt:0.65"
+        )
+    if weight is not None and not (math.isfinite(weight) and weight >= 0):
+        raise argparse.ArgumentTypeError(f"member {text!r}: the ensemble weight must be a number >= 0, got {weight}")
+    return MemberSpec(model, ":".join(rest) or None, weight, size)
+
+
+def parse_points(text: str) -> np.ndarray:
+    """'x,y;x,y' -> (N, 2) float32 (match_pair.py --points)."""
+    try:
+        points = [[float(v) for v in item.split(",")] for item in text.split(";") if item.strip()]
+    except ValueError:
+        points = None
+    if not points or any(len(p) != 2 for p in points) or not np.isfinite(points).all():
+        raise ValueError(f"--points must look like 'x,y;x,y' (pixels of the source image), got {text!r}")
+    return np.asarray(points, dtype=np.float32)
+
+
 def add_data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, default="spair", help="benchmark to evaluate on")
+    g.add_argument("--dataset", choices=tuple(LOADERS), default="spair", help="benchmark to evaluate on")
     g.add_argument(
         "--data-root", help="dataset folder (default: the folder download.py fills); for custom, the pairs file"
     )
     g.add_argument("--split", default=split, help="trn | val | test")
     g.add_argument("--layout", choices=("large", "small"), default="large", help="SPair-71k layout")
     g.add_argument("--limit", type=int, help="evaluate only the first N pairs")
-    g.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="PCK alphas")
+    g.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), help="PCK alphas")
     g.add_argument(
         "--pck-norm",
-        choices=pck.NORMS,
+        choices=PCK_NORMS,
         help="PCK threshold length L: bbox = target bbox max side (SPair default), image = target image "
         "max side (PF-Pascal default), kpbox = target keypoint box max side (PF-Willow default)",
     )
 
 
-def add_backbone_args(p: argparse.ArgumentParser, checkpoint: Literal["none", "optional", "required"] = "none") -> None:
+def add_backbone_args(p: argparse.ArgumentParser, checkpoint: CheckpointFlag = "none") -> None:
+    """--model, --weights, --layer (and --checkpoint: "optional", or "either" it or --weights required)."""
     g = p.add_argument_group("backbone")
+    files = g.add_mutually_exclusive_group(required=checkpoint == "either")
     if checkpoint != "none":
-        g.add_argument(
+        files.add_argument(
             "--checkpoint",
-            required=checkpoint == "required",
-            help="fine-tuned checkpoint written by finetuning/finetune.py (instead of --model/--weights), "
-            "or any other weights file of --model",
+            help="a fine-tuned checkpoint (best.pt / last.pt of finetuning/finetune.py); it names its own model",
         )
     g.add_argument(
-        "--model", default="dinov2", help="dinov2 | dinov2_reg | dinov3 | sam, or a sized name like dinov2_vitl14"
+        "--model", help="dinov2 | dinov2_reg | dinov3 | sam, or a sized name like dinov2_vitl14 (default: dinov2)"
     )
-    g.add_argument(
+    files.add_argument(
         "--weights",
-        help="weights file (default: the official file under models/<family>/weights/); 'random' only for smoke tests",
+        help="weights file of --model: official, timm or .safetensors (default: the official file under "
+        "models/<family>/weights/); 'random' only for smoke tests",
     )
     g.add_argument("--layer", type=int, help="take features from this block (0-based, negative from the end)")
     add_extraction_args(g)
@@ -103,7 +158,7 @@ def add_extraction_args(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument(
         "--resize",
-        choices=("squash", "pad"),
+        choices=RESIZE_MODES,
         help="squash = resize to the square ignoring aspect (original project, the default); "
         "pad = keep aspect, pad. A fine-tuned checkpoint defaults to the size and mode it was trained with",
     )
@@ -141,13 +196,13 @@ def add_matcher_args(p: argparse.ArgumentParser) -> None:
 def add_descriptor_arg(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--descriptor",
-        choices=("nearest", "bilinear"),
+        choices=DESCRIPTORS,
         default="nearest",
         help="source descriptor: the keypoint's patch, or bilinear between patch centres",
     )
 
 
-def add_output_args(p: argparse.ArgumentParser, save_vis: bool = True) -> None:
+def add_output_args(p: argparse.ArgumentParser, *, save_vis: bool = True, seed: bool = True) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--output-dir", default="results", help="a new timestamped folder is made inside")
     if save_vis:
@@ -158,13 +213,14 @@ def add_output_args(p: argparse.ArgumentParser, save_vis: bool = True) -> None:
             metavar="N",
             help="draw the matches of the N best and N worst pairs into <run>/vis/",
         )
-    g.add_argument("--seed", type=int, default=0)
+    if seed:
+        g.add_argument("--seed", type=int, default=0)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def evaluation_parser(description: str, checkpoint: bool = False) -> argparse.ArgumentParser:
+def evaluation_parser(description: str, checkpoint: CheckpointFlag = "none") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    add_backbone_args(p, "required" if checkpoint else "none")
+    add_backbone_args(p, checkpoint)
     add_data_args(p)
     add_matcher_args(p)
     add_output_args(p)
@@ -194,10 +250,10 @@ def match_config(args: argparse.Namespace) -> MatchConfig:
     default = MatchConfig()
     if not args.params:
         return MatchConfig(
-            args.matcher or default.matcher,
-            default.window if args.window is None else args.window,
-            default.temperature if args.temperature is None else args.temperature,
-            args.descriptor,
+            matcher=args.matcher or default.matcher,
+            window=default.window if args.window is None else args.window,
+            temperature=default.temperature if args.temperature is None else args.temperature,
+            descriptor=args.descriptor,
         )
     if args.matcher == "argmax" or args.window is not None or args.temperature is not None:
         raise ValueError(
@@ -210,10 +266,11 @@ def match_config(args: argparse.Namespace) -> MatchConfig:
 
 def eval_config(args: argparse.Namespace, match: MatchConfig | None = None) -> EvalConfig:
     """The EvalConfig that parsed arguments describe (`match` replaces the matcher arguments)."""
+    checkpoint = getattr(args, "checkpoint", None)
     return EvalConfig(
-        model=args.model,
+        model=args.model or (None if checkpoint else EvalConfig.model),
         weights=args.weights,
-        checkpoint=getattr(args, "checkpoint", None),
+        checkpoint=checkpoint,
         layer=args.layer,
         dataset=args.dataset,
         data_root=args.data_root,

@@ -37,9 +37,10 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
+from fileio import write_json
 from models.registry import BACKBONES, BackboneSpec, get_spec
 from pairs import DEFAULT_ROOTS
-from results import REPO_ROOT, write_json
+from settings import REPO_ROOT
 
 MANIFEST = ".download-manifest.json"
 CHUNK = 1 << 20
@@ -86,7 +87,7 @@ NCNET_COMMIT = "8f6839c6738d6c51a06c78810ecbbfe21dcd87ac"  # pinned: the hashes 
 NCNET_PAIRS = f"https://raw.githubusercontent.com/ignacio-rocco/ncnet/{NCNET_COMMIT}/datasets/pf-pascal/image_pairs/"
 SPAIR = "cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
 
-DATASETS: dict[str, Item] = {
+DATASET_ITEMS: dict[str, Item] = {
     "spair": Item(
         "spair",
         "datasets",
@@ -149,7 +150,7 @@ def model_item(spec: BackboneSpec) -> Item:
 
 def build_table(root: Path = REPO_ROOT) -> dict[str, Item]:
     """Every downloadable item by key, with the repository layout re-created under `root`."""
-    items = [*(model_item(spec) for spec in BACKBONES.values()), *DATASETS.values()]
+    items = [*(model_item(spec) for spec in BACKBONES.values()), *DATASET_ITEMS.values()]
     return {item.key: replace(item, folder=Path(root) / item.folder.relative_to(REPO_ROOT)) for item in items}
 
 
@@ -542,7 +543,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=f"Models: {', '.join(BACKBONES)} (aliases: dinov2, dinov2_reg, dinov3, sam).",
     )
     parser.add_argument("--models", nargs="+", default=[], metavar="NAME", help="backbones to fetch")
-    parser.add_argument("--datasets", nargs="+", default=[], choices=list(DATASETS), help="datasets to fetch")
+    parser.add_argument("--datasets", nargs="+", default=[], choices=list(DATASET_ITEMS), help="datasets to fetch")
     parser.add_argument("--dry-run", action="store_true", help="print what would be fetched, sizes and destinations")
     parser.add_argument(
         "--root",

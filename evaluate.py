@@ -1,16 +1,17 @@
-"""Evaluate any checkpoint: a fine-tuned checkpoint of this project, or a weights file for --model.
+"""Evaluate a fine-tuned checkpoint (--checkpoint), or a weights file of --model (--weights).
 
-python evaluate.py --checkpoint results/finetune/20260101-120000_dinov3/best.pt --dataset spair
-python evaluate.py --checkpoint my_dinov2.safetensors --model dinov2 --dataset pf-willow
+python evaluate.py --checkpoint results/finetune/20260101-120000_dinov3_vitb16/best.pt --dataset spair
+python evaluate.py --model dinov2 --weights my_dinov2.safetensors --dataset pf-willow
 """
 
 from cli import eval_config, evaluation_parser, run_main
-from evaluation import run_evaluation
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = evaluation_parser(__doc__.splitlines()[0], checkpoint=True)
-    run_evaluation(eval_config(parser.parse_args(argv)))
+    cfg = eval_config(evaluation_parser(__doc__.splitlines()[0], checkpoint="either").parse_args(argv))
+    from evaluation import run_evaluation  # torch loads after the arguments are parsed
+
+    run_evaluation(cfg)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,18 @@
-"""The evaluation flow every experiment reuses.
+"""The evaluation flow every experiment reuses: the matching engine and the run that drives it.
 
 pairs -> unique images -> features once per image (cached) -> similarity of source keypoints
 against target patches, grouped by target image -> matcher -> original pixels -> PCK -> results.
 
 A `Member` is one backbone's features; a single-model evaluation has one member of weight 1, an
 ensemble several (their similarity maps are resized to the first member's grid and summed).
+The results folder is written by results.py and summarised by summary.py.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,60 +22,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import pck
+import results
+import summary
 from feature_cache import FeatureCache
-from helper_functions import (
-    FeatureSet,
-    Preprocess,
-    backbone_preprocess,
-    extract_features,
-    input_to_patch,
-    input_to_pixels,
-    patch_to_input,
-    pixels_to_input,
-)
+from fileio import file_sha256
+from geometry import Preprocess, input_to_patch, input_to_pixels, patch_to_input, pixels_to_input
+from helper_functions import FeatureSet, backbone_preprocess, extract_features
 from matching_strategies import match, sample_descriptors
-from models import Backbone, is_finetuned, load_backbone, load_finetuned
-from pairs import PairRecord, PairSet, load_pairs
-from results import environment, file_sha256, new_run_dir, write_csv, write_json
-
-
-@dataclass
-class MatchConfig:
-    """How similarity maps become predictions."""
-
-    matcher: str = "argmax"
-    window: int = 5
-    temperature: float = 0.1
-    descriptor: str = "nearest"
-
-
-@dataclass
-class EvalConfig:
-    """Every setting of an evaluation run (recorded verbatim in config.json)."""
-
-    model: str = "dinov2"
-    weights: str | None = None  # None: the official file under models/<family>/weights/
-    checkpoint: str | None = None  # a fine-tuned checkpoint of this project (overrides model/weights)
-    layer: int | None = None
-    dataset: str = "spair"
-    data_root: str | None = None
-    split: str = "test"
-    layout: str = "large"
-    limit: int | None = None
-    image_size: list[int] | None = None  # [side] or [H, W]; None: the backbone's default
-    resize: str | None = None  # "squash" | "pad"; None: as trained (fine-tuned checkpoints), else squash
-    match: MatchConfig = field(default_factory=MatchConfig)
-    match_params: str | None = None  # the grid search file window/temperature came from (--params)
-    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
-    pck_norm: str | None = None  # None: the dataset's standard normalisation
-    batch_size: int = 16
-    num_workers: int = 2
-    device: str = "auto"
-    cache_dir: str | None = "cache/features"  # None: no disk cache
-    output_dir: str = "results"
-    save_vis: int = 0  # pictures of the N best and N worst pairs, in <run>/vis/
-    seed: int = 0
-    progress: bool = True
+from models import Backbone, create_backbone
+from pairs import NO_KEYPOINTS, PairRecord, PairSet, load_pairs
+from settings import EvalConfig, MatchConfig
 
 
 @dataclass
@@ -92,12 +49,10 @@ def seed_everything(seed: int) -> None:
 
 
 def load_model(cfg: EvalConfig) -> Backbone:
-    """The backbone a config asks for: a fine-tuned checkpoint of this project (which names its own
-    model), any other weights file of cfg.model given as checkpoint, or cfg.model with cfg.weights."""
-    if cfg.checkpoint and is_finetuned(cfg.checkpoint):
-        return load_finetuned(cfg.checkpoint, device=cfg.device)
-    weights = cfg.checkpoint or cfg.weights
-    return load_backbone(cfg.model, weights=weights, device=cfg.device, layer=cfg.layer)
+    """The backbone a config asks for: its fine-tuned checkpoint, or its model with its weights file."""
+    return create_backbone(
+        cfg.model, weights=cfg.weights, checkpoint=cfg.checkpoint, layer=cfg.layer, device=cfg.device
+    )
 
 
 def weights_digest(backbone: Backbone) -> str | None:
@@ -113,7 +68,7 @@ def feature_setting(backbone: Backbone, prep: Preprocess, weights_sha256: str | 
         "weights_sha256": weights_sha256,
         "layer": backbone.layer,
         "timm_overrides": getattr(backbone, "timm_overrides", {}),
-        "preprocess": prep.describe(),
+        "preprocess": prep.key,
         "autocast": str(backbone.autocast_dtype),
     }
 
@@ -121,10 +76,11 @@ def feature_setting(backbone: Backbone, prep: Preprocess, weights_sha256: str | 
 def build_member(
     backbone: Backbone,
     pairset: PairSet,
-    image_size: list[int] | None,
-    resize: str | None,
-    cache_dir: str | None,
-    batch_size: int,
+    *,
+    image_size: list[int] | None = None,
+    resize: str | None = None,
+    cache_dir: str | None = None,
+    batch_size: int = 16,
     num_workers: int = 2,
     progress: bool = True,
     weight: float = 1.0,
@@ -133,7 +89,15 @@ def build_member(
     prep = backbone_preprocess(backbone, image_size, resize)
     sha = weights_digest(backbone)
     cache = FeatureCache(cache_dir, feature_setting(backbone, prep, sha)) if cache_dir and sha else None
-    feats = extract_features(backbone, pairset.unique_images(), prep, cache, batch_size, num_workers, progress=progress)
+    feats = extract_features(
+        backbone,
+        pairset.unique_images(),
+        prep,
+        cache=cache,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
     resolved = {
         "model": backbone.name,
         "weights": str(backbone.weights_path),
@@ -146,6 +110,23 @@ def build_member(
         "feature_cache": str(cache.dir) if cache else None,
     }
     return Member(feats, weight), resolved
+
+
+def config_member(
+    cfg: EvalConfig, backbone: Backbone, pairset: PairSet, *, image_size: list[int] | None = None, weight: float = 1.0
+) -> tuple[Member, dict[str, object]]:
+    """build_member with the extraction settings of a run's config (`image_size` overrides the config's)."""
+    return build_member(
+        backbone,
+        pairset,
+        image_size=image_size or cfg.image_size,
+        resize=cfg.resize,
+        cache_dir=cfg.cache_dir,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        progress=cfg.progress,
+        weight=weight,
+    )
 
 
 def _stacked_geometry(fs: FeatureSet, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,9 +276,7 @@ def evaluable(pairset: PairSet) -> tuple[list[PairRecord], dict[str, int]]:
     keep = [p for p in pairset.pairs if p.num_keypoints > 0]
     skipped = dict(pairset.skipped)
     if len(keep) < len(pairset.pairs):
-        skipped["no ground-truth keypoints"] = (
-            skipped.get("no ground-truth keypoints", 0) + len(pairset.pairs) - len(keep)
-        )
+        skipped[NO_KEYPOINTS] = skipped.get(NO_KEYPOINTS, 0) + len(pairset.pairs) - len(keep)
     return keep, skipped
 
 
@@ -308,91 +287,26 @@ def evaluation_set(pairset: PairSet, pck_norm: str | None) -> tuple[PairSet, dic
     return PairSet(pairset.dataset, pairset.split, pairset.root, pairs, notes=pairset.notes), skipped, norm
 
 
-def write_run(run_dir: Path, config: dict, metrics: dict, table: pd.DataFrame, pairs: list[PairRecord]) -> None:
-    """config.json, metrics.json, per_pair.csv, per_keypoint.csv, each written atomically."""
-    write_json(run_dir / "config.json", config)
-    write_csv(run_dir / "per_keypoint.csv", table)
-    write_csv(run_dir / "per_pair.csv", pck.pair_table(table, pairs))
-    write_json(run_dir / "metrics.json", metrics)
-
-
-def protocol(dataset: str, split: str, norm: str) -> dict[str, object]:
-    return {
-        "dataset": dataset,
-        "split": split,
-        "pck_norm": norm,
-        "threshold": pck.NORM_DESCRIPTIONS[norm],
-        "averaging": pck.AVERAGING,
-        "unit": "%",
-    }
-
-
-def summary_table(metrics: dict) -> str:
-    """A short printable table: PCK at each alpha, both averagings, and the protocol."""
-    rows = {k: v for k, v in metrics.items() if k.startswith("pck@")}
-    frame = pd.DataFrame(rows).T[["per_image", "per_keypoint"]].round(2)
-    proto = metrics["protocol"]
-    head = (
-        f"{proto['dataset']} {proto['split']}: {metrics['pairs']} pairs, {metrics['keypoints']} keypoints; "
-        f"threshold = {proto['threshold']}"
-    )
-    return head + "\n" + frame.to_string()
-
-
-def feature_timings(stats: list[dict]) -> dict[str, float | None]:
-    """Extraction figures of one or more feature sets, summed."""
-    keys = ("extraction_s", "cache_read_s", "images_extracted", "images_from_cache")
-    total = {k: sum(s[k] for s in stats) for k in keys}
-    rate = total["images_extracted"] / total["extraction_s"] if total["extraction_s"] > 0 else None
-    return {**total, "images_per_s": rate}
-
-
-def run_metrics(
-    eval_set: PairSet,
-    norm: str,
-    table: pd.DataFrame,
-    summary: dict,
-    skipped: dict[str, int],
-    feature_stats: list[dict],
-    matching_s: float,
-    started: float,
-) -> dict:
-    """metrics.json: protocol, PCK summary, counts and timings (extraction summed over members)."""
-    timings = feature_timings(feature_stats)
-    if len(feature_stats) > 1:
-        timings["per_member"] = [feature_timings([s]) for s in feature_stats]
-    return {
-        "protocol": protocol(eval_set.dataset, eval_set.split, norm),
-        **summary,
-        "counts": {
-            "pairs": len(eval_set.pairs),
-            "keypoints": len(table),
-            "images": feature_stats[0]["images"],
-            "pairs_skipped": skipped,
-            "notes": eval_set.notes,
-        },
-        "timings": {**timings, "matching_s": matching_s, "total_s": time.time() - started},
-    }
-
-
-def save_run(
-    output_dir: str,
+def save_evaluation(
+    cfg: EvalConfig,
+    *,
     parts: list[str],
     started: float,
     config: dict,
     metrics: dict,
     table: pd.DataFrame,
     pairs: list[PairRecord],
-    save_vis: int = 0,
 ) -> Path:
     """A new results folder with the run's files (and pictures of its N best and worst pairs); prints the summary."""
-    run_dir = new_run_dir(output_dir, parts, started)
-    write_run(run_dir, config, metrics, table, pairs)
-    if save_vis:
+    run_dir = results.new_run_dir(cfg.output_dir, parts, started)
+    results.write_run(
+        run_dir, "evaluation", config, per_keypoint=table, per_pair=pck.pair_table(table, pairs), metrics=metrics
+    )
+    if cfg.save_vis:
         import viz2d  # matplotlib loads only when pictures are asked for
 
-        viz2d.save_best_worst(run_dir / "vis", pairs, table, save_vis)
-    print(summary_table(metrics))
+        viz2d.save_best_worst(run_dir / "vis", pairs, table, cfg.save_vis)
+    print(summary.evaluation_summary(metrics))
     print(f"results: {run_dir}")
     return run_dir
 
@@ -409,18 +323,51 @@ def evaluate(cfg: EvalConfig, pairset: PairSet, backbone: Backbone, started: flo
     """Features, matching, PCK and the results folder for pairs already loaded."""
     started = started or time.time()
     eval_set, skipped, norm = evaluation_set(pairset, cfg.pck_norm)
-    member, resolved = build_member(
-        backbone, eval_set, cfg.image_size, cfg.resize, cfg.cache_dir, cfg.batch_size, cfg.num_workers, cfg.progress
-    )
-    t0 = time.perf_counter()
-    pred = predict_keypoints(eval_set.pairs, [member], cfg.match, cfg.progress)
-    table, summary = score(eval_set.pairs, pred, cfg.thresholds, norm)
-    t_match = time.perf_counter() - t0
-    metrics = run_metrics(eval_set, norm, table, summary, skipped, [member.features.stats], t_match, started)
+    member, resolved = config_member(cfg, backbone, eval_set)
     config = {
         "args": asdict(cfg),
         "resolved": {**resolved, "pck_norm": norm, "data_root": pairset.root},
-        "environment": environment(backbone.device),
+        "environment": results.environment(backbone.device),
     }
-    parts = [backbone.name, pairset.dataset, pairset.split, cfg.match.matcher]
-    return save_run(cfg.output_dir, parts, started, config, metrics, table, eval_set.pairs, cfg.save_vis)
+    return evaluate_members(
+        cfg,
+        eval_set,
+        [member],
+        skipped=skipped,
+        norm=norm,
+        feature_stats=[member.features.stats],
+        config=config,
+        parts=[backbone.name, pairset.dataset, pairset.split, cfg.match.matcher],
+        started=started,
+    )
+
+
+def evaluate_members(
+    cfg: EvalConfig,
+    eval_set: PairSet,
+    members: list[Member],
+    *,
+    skipped: dict[str, int],
+    norm: str,
+    feature_stats: list[dict],
+    config: dict,
+    parts: list[str],
+    started: float,
+) -> Path:
+    """Match the members' features, score the predictions and write the results folder."""
+    t0 = time.perf_counter()
+    pred = predict_keypoints(eval_set.pairs, members, cfg.match, cfg.progress)
+    table, pck_summary = score(eval_set.pairs, pred, cfg.thresholds, norm)
+    metrics = results.evaluation_metrics(
+        eval_set,
+        norm=norm,
+        table=table,
+        summary=pck_summary,
+        skipped=skipped,
+        feature_stats=feature_stats,
+        matching_s=time.perf_counter() - t0,
+        started=started,
+    )
+    return save_evaluation(
+        cfg, parts=parts, started=started, config=config, metrics=metrics, table=table, pairs=eval_set.pairs
+    )

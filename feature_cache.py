@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from pairs import ImageRef
-from results import atomic_torch_save
+from fileio import atomic_torch_save
+from images import ImageRef
 
 CACHE_FORMAT = 1
 

@@ -1,10 +1,6 @@
-"""Image preprocessing, the pixel <-> patch geometry, and dense feature extraction.
+"""Image preprocessing and batched dense feature extraction (each unique image through the backbone once).
 
-Coordinate convention used everywhere: integer pixel coordinates are pixel *centres*, so the
-top-left pixel is (0, 0) and the image spans [-0.5, W - 0.5] x [-0.5, H - 0.5]. Patch coordinates
-follow the same rule on the patch grid: patch (j, i) has its centre at (j, i), and covers network
-input pixels [j * P, (j + 1) * P). `to_input` / `to_original` below are the one place that maps
-between original pixels and the backbone's input; everything else calls them.
+Coordinates and the resize geometry live in geometry.py; image decoding in images.py.
 """
 
 from __future__ import annotations
@@ -12,7 +8,6 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -22,54 +17,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from feature_cache import FeatureCache
-from pairs import ImageRef, load_image
+from geometry import Geometry, Preprocess, image_geometry
+from images import ImageRef, load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ResizeMode = Literal["squash", "pad"]
-Coords = TypeVar("Coords", np.ndarray, torch.Tensor)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes the backbone's input: a fixed (height, width) canvas.
-
-    squash: the image is resized to the canvas, ignoring its aspect ratio (the original project).
-    pad:    the image is resized to fit inside the canvas keeping its aspect ratio, centred, and the
-            rest is filled with the ImageNet mean (zero after normalisation).
-    """
-
-    height: int
-    width: int
-    resize: ResizeMode
-    patch_size: int
-
-    @classmethod
-    def create(cls, image_size: int | tuple[int, int], patch_size: int, resize: ResizeMode) -> Preprocess:
-        """Canvas of `image_size` (side, or (H, W)), each side rounded to a multiple of the patch."""
-        if resize not in ("squash", "pad"):
-            raise ValueError(f"resize must be 'squash' or 'pad', got {resize!r}")
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        h, w = (max(patch_size, round(s / patch_size) * patch_size) for s in (h, w))
-        return cls(h, w, resize, patch_size)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Feature map size (rows, cols)."""
-        return self.height // self.patch_size, self.width // self.patch_size
-
-    def describe(self) -> str:
-        return f"{self.height}x{self.width}-{self.resize}-p{self.patch_size}"
-
-
-def pixels_to_input(xy: Coords, scale: Coords, offset: Coords) -> Coords:
-    """Original pixels -> network input pixels: u = (x + 0.5) * s - 0.5 + o (broadcasts)."""
-    return (xy + 0.5) * scale - 0.5 + offset
-
-
-def input_to_pixels(uv: Coords, scale: Coords, offset: Coords) -> Coords:
-    """Network input pixels -> original pixels; the exact inverse of pixels_to_input."""
-    return (uv - offset + 0.5) / scale - 0.5
 
 
 def backbone_preprocess(backbone: torch.nn.Module, image_size: list[int] | None, resize: str | None) -> Preprocess:
@@ -79,42 +31,6 @@ def backbone_preprocess(backbone: torch.nn.Module, image_size: list[int] | None,
     size = image_size or trained.get("image_size") or [backbone.default_image_size]
     mode = resize or trained.get("resize") or "squash"
     return Preprocess.create(size[0] if len(size) == 1 else (size[0], size[1]), backbone.patch_size, mode)
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How one image's original pixels sit on the network input: scale (sx, sy) and offset (ox, oy)."""
-
-    scale: tuple[float, float]
-    offset: tuple[float, float]  # in input pixels
-    content: tuple[int, int]  # (w, h) of the resized image inside the canvas
-
-    def to_input(self, xy: np.ndarray) -> np.ndarray:
-        return pixels_to_input(np.asarray(xy, np.float64), np.asarray(self.scale), np.asarray(self.offset))
-
-    def to_original(self, uv: np.ndarray) -> np.ndarray:
-        return input_to_pixels(np.asarray(uv, np.float64), np.asarray(self.scale), np.asarray(self.offset))
-
-
-def image_geometry(size: tuple[int, int], prep: Preprocess) -> Geometry:
-    """The geometry of an image of original `size` (W, H) under `prep`."""
-    w, h = size
-    if prep.resize == "squash":
-        return Geometry((prep.width / w, prep.height / h), (0.0, 0.0), (prep.width, prep.height))
-    s = min(prep.width / w, prep.height / h)
-    cw, ch = max(1, round(w * s)), max(1, round(h * s))
-    ox, oy = (prep.width - cw) // 2, (prep.height - ch) // 2
-    return Geometry((cw / w, ch / h), (float(ox), float(oy)), (cw, ch))
-
-
-def input_to_patch(uv: Coords, patch_size: int) -> Coords:
-    """Input pixel coordinates -> continuous patch coordinates (patch centres at integers)."""
-    return (uv + 0.5) / patch_size - 0.5
-
-
-def patch_to_input(pq: Coords, patch_size: int) -> Coords:
-    """Continuous patch coordinates -> input pixel coordinates (inverse of input_to_patch)."""
-    return (pq + 0.5) * patch_size - 0.5
 
 
 def preprocess_image(image: Image.Image, prep: Preprocess) -> torch.Tensor:
@@ -164,6 +80,7 @@ def extract_features(
     backbone: torch.nn.Module,
     images: list[ImageRef],
     prep: Preprocess,
+    *,
     cache: FeatureCache | None = None,
     batch_size: int = 16,
     num_workers: int = 2,
@@ -185,7 +102,6 @@ def extract_features(
             if c is not None:
                 feats[i] = c.to(device=device, dtype=store_dtype)  # cached features are normalised
         t_cache = time.perf_counter() - t0
-
         t0 = time.perf_counter()
         loader = DataLoader(
             ImageDataset([images[i] for i in todo], prep),
@@ -193,13 +109,9 @@ def extract_features(
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
         )
+        bar = tqdm(total=len(todo), desc=f"features {backbone.name}", unit="img", disable=not progress or not todo)
         writes = []
-        with (
-            torch.inference_mode(),
-            tqdm(
-                total=len(todo), desc=f"features {backbone.name}", unit="img", disable=not progress or not todo
-            ) as bar,
-        ):
+        with torch.inference_mode(), bar:
             for local_idx, batch in loader:
                 out = F.normalize(backbone(batch.to(device, non_blocking=True)).float(), dim=1).to(store_dtype)
                 rows = [todo[j] for j in local_idx.tolist()]
@@ -211,18 +123,12 @@ def extract_features(
             write.result()  # an error while writing the cache surfaces here
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t_extract = time.perf_counter() - t0
-
+    stats = {"images": len(images), "images_extracted": len(todo), "images_from_cache": len(images) - len(todo)}
+    stats |= {"extraction_s": time.perf_counter() - t0, "cache_read_s": t_cache}
     return FeatureSet(
         feats=feats,
         index={ref.key: i for i, ref in enumerate(images)},
         prep=prep,
         geometries={ref.key: image_geometry(ref.size, prep) for ref in images},
-        stats={
-            "images": len(images),
-            "images_extracted": len(todo),
-            "images_from_cache": len(images) - len(todo),
-            "extraction_s": t_extract,
-            "cache_read_s": t_cache,
-        },
+        stats=stats,
     )

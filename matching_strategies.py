@@ -1,7 +1,7 @@
 """Descriptor sampling and matchers on similarity maps, vectorised over all keypoints at once.
 
 All positions here are continuous patch coordinates (x, y) with patch centres at integers
-(see helper_functions). A similarity map has shape (K, h, w): one map per query keypoint.
+(see geometry.py). A similarity map has shape (K, h, w): one map per query keypoint.
 """
 
 from __future__ import annotations
@@ -11,16 +11,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from geometry import nearest_patch
+from settings import MATCHERS
+
 Matcher = Literal["argmax", "wsoftargmax"]
 DescriptorSampling = Literal["nearest", "bilinear"]
-MATCHERS = ("argmax", "wsoftargmax")
-
-
-def nearest_patch(pq: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Integer (x, y) index of the patch containing each continuous patch position, clamped to the grid."""
-    h, w = grid
-    idx = torch.floor(pq + 0.5).long()
-    return torch.stack([idx[:, 0].clamp(0, w - 1), idx[:, 1].clamp(0, h - 1)], dim=1)
 
 
 def sample_descriptors(

@@ -1,12 +1,12 @@
-"""The pair record shared by every dataset, image loading, and `load_pairs` to get a dataset by name.
+"""The pair record shared by every dataset, the helpers loaders share, and `load_pairs` to get a dataset by name.
 
-Conventions, the same for every loader (SPair71k/, pf_pascal/, pf_willow/, custom_pairs.py):
+Conventions, the same for every loader (SPair71k/, pf_pascal/, pf_willow/, custom_pairs/):
 
 - Keypoints are float32 (N, 2) arrays of (x, y) in original image pixels. Integer coordinates are
   pixel centres: (0, 0) is the centre of the top-left pixel, (W-1, H-1) that of the bottom-right one.
   Datasets annotated in MATLAB's 1-based convention are shifted by -1 in their loader.
 - Bounding boxes are (x1, y1, x2, y2) in the same coordinates (not clamped), or None.
-- `ImageRef.size` is (W, H) of the image as `load_image` returns it, i.e. after EXIF orientation;
+- `ImageRef.size` is (W, H) of the image as `images.load_image` returns it, i.e. after EXIF orientation;
   keypoints and boxes refer to that image too (loaders turn annotations made on the stored pixels
   with the file's EXIF orientation).
 - Keypoints outside [0, W-1] x [0, H-1] are clamped into it; how many is counted in
@@ -19,15 +19,14 @@ Conventions, the same for every loader (SPair71k/, pf_pascal/, pf_willow/, custo
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-REPO_ROOT = Path(__file__).resolve().parent
+from images import ImageRef
+from settings import REPO_ROOT
 
 # Where each dataset is looked for (and where download.py puts it) unless --data-root says otherwise.
 DEFAULT_ROOTS: dict[str, Path] = {
@@ -37,7 +36,7 @@ DEFAULT_ROOTS: dict[str, Path] = {
 }
 
 # Dataset name -> module with `load(root, split, layout, limit) -> PairSet` (imported when needed).
-DATASETS: dict[str, str] = {
+LOADERS: dict[str, str] = {
     "spair": "SPair71k",
     "pf-pascal": "pf_pascal",
     "pf-willow": "pf_willow",
@@ -45,24 +44,11 @@ DATASETS: dict[str, str] = {
 }
 
 SPLIT_ALIASES = {"train": "trn"}
-EXIF_ORIENTATION_TAG = 0x0112
+NO_KEYPOINTS = "no keypoints"  # the skip reason of a pair without ground-truth keypoints
 
 
 class DatasetError(ValueError):
     """A dataset file is missing or malformed; the message names the file and how to fix it."""
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """One image file. `key` identifies it across pairs (dataset/category/name), `size` is (W, H).
-
-    `orientation` is the file's EXIF orientation (1 = none); `size` is already after it.
-    """
-
-    key: str
-    path: str
-    size: tuple[int, int]
-    orientation: int = 1
 
 
 @dataclass
@@ -133,19 +119,19 @@ def load_pairs(
     `root` defaults to DEFAULT_ROOTS[name]; for "custom" it is the pairs file. `layout` ("large" or
     "small") only matters for SPair-71k. `limit` keeps the first pairs in file order.
     """
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    if name not in LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(LOADERS)}")
     if limit is not None and limit < 0:
         raise DatasetError(f"limit must be >= 0 or None, got {limit}")
     if root is None:
         if name not in DEFAULT_ROOTS:
             raise DatasetError(
                 f"the {name!r} dataset has no default location: pass the pairs file as root "
-                "(e.g. --data-root my_pairs.json; format in custom_pairs.py)"
+                "(e.g. --data-root my_pairs.json; format in custom_pairs/__init__.py)"
             )
         root = DEFAULT_ROOTS[name]
     split = SPLIT_ALIASES.get(split.lower(), split.lower())
-    loader = importlib.import_module(DATASETS[name])
+    loader = importlib.import_module(LOADERS[name])
     return loader.load(Path(root).expanduser(), split=split, layout=layout, limit=limit)
 
 
@@ -175,111 +161,7 @@ def first_existing(candidates: Iterable[Path], what: str) -> Path:
     raise DatasetError(f"{what} not found; tried:\n" + "\n".join(f"  {p}" for p in candidates))
 
 
-# ---- images ------------------------------------------------------------------------------------
-
-_HEADERS: dict[tuple[str, int, int], tuple[tuple[int, int], int]] = {}
-
-
-def read_image_header(path: str | Path) -> tuple[tuple[int, int], int]:
-    """(W, H) as stored and the EXIF orientation (1..8) of an image, without decoding its pixels.
-
-    Cached per file (path, modification time, size).
-    """
-    path = str(path)
-    try:
-        stat = os.stat(path)
-    except OSError:
-        raise DatasetError(f"image not found: {path}") from None
-    key = (path, stat.st_mtime_ns, stat.st_size)
-    if key not in _HEADERS:
-        try:
-            with Image.open(path) as im:
-                orientation = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
-                size = im.size
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise _unreadable(path, exc) from exc
-        _HEADERS[key] = (size, orientation if orientation in range(1, 9) else 1)
-    return _HEADERS[key]
-
-
-def image_ref(key: str, path: str | Path) -> ImageRef:
-    """An ImageRef whose size comes from the file header, after EXIF orientation."""
-    (w, h), orientation = read_image_header(path)
-    size = (h, w) if orientation >= 5 else (w, h)
-    return ImageRef(key=key, path=str(path), size=size, orientation=orientation)
-
-
-def load_image(image: ImageRef | str | Path) -> Image.Image:
-    """The image as 8-bit RGB, EXIF orientation applied, whatever its mode.
-
-    Grayscale, CMYK, palette and 16-bit images are converted; transparency is composited on white.
-    """
-    path = image.path if isinstance(image, ImageRef) else str(image)
-    if not os.path.isfile(path):
-        raise DatasetError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            return _to_rgb8(ImageOps.exif_transpose(im))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise _unreadable(path, exc) from exc
-
-
-def _unreadable(path: str, exc: Exception) -> DatasetError:
-    if isinstance(exc, UnidentifiedImageError):
-        return DatasetError(f"cannot read image {path}: not an image format Pillow can decode (corrupt file?)")
-    return DatasetError(f"cannot read image {path}: {exc}")
-
-
-def _to_rgb8(im: Image.Image) -> Image.Image:
-    if im.mode.startswith("I"):  # 16/32-bit integer: I, I;16, I;16B, ...
-        values = np.asarray(im, dtype=np.float64)
-        if im.mode.startswith("I;16") or values.max(initial=0) > 255:
-            values = values / 257.0
-        im = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
 # ---- keypoints ---------------------------------------------------------------------------------
-
-
-def orient_points(points: np.ndarray, orientation: int, stored_size: tuple[int, int]) -> np.ndarray:
-    """Map (x, y) on the stored pixels to the image after EXIF orientation (as `load_image` turns it)."""
-    if orientation == 1:
-        return points
-    w, h = stored_size
-    x, y = points[:, 0], points[:, 1]
-    xr, yr = (w - 1) - x, (h - 1) - y
-    new_x, new_y = {
-        2: (xr, y),
-        3: (xr, yr),
-        4: (x, yr),
-        5: (y, x),
-        6: (yr, x),
-        7: (yr, xr),
-        8: (y, xr),
-    }[orientation]
-    return np.stack([new_x, new_y], axis=1).astype(points.dtype)
-
-
-def orient_box(
-    box: tuple[float, float, float, float] | None, orientation: int, stored_size: tuple[int, int]
-) -> tuple[float, float, float, float] | None:
-    """A box (x1, y1, x2, y2) on the stored pixels, after EXIF orientation."""
-    if box is None:
-        return None
-    corners = orient_points(np.array([box[:2], box[2:]], dtype=np.float64), orientation, stored_size)
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
-    return (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
-
-
-def stored_size(ref: ImageRef) -> tuple[int, int]:
-    """(W, H) of the file's stored pixels (before EXIF orientation)."""
-    w, h = ref.size
-    return (h, w) if ref.orientation >= 5 else (w, h)
 
 
 def collect_pairs(
@@ -287,6 +169,7 @@ def collect_pairs(
     split: str,
     root: str | Path,
     records: Iterable[PairRecord],
+    *,
     limit: int | None = None,
     keep_empty: bool = False,
 ) -> PairSet:
@@ -295,7 +178,7 @@ def collect_pairs(
     pairset = PairSet(dataset=dataset, split=split, root=str(root), pairs=[])
     for record in records if limit != 0 else ():
         if record.num_keypoints == 0 and not keep_empty:
-            pairset.skipped["no keypoints"] = pairset.skipped.get("no keypoints", 0) + 1
+            pairset.skipped[NO_KEYPOINTS] = pairset.skipped.get(NO_KEYPOINTS, 0) + 1
             continue
         pairset.pairs.append(record)
         if limit is not None and len(pairset.pairs) >= limit:

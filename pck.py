@@ -16,17 +16,13 @@ import numpy as np
 import pandas as pd
 
 from pairs import PairRecord
+from settings import PCK_NORMS
 
-NORMS = ("bbox", "image", "kpbox")
 DEFAULT_NORM = {"spair": "bbox", "pf-pascal": "image", "pf-willow": "kpbox", "custom": "image"}
 NORM_DESCRIPTIONS = {
     "bbox": "alpha * max side of the target bounding box",
     "image": "alpha * max side of the target image",
     "kpbox": "alpha * max side of the box spanned by the target keypoints",
-}
-AVERAGING = {
-    "per_image": "mean over image pairs of each pair's PCK",
-    "per_keypoint": "pooled over all keypoints",
 }
 KEY_COLUMNS = {"pair_id": str, "category": str, "kp_id": str}
 
@@ -55,7 +51,7 @@ def normaliser(pair: PairRecord, norm: str) -> float:
     if norm == "kpbox":
         span = pair.trg_kps.max(axis=0) - pair.trg_kps.min(axis=0)
         return float(span.max())
-    raise ValueError(f"pck-norm must be one of {NORMS}, got {norm!r}")
+    raise ValueError(f"pck-norm must be one of {PCK_NORMS}, got {norm!r}")
 
 
 def keypoint_table(pairs: list[PairRecord], pred: np.ndarray, alphas: list[float], norm: str) -> pd.DataFrame:

@@ -1,23 +1,76 @@
-"""Results folders: a new timestamped folder per run, files written atomically, and provenance."""
+"""Results folders: the one module that writes and reads every kind of run folder.
+
+Each run writes a new timestamped folder, `<output dir>/<YYYYmmdd-HHMMSS>_<parts>/`, never
+overwriting one. Every folder holds `config.json`, whose "kind" says what ran, and the files of
+that kind (RUN_FILES below), each written atomically:
+
+    evaluation     metrics.json, per_pair.csv, per_keypoint.csv   (+ vis/*.png with --save-vis)
+    grid           best_parameters.json, grid_search_results.csv  (+ grid_search_heatmap.png)
+    weight_search  best_weights.json, weight_search_results.csv   (+ weight_search.png)
+    finetune       train_log.csv                                  (+ train_curves.png, best.pt, last.pt)
+    match          matches.json                                   (+ matches.png, heatmap_<i>.png)
+
+`write_run` / `write_file` write them and `read_run` reads them back: `read_run(p).read(name)`
+returns exactly what `write_file(p, kind, name, value)` was given (JSON as dicts, CSV as DataFrames
+with their id columns as strings). Folders written before config.json had a "kind" are recognised
+by their files.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 
-REPO_ROOT = Path(__file__).resolve().parent
+from fileio import write_csv, write_json
+from settings import AVERAGINGS, REPO_ROOT
+
+if TYPE_CHECKING:
+    from pairs import PairSet
+
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "pandas", "pillow", "safetensors")
+CONFIG = "config.json"
+
+# kind -> file name -> file; the first file of a kind also recognises folders written without a kind
+RUN_FILES: dict[str, dict[str, str]] = {
+    "evaluation": {"metrics": "metrics.json", "per_pair": "per_pair.csv", "per_keypoint": "per_keypoint.csv"},
+    "grid": {"best_parameters": "best_parameters.json", "grid": "grid_search_results.csv"},
+    "weight_search": {"best_weights": "best_weights.json", "weights": "weight_search_results.csv"},
+    "finetune": {"train_log": "train_log.csv"},
+    "match": {"matches": "matches.json"},
+}
+PICTURES = {
+    "grid": "grid_search_heatmap.png",
+    "weight_search": "weight_search.png",
+    "finetune": "train_curves.png",
+    "match": "matches.png",
+}
+# CSV columns read back as text (ids like "007" or "1" must not become numbers)
+TEXT_COLUMNS = {
+    "per_keypoint": {"pair_id": str, "category": str, "kp_id": str},
+    "per_pair": {"pair_id": str, "category": str, "src_image": str, "trg_image": str},
+}
+INTEGER_COLUMNS = {"grid": {"window": "Int64"}}
+
+
+def pck_column(alpha: float, averaging: str) -> str:
+    """The column of a grid or weight-search table that holds PCK@alpha with one averaging."""
+    return f"pck@{alpha:g}_{averaging}"
+
+
+class RunFolderError(ValueError):
+    """A folder that is not a results folder of the expected kind, or a damaged one."""
+
+
+# --- writing ---------------------------------------------------------------------------------------
 
 
 def new_run_dir(output_dir: str | Path, parts: list[str], started: float | None = None) -> Path:
@@ -34,38 +87,208 @@ def new_run_dir(output_dir: str | Path, parts: list[str], started: float | None 
             candidate = base.with_name(f"{base.name}-{n}")
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call write(tmp) on a temporary file next to `path` (same suffix), then rename it: readers never
-    see half a file."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+def file_path(run_dir: str | Path, kind: str, name: str) -> Path:
+    """Where file `name` of a run of `kind` lives."""
+    files = _files_of(kind)
+    if name not in files:
+        raise ValueError(f"a {kind} run has no file {name!r}; its files are {', '.join(files)}")
+    return Path(run_dir) / files[name]
+
+
+def write_config(run_dir: str | Path, kind: str, config: dict) -> None:
+    """config.json: the run's kind, then its settings."""
+    _files_of(kind)
+    write_json(Path(run_dir) / CONFIG, {"kind": kind, **{k: v for k, v in config.items() if k != "kind"}})
+
+
+def write_file(run_dir: str | Path, kind: str, name: str, content: dict | pd.DataFrame) -> Path:
+    """Write one file of a run: a dict as JSON, a DataFrame as CSV (as RUN_FILES says)."""
+    path = file_path(run_dir, kind, name)
+    if path.suffix == ".json":
+        write_json(path, content)
+    else:
+        write_csv(path, content)
+    return path
+
+
+def write_run(run_dir: str | Path, kind: str, config: dict, **files: dict | pd.DataFrame) -> Path:
+    """config.json and the given files of a run; config.json first, so that a reader knows the kind."""
+    write_config(run_dir, kind, config)
+    for name, content in files.items():
+        write_file(run_dir, kind, name, content)
+    return Path(run_dir)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A results folder: its kind, its config.json, and its files on demand (`read`)."""
+
+    path: Path
+    kind: str
+    config: dict
+    _json: dict[str, dict] = field(default_factory=dict, repr=False)  # JSON files read so far
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def has(self, name: str) -> bool:
+        return file_path(self.path, self.kind, name).is_file()
+
+    def read(self, name: str) -> dict | pd.DataFrame:
+        """File `name` of this run, as write_file was given it."""
+        path = file_path(self.path, self.kind, name)
+        if not path.is_file():
+            raise RunFolderError(f"{self.path}: no {path.name} (this {self.kind} run is incomplete)")
+        if path.suffix == ".json":
+            if name not in self._json:
+                self._json[name] = _read_json(path)
+            return self._json[name]
+        dtypes = {**TEXT_COLUMNS.get(name, {}), **INTEGER_COLUMNS.get(name, {})}
+        try:
+            return pd.read_csv(path, dtype=dtypes, keep_default_na=name not in TEXT_COLUMNS)
+        except (ValueError, pd.errors.ParserError) as err:
+            raise RunFolderError(f"{path}: unreadable CSV ({err})") from None
+
+    # the files of an evaluation, by their usual names
+    @property
+    def metrics(self) -> dict:
+        return self.read("metrics")
+
+    def keypoints(self) -> pd.DataFrame:
+        return self.read("per_keypoint")
+
+    def pairs(self) -> pd.DataFrame:
+        return self.read("per_pair")
+
+
+def read_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:
+    """The run folder at `path` (of one of `kinds`, if given)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunFolderError(f"no such results folder: {path}")
+    config_path = path / CONFIG
+    config = _read_json(config_path) if config_path.is_file() else {}
+    kind = config.get("kind") or _kind_from_files(path)
+    if kind is None:
+        raise RunFolderError(
+            f"{path} is not a results folder: no {CONFIG} and none of "
+            f"{', '.join(next(iter(f.values())) for f in RUN_FILES.values())}"
+        )
+    if kinds is not None and kind not in kinds:
+        raise RunFolderError(f"{path} holds a {kind} run, not {' or '.join(kinds)}")
+    if not config and kind != "match":
+        raise RunFolderError(f"{path} is not a complete {kind} results folder: no {CONFIG}")
+    return Run(path, kind, config)
+
+
+def find_runs(paths: list[str | Path], kinds: tuple[str, ...] | None = None) -> list[Path]:
+    """Results folders among `paths` and below them (of `kinds`, if given), oldest first by folder name."""
+    markers = {CONFIG, *(name for files in RUN_FILES.values() for name in files.values())}
+    found = set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise RunFolderError(f"no such results folder: {path}")
+        candidates = [path, *(p.parent for p in path.rglob("*") if p.name in markers)]
+        for folder in candidates:
+            kind = _kind_of(folder)
+            if kind is not None and (kinds is None or kind in kinds):
+                found.add(folder)
+    return sorted(found, key=lambda p: (p.name, str(p)))
+
+
+def _kind_of(folder: Path) -> str | None:
+    config = folder / CONFIG
+    if config.is_file():
+        try:
+            kind = json.loads(config.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind in RUN_FILES:
+            return kind
+    return _kind_from_files(folder)
+
+
+def _kind_from_files(folder: Path) -> str | None:
+    for kind, files in RUN_FILES.items():
+        if (folder / next(iter(files.values()))).is_file():
+            return kind
+    if (folder / "last.pt").is_file():
+        return "finetune"
+    return None
+
+
+def _files_of(kind: str) -> dict[str, str]:
+    if kind not in RUN_FILES:
+        raise ValueError(f"unknown run kind {kind!r}; kinds: {', '.join(RUN_FILES)}")
+    return RUN_FILES[kind]
+
+
+def _read_json(path: Path) -> dict:
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunFolderError(f"{path}: unreadable JSON ({err})") from None
 
 
-def write_json(path: str | Path, obj: object) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+# --- an evaluation's metrics.json --------------------------------------------------------------------
 
 
-def write_csv(path: str | Path, table: pd.DataFrame) -> None:
-    """Write CSV atomically, floats at full precision so that figures recompute exactly."""
-    atomic_write(Path(path), lambda tmp: table.to_csv(tmp, index=False))
+def protocol(dataset: str, split: str, norm: str) -> dict[str, object]:
+    """What every figure of metrics.json means: dataset, split, threshold and averagings."""
+    from pck import NORM_DESCRIPTIONS
+
+    return {
+        "dataset": dataset,
+        "split": split,
+        "pck_norm": norm,
+        "threshold": NORM_DESCRIPTIONS[norm],
+        "averaging": AVERAGINGS,
+        "unit": "%",
+    }
 
 
-def atomic_torch_save(obj: object, path: str | Path) -> None:
-    """torch.save, atomically."""
-    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+def feature_timings(stats: list[dict]) -> dict[str, float | None]:
+    """Extraction figures of one or more feature sets, summed."""
+    keys = ("extraction_s", "cache_read_s", "images_extracted", "images_from_cache")
+    total = {k: sum(s[k] for s in stats) for k in keys}
+    rate = total["images_extracted"] / total["extraction_s"] if total["extraction_s"] > 0 else None
+    return {**total, "images_per_s": rate}
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def evaluation_metrics(
+    eval_set: PairSet,
+    *,
+    norm: str,
+    table: pd.DataFrame,
+    summary: dict,
+    skipped: dict[str, int],
+    feature_stats: list[dict],
+    matching_s: float,
+    started: float,
+) -> dict:
+    """metrics.json: protocol, PCK summary, counts and timings (extraction summed over members)."""
+    timings = feature_timings(feature_stats)
+    if len(feature_stats) > 1:
+        timings["per_member"] = [feature_timings([s]) for s in feature_stats]
+    return {
+        "protocol": protocol(eval_set.dataset, eval_set.split, norm),
+        **summary,
+        "counts": {
+            "pairs": len(eval_set.pairs),
+            "keypoints": len(table),
+            "images": feature_stats[0]["images"],
+            "pairs_skipped": skipped,
+            "notes": eval_set.notes,
+        },
+        "timings": {**timings, "matching_s": matching_s, "total_s": time.time() - started},
+    }
+
+
+# --- provenance ------------------------------------------------------------------------------------
 
 
 def git_commit() -> str | None:
@@ -82,8 +305,11 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def environment(device: torch.device) -> dict[str, object]:
+def environment(device: object) -> dict[str, object]:
     """Versions, commit, host and device: what a reader needs to reproduce a run."""
+    import torch
+
+    device = torch.device(device)
     versions = {}
     for name in PACKAGES:
         try:

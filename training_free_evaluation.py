@@ -5,12 +5,13 @@ python training_free_evaluation.py --model dinov3 --dataset pf-pascal --matcher 
 """
 
 from cli import eval_config, evaluation_parser, run_main
-from evaluation import run_evaluation
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = evaluation_parser(__doc__.splitlines()[0])
-    run_evaluation(eval_config(parser.parse_args(argv)))
+    cfg = eval_config(evaluation_parser(__doc__.splitlines()[0]).parse_args(argv))
+    from evaluation import run_evaluation  # torch loads after the arguments are parsed
+
+    run_evaluation(cfg)
 
 
 if __name__ == "__main__":

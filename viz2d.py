@@ -23,9 +23,10 @@ from matplotlib.patches import ConnectionPatch
 from PIL import Image
 
 import pck
-from helper_functions import Geometry, Preprocess
-from pairs import PairRecord, load_image
-from results import atomic_write
+from fileio import atomic_write
+from geometry import Geometry, Preprocess
+from images import load_image
+from pairs import PairRecord
 
 CORRECT, WRONG, TRUTH = "lime", "red", "cyan"
 
@@ -52,7 +53,7 @@ def plot_keypoints(ax, xy: np.ndarray, color="lime", size: float = 18, marker: s
     ax.scatter(xy[:, 0], xy[:, 1], c=color, s=size, marker=marker, linewidths=0.8, zorder=3, **outline)
 
 
-def plot_matches(fig: Figure, xy0: np.ndarray, xy1: np.ndarray, colors, lw: float = 1.0, alpha: float = 0.9) -> None:
+def plot_matches(fig: Figure, xy0: np.ndarray, xy1: np.ndarray, colors, *, lw: float = 1.0, alpha: float = 0.9) -> None:
     """Lines from xy0 on the figure's first axes to xy1 on its second, one colour per match."""
     ax0, ax1 = fig.axes[:2]
     xy0, xy1 = np.asarray(xy0, dtype=float).reshape(-1, 2), np.asarray(xy1, dtype=float).reshape(-1, 2)
@@ -73,20 +74,6 @@ def plot_heatmap(ax, heat: np.ndarray, extent: tuple[float, float, float, float]
     ax.imshow(np.asarray(heat, dtype=float), extent=extent, cmap=cmap, alpha=alpha, interpolation="nearest")
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
-
-
-def add_text(ax, text: str, color: str = "white") -> None:
-    ax.text(
-        0.01,
-        0.99,
-        text,
-        transform=ax.transAxes,
-        va="top",
-        ha="left",
-        fontsize=9,
-        color=color,
-        bbox={"facecolor": "black", "alpha": 0.5, "pad": 2, "edgecolor": "none"},
-    )
 
 
 def add_title(fig: Figure, title: str) -> None:
@@ -120,6 +107,7 @@ def draw_matches(
     trg: Image.Image,
     src_xy: np.ndarray,
     pred_xy: np.ndarray,
+    *,
     correct: np.ndarray | None = None,
     gt_xy: np.ndarray | None = None,
     colors=None,
@@ -158,8 +146,8 @@ def draw_pair_rows(rows: pd.DataFrame, src: Image.Image, trg: Image.Image, alpha
         trg,
         rows[["src_x", "src_y"]].to_numpy(),
         rows[["pred_x", "pred_y"]].to_numpy(),
-        correct,
-        rows[["gt_x", "gt_y"]].to_numpy(),
+        correct=correct,
+        gt_xy=rows[["gt_x", "gt_y"]].to_numpy(),
         title=title,
     )
 
@@ -180,6 +168,7 @@ def draw_similarity(
     src_xy: np.ndarray,
     heat: np.ndarray,
     extent: tuple[float, float, float, float],
+    *,
     pred_xy: np.ndarray | None = None,
     gt_xy: np.ndarray | None = None,
     title: str | None = None,

@@ -33,9 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from images import ImageRef
 from pairs import (
     DatasetError,
-    ImageRef,
     PairRecord,
     PairSet,
     box_tuple,
@@ -108,7 +108,7 @@ def load(root: Path, split: str = "test", layout: str = "large", limit: int | No
     if missing:
         raise missing_root_error(NAME, root, EXPECTED_LAYOUT, missing)
     names = read_layout(layout_file)
-    return collect_pairs(NAME, split, root, _records(root, ann_dir, names), limit)
+    return collect_pairs(NAME, split, root, _records(root, ann_dir, names), limit=limit)
 
 
 def _records(root: Path, ann_dir: Path, names: list[PairName]) -> Iterator[PairRecord]:

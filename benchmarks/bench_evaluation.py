@@ -29,10 +29,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluation import EvalConfig, MatchConfig, Member, evaluate, predict_keypoints, score
-from helper_functions import FeatureSet, Preprocess, image_geometry, preprocess_image
+from evaluation import Member, evaluate, predict_keypoints, score
+from geometry import Preprocess, image_geometry
+from helper_functions import FeatureSet, preprocess_image
+from images import ImageRef, load_image
 from models import load_backbone, load_finetuned, save_finetuned
-from pairs import ImageRef, PairRecord, PairSet, load_image
+from pairs import PairRecord, PairSet
+from settings import EvalConfig, MatchConfig
 
 CATEGORIES = 18
 

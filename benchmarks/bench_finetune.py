@@ -17,14 +17,17 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from finetuning.model import SplitBackbone, make_optimizer
 from finetuning.presets import preset_for
-from finetuning.training import SplitBackbone, TrainConfig, make_optimizer, train_step
+from finetuning.training import train_step
 from models import TokenState, load_backbone
+from settings import TrainConfig
 
 
 class Precomputed:
@@ -58,13 +61,17 @@ def time_steps(split: SplitBackbone, cache, batch: dict, cfg: TrainConfig, steps
         return out
 
     split.trunk = timed_trunk
+    # the parts of a finetuning.training.Training that train_step uses
+    training = SimpleNamespace(
+        backbone=split.backbone, split=split, model=split, cache=cache, cfg=cfg, optimizer=optimizer
+    )
     for _ in range(2):
-        train_step(split, split, cache, batch, cfg, optimizer)
+        train_step(training, batch)
     trunk_time[0] = 0.0
     sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        train_step(split, split, cache, batch, cfg, optimizer)
+        train_step(training, batch)
     sync(device)
     split.trunk = trunk
     return (time.perf_counter() - t0) / steps, trunk_time[0] / steps

@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_evaluation import synthetic_parser, synthetic_set
 
-from evaluation import EvalConfig, evaluate
-from grid_search_hyperparams import grid_search
+from evaluation import evaluate
+from grid_search import grid_search
 from models import load_backbone
+from settings import EvalConfig
 
 
 def main() -> None:

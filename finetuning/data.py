@@ -8,34 +8,16 @@ and again after --resume.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torch.utils.data import Dataset, DistributedSampler
 
-from helper_functions import Preprocess, image_geometry, input_to_patch, preprocess_image
-from pairs import PairRecord, load_image
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Augmentations that keep every source / target keypoint correspondence valid.
-
-    flip: mirror both images of a pair together (probability 0.5). Mirroring one image alone would
-      pair a left keypoint with a right one; mirroring both keeps keypoint i of the source on the
-      same physical point as keypoint i of the target.
-    jitter: photometric strength s: brightness, contrast and saturation each scaled by a factor
-      drawn from [1 - s, 1 + s], independently for the two images (pixels do not move).
-    """
-
-    flip: bool = False
-    jitter: float = 0.0
-
-    @property
-    def active(self) -> bool:
-        return self.flip or self.jitter > 0
+from geometry import Preprocess, image_geometry, input_to_patch
+from helper_functions import preprocess_image
+from images import load_image
+from pairs import PairRecord
+from settings import Augment
 
 
 def flip_keypoints(kps: np.ndarray, width: int) -> np.ndarray:
@@ -121,7 +103,9 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-def epoch_batches(num_pairs: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[list]:
+def epoch_batches(
+    num_pairs: int, batch_size: int, epoch: int, seed: int, *, rank: int = 0, world: int = 1
+) -> list[list]:
     """This process's batches of (epoch, pair index) for one epoch, in order.
 
     The shuffle is DistributedSampler's (seeded by seed + epoch, the same in every process): with

@@ -19,12 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pck
-from cli import DATASETS, HelpFormatter, image_size
+from cli import HelpFormatter, image_size, run_main
+from finetuning import FinetuneError
 from finetuning.presets import PRESETS
-from finetuning.training import FinetuneError, TrainConfig, read_resume_folder, run
-from models import CheckpointError
-from pairs import DatasetError
+from pairs import LOADERS
+from settings import PCK_NORMS, RESIZE_MODES, TrainConfig
 
 # Flags that may accompany --resume: they change neither the model nor the training.
 RESUME_FLAGS = {"--resume", "--model", "--device", "--num-workers", "--quiet", "--stop-after"}
@@ -36,9 +35,16 @@ def optional_split(text: str) -> str | None:
 
 
 def parser() -> argparse.ArgumentParser:
-    presets = "; ".join(f"{k}: {v.trainable_blocks} blocks, scale {v.logit_scale:g}" for k, v in PRESETS.items())
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    g = p.add_argument_group("model")
+    add_model_args(p.add_argument_group("model"))
+    add_data_args(p.add_argument_group("data"))
+    add_optimisation_args(p.add_argument_group("optimisation"))
+    add_output_args(p.add_argument_group("validation, checkpoints and output"))
+    return p
+
+
+def add_model_args(g: argparse._ArgumentGroup) -> None:
+    presets = "; ".join(f"{k}: {v.trainable_blocks} blocks, scale {v.logit_scale:g}" for k, v in PRESETS.items())
     g.add_argument("--model", help="dinov2 | dinov3 | sam, or a sized name like dinov2_vitl14 (default: dinov2)")
     g.add_argument("--weights", help="weights file (default: the official file under models/<family>/weights/)")
     g.add_argument("--checkpoint", help="start from a checkpoint of this project (e.g. an earlier best.pt)")
@@ -60,8 +66,10 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULTS.soft_sigma,
         help="> 0: Gaussian soft targets with this std in patches instead of one-hot",
     )
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset, help="benchmark to train on")
+
+
+def add_data_args(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--dataset", choices=tuple(LOADERS), default=DEFAULTS.dataset, help="benchmark to train on")
     g.add_argument("--data-root", help="dataset folder (default: the folder download.py fills)")
     g.add_argument("--layout", choices=("large", "small"), default=DEFAULTS.layout, help="SPair-71k layout")
     g.add_argument("--train-split", default=DEFAULTS.train_split, help="split to train on")
@@ -73,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=image_size, help="N or HxW (default: 518 DINOv2, 512 DINOv3 and SAM)")
     g.add_argument(
         "--resize",
-        choices=("squash", "pad"),
+        choices=RESIZE_MODES,
         default=DEFAULTS.resize,
         help="squash = resize ignoring aspect (original project); pad = keep aspect, pad",
     )
@@ -84,7 +92,9 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compute each image's frozen blocks once and reuse them (no --flip / --jitter)",
     )
-    g = p.add_argument_group("optimisation")
+
+
+def add_optimisation_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the training pairs")
     g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="pairs per step per process")
     g.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate (AdamW)")
@@ -92,11 +102,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-steps", type=int, help="linear warmup, then cosine decay (default: 5%% of the steps)")
     g.add_argument("--grad-clip", type=float, default=DEFAULTS.grad_clip, help="max gradient norm; 0: off")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed, help="data order, augmentation and validation subset")
-    g = p.add_argument_group("validation, checkpoints and output")
+
+
+def add_output_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--val-every", type=int, default=DEFAULTS.val_every, help="steps between validations / checkpoints")
     g.add_argument("--val-alpha", type=float, default=DEFAULTS.val_alpha, help="PCK alpha that picks best.pt")
     g.add_argument("--thresholds", type=float, nargs="+", default=DEFAULTS.thresholds, help="PCK alphas to log")
-    g.add_argument("--pck-norm", choices=pck.NORMS, help="default: the dataset's standard")
+    g.add_argument("--pck-norm", choices=PCK_NORMS, help="default: the dataset's standard")
     g.add_argument("--log-every", type=int, default=DEFAULTS.log_every, help="steps between train_log.csv rows")
     g.add_argument("--stop-after", type=int, help="stop after this global step (saving last.pt); --resume continues")
     g.add_argument("--resume", help="continue the run in this folder exactly where its last.pt left off")
@@ -104,7 +116,6 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=DEFAULTS.device, help="auto | cpu | cuda (torchrun: one GPU per process)")
     g.add_argument("--output-dir", default=DEFAULTS.output_dir, help="a new <timestamp>_<model> folder is made inside")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
 
 
 def config(args: argparse.Namespace) -> TrainConfig:
@@ -114,28 +125,30 @@ def config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values | {"progress": not args.quiet})
 
 
-def resume_config(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
-    """The saved config of the run to resume; only flags that change nothing may be given with it."""
+def resume_config(args: argparse.Namespace, argv: list[str], saved: TrainConfig) -> TrainConfig:
+    """The `saved` config of the run to resume; only flags that change nothing may be given with it."""
     extra = sorted({a.split("=")[0] for a in argv if a.startswith("--")} - RESUME_FLAGS)
     if extra:
         raise FinetuneError(
             f"--resume continues a run with its saved settings; {', '.join(extra)} cannot change them. "
             f"Allowed with --resume: {', '.join(sorted(RESUME_FLAGS - {'--resume'}))}."
         )
-    cfg = read_resume_folder(Path(args.resume), args.model)
     overrides = {"device": args.device, "num_workers": args.num_workers, "stop_after": args.stop_after}
-    return TrainConfig.from_dict(asdict(cfg) | overrides | {"progress": not args.quiet})
+    return TrainConfig.from_dict(asdict(saved) | overrides | {"progress": not args.quiet})
 
 
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    try:
-        cfg = resume_config(args, argv) if args.resume else config(args)
-        return run(cfg, resume=args.resume)
-    except (FinetuneError, DatasetError, CheckpointError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    from finetuning.checkpoints import read_resume_folder  # torch loads after the arguments are parsed
+    from finetuning.training import run
+
+    if args.resume:
+        cfg = resume_config(args, argv, read_resume_folder(Path(args.resume), args.model))
+    else:
+        cfg = config(args)
+    return run(cfg, resume=args.resume)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -2,7 +2,7 @@
 
 import sys
 
-from finetune import main
+from finetune import main, run_main
 
 if __name__ == "__main__":
-    main(["--model", "sam", *sys.argv[1:]])
+    run_main(lambda: main(["--model", "sam", *sys.argv[1:]]))

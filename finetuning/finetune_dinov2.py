@@ -2,7 +2,7 @@
 
 import sys
 
-from finetune import main
+from finetune import main, run_main
 
 if __name__ == "__main__":
-    main(["--model", "dinov2", *sys.argv[1:]])
+    run_main(lambda: main(["--model", "dinov2", *sys.argv[1:]]))

@@ -1,26 +1,25 @@
-"""Backbones for semantic correspondence: `from models import load_backbone`."""
+"""Backbones for semantic correspondence: `from models import load_backbone`.
 
-from models.backbones import (
-    FAMILIES,
-    Backbone,
-    TokenState,
-    load_backbone,
-    load_finetuned,
-)
-from models.checkpoints import CheckpointError, is_finetuned, save_finetuned
-from models.registry import ALIASES, BACKBONES, BackboneSpec, get_spec
+The names below load on first use, so that `import models.registry` (the table of backbones, which
+the scripts read for their --help) needs neither torch nor timm.
+"""
 
-__all__ = [
-    "ALIASES",
-    "BACKBONES",
-    "FAMILIES",
-    "Backbone",
-    "BackboneSpec",
-    "CheckpointError",
-    "TokenState",
-    "get_spec",
-    "is_finetuned",
-    "load_backbone",
-    "load_finetuned",
-    "save_finetuned",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "models.backbones": ("FAMILIES", "Backbone", "TokenState", "load_backbone"),
+    "models.checkpoints": ("CheckpointError",),
+    "models.factory": ("create_backbone",),
+    "models.finetuned": ("is_finetuned", "load_finetuned", "save_finetuned"),
+    "models.registry": ("ALIASES", "BACKBONES", "BackboneSpec", "get_spec"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

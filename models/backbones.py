@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.checkpoints import Checkpoint, CheckpointError, check_identity, check_keys, read_checkpoint
+from models.checkpoints import Checkpoint, check_identity, check_keys, read_checkpoint
 from models.registry import BackboneSpec, get_spec
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class Backbone(nn.Module):
         self.layer = _normalise_layer(layer, len(model.blocks))
         self.autocast_dtype = autocast_dtype
         self.weights_path = "random"
-        self.extra: dict = {}  # the `extra` of a fine-tuned checkpoint
+        self.extra: dict = {}  # what a fine-tuned checkpoint recorded (its training settings, step, ...)
 
     # --- attributes ------------------------------------------------------------------------------
 
@@ -321,7 +321,7 @@ def load_backbone(
     """Build a backbone and load its weights strictly.
 
     weights: None -> spec.default_weights; "random" -> random init (smoke tests only, warns);
-      a path -> official file, timm state dict, .safetensors or a fine-tuned checkpoint.
+      a path -> official file, timm state dict or .safetensors (fine-tuned checkpoints: load_finetuned).
     device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     layer: block index (negative allowed) whose output gives the features; None = the last
       (DINO) or the neck output (SAM).
@@ -330,41 +330,27 @@ def load_backbone(
     """
     spec = get_spec(name)
     if weights == "random":
-        message = (
-            f"{spec.name}: RANDOM weights (weights='random'); the features are meaningless, use only for smoke tests."
+        warnings.warn(
+            f"{spec.name}: RANDOM weights (weights='random'); the features are meaningless, use only for smoke tests.",
+            stacklevel=2,
         )
-        warnings.warn(message, stacklevel=2)
-        logger.warning(message)
         return _build(spec, timm_overrides, layer, device, precision)
     path = Path(weights) if weights is not None else spec.default_weights
-    return _load(spec, read_checkpoint(path, spec), layer, device, precision, timm_overrides)
+    ckpt = read_checkpoint(path, spec)
+    return load_state(spec, ckpt, layer=layer, device=device, precision=precision, overrides=timm_overrides)
 
 
-def load_finetuned(path: str | os.PathLike, device: str | torch.device = "auto", precision: str = "auto") -> Backbone:
-    """Rebuild a backbone saved by save_finetuned: name, timm overrides, layer and weights."""
-    ckpt = read_checkpoint(path)
-    if ckpt.source_format != "finetuned":
-        raise CheckpointError(
-            f"{ckpt.path} is not a fine-tuned checkpoint (no 'format' tag); it holds {ckpt.source_format}-format "
-            "weights. Load it with load_backbone(name, weights=PATH)."
-        )
-    return _load(get_spec(ckpt.finetuned["backbone"]), ckpt, None, device, precision, {})
-
-
-def _load(
-    spec: BackboneSpec, ckpt: Checkpoint, layer: int | None, device: str | torch.device, precision: str, overrides: dict
+def load_state(
+    spec: BackboneSpec,
+    ckpt: Checkpoint,
+    *,
+    layer: int | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    overrides: dict | None = None,
 ) -> Backbone:
-    if ckpt.source_format == "finetuned":
-        saved = ckpt.finetuned
-        if saved["backbone"] != spec.name:
-            raise CheckpointError(
-                f"{ckpt.path} is a fine-tuned {saved['backbone']}, not {spec.name}; use load_finetuned(PATH)."
-            )
-        conflicts = {k: v for k, v in overrides.items() if saved["timm_overrides"].get(k, v) != v}
-        if conflicts:
-            raise ValueError(f"{ckpt.path} was saved with timm overrides {saved['timm_overrides']}, not {conflicts}")
-        overrides = {**saved["timm_overrides"], **overrides}
-        layer = saved["layer"] if layer is None else layer
+    """A backbone of `spec` built with `overrides` and loaded strictly with the weights of `ckpt`."""
+    overrides = overrides or {}
     check_identity(ckpt, spec)
     bb = _build(spec, overrides, layer, device, precision, uninitialised=True)
     check_keys(ckpt, spec, bb.state_dict())
@@ -374,7 +360,6 @@ def _load(
         state["rope_periods"] = bb.rope_periods
     bb.load_state_dict(state, strict=True)
     bb.weights_path = str(ckpt.path)
-    bb.extra = ckpt.finetuned.get("extra") or {}
     return bb
 
 
@@ -384,6 +369,7 @@ def _build(
     layer: int | None,
     device: str | torch.device,
     precision: str,
+    *,
     uninitialised: bool = False,
 ) -> Backbone:
     """A backbone on its device, in eval mode: randomly initialised, or with uninitialised

@@ -1,7 +1,8 @@
 """Weights files: read, recognise, convert to the Backbone's key layout, and explain what is wrong.
 
 Accepted: Meta's official files as distributed, timm-format state dicts, either as `.safetensors`,
-a saved `Backbone.state_dict()`, and this project's fine-tuned checkpoints (`save_finetuned`).
+and a saved `Backbone.state_dict()`. This project's fine-tuned checkpoints have their own format
+(models/finetuned.py), which reads its weights through `read_state`.
 Everything is converted to the Backbone layout: `model.<timm key>` (+ `rope_periods` for DINOv3),
 which is then loaded strictly. Files are read with `torch.load(weights_only=True)` or safetensors.
 """
@@ -10,20 +11,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from models.registry import BACKBONES, BackboneSpec
-from results import atomic_torch_save
 
-if TYPE_CHECKING:
-    from models.backbones import Backbone
-
-FINETUNED_FORMAT = "semcorr-backbone/1"
 SHOWN_KEYS = 5  # how many offending keys an error message lists
 
 
@@ -37,9 +32,8 @@ class Checkpoint:
 
     path: Path
     state_dict: dict[str, Tensor]
-    source_format: str  # "official" | "timm" | "backbone" | "finetuned"
+    source_format: str  # "official" | "timm" | "backbone"
     family: str | None  # "dinov2" | "dinov3" | "sam", None if unrecognised
-    finetuned: dict[str, Any] = field(default_factory=dict)  # backbone, timm_overrides, layer, extra
 
 
 def where_to_get(spec: BackboneSpec) -> str:
@@ -71,14 +65,21 @@ def read_checkpoint(path: str | os.PathLike, spec: BackboneSpec | None = None) -
         if spec is not None:
             raise missing_weights_error(spec, path)
         raise FileNotFoundError(f"No checkpoint file at {path}.")
-    raw = _load_file(path, spec)
+    raw = load_file(path, spec)
     if isinstance(raw, dict) and "format" in raw:
-        return _finetuned(path, raw, spec)
-    state = _as_state_dict(path, _unwrap(raw), spec)
+        raise CheckpointError(
+            f"{path} is a fine-tuned checkpoint of this project (format {raw['format']!r}), not a weights file: "
+            "pass it as --checkpoint (load_finetuned(PATH) in Python)."
+        )
+    return convert_state(path, as_state_dict(path, unwrap(raw), spec), spec)
+
+
+def convert_state(path: Path, state: dict[str, Tensor], spec: BackboneSpec | None = None) -> Checkpoint:
+    """A state dict in any accepted key layout (read from `path`) -> a Checkpoint in the Backbone layout."""
     source = _source_format(state)
     if source == "backbone":
-        return Checkpoint(path, state, source, _family(_strip_model_prefix(state)))
-    family = _family(state)
+        return Checkpoint(path, state, source, family_of(strip_model_prefix(state)))
+    family = family_of(state)
     if family is None:
         raise CheckpointError(
             f"{path} is not a checkpoint of any supported backbone (DINOv2, DINOv3, SAM): "
@@ -96,13 +97,13 @@ def check_identity(ckpt: Checkpoint, spec: BackboneSpec) -> None:
     """
     if ckpt.family != spec.family:
         raise CheckpointError(
-            f"{ckpt.path} holds {describe(ckpt)}, but {spec.name} ({spec.family}) was requested. "
+            f"{ckpt.path} holds {file_summary(ckpt)}, but {spec.name} ({spec.family}) was requested. "
             f"Load it with the matching backbone name, or use the right file. {where_to_get(spec)}"
         )
     guess = guess_spec(ckpt)
     if guess is not None and guess.name != spec.name:
         raise CheckpointError(
-            f"{ckpt.path} holds {describe(ckpt)}, not {spec.name}. Load it with "
+            f"{ckpt.path} holds {file_summary(ckpt)}, not {spec.name}. Load it with "
             f"load_backbone({guess.name!r}, ...), or use the right file. {where_to_get(spec)}"
         )
 
@@ -134,7 +135,7 @@ def check_keys(ckpt: Checkpoint, spec: BackboneSpec, expected: dict[str, Tensor]
     if problems:
         raise CheckpointError(
             f"{ckpt.path} does not fit {spec.name}: {'; '.join(problems)}. The file holds "
-            f"{describe(ckpt)}. A truncated or partial file, or weights of another model, "
+            f"{file_summary(ckpt)}. A truncated or partial file, or weights of another model, "
             f"cause this. {where_to_get(spec)}"
         )
 
@@ -165,7 +166,7 @@ def guess_spec(ckpt: Checkpoint) -> BackboneSpec | None:
     return None
 
 
-def describe(ckpt: Checkpoint) -> str:
+def file_summary(ckpt: Checkpoint) -> str:
     """What a file looks like, e.g. 'official-format sam weights (embed_dim 768, ...), like sam_vit_b'."""
     arch = summarise(ckpt.state_dict)
     registers = f", {arch['registers']} register tokens" if arch["registers"] else ""
@@ -177,29 +178,6 @@ def describe(ckpt: Checkpoint) -> str:
     )
 
 
-def save_finetuned(bb: Backbone, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write a fine-tuned backbone atomically; `load_finetuned(path)` rebuilds it with nothing else.
-
-    `extra` (training settings, metrics, ...) must hold only plain Python values and tensors, so
-    that the file stays loadable with `torch.load(weights_only=True)`.
-    """
-    extra = {} if extra is None else extra
-    _check_plain(extra, "extra")
-    _check_plain(bb.timm_overrides, "timm_overrides")
-    payload = {
-        "format": FINETUNED_FORMAT,
-        "backbone": bb.name,
-        "timm_overrides": dict(bb.timm_overrides),
-        "layer": bb.layer,
-        "state_dict": {k: v.detach().cpu() for k, v in bb.state_dict().items()},
-        "extra": extra,
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(payload, path)
-    return path
-
-
 # --- reading -------------------------------------------------------------------------------------
 
 
@@ -207,19 +185,7 @@ def _hint(spec: BackboneSpec | None) -> str:
     return where_to_get(spec) if spec is not None else "Check the path, or download the file again."
 
 
-def is_finetuned(path: str | os.PathLike) -> bool:
-    """Whether `path` is a fine-tuned checkpoint of this project; reads only its header (mmap)."""
-    path = Path(path)
-    if path.suffix == ".safetensors" or not path.is_file():
-        return False
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip-format torch file: load_backbone reports what is wrong with it
-        return False
-    return isinstance(raw, dict) and raw.get("format") == FINETUNED_FORMAT
-
-
-def _load_file(path: Path, spec: BackboneSpec | None) -> object:
+def load_file(path: Path, spec: BackboneSpec | None) -> object:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -234,19 +200,7 @@ def _load_file(path: Path, spec: BackboneSpec | None) -> object:
         ) from err
 
 
-def _finetuned(path: Path, raw: dict, spec: BackboneSpec | None) -> Checkpoint:
-    fields = ("backbone", "timm_overrides", "layer", "state_dict", "extra")
-    if raw["format"] != FINETUNED_FORMAT or any(key not in raw for key in fields):
-        raise CheckpointError(
-            f"{path} has format {raw['format']!r} with keys {sorted(raw)}; this version reads "
-            f"{FINETUNED_FORMAT!r} with keys {sorted(['format', *fields])}."
-        )
-    state = _as_state_dict(path, raw["state_dict"], spec)
-    meta = {key: raw[key] for key in fields if key != "state_dict"}
-    return Checkpoint(path, state, "finetuned", _family(_strip_model_prefix(state)), meta)
-
-
-def _unwrap(raw: object) -> object:
+def unwrap(raw: object) -> object:
     """The state dict inside common training-checkpoint wrappers ({'model': ...}, {'state_dict': ...})."""
     for key in ("state_dict", "model"):
         if isinstance(raw, dict) and isinstance(raw.get(key), dict):
@@ -254,13 +208,13 @@ def _unwrap(raw: object) -> object:
     return raw
 
 
-def _as_state_dict(path: Path, obj: object, spec: BackboneSpec | None) -> dict[str, Tensor]:
+def as_state_dict(path: Path, obj: object, spec: BackboneSpec | None) -> dict[str, Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not contain a state dict of tensors. {_hint(spec)}")
     return obj
 
 
-def _strip_model_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def strip_model_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k.removeprefix("model."): v for k, v in state.items()}
 
 
@@ -272,7 +226,7 @@ def _source_format(state: dict[str, Tensor]) -> str:
     return "timm"
 
 
-def _family(state: dict[str, Tensor]) -> str | None:
+def family_of(state: dict[str, Tensor]) -> str | None:
     """Which family a state dict (official or timm keys) belongs to, from its marker keys."""
     if any(k.startswith("image_encoder.") for k in state) or "neck.0.weight" in state:
         return "sam"
@@ -340,24 +294,3 @@ def _sam_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 OFFICIAL_TO_TIMM = {"dinov2": _dinov2_official, "dinov3": _dinov3_official, "sam": _sam_official}
-
-
-# --- writing -------------------------------------------------------------------------------------
-
-_PLAIN = (type(None), bool, int, float, str, Tensor)
-
-
-def _check_plain(obj: object, where: str) -> None:
-    """Raise TypeError unless `obj` is made of values that torch.load(weights_only=True) accepts."""
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            _check_plain(key, f"{where} key {key!r}")
-            _check_plain(value, f"{where}[{key!r}]")
-    elif isinstance(obj, list | tuple):
-        for i, value in enumerate(obj):
-            _check_plain(value, f"{where}[{i}]")
-    elif not isinstance(obj, _PLAIN):
-        raise TypeError(
-            f"{where} is a {type(obj).__name__}; fine-tuned checkpoints hold only None, bool, int, "
-            "float, str, tensors and lists / tuples / dicts of them (convert it, e.g. with float() or .tolist())."
-        )

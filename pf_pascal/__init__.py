@@ -33,21 +33,17 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import scipy.io
 
+from images import ImageRef, image_ref, orient_box, orient_points, stored_size
 from pairs import (
     DatasetError,
-    ImageRef,
     PairRecord,
     PairSet,
     box_tuple,
     check_split,
     collect_pairs,
     first_existing,
-    image_ref,
     missing_root_error,
-    orient_box,
-    orient_points,
     pair_id_from_row,
-    stored_size,
 )
 
 NAME = "pf-pascal"
@@ -86,8 +82,8 @@ def load(root: Path, split: str = "test", layout: str = "large", limit: int | No
             f"{' or '.join(map(str, ann_dirs))}\nExpected layout:\n{EXPECTED_LAYOUT}"
         )
     uneven: list[str] = []
-    records = _records(root, csv_path, rows, ann_dir, with_csv_kps, uneven)
-    pairset = collect_pairs(NAME, split, root, records, limit)
+    records = _records(root, csv_path, rows, ann_dir=ann_dir, with_csv_kps=with_csv_kps, uneven=uneven)
+    pairset = collect_pairs(NAME, split, root, records, limit=limit)
     if uneven:
         pairset.notes.append(
             f"{len(uneven)} pairs have .mat keypoint lists of different lengths (first: {uneven[0]}); "
@@ -117,6 +113,7 @@ def _records(
     root: Path,
     csv_path: Path,
     rows: list[dict[str, str]],
+    *,
     ann_dir: Path | None,
     with_csv_kps: bool,
     uneven: list[str],

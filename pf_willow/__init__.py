@@ -30,19 +30,16 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from images import ImageRef, image_ref, orient_points, stored_size
 from pairs import (
     DatasetError,
-    ImageRef,
     PairRecord,
     PairSet,
     check_split,
     collect_pairs,
     first_existing,
-    image_ref,
     missing_root_error,
-    orient_points,
     pair_id_from_row,
-    stored_size,
 )
 
 NAME = "pf-willow"
@@ -68,7 +65,7 @@ def load(root: Path, split: str = "test", layout: str = "large", limit: int | No
         header = [h.strip() for h in next(reader, [])]
         rows = list(reader)
     columns = _coordinate_columns(header, csv_path)
-    return collect_pairs(NAME, split, root, _records(root, csv_path, rows, columns), limit)
+    return collect_pairs(NAME, split, root, _records(root, csv_path, rows, columns), limit=limit)
 
 
 def _coordinate_columns(header: list[str], path: Path) -> dict[str, list[int]]:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evaluation import EvalConfig
 from helper_functions import IMAGENET_MEAN, IMAGENET_STD
+from settings import EvalConfig
 
 BOXES = [(20, 30, 120, 110), (50, 10, 170, 140), (10, 60, 90, 150), (70, 40, 190, 130)]
 

@@ -20,7 +20,8 @@ from dataset_factory import (
     make_spair,
 )
 
-from pairs import DatasetError, load_image, load_pairs
+from images import ImageError, load_image
+from pairs import DatasetError, load_pairs
 
 
 def assert_matches(pairset, pairs, positional_ids=False, boxes=True):
@@ -277,7 +278,7 @@ def test_pf_willow_bad_input(tmp_path):
         load_pairs("pf-willow", root, "trn")
     image = next((root / "PF-dataset" / "car(G)").glob("*.png"))
     image.write_bytes(b"\x89PNG broken")
-    with pytest.raises(DatasetError, match=re.escape(f"cannot read image {image}: not an image")):
+    with pytest.raises(ImageError, match=re.escape(f"cannot read image {image}: not an image")):
         load_pairs("pf-willow", root)
     image.unlink()
     with pytest.raises(DatasetError, match="not found; tried") as err:

@@ -7,7 +7,7 @@ import pytest
 from dataset_factory import UNDO_ORIENTATION, FakeImage, render, write_image
 from PIL import Image
 
-from pairs import DatasetError, ImageRef, image_ref, load_image, orient_box, orient_points
+from images import ImageError, ImageRef, image_ref, load_image, orient_box, orient_points
 
 WHITE, RED = (255, 255, 255), (255, 0, 0)
 
@@ -80,7 +80,8 @@ def test_orient_points_moves_keypoints_with_the_pixels(tmp_path, orientation):
     assert box == (cols.min(), rows.min(), cols.max(), rows.max())
 
 
-def test_factory_undo_orientation_is_the_inverse_of_exif_transpose(tmp_path):
+def test_every_exif_orientation_is_applied_to_size_and_pixels(tmp_path):
+    """A file stored turned, with the EXIF tag that says so, loads as the upright image."""
     for orientation in UNDO_ORIENTATION:
         image = FakeImage("x", "c", (7, 4), {0: (1.0, 2.0), 1: (5.0, 1.0)}, orientation=orientation)
         ref = image_ref("t", write_image(tmp_path / f"{orientation}.png", image))
@@ -91,14 +92,14 @@ def test_factory_undo_orientation_is_the_inverse_of_exif_transpose(tmp_path):
 def test_unreadable_and_missing_images_name_the_file(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
-    with pytest.raises(DatasetError, match=re.escape(f"cannot read image {bad}")):
+    with pytest.raises(ImageError, match=re.escape(f"cannot read image {bad}")):
         load_image(bad)
-    with pytest.raises(DatasetError, match=re.escape(f"cannot read image {bad}")):
+    with pytest.raises(ImageError, match=re.escape(f"cannot read image {bad}")):
         image_ref("k", bad)
     truncated = tmp_path / "truncated.png"
     Image.new("RGB", (64, 64), RED).save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:60])
-    with pytest.raises(DatasetError, match=re.escape(f"cannot read image {truncated}")):
+    with pytest.raises(ImageError, match=re.escape(f"cannot read image {truncated}")):
         load_image(truncated)
-    with pytest.raises(DatasetError, match=r"image not found: .*missing.png"):
+    with pytest.raises(ImageError, match=r"image not found: .*missing.png"):
         load_image(ImageRef("k", str(tmp_path / "missing.png"), (1, 1)))

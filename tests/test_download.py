@@ -20,7 +20,8 @@ import pytest
 import download
 from download import MANIFEST, DownloadError, Item, Source, build_table, ensure, main
 from models.registry import BACKBONES, get_spec
-from pairs import DEFAULT_ROOTS, REPO_ROOT
+from pairs import DEFAULT_ROOTS
+from settings import REPO_ROOT
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
 

@@ -1,6 +1,5 @@
 """Ensembles: member syntax, weights, the common grid, feature concatenation and the weight search."""
 
-import argparse
 import json
 import math
 
@@ -11,11 +10,13 @@ import torch
 import torch.nn.functional as F
 from synthetic import ColourCodeBackbone, colour_backbone, colour_config, write_colour_pairs
 
-import ensemble_evaluate as ens
+import ensemble as ens
+import ensemble_evaluate
 import pck
-from evaluation import MatchConfig, Member, build_member, evaluate, evaluation_set, predict_keypoints
+from cli import parse_member
+from evaluation import Member, build_member, evaluate, evaluation_set, predict_keypoints
 from helper_functions import FeatureSet
-from pairs import load_pairs
+from settings import EnsembleConfig, MatchConfig
 
 
 class NoiseBackbone(ColourCodeBackbone):
@@ -27,47 +28,8 @@ class NoiseBackbone(ColourCodeBackbone):
         return torch.randn(len(images), self.feature_dim, h, w, generator=torch.Generator().manual_seed(self.calls))
 
 
-@pytest.fixture
-def pairset(tmp_path):
-    return load_pairs("custom", root=write_colour_pairs(tmp_path / "data"))
-
-
 def spec(text):
-    return ens.parse_member(text)
-
-
-@pytest.mark.parametrize(
-    "text,expected",
-    [
-        ("dinov2", ens.MemberSpec("dinov2")),
-        ("dinov2:0.25", ens.MemberSpec("dinov2", None, 0.25)),
-        ("dinov3:ckpt.pt:0.65", ens.MemberSpec("dinov3", "ckpt.pt", 0.65)),
-        ("dinov3:runs/a b/best.pt", ens.MemberSpec("dinov3", "runs/a b/best.pt")),
-        ("sam:0.1@1024", ens.MemberSpec("sam", None, 0.1, [1024])),
-        ("dinov2_vitl14:random@448x336", ens.MemberSpec("dinov2_vitl14", "random", None, [448, 336])),
-        ("dinov2:C:/w/x.pt:0.5", ens.MemberSpec("dinov2", "C:/w/x.pt", 0.5)),
-        ("dinov2:0", ens.MemberSpec("dinov2", None, 0.0)),
-    ],
-)
-def test_member_syntax(text, expected):
-    assert spec(text) == expected
-    assert spec(str(expected)) == expected  # str() writes the same syntax back
-
-
-@pytest.mark.parametrize(
-    "text,message",
-    [
-        ("", "expected MODEL"),
-        (":0.5", "expected MODEL"),
-        ("dinov2::0.5", "expected MODEL"),
-        ("dinov2:0.5@big", "image size"),
-        ("dinov2:-1", ">= 0"),
-        ("dinov2:nan", ">= 0"),
-    ],
-)
-def test_member_syntax_errors(text, message):
-    with pytest.raises(argparse.ArgumentTypeError, match=message):
-        spec(text)
+    return parse_member(text)
 
 
 def test_weights_are_normalised_and_all_or_none():
@@ -95,12 +57,12 @@ def predictions(run):
     return pck.read_keypoint_table(run / "per_keypoint.csv")[["pred_x", "pred_y"]].to_numpy()
 
 
-def test_identical_members_equal_one_model_and_weights_are_normalised(tmp_path, pairset):
+def test_identical_members_equal_one_model_and_weights_are_normalised(tmp_path, colour_pairs):
     """Weights 3 and 7 on the same model: only normalised weights keep the soft-argmax temperature."""
     cfg = colour_config(tmp_path, match=MatchConfig("wsoftargmax", 5, 0.1))
     bb = colour_backbone(tmp_path)
-    single = evaluate(cfg, pairset, bb)
-    run = ens.evaluate_ensemble(cfg, pairset, [spec("cc:3"), spec("cc:7")], [bb, bb])
+    single = evaluate(cfg, colour_pairs, bb)
+    run = ens.evaluate_ensemble(cfg, EnsembleConfig([spec("cc:3"), spec("cc:7")]), colour_pairs, [bb, bb])
     np.testing.assert_allclose(predictions(run), predictions(single), atol=1e-9)
     assert run.name.endswith("_ensemble_custom_test_wsoftargmax")
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "per_keypoint.csv", "per_pair.csv"]
@@ -116,33 +78,49 @@ def test_identical_members_equal_one_model_and_weights_are_normalised(tmp_path, 
 @pytest.mark.parametrize(
     "common_grid,grid,reference", [("finest", [16, 16], 1), ("coarsest", [8, 8], 0), ("first", [8, 8], 0)]
 )
-def test_members_on_different_grids(tmp_path, pairset, common_grid, grid, reference):
+def test_members_on_different_grids(tmp_path, colour_pairs, common_grid, grid, reference):
     """Patch 16 (8x8 grid) and patch 8 (16x16): maps meet on the chosen grid, pixels come from it."""
     coarse, fine = colour_backbone(tmp_path, patch_size=16), colour_backbone(tmp_path, patch_size=8)
     cfg = colour_config(tmp_path, thresholds=[0.2])
-    run = ens.evaluate_ensemble(cfg, pairset, [spec("coarse"), spec("fine")], [coarse, fine], common_grid)
+    run = ens.evaluate_ensemble(
+        cfg, EnsembleConfig([spec("coarse"), spec("fine")], common_grid), colour_pairs, [coarse, fine]
+    )
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert resolved["grid"] == grid and resolved["reference_member"] == reference
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["pck@0.2"]["per_keypoint"] > 90  # a wrong patch size in the pixel conversion fails this
 
 
-def test_zero_weight_member_changes_nothing_and_noise_hurts(tmp_path, pairset):
+def test_zero_weight_member_changes_nothing_and_noise_hurts(tmp_path, colour_pairs):
     cfg = colour_config(tmp_path, cache_dir=None)
     good = colour_backbone(tmp_path)
-    alone = evaluate(cfg, pairset, good)
-    muted = ens.evaluate_ensemble(cfg, pairset, [spec("good:1"), spec("noise:0")], [good, NoiseBackbone(8, 128)])
+    alone = evaluate(cfg, colour_pairs, good)
+    muted = ens.evaluate_ensemble(
+        cfg, EnsembleConfig([spec("good:1"), spec("noise:0")]), colour_pairs, [good, NoiseBackbone(8, 128)]
+    )
     np.testing.assert_array_equal(predictions(muted), predictions(alone))
-    loud = ens.evaluate_ensemble(cfg, pairset, [spec("good:1"), spec("noise:3")], [good, NoiseBackbone(8, 128)])
+    loud = ens.evaluate_ensemble(
+        cfg, EnsembleConfig([spec("good:1"), spec("noise:3")]), colour_pairs, [good, NoiseBackbone(8, 128)]
+    )
     pck_of = lambda run: json.loads((run / "metrics.json").read_text())["pck@0.1"]["per_keypoint"]  # noqa: E731
     assert pck_of(loud) < pck_of(alone) - 20
 
 
-def test_combine_features_is_the_weighted_concatenation(tmp_path, pairset):
+def test_combine_features_is_the_weighted_concatenation(tmp_path, colour_pairs):
     """--combine features equals matching on [sqrt(w1) f1, sqrt(w2) f2] with f2 resized to f1's grid."""
-    eval_set, _, _ = evaluation_set(pairset, "bbox")
-    fine, _ = build_member(colour_backbone(tmp_path, 8), eval_set, None, "squash", None, 8, 0, False, 0.4)
-    coarse, _ = build_member(colour_backbone(tmp_path, 16), eval_set, None, "squash", None, 8, 0, False, 0.6)
+    eval_set, _, _ = evaluation_set(colour_pairs, "bbox")
+    fine, _ = build_member(
+        colour_backbone(tmp_path, 8), eval_set, resize="squash", batch_size=8, num_workers=0, progress=False, weight=0.4
+    )
+    coarse, _ = build_member(
+        colour_backbone(tmp_path, 16),
+        eval_set,
+        resize="squash",
+        batch_size=8,
+        num_workers=0,
+        progress=False,
+        weight=0.6,
+    )
     ordered, order = ens.engine_members([coarse, fine], "finest", "features")
     assert order == [1, 0] and ordered[1].features.feats.shape[-2:] == (16, 16)
     cfg = MatchConfig("argmax")
@@ -158,22 +136,33 @@ def test_combine_features_is_the_weighted_concatenation(tmp_path, pairset):
     assert not np.allclose(pred, predict_keypoints(eval_set.pairs, summed, MatchConfig("argmax"), progress=False))
 
 
-def test_pad_members_need_one_aspect_ratio(tmp_path, pairset):
-    eval_set, _, _ = evaluation_set(pairset, "bbox")
-    a, _ = build_member(colour_backbone(tmp_path), eval_set, [128], "pad", None, 8, 0, False)
-    b, _ = build_member(colour_backbone(tmp_path), eval_set, [128, 64], "pad", None, 8, 0, False)
+def test_pad_members_need_one_aspect_ratio(tmp_path, colour_pairs):
+    eval_set, _, _ = evaluation_set(colour_pairs, "bbox")
+    a, _ = build_member(
+        colour_backbone(tmp_path), eval_set, image_size=[128], resize="pad", batch_size=8, num_workers=0, progress=False
+    )
+    b, _ = build_member(
+        colour_backbone(tmp_path),
+        eval_set,
+        image_size=[128, 64],
+        resize="pad",
+        batch_size=8,
+        num_workers=0,
+        progress=False,
+    )
     with pytest.raises(ValueError, match="one aspect ratio"):
         ens.engine_members([a, b], "finest", "similarity")
 
 
-def test_weight_search(tmp_path, pairset):
+def test_weight_search(tmp_path, colour_pairs):
     cfg = colour_config(tmp_path, cache_dir=None)
     good = colour_backbone(tmp_path)
-    run = ens.search_weights(cfg, pairset, [spec("good"), spec("noise:0.9")], [good, NoiseBackbone(8, 128)], step=0.25)
+    ens_cfg = EnsembleConfig([spec("good"), spec("noise:0.9")], weight_step=0.25)
+    run = ens.search_weights(cfg, ens_cfg, colour_pairs, [good, NoiseBackbone(8, 128)])
     assert run.name.endswith("_ensemble_custom_test_weights")
     table = pd.read_csv(run / "weight_search_results.csv")
     assert table[["weight_0", "weight_1"]].values.tolist() == [[0, 1], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1, 0]]
-    single = json.loads((evaluate(cfg, pairset, good) / "metrics.json").read_text())
+    single = json.loads((evaluate(cfg, colour_pairs, good) / "metrics.json").read_text())
     assert table.iloc[-1]["pck@0.1_per_image"] == pytest.approx(single["pck@0.1"]["per_image"])
     best = json.loads((run / "best_weights.json").read_text())
     assert best["members"] == ["good", "noise"]
@@ -204,17 +193,17 @@ def test_command_line(tmp_path, capsys):
         "--cache-dir",
         str(tmp_path / "cache"),
     ]
-    ens.main(["--member", "dinov2_vits14:random:1@28", "--member", "dinov2_vits14:random:3@42", *common])
+    ensemble_evaluate.main(["--member", "dinov2_vits14:random:1@28", "--member", "dinov2_vits14:random:3@42", *common])
     (run,) = (tmp_path / "results").iterdir()
     members = json.loads((run / "config.json").read_text())["resolved"]["members"]
     assert [m["image_size"] for m in members] == [[28, 28], [42, 42]]
     assert [m["weight"] for m in members] == [0.25, 0.75]
     with pytest.raises(SystemExit):
-        ens.main(["--help"])
+        ensemble_evaluate.main(["--help"])
     assert "MODEL[:WEIGHTS][:WEIGHT][@SIZE]" in capsys.readouterr().out
     with pytest.raises(ValueError, match="every member or to none"):
-        ens.main(["--member", "dinov2_vits14:random:1", "--member", "dinov2_vits14:random", *common])
+        ensemble_evaluate.main(["--member", "dinov2_vits14:random:1", "--member", "dinov2_vits14:random", *common])
     with pytest.raises(ValueError, match="must divide 1"):
-        ens.main(
+        ensemble_evaluate.main(
             ["--member", "no_such_model", "--member", "dinov2", "--search-weights", "--weight-step", "0.3", *common]
         )

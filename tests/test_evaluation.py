@@ -2,81 +2,36 @@
 
 import hashlib
 import json
+from dataclasses import replace
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from synthetic import ColourCodeBackbone, render_object
+from synthetic import colour_backbone, colour_config
 
 import pck
-from evaluation import EvalConfig, MatchConfig, evaluate
-from pairs import ImageRef, PairRecord, PairSet
-
-BOXES = [(20, 30, 120, 110), (50, 10, 170, 140), (10, 60, 90, 150), (70, 40, 190, 130)]
+from evaluation import evaluate
+from settings import MatchConfig
 
 
-def make_pairset(tmp_path, n_images=4):
-    """Images of one colour-coded object in different places; pairs between all of them."""
-    refs = []
-    for i in range(n_images):
-        size = (200 + 10 * i, 160 - 5 * i)
-        path = tmp_path / f"im{i}.png"
-        render_object(size, BOXES[i]).save(path)
-        refs.append(ImageRef(f"test/im{i}", str(path), size))
-    rng = np.random.default_rng(0)
-    pairs = []
-    for s in range(n_images):
-        for t in range(n_images):
-            if s == t:
-                continue
-            uv = rng.uniform(0.2, 0.8, (5, 2))
-            sb, tb = np.array(BOXES[s], float), np.array(BOXES[t], float)
-            src = sb[:2] + uv * (sb[2:] - sb[:2]) - 0.5
-            trg = tb[:2] + uv * (tb[2:] - tb[:2]) - 0.5
-            pairs.append(
-                PairRecord(
-                    f"{s}-{t}",
-                    "test",
-                    ["a", "b"][s % 2],
-                    refs[s],
-                    refs[t],
-                    src.astype(np.float32),
-                    trg.astype(np.float32),
-                    list("abcde"),
-                    trg_bbox=tuple(tb - 0.5),
-                )
-            )
-    return PairSet("test", "test", str(tmp_path), pairs, skipped={"no keypoints": 2})
+@pytest.fixture
+def pairset(colour_pairs):
+    """The colour-coded pairs, as if the loader had skipped 2 pairs without keypoints."""
+    return replace(colour_pairs, skipped={"no keypoints": 2})
 
 
 @pytest.fixture
 def backbone(tmp_path):
-    bb = ColourCodeBackbone(patch_size=8, image_size=128)
-    weights = tmp_path / "fake_weights.bin"
-    weights.write_bytes(b"weights")
-    bb.weights_path = str(weights)  # a real file, so the feature cache is used
-    return bb
+    return colour_backbone(tmp_path)  # its weights file exists, so the feature cache is used
 
 
 def config(tmp_path, **kw):
-    return EvalConfig(
-        model="colourcode",
-        dataset="test",
-        cache_dir=str(tmp_path / "cache"),
-        output_dir=str(tmp_path / "results"),
-        num_workers=0,
-        batch_size=3,
-        progress=False,
-        pck_norm="bbox",
-        **kw,
-    )
+    return colour_config(tmp_path, thresholds=[0.05, 0.1, 0.2], **kw)
 
 
-def test_run_folder_files_and_figures_recompute_from_csv(tmp_path, backbone):
-    pairset = make_pairset(tmp_path)
+def test_run_folder_files_and_figures_recompute_from_csv(tmp_path, pairset, backbone):
     run = evaluate(config(tmp_path, match=MatchConfig("wsoftargmax", 3, 0.05)), pairset, backbone)
-    assert run.name.endswith("_colourcode_test_test_wsoftargmax")
+    assert run.name.endswith("_colourcode_custom_test_wsoftargmax")
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "per_keypoint.csv", "per_pair.csv"]
     metrics = json.loads((run / "metrics.json").read_text())
     recomputed = pck.summarize(pck.read_keypoint_table(run / "per_keypoint.csv"))
@@ -97,8 +52,7 @@ def test_run_folder_files_and_figures_recompute_from_csv(tmp_path, backbone):
     assert torch.__version__.startswith(cfg["environment"]["packages"]["torch"])
 
 
-def test_rerun_uses_cache_and_never_overwrites(tmp_path, backbone):
-    pairset = make_pairset(tmp_path)
+def test_rerun_uses_cache_and_never_overwrites(tmp_path, pairset, backbone):
     first = evaluate(config(tmp_path), pairset, backbone)
     assert backbone.calls == 2  # 4 images in batches of 3
     backbone.calls = 0
@@ -110,8 +64,7 @@ def test_rerun_uses_cache_and_never_overwrites(tmp_path, backbone):
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_interrupted_extraction_resumes(tmp_path, backbone):
-    pairset = make_pairset(tmp_path)
+def test_interrupted_extraction_resumes(tmp_path, pairset, backbone):
     forward = backbone.forward
 
     def dies_on_second_batch(images):
@@ -130,43 +83,18 @@ def test_interrupted_extraction_resumes(tmp_path, backbone):
     assert metrics["timings"]["images_from_cache"] == 3 and metrics["timings"]["images_extracted"] == 1
 
 
-def test_cache_is_keyed_by_preprocessing(tmp_path, backbone):
-    pairset = make_pairset(tmp_path)
+def test_cache_is_keyed_by_preprocessing(tmp_path, pairset, backbone):
     evaluate(config(tmp_path), pairset, backbone)
     backbone.calls = 0
     evaluate(config(tmp_path, resize="pad"), pairset, backbone)
     assert backbone.calls == 2
 
 
-def test_finetuned_checkpoint_defaults_to_its_training_preprocessing(tmp_path, backbone):
+def test_finetuned_checkpoint_defaults_to_its_training_preprocessing(tmp_path, pairset, backbone):
     backbone.extra = {"finetune": {"image_size": [96], "resize": "pad"}}
-    run = evaluate(config(tmp_path), make_pairset(tmp_path), backbone)
+    run = evaluate(config(tmp_path), pairset, backbone)
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert (resolved["image_size"], resolved["resize"]) == ([96, 96], "pad")
-    run = evaluate(config(tmp_path, image_size=[64], resize="squash"), make_pairset(tmp_path), backbone)
+    run = evaluate(config(tmp_path, image_size=[64], resize="squash"), pairset, backbone)
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert (resolved["image_size"], resolved["resize"]) == ([64, 64], "squash")
-
-
-def test_checkpoint_flag_takes_finetuned_files_and_plain_weights(tmp_path, monkeypatch):
-    import evaluation
-    from models import is_finetuned, load_backbone, save_finetuned
-
-    tiny = load_backbone("dinov2", weights="random", device="cpu", depth=1, embed_dim=32, num_heads=2)
-    finetuned = save_finetuned(tiny, tmp_path / "best.pt", {"note": "test"})
-    plain = tmp_path / "plain.pth"
-    torch.save(tiny.state_dict(), plain)
-    garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(b"not a checkpoint")
-    assert is_finetuned(finetuned)
-    assert not any(is_finetuned(p) for p in (plain, garbage, tmp_path / "missing.pth"))
-
-    calls = []
-    monkeypatch.setattr(evaluation, "load_finetuned", lambda path, device: calls.append(("finetuned", str(path))))
-    monkeypatch.setattr(
-        evaluation, "load_backbone", lambda name, weights, device, layer: calls.append((name, str(weights)))
-    )
-    evaluation.load_model(EvalConfig(checkpoint=str(finetuned)))
-    evaluation.load_model(EvalConfig(model="dinov3", checkpoint=str(plain)))
-    evaluation.load_model(EvalConfig(model="sam", weights="w.pth"))
-    assert calls == [("finetuned", str(finetuned)), ("dinov3", str(plain)), ("sam", "w.pth")]

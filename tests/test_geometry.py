@@ -8,9 +8,12 @@ from synthetic import ColourCodeBackbone, render_object
 
 import evaluation
 import pck
-from evaluation import MatchConfig, Member, predict_keypoints
-from helper_functions import Preprocess, extract_features, image_geometry, preprocess_image
-from pairs import ImageRef, PairRecord
+from evaluation import Member, predict_keypoints
+from geometry import Preprocess, image_geometry
+from helper_functions import extract_features, preprocess_image
+from images import ImageRef
+from pairs import PairRecord
+from settings import MatchConfig
 
 P, CANVAS, N = 14, 224, 8  # patch, input side, object size in patches
 SRC_SIZE, TRG_SIZE = (300, 200), (180, 300)  # (W, H): non-square, different sizes

@@ -11,22 +11,19 @@ from PIL import Image
 from synthetic import colour_backbone, colour_config, write_colour_pairs
 
 import evaluation
-import grid_search_hyperparams as gs
+import grid_search as gs
+import grid_search_hyperparams
 import pck
+import plots
 from cli import eval_config, evaluation_parser, read_best_parameters
-from evaluation import MatchConfig, build_member, evaluation_set, predict_keypoints
-from pairs import load_pairs
+from evaluation import build_member, evaluation_set, predict_keypoints
+from settings import MatchConfig
 
 
-@pytest.fixture
-def pairset(tmp_path):
-    return load_pairs("custom", root=write_colour_pairs(tmp_path / "data"))
-
-
-def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, pairset):
+def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, colour_pairs):
     backbone = colour_backbone(tmp_path)
     windows, temperatures = [3, 5], [0.02, 0.5, 2.0]
-    run = gs.grid_search(colour_config(tmp_path), pairset, backbone, windows, temperatures)
+    run = gs.grid_search(colour_config(tmp_path), colour_pairs, backbone, windows=windows, temperatures=temperatures)
     assert backbone.calls == 2  # 4 images in batches of 3, once for the whole grid
     assert sorted(p.name for p in run.iterdir()) == [
         "best_parameters.json",
@@ -42,8 +39,8 @@ def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, p
     assert (table["time_s"] > 0).all()
 
     # each cell is what a single evaluation with that matcher gives
-    eval_set, _, norm = evaluation_set(pairset, "bbox")
-    member, _ = build_member(backbone, eval_set, None, "squash", None, 8, 0, progress=False)
+    eval_set, _, norm = evaluation_set(colour_pairs, "bbox")
+    member, _ = build_member(backbone, eval_set, resize="squash", batch_size=8, num_workers=0, progress=False)
     for row in table.itertuples():
         cfg = MatchConfig(
             row.matcher,
@@ -88,16 +85,16 @@ def test_ties_go_to_the_first_cell_searched_and_the_heatmap_outlines_that_cell()
     best, argmax = gs.best_parameters(table, [0.1], "per_image")
     assert best["0.1"] == {"window": 9, "temperature": 0.2, "pck_per_image": 70.0, "pck_per_keypoint": 69.0}
     assert argmax == {"0.1": {"pck_per_image": 40.0, "pck_per_keypoint": 41.0}}
-    fig = gs.plot_grid(table, [0.1], "per_image", "ties", best)
+    fig = plots.grid_heatmap(table, [0.1], "per_image", "ties", best)
     (outline,) = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
     assert outline.get_xy() == (0.5, 0.5)  # row K=9 (of 3, 9), column T=0.2 (of 0.1, 0.2)
 
 
-def test_grid_reaches_below_patch_resolution_and_low_temperature_is_argmax(tmp_path, pairset):
+def test_grid_reaches_below_patch_resolution_and_low_temperature_is_argmax(tmp_path, colour_pairs):
     """Known behaviour on the colour-coded data: keypoints lie between patch centres, so a moderate
     temperature beats argmax, and T -> 0 reduces to argmax."""
     table = gs.grid_table(
-        *_member_setup(tmp_path, pairset),
+        *_member_setup(tmp_path, colour_pairs),
         windows=[3, 11],
         temperatures=[1e-4, 0.1],
         thresholds=[0.05],
@@ -109,15 +106,17 @@ def test_grid_reaches_below_patch_resolution_and_low_temperature_is_argmax(tmp_p
     assert col[2] > col[0] + 10 and col[4] > col[0] + 10
 
 
-def _member_setup(tmp_path, pairset):
-    eval_set, _, _ = evaluation_set(pairset, "bbox")
-    member, _ = build_member(colour_backbone(tmp_path), eval_set, None, "squash", None, 8, 0, progress=False)
+def _member_setup(tmp_path, colour_pairs):
+    eval_set, _, _ = evaluation_set(colour_pairs, "bbox")
+    member, _ = build_member(
+        colour_backbone(tmp_path), eval_set, resize="squash", batch_size=8, num_workers=0, progress=False
+    )
     return eval_set.pairs, member
 
 
-def test_chunked_matching_changes_nothing(tmp_path, pairset, monkeypatch):
+def test_chunked_matching_changes_nothing(tmp_path, colour_pairs, monkeypatch):
     assert evaluation.target_chunks([3, 3, 3, 10, 1], 7) == [[0, 1], [2], [3], [4]]
-    pairs, member = _member_setup(tmp_path, pairset)
+    pairs, member = _member_setup(tmp_path, colour_pairs)
     cfgs = [MatchConfig("argmax"), MatchConfig("wsoftargmax", 5, 0.1)]
     whole, _ = evaluation.predict_variants(pairs, [member], cfgs, progress=False)
     monkeypatch.setattr(evaluation, "CHUNK_KEYPOINTS", 7)  # 5 keypoints per pair, 15 per target image
@@ -126,8 +125,10 @@ def test_chunked_matching_changes_nothing(tmp_path, pairset, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-def test_best_parameters_reach_evaluation_through_params(tmp_path, pairset):
-    run = gs.grid_search(colour_config(tmp_path), pairset, colour_backbone(tmp_path), [3, 7], [0.05, 1.0])
+def test_best_parameters_reach_evaluation_through_params(tmp_path, colour_pairs):
+    run = gs.grid_search(
+        colour_config(tmp_path), colour_pairs, colour_backbone(tmp_path), windows=[3, 7], temperatures=[0.05, 1.0]
+    )
     best = json.loads((run / "best_parameters.json").read_text())["best"]
     parser = evaluation_parser("test")
     args = parser.parse_args(["--params", str(run / "best_parameters.json"), "--params-alpha", "0.05"])
@@ -170,7 +171,7 @@ def test_params_errors_are_clear(tmp_path):
 def test_command_line_grid_search(tmp_path, capsys):
     """The script end to end with a tiny random DINOv2 (argument wiring, folder, printout)."""
     pairs_file = write_colour_pairs(tmp_path / "data", n_images=3, kps=3)
-    gs.main(
+    grid_search_hyperparams.main(
         [
             "--model",
             "dinov2_vits14",

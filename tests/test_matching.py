@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from matching_strategies import argmax_match, match, nearest_patch, sample_descriptors, window_soft_argmax
+from geometry import nearest_patch
+from matching_strategies import argmax_match, match, sample_descriptors, window_soft_argmax
 
 
 def reference_window_soft_argmax(sim: torch.Tensor, window: int, temperature: float) -> torch.Tensor:

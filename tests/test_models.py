@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_factory import (
+    TINY_OVERRIDES,
+    random_official_state_dict,
+    write_official_checkpoint,
+)
 from safetensors.torch import save_file
 
 from models import (
     BACKBONES,
     Backbone,
     CheckpointError,
+    create_backbone,
     get_spec,
+    is_finetuned,
     load_backbone,
     load_finetuned,
     save_finetuned,
-)
-from tests.model_factory import (
-    TINY_OVERRIDES,
-    official_shapes,
-    random_official_state_dict,
-    write_official_checkpoint,
 )
 
 BASE_MODELS = ["dinov2_vitb14", "dinov2_vitb14_reg4", "dinov3_vitb16", "sam_vit_b"]
@@ -135,9 +136,9 @@ def test_finetuned_checkpoint_round_trip(tmp_path, name):
     images = _images(bb, 3, 4)
     with torch.no_grad():
         assert torch.equal(again(images), bb(images))
-        assert torch.equal(load_backbone(name, weights=path, device="cpu")(images), bb(images))
-    with pytest.raises(CheckpointError, match="fine-tuned"):
-        load_backbone("dinov3_vitb16", weights=path)
+    for model in (name, "dinov3_vitb16"):  # a fine-tuned file is no weights file, whichever model is asked for
+        with pytest.raises(CheckpointError, match=r"fine-tuned checkpoint of this project.*pass it as --checkpoint"):
+            load_backbone(model, weights=path)
 
 
 def test_finetuned_extra_must_be_plain_data(tmp_path):
@@ -276,11 +277,11 @@ def test_bad_arguments():
 # --- the Backbone contract -------------------------------------------------------------------------
 
 
-def test_aliases_and_specs():
-    assert [get_spec(a).name for a in ("dinov2", "dinov2_reg", "dinov3", "sam")] == BASE_MODELS
-    assert get_spec("SAM_VIT_H").feature_dim == 256
-    assert {s.family for s in BACKBONES.values()} == {"dinov2", "dinov3", "sam"}
-    assert all(s.default_weights.parts[-3:] == (s.family, "weights", s.official_file) for s in BACKBONES.values())
+def test_names_are_case_insensitive_and_unknown_ones_list_the_choices():
+    assert [get_spec(a.upper()).name for a in ("dinov2", "dinov2_reg", "dinov3", "sam")] == BASE_MODELS
+    with pytest.raises(ValueError, match=r"Unknown backbone 'dinov9'\. Choose one of: dinov2, dinov2_reg") as err:
+        load_backbone("dinov9")
+    assert all(name in str(err.value) for name in BACKBONES)
 
 
 def test_cpu_defaults_to_fp32_and_bf16_is_optional(tmp_path):
@@ -326,8 +327,30 @@ def test_intermediate_layer_feature_dims(tmp_path):
     assert _tiny(tmp_path, "dinov2_vitb14", layer=0).feature_dim == TINY_OVERRIDES["embed_dim"]
 
 
-def test_official_shapes_follow_the_manifest():
-    shapes = official_shapes("dinov2_vitb14")
-    assert shapes["pos_embed"] == (1, 1370, 768) and shapes["blocks.11.mlp.fc1.weight"] == (3072, 768)
-    giant = official_shapes("dinov2_vitg14", depth=1)
-    assert giant["blocks.0.mlp.w12.weight"] == (8192, 1536) and giant["blocks.0.mlp.w3.weight"] == (1536, 4096)
+def test_checkpoint_and_weights_each_mean_one_thing(tmp_path):
+    """--checkpoint takes a fine-tuned checkpoint, --weights a weights file; each refuses the other's
+    file, both together are refused, and a checkpoint refuses another model or layer."""
+    tiny = _tiny(tmp_path, "dinov2_vitb14", layer=1)
+    finetuned = save_finetuned(tiny, tmp_path / "best.pt", {"note": "test"})
+    plain = tmp_path / "plain.pth"
+    torch.save(tiny.state_dict(), plain)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    assert is_finetuned(finetuned)
+    assert not any(is_finetuned(p) for p in (plain, garbage, tmp_path / "missing.pth"))
+
+    loaded = create_backbone(checkpoint=str(finetuned), device="cpu")
+    assert (loaded.name, loaded.layer, loaded.extra) == ("dinov2_vitb14", 1, {"note": "test"})
+    assert create_backbone("dinov2", checkpoint=str(finetuned), layer=1, device="cpu").layer == 1
+    plain_bb = create_backbone("dinov2", weights=str(plain), device="cpu", **TINY_OVERRIDES)
+    assert plain_bb.weights_path == str(plain) and plain_bb.extra == {}
+    with pytest.raises(CheckpointError, match=r"plain weights\. Pass it as --weights"):
+        create_backbone(checkpoint=str(plain), device="cpu")
+    with pytest.raises(CheckpointError, match="pass it as --checkpoint"):
+        create_backbone("dinov2", weights=str(finetuned), device="cpu")
+    with pytest.raises(ValueError, match="both given"):
+        create_backbone(weights=str(plain), checkpoint=str(finetuned))
+    with pytest.raises(ValueError, match="holds a fine-tuned dinov2_vitb14, not sam_vit_b"):
+        create_backbone("sam", checkpoint=str(finetuned), device="cpu")
+    with pytest.raises(ValueError, match="fine-tuned on the features of block 1; --layer 2"):
+        create_backbone(checkpoint=str(finetuned), layer=2, device="cpu")

@@ -16,11 +16,11 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from model_factory import TINY_OVERRIDES, num_heads, random_official_state_dict, write_official_checkpoint
 from segment_anything.modeling import ImageEncoderViT
 from timm.layers import resample_abs_pos_embed
 
 from models import load_backbone
-from tests.model_factory import TINY_OVERRIDES, num_heads, random_official_state_dict, write_official_checkpoint
 
 TOLERANCE = 1e-4
 CONFIGS = ["tiny", "base"] if os.environ.get("SEMCORR_FULL_CHECK") else ["tiny"]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import pck
-from pairs import ImageRef, PairRecord
+from images import ImageRef
+from pairs import PairRecord
 
 
 def pair(pair_id, category, trg_kps, trg_size=(200, 100), bbox=None, kp_ids=None):

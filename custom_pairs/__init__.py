@@ -36,7 +36,15 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pairs import DatasetError, ImageRef, PairRecord, PairSet, box_tuple, collect_pairs, image_ref, points_array
+from images import ImageRef, image_ref
+from pairs import (
+    DatasetError,
+    PairRecord,
+    PairSet,
+    box_tuple,
+    collect_pairs,
+    points_array,
+)
 
 NAME = "custom"
 FIELDS = (
@@ -57,7 +65,7 @@ def load(root: Path, split: str = "test", layout: str = "large", limit: int | No
     if root.suffix.lower() not in readers:
         raise DatasetError(f"{root}: custom pairs must be a .json or .csv file\n{FORMAT_HINT}")
     entries = readers[root.suffix.lower()](root)
-    return collect_pairs(NAME, split, root, _records(root, entries), limit, keep_empty=True)
+    return collect_pairs(NAME, split, root, _records(root, entries), limit=limit, keep_empty=True)
 
 
 def _read_json(path: Path) -> list[dict]:

@@ -1,0 +1,219 @@
+"""Matching two images of the user's own: given points, a grid of points, or mutual nearest neighbours,
+through the same engine as the evaluations; and the files that show the result."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import results
+import viz2d
+from evaluation import build_member, load_model, predict_keypoints, source_descriptors, target_similarity
+from geometry import patch_to_input
+from helper_functions import FeatureSet
+from images import ImageRef, image_ref, load_image
+from models import Backbone
+from pairs import PairRecord, PairSet
+from settings import EvalConfig, MatchConfig
+
+COORDINATES = "pixels (x, y), 0-based, integer values at pixel centres, EXIF orientation applied"
+
+
+@dataclass
+class PairMatches:
+    """Matches of one image pair: the points as a PairRecord, predictions and similarity maps."""
+
+    pair: PairRecord
+    pred: np.ndarray  # (k, 2) target pixels
+    similarity: torch.Tensor  # (k, h, w) on the feature grid
+    features: FeatureSet
+    points: str  # how the source points were chosen
+
+    @property
+    def peak(self) -> np.ndarray:
+        return self.similarity.flatten(1).amax(dim=1).cpu().numpy()
+
+
+def grid_points(size: tuple[int, int], n: int) -> np.ndarray:
+    """The centres of an n x n grid of cells covering an image of size (W, H)."""
+    w, h = size
+    xs, ys = ((np.arange(n) + 0.5) * side / n - 0.5 for side in (w, h))
+    gx, gy = np.meshgrid(xs, ys)
+    return np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
+
+
+def mutual_nearest_points(fs: FeatureSet, src: ImageRef, trg: ImageRef, limit: int) -> np.ndarray:
+    """Centres (source pixels) of the source patches that are mutual nearest neighbours of a target
+    patch, most similar first, at most `limit`; patches whose centre lies outside the image are left out."""
+    sim = fs.feats[fs.index[src.key]].flatten(1).float().T @ fs.feats[fs.index[trg.key]].flatten(1).float()
+    best_trg, best_src = sim.argmax(dim=1), sim.argmax(dim=0)
+    ids = torch.arange(sim.shape[0], device=sim.device)
+    mutual = ids[best_src[best_trg] == ids]
+    order = torch.argsort(sim[mutual, best_trg[mutual]], descending=True)
+    mutual = mutual[order].cpu()
+    w = fs.prep.grid[1]
+    pq = torch.stack([mutual % w, mutual // w], dim=1).double().numpy()
+    xy = fs.geometries[src.key].to_original(patch_to_input(pq, fs.prep.patch_size))
+    inside = ((xy >= 0) & (xy <= np.array(src.size) - 1)).all(axis=1)
+    return xy[inside][:limit].astype(np.float32)
+
+
+def check_inside(points: np.ndarray, size: tuple[int, int]) -> None:
+    w, h = size
+    outside = [f"({x:g}, {y:g})" for x, y in points if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5)]
+    if outside:
+        raise ValueError(f"--points {', '.join(outside)} lie outside the source image ({w} x {h} pixels)")
+
+
+def match_pair(
+    backbone: Backbone,
+    src: str | Path,
+    trg: str | Path,
+    cfg: MatchConfig,
+    *,
+    points: np.ndarray | None = None,
+    grid: int = 8,
+    mutual: int | None = None,
+    image_size: list[int] | None = None,
+    resize: str | None = None,
+    cache_dir: str | None = None,
+    batch_size: int = 2,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> PairMatches:
+    """Match `points` of image src in image trg (default: a grid x grid grid, or `mutual` nearest neighbours).
+
+    image_size / resize None: those a fine-tuned checkpoint was trained with, else the backbone's
+    default size and squash (as in evaluations)."""
+    refs = [image_ref(f"{role}/{Path(path).name}", path) for role, path in (("src", src), ("trg", trg))]
+    images = PairRecord(
+        "images", "custom", "custom", refs[0], refs[1], np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), []
+    )
+    member, _ = build_member(
+        backbone,
+        PairSet("custom", "pair", "", [images]),
+        image_size=image_size,
+        resize=resize,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
+    if points is not None:
+        check_inside(points, refs[0].size)
+        how = "given"
+    elif mutual:
+        points = mutual_nearest_points(member.features, refs[0], refs[1], mutual)
+        how = f"mutual nearest neighbours (at most {mutual})"
+    else:
+        points = grid_points(refs[0].size, grid)
+        how = f"{grid} x {grid} grid"
+    pair = PairRecord(
+        "pair",
+        "custom",
+        "custom",
+        refs[0],
+        refs[1],
+        points.astype(np.float32),
+        np.full_like(points, np.nan, dtype=np.float32),
+        [str(i) for i in range(len(points))],
+    )
+    pred = predict_keypoints([pair], [member], cfg, progress=False)
+    descs = [source_descriptors(member.features, [pair], cfg.descriptor)]
+    ks = torch.arange(len(points), device=member.features.feats.device)
+    similarity = target_similarity([member], descs, ks, refs[1].key)
+    return PairMatches(pair, pred, similarity, member.features, how)
+
+
+def write_outputs(
+    folder: Path, result: PairMatches, backbone: Backbone, cfg: MatchConfig, *, heatmaps: list[int], args: dict
+) -> dict:
+    """config.json, matches.json, matches.png and the heatmaps of the chosen points into `folder`."""
+    pair, fs = result.pair, result.features
+    src, trg = load_image(pair.src), load_image(pair.trg)
+    peak = result.peak
+    title = f"{backbone.name}, {cfg.matcher}: {len(peak)} matches ({result.points})"
+    viz2d.save_plot(
+        viz2d.draw_matches(src, trg, pair.src_kps, result.pred, colors=viz2d.score_colors(peak), title=title),
+        folder / results.PICTURES["match"],
+    )
+    extent = viz2d.grid_extent(fs.geometries[pair.trg.key], fs.prep)
+    for i in heatmaps:
+        fig = viz2d.draw_similarity(
+            src,
+            trg,
+            pair.src_kps[i],
+            result.similarity[i].float().cpu().numpy(),
+            extent,
+            pred_xy=result.pred[i],
+            title=f"point {i}: similarity {peak[i]:.3f}",
+        )
+        viz2d.save_plot(fig, folder / f"heatmap_{i}.png")
+    report = {
+        "source": {"path": pair.src.path, "size": list(pair.src.size)},
+        "target": {"path": pair.trg.path, "size": list(pair.trg.size)},
+        "model": backbone.name,
+        "weights": str(backbone.weights_path),
+        "image_size": [fs.prep.height, fs.prep.width],
+        "resize": fs.prep.resize,
+        "matcher": asdict(cfg),
+        "points": result.points,
+        "coordinates": COORDINATES,
+        "matches": [
+            {"id": kp, "source": [float(v) for v in s], "target": [float(v) for v in t], "similarity": float(p)}
+            for kp, s, t, p in zip(pair.kp_ids, pair.src_kps, result.pred, peak, strict=True)
+        ],
+    }
+    config = {"args": args, "resolved": {k: report[k] for k in ("model", "weights", "image_size", "resize")}}
+    results.write_run(folder, "match", {**config, "environment": results.environment(backbone.device)}, matches=report)
+    return report
+
+
+# EvalConfig fields that a match of two images uses (the rest describe a dataset)
+MATCH_FIELDS = (
+    "model", "weights", "checkpoint", "layer", "image_size", "resize", "match", "match_params", "batch_size",
+    "num_workers", "device", "cache_dir", "output_dir", "progress",
+)  # fmt: skip
+
+
+def run_match(
+    cfg: EvalConfig,
+    *,
+    src: str,
+    trg: str,
+    points: np.ndarray | None,
+    grid: int,
+    mutual: int | None,
+    heatmaps: list[int],
+) -> Path:
+    """Load the backbone, match the two images, write a new results folder of kind "match"."""
+    backbone = load_model(cfg)
+    result = match_pair(
+        backbone,
+        src,
+        trg,
+        cfg.match,
+        points=points,
+        grid=grid,
+        mutual=mutual,
+        image_size=cfg.image_size,
+        resize=cfg.resize,
+        cache_dir=cfg.cache_dir,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        progress=cfg.progress,
+    )
+    bad = [i for i in heatmaps if not 0 <= i < len(result.pred)]
+    if bad:
+        raise ValueError(
+            f"--heatmap {bad}: there are only {len(result.pred)} points (indices 0..{len(result.pred) - 1})"
+        )
+    folder = results.new_run_dir(cfg.output_dir, ["match", backbone.name, Path(src).stem, Path(trg).stem])
+    settings = {k: v for k, v in asdict(cfg).items() if k in MATCH_FIELDS}
+    args = {**settings, "src": src, "trg": trg, "grid": grid, "mutual": mutual, "heatmaps": heatmaps}
+    write_outputs(folder, result, backbone, cfg.match, heatmaps=heatmaps, args=args)
+    print(f"{len(result.pred)} matches ({result.points}) -> {folder}")
+    return folder

@@ -1,0 +1,123 @@
+"""cli.py: argument types, the member and point syntaxes, what the parsed flags become, how scripts end."""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import evaluate
+from cli import eval_config, evaluation_parser, image_size, odd_window, parse_member, run_main
+from settings import EvalConfig, MemberSpec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spec(text):
+    return parse_member(text)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("dinov2", MemberSpec("dinov2")),
+        ("dinov2:0.25", MemberSpec("dinov2", None, 0.25)),
+        ("dinov3:ckpt.pt:0.65", MemberSpec("dinov3", "ckpt.pt", 0.65)),
+        ("dinov3:runs/a b/best.pt", MemberSpec("dinov3", "runs/a b/best.pt")),
+        ("sam:0.1@1024", MemberSpec("sam", None, 0.1, [1024])),
+        ("dinov2_vitl14:random@448x336", MemberSpec("dinov2_vitl14", "random", None, [448, 336])),
+        ("dinov2:C:/w/x.pt:0.5", MemberSpec("dinov2", "C:/w/x.pt", 0.5)),
+        ("dinov2:0", MemberSpec("dinov2", None, 0.0)),
+    ],
+)
+def test_member_syntax(text, expected):
+    assert spec(text) == expected
+    assert spec(str(expected)) == expected  # str() writes the same syntax back
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("", "expected MODEL"),
+        (":0.5", "expected MODEL"),
+        ("dinov2::0.5", "expected MODEL"),
+        ("dinov2:0.5@big", "image size"),
+        ("dinov2:-1", ">= 0"),
+        ("dinov2:nan", ">= 0"),
+    ],
+)
+def test_member_syntax_errors(text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        spec(text)
+
+
+def test_image_size_and_window_types():
+    assert image_size("518") == [518] and image_size("448x336") == [448, 336]
+    for bad in ("0", "a", "1x2x3", "-5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="N or HxW"):
+            image_size(bad)
+    assert odd_window("5") == 5
+    with pytest.raises(argparse.ArgumentTypeError, match="positive odd"):
+        odd_window("4")
+
+
+def test_checkpoint_names_its_own_model_and_excludes_weights(capsys):
+    parser = evaluation_parser("test", checkpoint="either")
+    assert eval_config(parser.parse_args(["--checkpoint", "best.pt"])).model is None
+    assert eval_config(parser.parse_args(["--weights", "w.pth"])).model == EvalConfig.model
+    for argv in (["--checkpoint", "a.pt", "--weights", "b.pth"], []):  # both, or neither
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    assert "not allowed with argument" in capsys.readouterr().err
+    zero_shot = evaluation_parser("test")
+    with pytest.raises(SystemExit):
+        zero_shot.parse_args(["--checkpoint", "best.pt"])  # training_free_evaluation.py takes no checkpoint
+
+
+def test_run_main_ends_bad_input_with_one_line(monkeypatch, capsys):
+    def bad_input():
+        raise ValueError("--thing must be > 0, got -1")
+
+    with pytest.raises(SystemExit) as info:
+        run_main(bad_input)
+    assert info.value.code == "error: --thing must be > 0, got -1"
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert "interrupted" in str(info.value.code)
+    monkeypatch.setenv("SEMCORR_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="--thing"):
+        run_main(bad_input)
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "training_free_evaluation.py",
+        "evaluate.py",
+        "grid_search_hyperparams.py",
+        "ensemble_evaluate.py",
+        "match_pair.py",
+        "report.py",
+        "download.py",
+        "finetuning/finetune.py",
+    ],
+)
+def test_help_needs_neither_torch_nor_pandas(script):
+    """--help answers before any heavy module loads (torch and timm take seconds to import)."""
+    probe = (
+        "import runpy, sys; sys.argv = [sys.argv[1], '--help']\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'timm', 'pandas', 'matplotlib') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(REPO / script)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout and done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_evaluate_needs_a_checkpoint_or_a_weights_file(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--dataset", "pf-willow"])
+    assert "one of the arguments --checkpoint --weights is required" in capsys.readouterr().err

@@ -1,0 +1,49 @@
+"""feature_cache.py: one file per image, keyed by everything that changes features and by the image file."""
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from feature_cache import FeatureCache
+from images import ImageRef
+
+SETTING = {"backbone": "dinov2_vitb14", "weights_sha256": "ab" * 32, "layer": None, "preprocess": "518x518-squash-p14"}
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"pixels")
+    return ImageRef("spair/cat/a", str(path), (40, 30))
+
+
+def test_features_round_trip_in_fp16_per_setting(tmp_path, image):
+    cache = FeatureCache(tmp_path, SETTING)
+    assert cache.load(image) is None
+    feats = torch.randn(1, 8, 3, 4)
+    cache.save([image], feats)
+    torch.testing.assert_close(cache.load(image), feats[0].half())
+    assert FeatureCache(tmp_path, SETTING).load(image) is not None  # the same setting finds it again
+    assert FeatureCache(tmp_path, {**SETTING, "layer": 9}).load(image) is None
+    assert FeatureCache(tmp_path, {**SETTING, "preprocess": "448x448-squash-p14"}).load(image) is None
+    assert (cache.dir / "setting.json").is_file() and cache.dir.name.startswith("dinov2_vitb14-")
+
+
+def test_a_changed_image_file_is_not_served_from_the_cache(tmp_path, image):
+    cache = FeatureCache(tmp_path, SETTING)
+    cache.save([image], torch.randn(1, 8, 3, 4))
+    stat = os.stat(image.path)
+    os.utime(image.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # edited in place
+    assert cache.load(image) is None
+
+
+def test_an_unreadable_entry_is_recomputed_with_a_warning(tmp_path, image):
+    cache = FeatureCache(tmp_path, SETTING)
+    cache.save([image], torch.randn(1, 8, 3, 4))
+    cache.path(image).write_bytes(b"truncated")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cache.load(image) is None
+    assert str(cache.path(image)) in str(caught[0].message)

@@ -1,0 +1,110 @@
+"""match_pair.py: the user's own two images, given points, a grid or mutual nearest neighbours."""
+
+import json
+
+import numpy as np
+import pytest
+from synthetic import colour_backbone, render_object
+
+import match_pair
+import pair_matching as mp
+import results
+from cli import parse_points
+from settings import MatchConfig
+
+SRC_BOX, TRG_BOX = (20, 30, 120, 110), (50, 10, 170, 140)
+
+
+def colour_images(tmp_path):
+    src, trg = tmp_path / "src.png", tmp_path / "trg.png"
+    render_object((200, 160), SRC_BOX).save(src)
+    render_object((230, 150), TRG_BOX).save(trg)
+    return src, trg
+
+
+def truth(points):
+    """Where source points land on the target object (same object coordinates)."""
+    s, t = np.array(SRC_BOX, float), np.array(TRG_BOX, float)
+    uv = (points + 0.5 - s[:2]) / (s[2:] - s[:2])
+    return t[:2] + uv * (t[2:] - t[:2]) - 0.5
+
+
+def test_match_pair_finds_given_and_mutual_points(tmp_path):
+    src, trg = colour_images(tmp_path)
+    points = np.array([[40.0, 50.0], [100.3, 95.7], [70.0, 70.0]], dtype=np.float32)
+    cfg = MatchConfig("wsoftargmax", 5, 0.1)
+    result = mp.match_pair(colour_backbone(tmp_path), src, trg, cfg, points=points)
+    patch = np.array([230, 150]) / 16  # one target patch, in target pixels
+    assert (np.abs(result.pred - truth(points)) < patch).all()
+    assert result.similarity.shape == (3, 16, 16) and (result.peak > 0.5).all()
+
+    mutual = mp.match_pair(colour_backbone(tmp_path), src, trg, cfg, mutual=20)
+    on_object = ((mutual.pair.src_kps >= SRC_BOX[:2]) & (mutual.pair.src_kps <= np.array(SRC_BOX[2:]) - 1)).all(1)
+    assert len(mutual.pred) == 20 and on_object.sum() >= 19  # the black background is one repeated feature
+    assert (np.abs(mutual.pred[on_object] - truth(mutual.pair.src_kps[on_object])) < patch).all()
+
+    (tmp_path / "out").mkdir()
+    report = mp.write_outputs(tmp_path / "out", result, colour_backbone(tmp_path), cfg, heatmaps=[1], args={"k": 1})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json", "heatmap_1.png", "matches.json", "matches.png"
+    ]  # fmt: skip
+    run = results.read_run(tmp_path / "out")
+    saved = run.read("matches")
+    assert run.kind == "match" and run.config["args"] == {"k": 1} and saved == json.loads(json.dumps(report))
+    assert saved["matches"][1]["source"] == pytest.approx([100.3, 95.7], abs=1e-4)
+    assert saved["matches"][1]["target"] == pytest.approx(result.pred[1].tolist())
+
+
+def test_match_pair_defaults_to_the_preprocessing_a_checkpoint_was_trained_with(tmp_path):
+    src, trg = colour_images(tmp_path)
+    backbone = colour_backbone(tmp_path)
+    backbone.extra = {"finetune": {"image_size": [64], "resize": "pad"}}  # what load_finetuned restores
+    result = mp.match_pair(backbone, src, trg, MatchConfig(), points=np.array([[40.0, 50.0]]))
+    assert (result.features.prep.height, result.features.prep.width, result.features.prep.resize) == (64, 64, "pad")
+
+
+def test_points_syntax_and_grid():
+    np.testing.assert_array_equal(parse_points("1,2; 3.5,4"), [[1, 2], [3.5, 4]])
+    for bad in ("1,2,3", "a,b", "", "1,nan"):
+        with pytest.raises(ValueError, match="x,y;x,y"):
+            parse_points(bad)
+    grid = mp.grid_points((100, 50), 2)
+    np.testing.assert_allclose(grid, [[24.5, 12], [74.5, 12], [24.5, 37], [74.5, 37]])
+
+
+@pytest.mark.filterwarnings("ignore:.*RANDOM weights")
+def test_match_pair_command_line(tmp_path, capsys):
+    src, trg = colour_images(tmp_path)
+    common = [
+        "--src",
+        str(src),
+        "--trg",
+        str(trg),
+        "--model",
+        "dinov2_vits14",
+        "--weights",
+        "random",
+        "--image-size",
+        "28",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    folder = match_pair.main([*common, "--grid", "2", "--heatmap", "0", "3"])
+    assert folder.name.endswith("_match_dinov2_vits14_src_trg")
+    names = ["config.json", "heatmap_0.png", "heatmap_3.png", "matches.json", "matches.png"]
+    assert sorted(p.name for p in folder.iterdir()) == names
+    run = results.read_run(folder)
+    saved = run.read("matches")
+    assert len(saved["matches"]) == 4 and saved["points"] == "2 x 2 grid" and saved["image_size"] == [28, 28]
+    assert run.config["args"]["grid"] == 2 and run.config["args"]["heatmaps"] == [0, 3]
+    assert "dataset" not in run.config["args"]  # only the settings a match uses are recorded
+    with pytest.raises(ValueError, match=r"outside the source image \(200 x 160 pixels\)"):
+        match_pair.main([*common, "--points", "10,10;250,10"])
+    with pytest.raises(ValueError, match="only 4 points"):
+        match_pair.main([*common, "--grid", "2", "--heatmap", "4"])
+    with pytest.raises(ValueError, match="--mutual must be >= 1"):
+        match_pair.main([*common, "--mutual", "0"])

@@ -1,0 +1,85 @@
+"""results.py: every kind of run folder reads back exactly what was written, and says what it is."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import results
+
+
+def sample_files(kind: str) -> dict:
+    """One file of each name a run of `kind` has, with values that a careless reader would change
+    (ids that look like numbers, text that looks like NaN, floats at full precision)."""
+    ids = pd.DataFrame({"pair_id": ["007", "1"], "category": ["NA", "cat"], "kp_id": ["01", "2"]})
+    tables = {
+        "per_keypoint": ids.assign(distance=[0.1 + 0.2, 1 / 3], **{"correct@0.1": [True, False]}),
+        "per_pair": ids.drop(columns="kp_id").assign(src_image=["a/001", "b"], trg_image=["c", "nan"]),
+        "grid": pd.DataFrame({"matcher": ["argmax", "wsoftargmax"], "window": pd.array([None, 5], dtype="Int64")}),
+        "weights": pd.DataFrame({"weight_0": [0.25, 0.75], "pck@0.1_per_image": [50.0, 2 / 3]}),
+        "train_log": pd.DataFrame({"step": [0, 10], "loss": [np.nan, 1.5]}),
+    }
+    return {
+        name: tables.get(name, {"value": 1 / 3, "nested": {"alpha": [0.05, 0.1]}}) for name in results.RUN_FILES[kind]
+    }
+
+
+@pytest.mark.parametrize("kind", list(results.RUN_FILES))
+def test_every_kind_reads_back_what_was_written(tmp_path, kind):
+    run_dir = results.new_run_dir(tmp_path, ["model", kind])
+    files = sample_files(kind)
+    results.write_run(run_dir, kind, {"args": {"x": 1}, "kind": "ignored"}, **files)
+    assert json.loads((run_dir / "config.json").read_text()) == {"kind": kind, "args": {"x": 1}}
+    run = results.read_run(run_dir)
+    assert run.kind == kind and run.config["args"] == {"x": 1}
+    for name, written in files.items():
+        read = run.read(name)
+        if isinstance(written, pd.DataFrame):
+            pd.testing.assert_frame_equal(read, written, check_dtype=name in results.TEXT_COLUMNS)
+        else:
+            assert read == written
+    assert results.find_runs([tmp_path]) == [run_dir]
+    assert results.find_runs([tmp_path], kinds=("nothing",)) == []
+
+
+def test_run_folders_are_new_and_never_reused(tmp_path):
+    first = results.new_run_dir(tmp_path, ["a", "b/c"], started=0)
+    second = results.new_run_dir(tmp_path, ["a", "b/c"], started=0)
+    assert first != second and first.name.endswith("_a_b-c") and second.name.endswith("_a_b-c-2")
+
+
+def test_folders_from_before_the_kind_are_recognised_by_their_files(tmp_path):
+    legacy = {"evaluation": "metrics.json", "grid": "best_parameters.json", "weight_search": "best_weights.json"}
+    for kind, marker in legacy.items():
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / "config.json").write_text('{"args": {}}')
+        (tmp_path / kind / marker).write_text("{}")
+    (tmp_path / "finetune").mkdir()
+    (tmp_path / "finetune" / "config.json").write_text('{"config": {}}')
+    (tmp_path / "finetune" / "last.pt").write_bytes(b"")
+    (tmp_path / "match").mkdir()
+    (tmp_path / "match" / "matches.json").write_text("{}")  # match folders had no config.json
+    for kind in [*legacy, "finetune", "match"]:
+        assert results.read_run(tmp_path / kind).kind == kind
+    assert len(results.find_runs([tmp_path])) == 5
+    assert results.find_runs([tmp_path], kinds=("evaluation",)) == [tmp_path / "evaluation"]
+
+
+def test_bad_folders_are_clear_errors(tmp_path):
+    with pytest.raises(results.RunFolderError, match="no such results folder"):
+        results.read_run(tmp_path / "missing")
+    with pytest.raises(results.RunFolderError, match="not a results folder"):
+        results.read_run(tmp_path)
+    run_dir = results.write_run(tmp_path, "grid", {})
+    with pytest.raises(results.RunFolderError, match="holds a grid run, not evaluation"):
+        results.read_run(run_dir, kinds=("evaluation",))
+    with pytest.raises(results.RunFolderError, match=r"no grid_search_results\.csv"):
+        results.read_run(run_dir).read("grid")
+    with pytest.raises(ValueError, match="a grid run has no file 'metrics'"):
+        results.write_file(run_dir, "grid", "metrics", {})
+    with pytest.raises(ValueError, match="unknown run kind"):
+        results.write_config(run_dir, "nope", {})
+    (run_dir / "best_parameters.json").write_text("{")
+    with pytest.raises(results.RunFolderError, match="unreadable JSON"):
+        results.read_run(run_dir).read("best_parameters")
