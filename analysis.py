@@ -15,28 +15,27 @@ from published import PUBLISHED_ALPHAS, published_for
 from results import Run, find_runs, read_run
 from settings import AVERAGINGS, DEFAULT_THRESHOLDS
 
+SETTINGS = {"official": "zero-shot", "fine-tuned": "fine-tuned", "random": "random weights", "custom": "custom weights"}
+
 
 def run_settings(run: Run) -> dict[str, object]:
-    """What a run evaluated: model, setting, dataset, split, PCK threshold, matcher, pairs."""
+    """What a run evaluated: model, setting (from the weights actually loaded), dataset, split, PCK
+    threshold, matcher, image size, protocol, pairs."""
     args, resolved, proto = run.config["args"], run.config["resolved"], run.metrics["protocol"]
     match = args["match"]
     matcher = match["matcher"]
     if matcher == "wsoftargmax":
         matcher += f" K{match['window']} T{match['temperature']:g}"
+    members = resolved.get("members") or [resolved]
+    origins = {m.get("weights_origin", "custom") for m in members}
+    setting = "/".join(SETTINGS.get(o, o) for o in sorted(origins))
     if "members" in resolved:
-        model = " + ".join(f"{m['weight']:.2f} {m['spec'].split(':')[0].split('@')[0]}" for m in resolved["members"])
-        setting = "ensemble"
+        model = " + ".join(f"{m['weight']:.2f} {m['model']}" for m in members)
+        setting = f"ensemble, {setting}"
     else:
         model = resolved["model"]
-        setting = (
-            "fine-tuned"
-            if args.get("checkpoint")
-            else "random weights"
-            if resolved["weights"] == "random"
-            else "custom weights"
-            if args.get("weights")
-            else "zero-shot"
-        )
+    protocol = run.config.get("protocol") or {"name": "default", "overrides": {}}
+    overrides = ", ".join(f"{k}={v}" for k, v in protocol.get("overrides", {}).items())
     return {
         "run": run.name,
         "model": model,
@@ -45,7 +44,8 @@ def run_settings(run: Run) -> dict[str, object]:
         "split": proto["split"],
         "pck_norm": proto["pck_norm"],
         "matcher": matcher,
-        "image_size": "x".join(map(str, resolved["image_size"])) if "image_size" in resolved else "",
+        "image_size": ", ".join("x".join(map(str, m["image_size"])) for m in members if "image_size" in m),
+        "protocol": protocol["name"] + (f" ({overrides})" if overrides else ""),
         "pairs": run.metrics["counts"]["pairs"],
     }
 
@@ -56,7 +56,7 @@ def report_table(paths: list[str | Path], alphas: tuple[float, ...] = DEFAULT_TH
     for path in find_runs(paths, kinds=("evaluation",)):
         run = read_run(path, kinds=("evaluation",))
         row = run_settings(run)
-        entry = published_for(run, row)
+        entry = published_for(run)
         for alpha in alphas:
             key = f"pck@{alpha:g}"
             for avg in AVERAGINGS:
@@ -80,7 +80,7 @@ def _both(image: float, keypoint: float, digits: int) -> str:
 
 def to_markdown(table: pd.DataFrame, alphas: tuple[float, ...] = DEFAULT_THRESHOLDS) -> str:
     """A markdown table: PCK 'per image (per keypoint)', ours beside the published one."""
-    head = ["model", "setting", "dataset", "split", "threshold", "matcher", "pairs"]
+    head = ["model", "setting", "dataset", "split", "threshold", "matcher", "image size", "protocol", "pairs"]
     for alpha in alphas:
         head += [f"PCK@{alpha:g}", f"published@{alpha:g}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -92,6 +92,8 @@ def to_markdown(table: pd.DataFrame, alphas: tuple[float, ...] = DEFAULT_THRESHO
             row["split"],
             row["pck_norm"],
             row["matcher"],
+            row["image_size"],
+            row["protocol"],
             str(row["pairs"]),
         ]
         for alpha in alphas:
@@ -104,8 +106,9 @@ def to_markdown(table: pd.DataFrame, alphas: tuple[float, ...] = DEFAULT_THRESHO
         "",
         "PCK in %, per image (per keypoint). threshold: bbox = alpha x max side of the target bounding box, "
         "image = of the target image, kpbox = of the target keypoints' box.",
-        "published: the original project (ViT-B, square resize, nearest patch); shown only for the same backbone, "
-        "setting, matcher, dataset, split and threshold.",
+        "published: the original project's number, shown only beside a run of its whole protocol: --protocol "
+        "original without overrides, the same backbones (and ensemble weights), weights origin, matcher with K and T, "
+        "image size, dataset, split, number of pairs and threshold.",
         *[f"- {note}" for note in notes],
     ]
     return "\n".join(lines + legend) + "\n"

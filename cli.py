@@ -19,15 +19,25 @@ import numpy as np
 
 from pairs import LOADERS
 from settings import (
+    BUILDS,
+    COORDINATES,
     DEFAULT_THRESHOLDS,
     DESCRIPTORS,
+    FEATURE_DTYPES,
     MATCHERS,
     PCK_NORMS,
+    PRECISIONS,
+    PROTOCOLS,
+    RESAMPLES,
     RESIZE_MODES,
+    WINDOW_BORDERS,
     EvalConfig,
     MatchConfig,
     MemberSpec,
 )
+
+# the flags of add_protocol_args that are EvalConfig fields of the same name
+PROTOCOL_FLAGS = ("resample", "coordinates", "pf_shift", "clamp_keypoints", "precision", "feature_dtype", "build")
 
 CheckpointFlag = Literal["none", "optional", "either"]
 
@@ -51,24 +61,79 @@ def image_size(text: str) -> list[int]:
 
 
 def odd_window(text: str) -> int:
-    k = int(text)
+    k = integer(text)
     if k < 1 or k % 2 == 0:
         raise argparse.ArgumentTypeError(f"window must be a positive odd number, got {k}")
     return k
 
 
+def integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
 def count(text: str) -> int:
-    value = int(text)
+    value = integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+def positive_int(text: str) -> int:
+    value = integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value:g}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+    return value
+
+
+def temperature(text: str) -> float:
+    """A soft-argmax temperature: > 0 and not so small that similarity / T overflows (T >= 1e-4)."""
+    value = positive_float(text)
+    if value < 1e-4:
+        raise argparse.ArgumentTypeError(f"must be >= 1e-4 (similarities / T would overflow), got {value:g}")
+    return value
+
+
+def alpha(text: str) -> float:
+    """A PCK threshold alpha: a fraction of the normaliser, in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a fraction of the threshold length L), got {value:g}")
+    return value
+
+
+def distinct(values: list[float], flag: str) -> list[float]:
+    """The thresholds, refused when one is given twice."""
+    twice = sorted({f"{v:g}" for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"{flag}: {', '.join(twice)} given more than once; give each alpha once")
+    return values
 
 
 def parse_member(text: str) -> MemberSpec:
@@ -118,8 +183,8 @@ def add_data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
     )
     g.add_argument("--split", default=split, help="trn | val | test")
     g.add_argument("--layout", choices=("large", "small"), default="large", help="SPair-71k layout")
-    g.add_argument("--limit", type=int, help="evaluate only the first N pairs")
-    g.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), help="PCK alphas")
+    g.add_argument("--limit", type=positive_int, help="evaluate only the first N pairs")
+    g.add_argument("--thresholds", type=alpha, nargs="+", default=list(DEFAULT_THRESHOLDS), help="PCK alphas")
     g.add_argument(
         "--pck-norm",
         choices=PCK_NORMS,
@@ -145,7 +210,7 @@ def add_backbone_args(p: argparse.ArgumentParser, checkpoint: CheckpointFlag = "
         help="weights file of --model: official, timm or .safetensors (default: the official file under "
         "models/<family>/weights/); 'random' only for smoke tests",
     )
-    g.add_argument("--layer", type=int, help="take features from this block (0-based, negative from the end)")
+    g.add_argument("--layer", type=integer, help="take features from this block (0-based, negative from the end)")
     add_extraction_args(g)
 
 
@@ -162,8 +227,8 @@ def add_extraction_args(g: argparse._ArgumentGroup) -> None:
         help="squash = resize to the square ignoring aspect (original project, the default); "
         "pad = keep aspect, pad. A fine-tuned checkpoint defaults to the size and mode it was trained with",
     )
-    g.add_argument("--batch-size", type=int, default=16, help="images per backbone forward pass")
-    g.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
+    g.add_argument("--batch-size", type=positive_int, default=16, help="images per backbone forward pass")
+    g.add_argument("--num-workers", type=count, default=2, help="image decoding processes")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--cache-dir", default="cache/features", help="disk cache of per-image features")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
@@ -180,17 +245,20 @@ def add_matcher_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--window", type=odd_window, help=f"soft-argmax window K (odd), in patches (default {default.window})"
     )
-    g.add_argument(
-        "--temperature", type=positive_float, help=f"soft-argmax temperature T (default {default.temperature})"
-    )
+    g.add_argument("--temperature", type=temperature, help=f"soft-argmax temperature T (default {default.temperature})")
     g.add_argument(
         "--params",
         metavar="JSON",
         help="take K and T from a grid search's best_parameters.json "
         "(grid_search_hyperparams.py); implies --matcher wsoftargmax",
     )
-    g.add_argument("--params-alpha", type=float, default=0.1, help="use the K and T that were best at this PCK alpha")
+    g.add_argument("--params-alpha", type=alpha, default=0.1, help="use the K and T that were best at this PCK alpha")
     add_descriptor_arg(g)
+    g.add_argument(
+        "--window-border",
+        choices=WINDOW_BORDERS,
+        help="soft-argmax window at the image border: shrink symmetrically (default protocol) or clip (original)",
+    )
 
 
 def add_descriptor_arg(g: argparse._ArgumentGroup) -> None:
@@ -218,11 +286,52 @@ def add_output_args(p: argparse.ArgumentParser, *, save_vis: bool = True, seed: 
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_protocol_args(p: argparse.ArgumentParser, *, evaluation: bool = True) -> None:
+    """--protocol, and a flag for each convention it sets (given: overrides that part of it)."""
+    g = p.add_argument_group(
+        "protocol", "--protocol sets every convention below at once; a flag given overrides that part of it"
+    )
+    g.add_argument(
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default="default",
+        help="default: this toolkit's corrected conventions; original: the original project's, to reproduce its numbers",
+    )
+    g.add_argument("--resample", choices=RESAMPLES, help="pil-bicubic (default) or torch-bilinear (original)")
+    g.add_argument(
+        "--coordinates", choices=COORDINATES, help="pixel 0 at the pixel's centre (default) or edge (original)"
+    )
+    g.add_argument(
+        "--pf-shift",
+        action=argparse.BooleanOptionalAction,
+        help="shift PF-Pascal / PF-Willow 1-based coordinates by -1 (default; original: --no-pf-shift)",
+    )
+    g.add_argument(
+        "--clamp-keypoints",
+        action=argparse.BooleanOptionalAction,
+        help="move keypoints outside their image into it (default; original: --no-clamp-keypoints)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="autocast dtype of every backbone (default protocol: auto = bf16 on CUDA, fp32 on CPU; "
+        "original: fp32 for DINO, fp16 for SAM)",
+    )
+    g.add_argument(
+        "--build", choices=BUILDS, help="backbones as Meta's hub builds them (default) or as the original did"
+    )
+    if evaluation:
+        g.add_argument(
+            "--feature-dtype", choices=FEATURE_DTYPES, help="features in memory and cache: fp16 (default), fp32"
+        )
+
+
 def evaluation_parser(description: str, checkpoint: CheckpointFlag = "none") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_backbone_args(p, checkpoint)
     add_data_args(p)
     add_matcher_args(p)
+    add_protocol_args(p)
     add_output_args(p)
     return p
 
@@ -254,6 +363,7 @@ def match_config(args: argparse.Namespace) -> MatchConfig:
             window=default.window if args.window is None else args.window,
             temperature=default.temperature if args.temperature is None else args.temperature,
             descriptor=args.descriptor,
+            window_border=args.window_border,
         )
     if args.matcher == "argmax" or args.window is not None or args.temperature is not None:
         raise ValueError(
@@ -261,7 +371,7 @@ def match_config(args: argparse.Namespace) -> MatchConfig:
             "and --temperature, or drop --params"
         )
     window, temperature = read_best_parameters(args.params, args.params_alpha)
-    return MatchConfig("wsoftargmax", window, temperature, args.descriptor)
+    return MatchConfig("wsoftargmax", window, temperature, args.descriptor, args.window_border)
 
 
 def eval_config(args: argparse.Namespace, match: MatchConfig | None = None) -> EvalConfig:
@@ -281,7 +391,7 @@ def eval_config(args: argparse.Namespace, match: MatchConfig | None = None) -> E
         resize=args.resize,
         match=match or match_config(args),
         match_params=f"{args.params} (best at PCK@{args.params_alpha:g})" if getattr(args, "params", None) else None,
-        thresholds=args.thresholds,
+        thresholds=distinct(args.thresholds, "--thresholds"),
         pck_norm=args.pck_norm,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -291,6 +401,8 @@ def eval_config(args: argparse.Namespace, match: MatchConfig | None = None) -> E
         save_vis=getattr(args, "save_vis", 0),
         seed=args.seed,
         progress=not args.quiet,
+        **{name: getattr(args, name, None) for name in PROTOCOL_FLAGS},
+        protocol=getattr(args, "protocol", "default"),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -22,12 +23,21 @@ import torch.nn.functional as F
 import plots
 import results
 import summary
-from evaluation import Member, config_member, evaluate_members, evaluation_set, seed_everything
+from evaluation import (
+    Member,
+    build_member,
+    evaluate_members,
+    evaluation_set,
+    load_dataset,
+    pairs_fingerprint,
+    resolve,
+    seed_everything,
+)
 from grid_search import best_per_alpha, score_variants
 from helper_functions import FeatureSet
 from models import Backbone, create_backbone, is_finetuned
-from pairs import PairSet, load_pairs
-from settings import COMBINE_MODES, COMMON_GRIDS, EnsembleConfig, EvalConfig, MemberSpec
+from pairs import PairSet
+from settings import COMBINE_MODES, COMMON_GRIDS, EnsembleConfig, EvalConfig, MemberSpec, get_protocol
 from viz2d import save_plot
 
 
@@ -108,14 +118,32 @@ def engine_members(members: list[Member], common_grid: str, combine: str) -> tup
     return ordered, order
 
 
-def load_members(specs: list[MemberSpec], device: str) -> list[Backbone]:
-    """Each member's backbone: its model with a weights file, or a fine-tuned checkpoint of it."""
+def load_members(cfg: EvalConfig, specs: list[MemberSpec]) -> list[Backbone]:
+    """Each member's backbone: its model with a weights file, or a fine-tuned checkpoint of it, built
+    and run as the (resolved) config's protocol says."""
+    precision = cfg.precision or get_protocol(cfg.protocol).conventions.precision
     backbones = []
     for spec in specs:
         finetuned = spec.weights is not None and is_finetuned(spec.weights)
         files = {"checkpoint": spec.weights} if finetuned else {"weights": spec.weights}
-        backbones.append(create_backbone(spec.model, **files, device=device))
+        backbones.append(create_backbone(spec.model, **files, device=cfg.device, precision=precision, build=cfg.build))
     return backbones
+
+
+def resolve_ensemble(cfg: EvalConfig, ens: EnsembleConfig) -> tuple[EvalConfig, EnsembleConfig, dict]:
+    """The config and the ensemble settings with the protocol's conventions filled in (the common grid
+    too), and the protocol record."""
+    cfg, protocol = resolve(cfg)
+    preset = get_protocol(cfg.protocol).conventions.common_grid
+    if ens.common_grid is not None and ens.common_grid != preset:
+        protocol["overrides"]["common_grid"] = ens.common_grid
+        if cfg.protocol == "original":
+            warnings.warn(
+                f"common_grid={ens.common_grid!r} leaves the original protocol (it used {preset!r})", stacklevel=2
+            )
+    ens = replace(ens, common_grid=ens.common_grid or preset)
+    protocol["settings"]["common_grid"] = ens.common_grid
+    return cfg, ens, protocol
 
 
 def build_members(
@@ -124,7 +152,7 @@ def build_members(
     """Each member's features (cached like any evaluation's) with its normalised weight."""
     members, resolved = [], []
     for spec, backbone, weight in zip(specs, backbones, normalised_weights(specs), strict=True):
-        member, info = config_member(cfg, backbone, eval_set, image_size=spec.image_size, weight=weight)
+        member, info = build_member(cfg, backbone, eval_set, image_size=spec.image_size, weight=weight)
         members.append(member)
         resolved.append({"spec": str(spec), "weight": weight, **info})
     return members, resolved
@@ -137,21 +165,25 @@ def ensemble_config(
     resolved: list[dict],
     order: list[int],
     grid: tuple[int, int],
-    norm: str,
+    protocol: dict,
     data_root: str,
     device: torch.device,
+    started: float,
+    pairs: list,
 ) -> dict:
     """config.json of an ensemble run: the settings, every member's resolved settings, the environment."""
     return {
         "args": {**asdict(replace(cfg, model="ensemble", weights=None, checkpoint=None, layer=None)), **asdict(ens)},
+        "protocol": protocol,
         "resolved": {
             "members": resolved,
             "reference_member": order[0],
             "grid": list(grid),
-            "pck_norm": norm,
+            "pck_norm": cfg.pck_norm,
             "data_root": data_root,
+            "pairs_fingerprint": pairs_fingerprint(pairs),
         },
-        "environment": results.environment(device),
+        "environment": results.environment(device, started),
     }
 
 
@@ -160,7 +192,8 @@ def evaluate_ensemble(
 ) -> Path:
     """Features of every member, combined similarity, matching, PCK and the results folder."""
     started = started or time.time()
-    eval_set, skipped, norm = evaluation_set(pairset, cfg.pck_norm)
+    cfg, ens, protocol = resolve_ensemble(cfg, ens)
+    eval_set, skipped = evaluation_set(pairset)
     members, resolved = build_members(cfg, eval_set, ens.members, backbones)
     stats = [m.features.stats for m in members]
     ordered, order = engine_members(members, ens.common_grid, ens.combine)
@@ -171,9 +204,11 @@ def evaluate_ensemble(
         resolved=resolved,
         order=order,
         grid=ordered[0].features.prep.grid,
-        norm=norm,
+        protocol=protocol,
         data_root=pairset.root,
         device=backbones[0].device,
+        started=started,
+        pairs=eval_set.pairs,
     )
     parts = ["ensemble", pairset.dataset, pairset.split, cfg.match.matcher]
     return evaluate_members(
@@ -181,7 +216,6 @@ def evaluate_ensemble(
         eval_set,
         ordered,
         skipped=skipped,
-        norm=norm,
         feature_stats=stats,
         config=config,
         parts=parts,
@@ -207,9 +241,11 @@ def search_weights(
 ) -> Path:
     """Score every weight combination on the simplex grid (features and similarities computed once)."""
     started = started or time.time()
+    cfg, ens, protocol = resolve_ensemble(cfg, ens)
+    norm = cfg.pck_norm
     combos = simplex_weights(len(ens.members), ens.weight_step)
     specs = [replace(s, weight=None) for s in ens.members]  # the search sets the weights
-    eval_set, skipped, norm = evaluation_set(pairset, cfg.pck_norm)
+    eval_set, skipped = evaluation_set(pairset)
     if not eval_set.pairs:
         raise ValueError(f"{pairset.dataset} {pairset.split} has no pairs with ground-truth keypoints to search on")
     members, resolved = build_members(cfg, eval_set, specs, backbones)
@@ -237,15 +273,18 @@ def search_weights(
         resolved=resolved,
         order=order,
         grid=ordered[0].features.prep.grid,
-        norm=norm,
+        protocol=protocol,
         data_root=pairset.root,
         device=backbones[0].device,
+        started=started,
+        pairs=eval_set.pairs,
     )
     best_file = {
         "selected_by": ens.select_by,
         "members": [str(s) for s in specs],
         "best": best,
         "matcher": asdict(cfg.match),
+        "protocol": protocol["name"],
         "dataset": pairset.dataset,
         "split": pairset.split,
         "pck_norm": norm,
@@ -269,7 +308,8 @@ def run_ensemble(cfg: EvalConfig, ens: EnsembleConfig, search: bool = False) -> 
         simplex_weights(len(ens.members), ens.weight_step)
     else:
         normalised_weights(ens.members)
-    pairset = load_pairs(cfg.dataset, root=cfg.data_root, split=cfg.split, layout=cfg.layout, limit=cfg.limit)
-    backbones = load_members(ens.members, cfg.device)
+    cfg, _ = resolve(cfg)
+    pairset = load_dataset(cfg)
+    backbones = load_members(cfg, ens.members)
     run = search_weights if search else evaluate_ensemble
     return run(cfg, ens, pairset, backbones, started)

@@ -37,6 +37,7 @@ from cli import (
     add_extraction_args,
     add_matcher_args,
     add_output_args,
+    add_protocol_args,
     eval_config,
     parse_member,
     run_main,
@@ -63,8 +64,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--common-grid",
         choices=COMMON_GRIDS,
-        default="finest",
-        help="whose patch grid similarity maps are resized to (and pixels computed from)",
+        help="whose patch grid similarity maps are resized to, and pixels computed from (default protocol: "
+        "finest; original: coarsest, SAM's 32 x 32)",
     )
     g.add_argument(
         "--combine",
@@ -84,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--weight-step", type=float, default=0.1, help="spacing of the simplex grid of weights")
     s.add_argument("--select-by", choices=tuple(AVERAGINGS), default="per_image", help="averaging that picks the best")
+    add_protocol_args(p)
     add_output_args(p)
     p.set_defaults(model="ensemble", weights=None, layer=None)  # the EvalConfig fields of a single model
     return p

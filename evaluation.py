@@ -10,6 +10,7 @@ The results folder is written by results.py and summarised by summary.py.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -26,12 +27,14 @@ import results
 import summary
 from feature_cache import FeatureCache
 from fileio import file_sha256
-from geometry import Preprocess, input_to_patch, input_to_pixels, patch_to_input, pixels_to_input
+from geometry import ORIGINS, Preprocess, input_to_patch, input_to_pixels, patch_to_input, pixels_to_input
 from helper_functions import FeatureSet, backbone_preprocess, extract_features
 from matching_strategies import match, sample_descriptors
-from models import Backbone, create_backbone
+from models import Backbone, create_backbone, weights_origin
 from pairs import NO_KEYPOINTS, PairRecord, PairSet, load_pairs
-from settings import EvalConfig, MatchConfig
+from settings import EVAL_CONVENTIONS, EvalConfig, MatchConfig, get_protocol, resolve_protocol
+
+FEATURE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -49,9 +52,16 @@ def seed_everything(seed: int) -> None:
 
 
 def load_model(cfg: EvalConfig) -> Backbone:
-    """The backbone a config asks for: its fine-tuned checkpoint, or its model with its weights file."""
+    """The backbone a (resolved) config asks for: its fine-tuned checkpoint, or its model with its weights
+    file; built and run in the precision of its protocol (or --precision)."""
     return create_backbone(
-        cfg.model, weights=cfg.weights, checkpoint=cfg.checkpoint, layer=cfg.layer, device=cfg.device
+        cfg.model,
+        weights=cfg.weights,
+        checkpoint=cfg.checkpoint,
+        layer=cfg.layer,
+        device=cfg.device,
+        precision=cfg.precision or get_protocol(cfg.protocol).conventions.precision,
+        build=cfg.build,
     )
 
 
@@ -61,9 +71,12 @@ def weights_digest(backbone: Backbone) -> str | None:
     return None if path == "random" else file_sha256(path)
 
 
-def feature_setting(backbone: Backbone, prep: Preprocess, weights_sha256: str | None) -> dict[str, object]:
-    """Everything that changes a backbone's features: the key of its feature cache."""
-    return {
+def feature_setting(
+    backbone: Backbone, prep: Preprocess, weights_sha256: str | None, feature_dtype: str = "fp16"
+) -> dict[str, object]:
+    """Everything that changes a backbone's features: the key of its feature cache (the settings that
+    were added later appear only when they differ from the old fixed value, so old caches stay valid)."""
+    setting = {
         "backbone": backbone.name,
         "weights_sha256": weights_sha256,
         "layer": backbone.layer,
@@ -71,69 +84,65 @@ def feature_setting(backbone: Backbone, prep: Preprocess, weights_sha256: str | 
         "preprocess": prep.key,
         "autocast": str(backbone.autocast_dtype),
     }
+    build = getattr(backbone, "build", "meta")
+    return (
+        setting
+        | ({"build": build} if build != "meta" else {})
+        | ({"feature_dtype": feature_dtype} if feature_dtype != "fp16" else {})
+    )
 
 
 def build_member(
-    backbone: Backbone,
-    pairset: PairSet,
-    *,
-    image_size: list[int] | None = None,
-    resize: str | None = None,
-    cache_dir: str | None = None,
-    batch_size: int = 16,
-    num_workers: int = 2,
-    progress: bool = True,
-    weight: float = 1.0,
+    cfg: EvalConfig, backbone: Backbone, pairset: PairSet, *, image_size: list[int] | None = None, weight: float = 1.0
 ) -> tuple[Member, dict[str, object]]:
-    """Extract (or read from cache) one backbone's features for every image of the pairs."""
-    prep = backbone_preprocess(backbone, image_size, resize)
+    """Extract (or read from cache) one backbone's features for every image of the pairs, with the
+    extraction settings of `cfg` (`image_size` overrides its image size); and what they resolved to."""
+    cfg, _ = resolve(cfg)
+    prep = backbone_preprocess(
+        backbone, image_size or cfg.image_size, cfg.resize, resample=cfg.resample, coordinates=cfg.coordinates
+    )
     sha = weights_digest(backbone)
-    cache = FeatureCache(cache_dir, feature_setting(backbone, prep, sha)) if cache_dir and sha else None
+    setting = feature_setting(backbone, prep, sha, cfg.feature_dtype)
+    cache = FeatureCache(cfg.cache_dir, setting) if cfg.cache_dir and sha else None
+    cache_off = (
+        None if cache else "--no-cache" if not cfg.cache_dir else "random weights (no weights file to key it by)"
+    )
     feats = extract_features(
         backbone,
         pairset.unique_images(),
         prep,
         cache=cache,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        store_dtype=FEATURE_DTYPES[cfg.feature_dtype],
+        progress=cfg.progress,
     )
     resolved = {
         "model": backbone.name,
         "weights": str(backbone.weights_path),
         "weights_sha256": sha,
+        "weights_origin": weights_origin(backbone),
         "layer": backbone.layer,
+        "build": getattr(backbone, "build", "meta"),
+        "precision": str(backbone.autocast_dtype or "fp32").removeprefix("torch."),
         "patch_size": backbone.patch_size,
         "image_size": [prep.height, prep.width],
         "grid": list(prep.grid),
         "resize": prep.resize,
+        "resample": prep.resample,
+        "coordinates": prep.coordinates,
         "feature_cache": str(cache.dir) if cache else None,
+        "feature_cache_off": cache_off,
     }
     return Member(feats, weight), resolved
 
 
-def config_member(
-    cfg: EvalConfig, backbone: Backbone, pairset: PairSet, *, image_size: list[int] | None = None, weight: float = 1.0
-) -> tuple[Member, dict[str, object]]:
-    """build_member with the extraction settings of a run's config (`image_size` overrides the config's)."""
-    return build_member(
-        backbone,
-        pairset,
-        image_size=image_size or cfg.image_size,
-        resize=cfg.resize,
-        cache_dir=cfg.cache_dir,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        progress=cfg.progress,
-        weight=weight,
-    )
-
-
-def _stacked_geometry(fs: FeatureSet, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _stacked_geometry(fs: FeatureSet, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The content sizes, image sizes and offsets of images `keys`, as (N, 2) float64 tensors."""
     geoms = [fs.geometries[k] for k in keys]
-    scale = torch.tensor([g.scale for g in geoms], dtype=torch.float64)
-    offset = torch.tensor([g.offset for g in geoms], dtype=torch.float64)
-    return scale, offset
+    return tuple(
+        torch.tensor([getattr(g, f) for g in geoms], dtype=torch.float64) for f in ("content", "size", "offset")
+    )
 
 
 def source_descriptors(fs: FeatureSet, pairs: list[PairRecord], descriptor: str) -> torch.Tensor:
@@ -141,9 +150,11 @@ def source_descriptors(fs: FeatureSet, pairs: list[PairRecord], descriptor: str)
     counts = torch.tensor([p.num_keypoints for p in pairs])
     keys = [p.src.key for p in pairs]
     kp_pair = torch.repeat_interleave(torch.arange(len(pairs)), counts)
-    scale, offset = _stacked_geometry(fs, keys)
+    content, size, offset = _stacked_geometry(fs, keys)
     xy = torch.from_numpy(np.concatenate([p.src_kps for p in pairs]).astype(np.float64))
-    pq = input_to_patch(pixels_to_input(xy, scale[kp_pair], offset[kp_pair]), fs.prep.patch_size)
+    origin = ORIGINS[fs.prep.coordinates]
+    uv = pixels_to_input(xy, content[kp_pair], size[kp_pair], offset[kp_pair], origin)
+    pq = input_to_patch(uv, fs.prep.patch_size)
     device = fs.feats.device
     rows = fs.rows(keys)[kp_pair].to(device)
     return sample_descriptors(fs.feats, rows, pq.float().to(device), descriptor)
@@ -181,6 +192,15 @@ def target_similarity(members: list[Member], descs: list[torch.Tensor], ks: torc
     return weighted_sum(target_similarities(members, descs, ks, key), [m.weight for m in members])
 
 
+@dataclass
+class Prediction:
+    """One matcher's predictions for all keypoints of a list of pairs, in pair order."""
+
+    pixels: np.ndarray  # (K, 2) target positions in original pixels
+    similarity: np.ndarray  # (K,) the similarity of the best target patch (the argmax the matcher started from)
+    seconds: float = 0.0  # its own combination, matcher and back-projection (shared similarity maps excluded)
+
+
 def predict_keypoints(
     pairs: list[PairRecord], members: list[Member], cfg: MatchConfig, progress: bool = True
 ) -> np.ndarray:
@@ -190,7 +210,7 @@ def predict_keypoints(
     its queries (from every pair that targets it) are matched in one matrix product; the maps of
     several targets are then matched together, CHUNK_KEYPOINTS at a time.
     """
-    return predict_variants(pairs, members, [cfg], progress=progress)[0][0]
+    return predict_variants(pairs, members, [cfg], progress=progress)[0].pixels
 
 
 CHUNK_KEYPOINTS = 8192  # similarity maps matched in one call (bounds memory, amortises kernel launches)
@@ -216,38 +236,28 @@ def predict_variants(
     cfgs: list[MatchConfig],
     member_weights: list[list[float]] | None = None,
     progress: bool = True,
-) -> tuple[list[np.ndarray], list[float]]:
+) -> list[Prediction]:
     """predict_keypoints for several variants at the cost of one similarity computation.
 
     Variant v matches with cfgs[v] the similarity maps weighted by member_weights[v] (default: the
-    members' own weights). All variants share one descriptor sampling. Returns each variant's
-    predictions and the seconds spent on its own combination, matcher and back-projection.
+    members' own weights). All variants share one descriptor sampling.
     """
     weights = member_weights or [[m.weight for m in members]] * len(cfgs)
     if len(weights) != len(cfgs) or any(len(w) != len(members) for w in weights):
         raise ValueError(f"need one weight per member for each of the {len(cfgs)} variants")
-    descriptor = cfgs[0].descriptor
-    if any(cfg.descriptor != descriptor for cfg in cfgs):
+    if any(cfg.descriptor != cfgs[0].descriptor for cfg in cfgs):
         raise ValueError("all variants must sample source descriptors the same way")
-    preds = [torch.empty(sum(p.num_keypoints for p in pairs), 2, dtype=torch.float64) for _ in cfgs]
-    seconds = [0.0] * len(cfgs)
+    total = sum(p.num_keypoints for p in pairs)
+    out = [Prediction(np.empty((total, 2)), np.empty(total)) for _ in cfgs]
     if not pairs:
-        return [p.numpy() for p in preds], seconds
-    descs = [source_descriptors(m.features, pairs, descriptor) for m in members]
+        return out
+    descs = [source_descriptors(m.features, pairs, cfgs[0].descriptor) for m in members]
     ref = members[0].features
-    counts = torch.tensor([p.num_keypoints for p in pairs])
-    trg_keys = [p.trg.key for p in pairs]
-    groups = {key: g for g, key in enumerate(dict.fromkeys(trg_keys))}
-    keys = list(groups)
-    kp_group = torch.repeat_interleave(torch.tensor([groups[k] for k in trg_keys]), counts)
-    order = torch.argsort(kp_group, stable=True)
-    group_sizes = torch.bincount(kp_group, minlength=len(groups))
-    bounds = torch.cumsum(group_sizes, 0).tolist()
-    starts = [0, *bounds[:-1]]
-    scale, offset = _stacked_geometry(ref, keys)
-    device = ref.feats.device
-    bar = tqdm(total=len(groups), desc="matching", unit="img", disable=not progress)
-    for chunk in target_chunks(group_sizes.tolist(), CHUNK_KEYPOINTS):
+    keys, kp_group, order, starts, bounds = target_groups(pairs)
+    content, size, offset = _stacked_geometry(ref, keys)
+    origin, device = ORIGINS[ref.prep.coordinates], ref.feats.device
+    bar = tqdm(total=len(keys), desc="matching", unit="img", disable=not progress)
+    for chunk in target_chunks([b - a for a, b in zip(starts, bounds, strict=True)], CHUNK_KEYPOINTS):
         per_target = [
             target_similarities(members, descs, order[starts[g] : bounds[g]].to(device), keys[g]) for g in chunk
         ]
@@ -256,18 +266,33 @@ def predict_variants(
         g = kp_group[ks]
         for v, cfg in enumerate(cfgs):
             t0 = time.perf_counter()
-            pq = match(weighted_sum(sims, weights[v]), cfg.matcher, cfg.window, cfg.temperature)
+            combined = weighted_sum(sims, weights[v])
+            pq = match(combined, cfg.matcher, cfg.window, cfg.temperature, cfg.window_border or "shrink")
             uv = patch_to_input(pq.cpu().double(), ref.prep.patch_size)
-            preds[v][ks] = input_to_pixels(uv, scale[g], offset[g])
-            seconds[v] += time.perf_counter() - t0
+            out[v].pixels[ks.numpy()] = input_to_pixels(uv, content[g], size[g], offset[g], origin).numpy()
+            out[v].similarity[ks.numpy()] = combined.flatten(1).amax(dim=1).float().cpu().numpy()
+            out[v].seconds += time.perf_counter() - t0
         bar.update(len(chunk))
     bar.close()
-    return [p.numpy() for p in preds], seconds
+    return out
 
 
-def score(pairs: list[PairRecord], pred: np.ndarray, thresholds: list[float], norm: str) -> tuple[pd.DataFrame, dict]:
+def target_groups(pairs: list[PairRecord]) -> tuple[list[str], torch.Tensor, torch.Tensor, list[int], list[int]]:
+    """The pairs' keypoints grouped by target image: the target keys, each keypoint's group, the
+    keypoints sorted by group (stable), and where each group starts and ends in that order."""
+    counts = torch.tensor([p.num_keypoints for p in pairs])
+    trg_keys = [p.trg.key for p in pairs]
+    groups = {key: g for g, key in enumerate(dict.fromkeys(trg_keys))}
+    kp_group = torch.repeat_interleave(torch.tensor([groups[k] for k in trg_keys]), counts)
+    bounds = torch.cumsum(torch.bincount(kp_group, minlength=len(groups)), 0).tolist()
+    return list(groups), kp_group, torch.argsort(kp_group, stable=True), [0, *bounds[:-1]], bounds
+
+
+def score(
+    pairs: list[PairRecord], pred: np.ndarray, thresholds: list[float], norm: str, similarity: np.ndarray | None = None
+) -> tuple[pd.DataFrame, dict]:
     """The per-keypoint table and its summary."""
-    table = pck.keypoint_table(pairs, pred, thresholds, norm)
+    table = pck.keypoint_table(pairs, pred, thresholds, norm, similarity)
     return table, pck.summarize(table)
 
 
@@ -280,11 +305,45 @@ def evaluable(pairset: PairSet) -> tuple[list[PairRecord], dict[str, int]]:
     return keep, skipped
 
 
-def evaluation_set(pairset: PairSet, pck_norm: str | None) -> tuple[PairSet, dict[str, int], str]:
-    """The pairs with ground truth (with the loader's notes), the skip counts, and the PCK normalisation."""
+def evaluation_set(pairset: PairSet) -> tuple[PairSet, dict[str, int]]:
+    """The pairs with ground truth (with the loader's notes), and the skip counts."""
     pairs, skipped = evaluable(pairset)
-    norm = pck.default_norm(pairset.dataset, pck_norm)
-    return PairSet(pairset.dataset, pairset.split, pairset.root, pairs, notes=pairset.notes), skipped, norm
+    return PairSet(pairset.dataset, pairset.split, pairset.root, pairs, notes=pairset.notes), skipped
+
+
+def pairs_fingerprint(pairs: list[PairRecord]) -> str:
+    """A short hash of the pair list (ids, images and keypoints, in order): two runs of the same
+    fingerprint evaluated the same pairs."""
+    digest = hashlib.sha256()
+    for p in pairs:
+        digest.update(f"{p.pair_id}|{p.src.key}|{p.trg.key}|".encode())
+        digest.update(np.ascontiguousarray(p.src_kps, np.float32).tobytes())
+        digest.update(np.ascontiguousarray(p.trg_kps, np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def resolve(cfg: EvalConfig) -> tuple[EvalConfig, dict]:
+    """The config with its protocol's conventions filled in, and the protocol record for config.json."""
+    return resolve_protocol(cfg, EVAL_CONVENTIONS)
+
+
+def load_dataset(cfg: EvalConfig) -> PairSet:
+    """The pairs a (resolved) config names, read with its protocol's keypoint conventions."""
+    return load_pairs(
+        cfg.dataset,
+        root=cfg.data_root,
+        split=cfg.split,
+        layout=cfg.layout,
+        limit=cfg.limit,
+        shift_one_based=cfg.pf_shift,
+        clamp=cfg.clamp_keypoints,
+    )
+
+
+def run_config(cfg: EvalConfig, protocol: dict, *, resolved: dict, device: torch.device, started: float) -> dict:
+    """config.json of a run: its arguments, its protocol, what they resolved to, and the environment."""
+    environment = results.environment(device, started)
+    return {"args": asdict(cfg), "protocol": protocol, "resolved": resolved, "environment": environment}
 
 
 def save_evaluation(
@@ -306,7 +365,7 @@ def save_evaluation(
         import viz2d  # matplotlib loads only when pictures are asked for
 
         viz2d.save_best_worst(run_dir / "vis", pairs, table, cfg.save_vis)
-    print(summary.evaluation_summary(metrics))
+    print(summary.evaluation_summary(config, metrics))
     print(f"results: {run_dir}")
     return run_dir
 
@@ -314,29 +373,26 @@ def save_evaluation(
 def run_evaluation(cfg: EvalConfig) -> Path:
     """Evaluate one backbone on one dataset split; returns the new results folder."""
     started = time.time()
+    cfg, _ = resolve(cfg)
     seed_everything(cfg.seed)
-    pairset = load_pairs(cfg.dataset, root=cfg.data_root, split=cfg.split, layout=cfg.layout, limit=cfg.limit)
-    return evaluate(cfg, pairset, load_model(cfg), started)
+    return evaluate(cfg, load_dataset(cfg), load_model(cfg), started)
 
 
 def evaluate(cfg: EvalConfig, pairset: PairSet, backbone: Backbone, started: float | None = None) -> Path:
     """Features, matching, PCK and the results folder for pairs already loaded."""
     started = started or time.time()
-    eval_set, skipped, norm = evaluation_set(pairset, cfg.pck_norm)
-    member, resolved = config_member(cfg, backbone, eval_set)
-    config = {
-        "args": asdict(cfg),
-        "resolved": {**resolved, "pck_norm": norm, "data_root": pairset.root},
-        "environment": results.environment(backbone.device),
-    }
+    cfg, protocol = resolve(cfg)
+    eval_set, skipped = evaluation_set(pairset)
+    member, resolved = build_member(cfg, backbone, eval_set)
+    resolved = {**resolved, "pck_norm": cfg.pck_norm, "data_root": pairset.root}
+    resolved["pairs_fingerprint"] = pairs_fingerprint(eval_set.pairs)
     return evaluate_members(
         cfg,
         eval_set,
         [member],
         skipped=skipped,
-        norm=norm,
         feature_stats=[member.features.stats],
-        config=config,
+        config=run_config(cfg, protocol, resolved=resolved, device=backbone.device, started=started),
         parts=[backbone.name, pairset.dataset, pairset.split, cfg.match.matcher],
         started=started,
     )
@@ -348,7 +404,6 @@ def evaluate_members(
     members: list[Member],
     *,
     skipped: dict[str, int],
-    norm: str,
     feature_stats: list[dict],
     config: dict,
     parts: list[str],
@@ -356,11 +411,12 @@ def evaluate_members(
 ) -> Path:
     """Match the members' features, score the predictions and write the results folder."""
     t0 = time.perf_counter()
-    pred = predict_keypoints(eval_set.pairs, members, cfg.match, cfg.progress)
-    table, pck_summary = score(eval_set.pairs, pred, cfg.thresholds, norm)
+    (prediction,) = predict_variants(eval_set.pairs, members, [cfg.match], progress=cfg.progress)
+    table, pck_summary = score(eval_set.pairs, prediction.pixels, cfg.thresholds, cfg.pck_norm, prediction.similarity)
     metrics = results.evaluation_metrics(
         eval_set,
-        norm=norm,
+        norm=cfg.pck_norm,
+        coordinates=cfg.coordinates,
         table=table,
         summary=pck_summary,
         skipped=skipped,

@@ -1,4 +1,4 @@
-"""On-disk cache of per-image dense features (fp16, L2-normalised), one file per image.
+"""On-disk cache of per-image dense features (L2-normalised, fp16 or fp32), one file per image.
 
 A cache folder is keyed by everything that changes the features: backbone, weights file hash,
 layer, model overrides and preprocessing. Inside it, an image's file is keyed by the image file's
@@ -59,6 +59,6 @@ class FeatureCache:
             return None
 
     def save(self, refs: list[ImageRef], feats: torch.Tensor) -> None:
-        """Store one (C, h, w) fp16 tensor per image."""
+        """Store one (C, h, w) tensor per image, in the features' dtype (fp16 unless the run keeps fp32)."""
         for ref, f in zip(refs, feats, strict=True):
-            atomic_torch_save(f.detach().to("cpu", torch.float16).clone(), self.path(ref))
+            atomic_torch_save(f.detach().to("cpu").clone(), self.path(ref))

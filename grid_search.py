@@ -8,7 +8,7 @@ the ensemble weight search.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +17,19 @@ import pck
 import plots
 import results
 import summary
-from evaluation import Member, config_member, evaluation_set, load_model, predict_variants, seed_everything
+from evaluation import (
+    Member,
+    build_member,
+    evaluation_set,
+    load_dataset,
+    load_model,
+    pairs_fingerprint,
+    predict_variants,
+    resolve,
+    seed_everything,
+)
 from models import Backbone
-from pairs import PairRecord, PairSet, load_pairs
+from pairs import PairRecord, PairSet
 from results import pck_column
 from settings import AVERAGINGS, GRID_TEMPERATURES, GRID_WINDOWS, EvalConfig, MatchConfig
 from viz2d import save_plot
@@ -37,15 +47,14 @@ def score_variants(
 ) -> pd.DataFrame:
     """One row per variant (see evaluation.predict_variants): PCK at each alpha and averaging, and
     time_s, the seconds of the variant's own matching and scoring (shared similarity maps excluded)."""
-    preds, seconds = predict_variants(pairs, members, cfgs, member_weights, progress)
     rows = []
-    for pred, match_s in zip(preds, seconds, strict=True):
+    for prediction in predict_variants(pairs, members, cfgs, member_weights, progress):
         t0 = time.perf_counter()
         # the overall figures of pck.summarize, without its per-category and per-keypoint-id
         # breakdown, which would cost more than the matching
-        overall = pck.overall(pck.keypoint_table(pairs, pred, thresholds, norm), thresholds)
+        overall = pck.overall(pck.keypoint_table(pairs, prediction.pixels, thresholds, norm), thresholds)
         row = {pck_column(a, avg): overall[f"pck@{a:g}"][avg] for a in thresholds for avg in AVERAGINGS}
-        rows.append({**row, "time_s": match_s + time.perf_counter() - t0})
+        rows.append({**row, "time_s": prediction.seconds + time.perf_counter() - t0})
     return pd.DataFrame(rows)
 
 
@@ -69,12 +78,14 @@ def grid_table(
     temperatures: list[float],
     thresholds: list[float],
     norm: str,
-    descriptor: str = "nearest",
+    match: MatchConfig | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """The scores of argmax and of every (window, temperature) cell, in grid order (window-major)."""
-    cfgs = [MatchConfig("argmax", descriptor=descriptor)]
-    cfgs += [MatchConfig("wsoftargmax", k, t, descriptor) for k in windows for t in temperatures]
+    """The scores of argmax and of every (window, temperature) cell, in grid order (window-major);
+    `match` gives the descriptor sampling and window border of every cell."""
+    match = match or MatchConfig()
+    cfgs = [replace(match, matcher="argmax")]
+    cfgs += [replace(match, matcher="wsoftargmax", window=k, temperature=t) for k in windows for t in temperatures]
     settings = pd.DataFrame(
         [
             {
@@ -115,10 +126,12 @@ def grid_search(
     started = started or time.time()
     if select_by not in AVERAGINGS:
         raise ValueError(f"select_by must be one of {tuple(AVERAGINGS)}, got {select_by!r}")
-    eval_set, skipped, norm = evaluation_set(pairset, cfg.pck_norm)
+    cfg, protocol = resolve(cfg)
+    norm = cfg.pck_norm
+    eval_set, skipped = evaluation_set(pairset)
     if not eval_set.pairs:
         raise ValueError(f"{pairset.dataset} {pairset.split} has no pairs with ground-truth keypoints to search on")
-    member, resolved = config_member(cfg, backbone, eval_set)
+    member, resolved = build_member(cfg, backbone, eval_set)
     t0 = time.perf_counter()
     table = grid_table(
         eval_set.pairs,
@@ -127,7 +140,7 @@ def grid_search(
         temperatures=temperatures,
         thresholds=cfg.thresholds,
         norm=norm,
-        descriptor=cfg.match.descriptor,
+        match=cfg.match,
         progress=cfg.progress,
     )
     grid_s = time.perf_counter() - t0
@@ -136,9 +149,15 @@ def grid_search(
     grid = {"windows": list(windows), "temperatures": list(temperatures), "select_by": select_by}
     args = {k: v for k, v in asdict(cfg).items() if k not in ("match", "match_params", "save_vis")}
     config = {
-        "args": {**args, "descriptor": cfg.match.descriptor, **grid},
-        "resolved": {**resolved, "pck_norm": norm, "data_root": pairset.root},
-        "environment": results.environment(backbone.device),
+        "args": {**args, "descriptor": cfg.match.descriptor, "window_border": cfg.match.window_border, **grid},
+        "protocol": protocol,
+        "resolved": {
+            **resolved,
+            "pck_norm": norm,
+            "data_root": pairset.root,
+            "pairs_fingerprint": pairs_fingerprint(eval_set.pairs),
+        },
+        "environment": results.environment(backbone.device, started),
     }
     timings = {**results.feature_timings([member.features.stats]), "grid_s": grid_s, "total_s": time.time() - started}
     best_file = {
@@ -147,6 +166,7 @@ def grid_search(
         "argmax": argmax,
         **{key: resolved[key] for key in ("model", "weights", "image_size")},
         **{"dataset": pairset.dataset, "split": pairset.split, "pck_norm": norm, "descriptor": cfg.match.descriptor},
+        "protocol": protocol["name"],
         "pairs": len(eval_set.pairs),
         "keypoints": sum(p.num_keypoints for p in eval_set.pairs),
         "pairs_skipped": skipped,
@@ -164,8 +184,9 @@ def grid_search(
 def run_grid_search(cfg: EvalConfig, *, windows: list[int], temperatures: list[float], select_by: str) -> Path:
     """Load the pairs and the backbone a config names, then grid_search."""
     started = time.time()
+    cfg, _ = resolve(cfg)
     seed_everything(cfg.seed)
-    pairset = load_pairs(cfg.dataset, root=cfg.data_root, split=cfg.split, layout=cfg.layout, limit=cfg.limit)
+    pairset = load_dataset(cfg)
     return grid_search(
         cfg,
         pairset,

@@ -25,12 +25,13 @@ from cli import (
     add_data_args,
     add_descriptor_arg,
     add_output_args,
+    add_protocol_args,
     eval_config,
     odd_window,
     positive_float,
     run_main,
 )
-from settings import AVERAGINGS, GRID_TEMPERATURES, GRID_WINDOWS, MatchConfig
+from settings import AVERAGINGS, GRID_TEMPERATURES, GRID_WINDOWS, WINDOW_BORDERS, MatchConfig
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,13 +47,16 @@ def parser() -> argparse.ArgumentParser:
         "--select-by", choices=tuple(AVERAGINGS), default="per_image", help="averaging that picks the best cell"
     )
     add_descriptor_arg(g)
+    g.add_argument("--window-border", choices=WINDOW_BORDERS, help="soft-argmax window at the border (see --protocol)")
+    add_protocol_args(p)
     add_output_args(p, save_vis=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    cfg = eval_config(args, match=MatchConfig("wsoftargmax", descriptor=args.descriptor))
+    match = MatchConfig("wsoftargmax", descriptor=args.descriptor, window_border=args.window_border)
+    cfg = eval_config(args, match=match)
     from grid_search import run_grid_search  # torch loads after the arguments are parsed
 
     run_grid_search(cfg, windows=args.windows, temperatures=args.temperatures, select_by=args.select_by)

@@ -24,25 +24,41 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def backbone_preprocess(backbone: torch.nn.Module, image_size: list[int] | None, resize: str | None) -> Preprocess:
-    """The canvas for a backbone: the given size and resize mode, else those a fine-tuned checkpoint
-    was trained with, else the backbone's default size and squash."""
+def backbone_preprocess(
+    backbone: torch.nn.Module,
+    image_size: list[int] | None,
+    resize: str | None,
+    *,
+    resample: str = "pil-bicubic",
+    coordinates: str = "centre",
+) -> Preprocess:
+    """The network input for a backbone: the given size and resize mode, else those a fine-tuned
+    checkpoint was trained with, else the backbone's default size and squash."""
     trained = getattr(backbone, "extra", {}).get("finetune", {})
     size = image_size or trained.get("image_size") or [backbone.default_image_size]
     mode = resize or trained.get("resize") or "squash"
-    return Preprocess.create(size[0] if len(size) == 1 else (size[0], size[1]), backbone.patch_size, mode)
+    side = size[0] if len(size) == 1 else (size[0], size[1])
+    return Preprocess.create(side, backbone.patch_size, mode, resample=resample, coordinates=coordinates)
 
 
 def preprocess_image(image: Image.Image, prep: Preprocess) -> torch.Tensor:
     """PIL RGB image -> normalised (3, H, W) float tensor on the canvas described by `prep`."""
     geom = image_geometry(image.size, prep)
-    resized = image.resize(geom.content, Image.Resampling.BICUBIC)
-    content = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    if prep.resample == "torch-bilinear":  # as the original project: normalise, then resize the float tensor
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 255.0
+        content = F.interpolate(
+            ((pixels - mean) / std)[None], geom.content[::-1], mode="bilinear", align_corners=False
+        )[0]
+    elif prep.resample == "pil-bicubic":
+        resized = image.resize(geom.content, Image.Resampling.BICUBIC)
+        content = (torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1) - mean) / std
+    else:
+        raise ValueError(f"resample must be 'pil-bicubic' or 'torch-bilinear', got {prep.resample!r}")
     canvas = torch.zeros(3, prep.height, prep.width)
     ox, oy = int(geom.offset[0]), int(geom.offset[1])
-    canvas[:, oy : oy + geom.content[1], ox : ox + geom.content[0]] = (content - mean) / std
+    canvas[:, oy : oy + geom.content[1], ox : ox + geom.content[0]] = content
     return canvas
 
 

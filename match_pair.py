@@ -26,6 +26,7 @@ from cli import (
     add_backbone_args,
     add_matcher_args,
     add_output_args,
+    add_protocol_args,
     eval_config,
     parse_points,
     run_main,
@@ -55,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add_backbone_args(p, "optional")
     add_matcher_args(p)
+    add_protocol_args(p)
     add_output_args(p, save_vis=False, seed=False)
     p.set_defaults(dataset="custom", data_root=None, split="pair", layout="large", limit=None, seed=0)
     p.set_defaults(thresholds=[], pck_norm=None)  # the EvalConfig fields of a dataset

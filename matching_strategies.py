@@ -50,28 +50,38 @@ def argmax_match(sim: torch.Tensor) -> torch.Tensor:
     return torch.stack([idx % w, idx // w], dim=1).to(torch.float32)
 
 
-def window_soft_argmax(sim: torch.Tensor, window: int = 5, temperature: float = 0.1) -> torch.Tensor:
+def window_soft_argmax(
+    sim: torch.Tensor, window: int = 5, temperature: float = 0.1, border: str = "shrink"
+) -> torch.Tensor:
     """Soft-argmax in a window x window neighbourhood centred on the argmax.
 
     softmax(sim / temperature) over the window, then the expected position. At the border the
     window shrinks symmetrically in that axis (radius = distance to the edge) so that it stays
-    centred on the argmax: a clipped or shifted window would pull estimates toward the interior.
+    centred on the argmax ("shrink"): a clipped window ("clip", the original project) keeps its
+    inner side and so pulls estimates toward the interior.
     """
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window must be a positive odd number, got {window}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if border not in ("shrink", "clip"):
+        raise ValueError(f"border must be 'shrink' or 'clip', got {border!r}")
     k, h, w = sim.shape
     peak = argmax_match(sim).long()
     px, py = peak[:, 0], peak[:, 1]
     r = window // 2
     offsets = torch.arange(-r, r + 1, device=sim.device)
-    rx = torch.minimum(px, w - 1 - px).clamp(max=r)
-    ry = torch.minimum(py, h - 1 - py).clamp(max=r)
     xs = (px[:, None] + offsets).clamp(0, w - 1)  # (K, W)
     ys = (py[:, None] + offsets).clamp(0, h - 1)
     vals = sim[torch.arange(k, device=sim.device)[:, None, None], ys[:, :, None], xs[:, None, :]].float()
-    inside = (offsets.abs()[None, :, None] <= ry[:, None, None]) & (offsets.abs()[None, None, :] <= rx[:, None, None])
+    if border == "shrink":
+        rx = torch.minimum(px, w - 1 - px).clamp(max=r)
+        ry = torch.minimum(py, h - 1 - py).clamp(max=r)
+        inside_x, inside_y = offsets.abs()[None, :] <= rx[:, None], offsets.abs()[None, :] <= ry[:, None]
+    else:  # the part of the window inside the grid
+        inside_x = (px[:, None] + offsets >= 0) & (px[:, None] + offsets < w)
+        inside_y = (py[:, None] + offsets >= 0) & (py[:, None] + offsets < h)
+    inside = inside_y[:, :, None] & inside_x[:, None, :]
     logits = (vals / temperature).masked_fill(~inside, float("-inf"))
     prob = logits.flatten(1).softmax(dim=1).view_as(logits)
     dx = (prob.sum(dim=1) * offsets).sum(dim=1)
@@ -79,10 +89,12 @@ def window_soft_argmax(sim: torch.Tensor, window: int = 5, temperature: float = 
     return peak.float() + torch.stack([dx, dy], dim=1)
 
 
-def match(sim: torch.Tensor, matcher: Matcher = "argmax", window: int = 5, temperature: float = 0.1) -> torch.Tensor:
+def match(
+    sim: torch.Tensor, matcher: Matcher = "argmax", window: int = 5, temperature: float = 0.1, border: str = "shrink"
+) -> torch.Tensor:
     """Apply the named matcher to (K, h, w) similarity maps -> (K, 2) patch coordinates."""
     if matcher == "argmax":
         return argmax_match(sim)
     if matcher == "wsoftargmax":
-        return window_soft_argmax(sim, window, temperature)
+        return window_soft_argmax(sim, window, temperature, border)
     raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")

@@ -11,7 +11,7 @@ import torch
 
 import results
 import viz2d
-from evaluation import build_member, load_model, predict_keypoints, source_descriptors, target_similarity
+from evaluation import build_member, load_model, predict_keypoints, resolve, source_descriptors, target_similarity
 from geometry import patch_to_input
 from helper_functions import FeatureSet
 from images import ImageRef, image_ref, load_image
@@ -69,39 +69,24 @@ def check_inside(points: np.ndarray, size: tuple[int, int]) -> None:
 
 
 def match_pair(
+    cfg: EvalConfig,
     backbone: Backbone,
     src: str | Path,
     trg: str | Path,
-    cfg: MatchConfig,
     *,
     points: np.ndarray | None = None,
     grid: int = 8,
     mutual: int | None = None,
-    image_size: list[int] | None = None,
-    resize: str | None = None,
-    cache_dir: str | None = None,
-    batch_size: int = 2,
-    num_workers: int = 0,
-    progress: bool = False,
 ) -> PairMatches:
-    """Match `points` of image src in image trg (default: a grid x grid grid, or `mutual` nearest neighbours).
+    """Match `points` of image src in image trg (default: a grid x grid grid, or `mutual` nearest neighbours)
+    with the extraction and matcher settings of a (resolved) config.
 
-    image_size / resize None: those a fine-tuned checkpoint was trained with, else the backbone's
+    cfg.image_size / resize None: those a fine-tuned checkpoint was trained with, else the backbone's
     default size and squash (as in evaluations)."""
     refs = [image_ref(f"{role}/{Path(path).name}", path) for role, path in (("src", src), ("trg", trg))]
-    images = PairRecord(
-        "images", "custom", "custom", refs[0], refs[1], np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), []
-    )
-    member, _ = build_member(
-        backbone,
-        PairSet("custom", "pair", "", [images]),
-        image_size=image_size,
-        resize=resize,
-        cache_dir=cache_dir,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-    )
+    no_points = np.zeros((0, 2), np.float32)
+    images = PairRecord("images", "custom", "custom", refs[0], refs[1], no_points, no_points, [])
+    member, _ = build_member(cfg, backbone, PairSet("custom", "pair", "", [images]))
     if points is not None:
         check_inside(points, refs[0].size)
         how = "given"
@@ -121,15 +106,22 @@ def match_pair(
         np.full_like(points, np.nan, dtype=np.float32),
         [str(i) for i in range(len(points))],
     )
-    pred = predict_keypoints([pair], [member], cfg, progress=False)
-    descs = [source_descriptors(member.features, [pair], cfg.descriptor)]
+    pred = predict_keypoints([pair], [member], cfg.match, progress=False)
+    descs = [source_descriptors(member.features, [pair], cfg.match.descriptor)]
     ks = torch.arange(len(points), device=member.features.feats.device)
     similarity = target_similarity([member], descs, ks, refs[1].key)
     return PairMatches(pair, pred, similarity, member.features, how)
 
 
 def write_outputs(
-    folder: Path, result: PairMatches, backbone: Backbone, cfg: MatchConfig, *, heatmaps: list[int], args: dict
+    folder: Path,
+    result: PairMatches,
+    backbone: Backbone,
+    cfg: MatchConfig,
+    *,
+    heatmaps: list[int],
+    args: dict,
+    protocol: dict | None = None,
 ) -> dict:
     """config.json, matches.json, matches.png and the heatmaps of the chosen points into `folder`."""
     pair, fs = result.pair, result.features
@@ -167,7 +159,8 @@ def write_outputs(
             for kp, s, t, p in zip(pair.kp_ids, pair.src_kps, result.pred, peak, strict=True)
         ],
     }
-    config = {"args": args, "resolved": {k: report[k] for k in ("model", "weights", "image_size", "resize")}}
+    resolved = {k: report[k] for k in ("model", "weights", "image_size", "resize")}
+    config = {"args": args, "protocol": protocol, "resolved": resolved}
     results.write_run(folder, "match", {**config, "environment": results.environment(backbone.device)}, matches=report)
     return report
 
@@ -175,7 +168,8 @@ def write_outputs(
 # EvalConfig fields that a match of two images uses (the rest describe a dataset)
 MATCH_FIELDS = (
     "model", "weights", "checkpoint", "layer", "image_size", "resize", "match", "match_params", "batch_size",
-    "num_workers", "device", "cache_dir", "output_dir", "progress",
+    "num_workers", "device", "cache_dir", "output_dir", "progress", "protocol", "resample", "coordinates",
+    "precision", "feature_dtype", "build",
 )  # fmt: skip
 
 
@@ -190,22 +184,9 @@ def run_match(
     heatmaps: list[int],
 ) -> Path:
     """Load the backbone, match the two images, write a new results folder of kind "match"."""
+    cfg, protocol = resolve(cfg)
     backbone = load_model(cfg)
-    result = match_pair(
-        backbone,
-        src,
-        trg,
-        cfg.match,
-        points=points,
-        grid=grid,
-        mutual=mutual,
-        image_size=cfg.image_size,
-        resize=cfg.resize,
-        cache_dir=cfg.cache_dir,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        progress=cfg.progress,
-    )
+    result = match_pair(cfg, backbone, src, trg, points=points, grid=grid, mutual=mutual)
     bad = [i for i in heatmaps if not 0 <= i < len(result.pred)]
     if bad:
         raise ValueError(
@@ -214,6 +195,6 @@ def run_match(
     folder = results.new_run_dir(cfg.output_dir, ["match", backbone.name, Path(src).stem, Path(trg).stem])
     settings = {k: v for k, v in asdict(cfg).items() if k in MATCH_FIELDS}
     args = {**settings, "src": src, "trg": trg, "grid": grid, "mutual": mutual, "heatmaps": heatmaps}
-    write_outputs(folder, result, backbone, cfg.match, heatmaps=heatmaps, args=args)
+    write_outputs(folder, result, backbone, cfg.match, heatmaps=heatmaps, args=args, protocol=protocol)
     print(f"{len(result.pred)} matches ({result.points}) -> {folder}")
     return folder

@@ -113,11 +113,17 @@ def load_pairs(
     split: str = "test",
     layout: str = "large",
     limit: int | None = None,
+    *,
+    shift_one_based: bool = True,
+    clamp: bool = True,
 ) -> PairSet:
     """The pairs of one split of dataset `name` ("spair", "pf-pascal", "pf-willow" or "custom").
 
     `root` defaults to DEFAULT_ROOTS[name]; for "custom" it is the pairs file. `layout` ("large" or
     "small") only matters for SPair-71k. `limit` keeps the first pairs in file order.
+    `shift_one_based`: datasets annotated in 1-based (MATLAB) coordinates are shifted to 0-based
+    (False: used as stored, as the original project did); `clamp`: keypoints outside their image
+    are moved into it (False: kept, and counted in the notes).
     """
     if name not in LOADERS:
         raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(LOADERS)}")
@@ -132,7 +138,9 @@ def load_pairs(
         root = DEFAULT_ROOTS[name]
     split = SPLIT_ALIASES.get(split.lower(), split.lower())
     loader = importlib.import_module(LOADERS[name])
-    return loader.load(Path(root).expanduser(), split=split, layout=layout, limit=limit)
+    return loader.load(
+        Path(root).expanduser(), split=split, layout=layout, limit=limit, shift_one_based=shift_one_based, clamp=clamp
+    )
 
 
 def missing_root_error(name: str, root: Path, layout: str, missing: list[Path] | None = None) -> DatasetError:
@@ -172,9 +180,11 @@ def collect_pairs(
     *,
     limit: int | None = None,
     keep_empty: bool = False,
+    clamp: bool = True,
 ) -> PairSet:
     """Gather records into a PairSet: skip (and count) pairs with no keypoints unless `keep_empty`,
-    stop after `limit` kept pairs (records are read lazily), clamp keypoints into their images."""
+    stop after `limit` kept pairs (records are read lazily), clamp keypoints into their images
+    (`clamp` False: count them only, as the original project used them unclamped)."""
     pairset = PairSet(dataset=dataset, split=split, root=str(root), pairs=[])
     for record in records if limit != 0 else ():
         if record.num_keypoints == 0 and not keep_empty:
@@ -185,20 +195,22 @@ def collect_pairs(
             break
     moved_pairs: set[int] = set()
     for side in ("src", "trg"):
-        moved = clamp_keypoints(pairset.pairs, side)
+        moved = clamp_keypoints(pairset.pairs, side, apply=clamp)
         pairset.clamped_keypoints += sum(moved.values())
         moved_pairs.update(moved)
     if pairset.clamped_keypoints:
+        what = "clamped" if clamp else "kept unclamped (--no-clamp-keypoints)"
         pairset.notes.append(
-            f"clamped {pairset.clamped_keypoints} keypoints lying outside their image into "
-            f"[0, W-1] x [0, H-1] ({len(moved_pairs)} pairs)"
+            f"{pairset.clamped_keypoints} keypoints lie outside their image [0, W-1] x [0, H-1]: {what} "
+            f"({len(moved_pairs)} pairs)"
         )
     return pairset
 
 
-def clamp_keypoints(records: list[PairRecord], side: str) -> dict[int, int]:
+def clamp_keypoints(records: list[PairRecord], side: str, apply: bool = True) -> dict[int, int]:
     """Clamp the `side` ("src" or "trg") keypoints of every record into [0, W-1] x [0, H-1], in
-    one vectorised pass; returns {record index: keypoints moved} for the records that changed."""
+    one vectorised pass; returns {record index: keypoints outside} for the records that have some
+    (`apply` False: only counts them, the keypoints stay as they are)."""
     kps = [getattr(r, f"{side}_kps") for r in records]
     offsets = np.cumsum([0] + [len(k) for k in kps])
     if offsets[-1] == 0:
@@ -210,7 +222,8 @@ def clamp_keypoints(records: list[PairRecord], side: str) -> dict[int, int]:
     owners = np.searchsorted(offsets, moved_rows, side="right") - 1
     moved = {}
     for i in np.unique(owners).tolist():
-        setattr(records[i], f"{side}_kps", clamped[offsets[i] : offsets[i + 1]].copy())
+        if apply:
+            setattr(records[i], f"{side}_kps", clamped[offsets[i] : offsets[i + 1]].copy())
         moved[i] = int((owners == i).sum())
     return moved
 

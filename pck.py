@@ -10,8 +10,6 @@ Two averagings are reported: per_image (mean over pairs of each pair's PCK) and 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -24,7 +22,6 @@ NORM_DESCRIPTIONS = {
     "image": "alpha * max side of the target image",
     "kpbox": "alpha * max side of the box spanned by the target keypoints",
 }
-KEY_COLUMNS = {"pair_id": str, "category": str, "kp_id": str}
 
 
 def default_norm(dataset: str, norm: str | None = None) -> str:
@@ -54,8 +51,11 @@ def normaliser(pair: PairRecord, norm: str) -> float:
     raise ValueError(f"pck-norm must be one of {PCK_NORMS}, got {norm!r}")
 
 
-def keypoint_table(pairs: list[PairRecord], pred: np.ndarray, alphas: list[float], norm: str) -> pd.DataFrame:
-    """One row per keypoint: ids, source / ground-truth / predicted pixels, distance, L, correctness.
+def keypoint_table(
+    pairs: list[PairRecord], pred: np.ndarray, alphas: list[float], norm: str, similarity: np.ndarray | None = None
+) -> pd.DataFrame:
+    """One row per keypoint: ids, source / ground-truth / predicted pixels, distance, L, correctness,
+    and (when given) the similarity the prediction matched at.
 
     `pred` is (K, 2), the predictions of all pairs' keypoints concatenated in pair order.
     """
@@ -79,14 +79,11 @@ def keypoint_table(pairs: list[PairRecord], pred: np.ndarray, alphas: list[float
             "norm_L": norms,
         }
     )
+    if similarity is not None:
+        table["similarity"] = similarity
     for alpha in alphas:
         table[correct_column(alpha)] = dist <= alpha * norms
     return table
-
-
-def read_keypoint_table(path: str | Path) -> pd.DataFrame:
-    """Read a per_keypoint.csv back with ids as strings."""
-    return pd.read_csv(path, dtype=KEY_COLUMNS, keep_default_na=False)
 
 
 def overall(table: pd.DataFrame, alphas: list[float]) -> dict[str, dict[str, float]]:
@@ -131,7 +128,8 @@ def summarize(table: pd.DataFrame) -> dict[str, object]:
 
 
 def pair_table(table: pd.DataFrame, pairs: list[PairRecord]) -> pd.DataFrame:
-    """One row per evaluated pair: images, sizes, flags, keypoint count and PCK at each alpha."""
+    """One row per evaluated pair: images (keys and paths), sizes, flags, keypoint count, the
+    threshold length L and PCK at each alpha."""
     alphas = alphas_of(table)
     scores = table.groupby("pair_id", sort=False)[[correct_column(a) for a in alphas]].mean() * 100.0
     scores.columns = [f"pck@{a:g}" for a in alphas]
@@ -142,6 +140,8 @@ def pair_table(table: pd.DataFrame, pairs: list[PairRecord]) -> pd.DataFrame:
                 "category": p.category,
                 "src_image": p.src.key,
                 "trg_image": p.trg.key,
+                "src_path": p.src.path,
+                "trg_path": p.trg.path,
                 "src_w": p.src.size[0],
                 "src_h": p.src.size[1],
                 "trg_w": p.trg.size[0],
@@ -152,4 +152,7 @@ def pair_table(table: pd.DataFrame, pairs: list[PairRecord]) -> pd.DataFrame:
             for p in pairs
         ]
     )
-    return rows.merge(scores, left_on="pair_id", right_index=True, how="left")
+    lengths = table.groupby("pair_id", sort=False)["norm_L"].first()
+    return rows.merge(lengths, left_on="pair_id", right_index=True, how="left").merge(
+        scores, left_on="pair_id", right_index=True, how="left"
+    )

@@ -60,19 +60,33 @@ def weight_profiles(table: pd.DataFrame, members: list[str], thresholds: list[fl
     return fig
 
 
-def training_curves(log: pd.DataFrame, val_column: str) -> Figure:
-    """Training loss and validation PCK against the step, in one figure."""
-    fig = Figure(figsize=(8, 4.5), dpi=100)
-    ax = fig.subplots()
+def training_curves(log: pd.DataFrame, val_column: str, title: str = "", best_step: int | None = None) -> Figure:
+    """Training loss and validation PCK against the step (the best step marked), and the learning rate
+    below them."""
+    fig = Figure(figsize=(8, 5.5), dpi=100)
+    loss_ax, lr_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     if "loss" in log:
         train = log.dropna(subset=["loss"])
-        ax.plot(train["step"], train["loss"], color="tab:blue", lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss", color="tab:blue")
+        loss_ax.plot(train["step"], train["loss"], color="tab:blue", lw=1)
+        if "lr" in train:
+            lr_ax.plot(train["step"], train["lr"], color="tab:gray", lw=1)
+    loss_ax.set_ylabel("training loss", color="tab:blue")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.set_xlabel("step")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if val_column in log:
         val = log.dropna(subset=[val_column])
-        ax2 = ax.twinx()
-        ax2.plot(val["step"], val[val_column], "o-", color="tab:red")
-        ax2.set_ylabel(val_column.replace("val_", "validation ") + " (%)", color="tab:red")
+        pck_ax = loss_ax.twinx()
+        pck_ax.plot(val["step"], val[val_column], "o-", color="tab:red", ms=4)
+        pck_ax.set_ylabel(val_column.replace("val_", "validation ") + " (%)", color="tab:red")
+        if best_step is not None and (val["step"] == best_step).any():
+            best = val.loc[val["step"] == best_step, val_column].iloc[0]
+            pck_ax.plot([best_step], [best], marker="*", ms=14, color="gold", mec="black", ls="none",
+                        label=f"best: {best:.1f} at step {best_step}")  # fmt: skip
+            pck_ax.legend(loc="lower right", fontsize=8)
+    for ax in (loss_ax, lr_ax):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -56,7 +56,7 @@ PICTURES = {
 # CSV columns read back as text (ids like "007" or "1" must not become numbers)
 TEXT_COLUMNS = {
     "per_keypoint": {"pair_id": str, "category": str, "kp_id": str},
-    "per_pair": {"pair_id": str, "category": str, "src_image": str, "trg_image": str},
+    "per_pair": {"pair_id": str, "category": str, "src_image": str, "trg_image": str, "src_path": str, "trg_path": str},
 }
 INTEGER_COLUMNS = {"grid": {"window": "Int64"}}
 
@@ -237,10 +237,19 @@ def _read_json(path: Path) -> dict:
 # --- an evaluation's metrics.json --------------------------------------------------------------------
 
 
-def protocol(dataset: str, split: str, norm: str) -> dict[str, object]:
-    """What every figure of metrics.json means: dataset, split, threshold and averagings."""
+UNITS = {
+    "metrics.json": "PCK in % (pck@alpha: per_image and per_keypoint, see averaging)",
+    "per_pair.csv": "pck@alpha in %; norm_L (the threshold length L) and the sizes in pixels",
+    "per_keypoint.csv": "src/gt/pred x, y, distance and norm_L in pixels of the original image; similarity is the "
+    "cosine similarity at the matched patch (-1..1); correct@alpha is distance <= alpha * norm_L",
+}
+
+
+def protocol(dataset: str, split: str, norm: str, coordinates: str = "centre") -> dict[str, object]:
+    """What every figure of the run's files means: dataset, split, threshold, averagings and units."""
     from pck import NORM_DESCRIPTIONS
 
+    origin = "pixel centres" if coordinates == "centre" else "0 at the image's edge (the original's convention)"
     return {
         "dataset": dataset,
         "split": split,
@@ -248,6 +257,7 @@ def protocol(dataset: str, split: str, norm: str) -> dict[str, object]:
         "threshold": NORM_DESCRIPTIONS[norm],
         "averaging": AVERAGINGS,
         "unit": "%",
+        "units": {**UNITS, "coordinates": f"x right, y down, integer values at {origin}"},
     }
 
 
@@ -263,6 +273,7 @@ def evaluation_metrics(
     eval_set: PairSet,
     *,
     norm: str,
+    coordinates: str = "centre",
     table: pd.DataFrame,
     summary: dict,
     skipped: dict[str, int],
@@ -275,7 +286,7 @@ def evaluation_metrics(
     if len(feature_stats) > 1:
         timings["per_member"] = [feature_timings([s]) for s in feature_stats]
     return {
-        "protocol": protocol(eval_set.dataset, eval_set.split, norm),
+        "protocol": protocol(eval_set.dataset, eval_set.split, norm, coordinates),
         **summary,
         "counts": {
             "pairs": len(eval_set.pairs),
@@ -305,8 +316,8 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def environment(device: object) -> dict[str, object]:
-    """Versions, commit, host and device: what a reader needs to reproduce a run."""
+def environment(device: object, started: float | None = None) -> dict[str, object]:
+    """Start time, versions, commit (+dirty), host and device: what a reader needs to reproduce a run."""
     import torch
 
     device = torch.device(device)
@@ -317,6 +328,8 @@ def environment(device: object) -> dict[str, object]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "host": platform.node(),
         "python": sys.version.split()[0],
         "packages": versions,
         "git_commit": git_commit(),

@@ -1,29 +1,122 @@
-"""What a run prints when it ends: short, readable summaries of its results files."""
+"""What a run prints when it ends: short, readable summaries of its results files (config.json and
+metrics.json as results.py writes them), every number with one format: PCK with 2 decimals in %."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+PCK = "{:.2f}"
 
-def evaluation_summary(metrics: dict) -> str:
-    """A short printable table: PCK at each alpha, both averagings, and the protocol."""
-    rows = {k: v for k, v in metrics.items() if k.startswith("pck@")}
-    frame = pd.DataFrame(rows).T[["per_image", "per_keypoint"]].round(2)
-    proto = metrics["protocol"]
-    head = (
-        f"{proto['dataset']} {proto['split']}: {metrics['pairs']} pairs, {metrics['keypoints']} keypoints; "
-        f"threshold = {proto['threshold']}"
+
+def plural(n: int, word: str) -> str:
+    """'1 pair', '2 pairs', '12,234 pairs'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def matcher_text(match: dict, params: str | None = None) -> str:
+    """'argmax', or 'wsoftargmax K5 T0.2' (with where K and T came from)."""
+    if match["matcher"] != "wsoftargmax":
+        return match["matcher"]
+    text = f"wsoftargmax K{match['window']} T{match['temperature']:g}"
+    if match.get("window_border") == "clip":
+        text += " (window clipped at the border)"
+    return text + (f" from {params}" if params else "")
+
+
+def protocol_text(protocol: dict | None) -> str:
+    if not protocol:
+        return "protocol default"
+    overrides = ", ".join(f"{k}={v}" for k, v in protocol.get("overrides", {}).items())
+    return f"protocol {protocol['name']}" + (f" with {overrides}" if overrides else "")
+
+
+def model_text(member: dict, args: dict) -> str:
+    """'dinov2_vitb14 (official weights models/.../file.pth) at 518x518, 37x37 patches, squash'."""
+    origin = member.get("weights_origin", "")
+    where = member["weights"] if member["weights"] != "random" else "random init"
+    what = f"{member['model']} ({origin} weights {where})" if origin != "random" else f"{member['model']} (RANDOM)"
+    if args.get("checkpoint"):
+        what = f"{member['model']} (checkpoint {args['checkpoint']}, {origin})"
+    h, w = member["image_size"]
+    gh, gw = member["grid"]
+    return f"{what} at {h}x{w}, {gh}x{gw} patches, {member['resize']}"
+
+
+def setup_line(config: dict) -> str:
+    """One line: model (or ensemble members with weights), input, matcher, protocol."""
+    args, resolved = config["args"], config["resolved"]
+    if "members" in resolved:
+        members = " + ".join(f"{m['weight']:.2f} x {model_text(m, {})}" for m in resolved["members"])
+        models = f"ensemble of {members}; maps on a {'x'.join(map(str, resolved['grid']))} grid"
+    else:
+        models = model_text(resolved, args)
+    return (
+        f"{models} | {matcher_text(args['match'], args.get('match_params'))} | {protocol_text(config.get('protocol'))}"
     )
-    return head + "\n" + frame.to_string()
+
+
+def pck_table(scores: dict) -> pd.DataFrame:
+    """PCK at each alpha (rows) per image and per keypoint (columns), formatted."""
+    rows = {k.removeprefix("pck@"): v for k, v in scores.items() if k.startswith("pck@")}
+    frame = pd.DataFrame(rows).T[["per_image", "per_keypoint"]]
+    frame.index = [f"PCK@{alpha}" for alpha in frame.index]
+    frame.columns = ["per image", "per keypoint"]
+    return frame.map(PCK.format)
+
+
+def category_table(metrics: dict, alpha: str) -> pd.DataFrame:
+    """PCK@alpha per category (per image, per keypoint, pairs), then the mean over categories."""
+    key = f"pck@{alpha}"
+    rows = {
+        cat: {"per image": m[key]["per_image"], "per keypoint": m[key]["per_keypoint"], "pairs": m["pairs"]}
+        for cat, m in metrics["per_category"].items()
+    }
+    frame = pd.DataFrame(rows).T
+    mean = frame[["per image", "per keypoint"]].mean()
+    frame.loc[f"mean of {len(rows)} categories"] = [*mean, float("nan")]
+    out = frame[["per image", "per keypoint"]].map(PCK.format)
+    out["pairs"] = [f"{int(n):,}" if n == n else "" for n in frame["pairs"]]
+    return out
+
+
+def evaluation_summary(config: dict, metrics: dict) -> str:
+    """The setup, PCK at each alpha, PCK per category (when the dataset has several), what was
+    skipped, and the time."""
+    proto, counts = metrics["protocol"], metrics["counts"]
+    lines = [
+        setup_line(config),
+        f"{proto['dataset']} {proto['split']}: {plural(counts['pairs'], 'pair')}, {plural(counts['keypoints'], 'keypoint')}; "
+        f"threshold = {proto['threshold']}; PCK in %",
+        pck_table(metrics).to_string(),
+    ]
+    alphas = [k.removeprefix("pck@") for k in metrics if k.startswith("pck@")]
+    if len(metrics["per_category"]) > 1:
+        alpha = "0.1" if "0.1" in alphas else alphas[len(alphas) // 2]
+        lines += [f"per category, PCK@{alpha}:", category_table(metrics, alpha).to_string()]
+    skipped = counts.get("pairs_skipped") or {}
+    if skipped:
+        lines.append("skipped: " + ", ".join(f"{plural(n, 'pair')} ({why})" for why, n in skipped.items()))
+    lines += [f"note: {note}" for note in counts.get("notes", [])]
+    timings = metrics["timings"]
+    lines.append(
+        f"time: {timings['total_s']:.1f} s (features {timings['extraction_s']:.1f} s for "
+        f"{plural(timings['images_extracted'], 'image')}, {timings['images_from_cache']:,} from the cache; "
+        f"matching and PCK {timings['matching_s']:.1f} s)"
+    )
+    return "\n".join(lines)
 
 
 def grid_summary(table: pd.DataFrame, best: dict, argmax: dict, select_by: str) -> str:
     """The grid's table, then the best window and temperature at each alpha beside argmax."""
-    lines = [table.drop(columns="time_s").round(2).to_string(index=False)]
+    shown = table.drop(columns="time_s")
+    shown[[c for c in shown if c.startswith("pck@")]] = shown[[c for c in shown if c.startswith("pck@")]].map(
+        PCK.format
+    )
+    lines = [shown.to_string(index=False)]
     for alpha, entry in best.items():
         lines.append(
             f"best at PCK@{alpha} ({select_by}): K={entry['window']} T={entry['temperature']:g} -> "
-            f"{entry[f'pck_{select_by}']:.2f} (argmax {argmax[alpha][f'pck_{select_by}']:.2f})"
+            f"{PCK.format(entry[f'pck_{select_by}'])} (argmax {PCK.format(argmax[alpha][f'pck_{select_by}'])})"
         )
     return "\n".join(lines)
 
@@ -31,6 +124,6 @@ def grid_summary(table: pd.DataFrame, best: dict, argmax: dict, select_by: str) 
 def weight_search_summary(best: dict, select_by: str) -> str:
     """The best member weights at each alpha, as --member arguments."""
     return "\n".join(
-        f"best at PCK@{alpha} ({select_by}): {entry[f'pck_{select_by}']:.2f} with {entry['member_args']}"
+        f"best at PCK@{alpha} ({select_by}): {PCK.format(entry[f'pck_{select_by}'])} with {entry['member_args']}"
         for alpha, entry in best.items()
     )

@@ -97,8 +97,17 @@ def read_layout(path: Path) -> list[PairName]:
     return names
 
 
-def load(root: Path, split: str = "test", layout: str = "large", limit: int | None = None) -> PairSet:
-    """The pairs of `split` in `Layout/<layout>`, keypoints and flags from the pair annotations."""
+def load(
+    root: Path,
+    split: str = "test",
+    layout: str = "large",
+    limit: int | None = None,
+    *,
+    shift_one_based: bool = True,
+    clamp: bool = True,
+) -> PairSet:
+    """The pairs of `split` in `Layout/<layout>`, keypoints and flags from the pair annotations
+    (0-based already: `shift_one_based` changes nothing here)."""
     check_split(NAME, split, SPLITS)
     if layout not in LAYOUTS:
         raise DatasetError(f"SPair-71k has no layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
@@ -108,7 +117,7 @@ def load(root: Path, split: str = "test", layout: str = "large", limit: int | No
     if missing:
         raise missing_root_error(NAME, root, EXPECTED_LAYOUT, missing)
     names = read_layout(layout_file)
-    return collect_pairs(NAME, split, root, _records(root, ann_dir, names), limit=limit)
+    return collect_pairs(NAME, split, root, _records(root, ann_dir, names), limit=limit, clamp=clamp)
 
 
 def _records(root: Path, ann_dir: Path, names: list[PairName]) -> Iterator[PairRecord]:

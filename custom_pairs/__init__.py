@@ -57,15 +57,24 @@ FORMAT_HINT = (
 )
 
 
-def load(root: Path, split: str = "test", layout: str = "large", limit: int | None = None) -> PairSet:
-    """The pairs listed in the file `root`; `split` only labels them and `layout` is ignored."""
+def load(
+    root: Path,
+    split: str = "test",
+    layout: str = "large",
+    limit: int | None = None,
+    *,
+    shift_one_based: bool = True,
+    clamp: bool = True,
+) -> PairSet:
+    """The pairs listed in the file `root`; `split` only labels them, `layout` and `shift_one_based`
+    (custom keypoints are 0-based) are ignored."""
     if not root.is_file():
         raise DatasetError(f"custom pairs file not found: {root}\n{FORMAT_HINT}")
     readers = {".json": _read_json, ".csv": _read_csv}
     if root.suffix.lower() not in readers:
         raise DatasetError(f"{root}: custom pairs must be a .json or .csv file\n{FORMAT_HINT}")
     entries = readers[root.suffix.lower()](root)
-    return collect_pairs(NAME, split, root, _records(root, entries), limit=limit, keep_empty=True)
+    return collect_pairs(NAME, split, root, _records(root, entries), limit=limit, keep_empty=True, clamp=clamp)
 
 
 def _read_json(path: Path) -> list[dict]:

@@ -1,12 +1,18 @@
-"""A fine-tuning run's folder: its checkpoints, its training state, its log, and reading it back to resume.
+"""A fine-tuning run's folder: its checkpoints, its log, and reading it back to resume.
 
-best.pt and last.pt are fine-tuned checkpoints (models/finetuned.py) whose `extra` holds the training
-settings, step, epoch and validation PCK; training_state.pt beside last.pt holds what --resume needs
-on top of it. config.json and train_log.csv are written by results.py.
+best.pt and last.pt are fine-tuned checkpoints (models/finetuned.py): the trained blocks and head
+only, on top of the base weights the run started from (every weight with --self-contained, or
+when the base was random). Their `extra` holds the training settings, step, epoch and validation
+PCK. last.pt also holds the training state (optimiser, schedule, gradient scaler, RNG, best so far)
+in the same file, so that it is one atomic unit: a run killed at any moment leaves the previous
+last.pt or the new one, never a model and a state out of step. config.json and train_log.csv are
+written by results.py.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,58 +21,94 @@ import torch
 
 import plots
 import results
-from fileio import atomic_torch_save
 from finetuning import FinetuneError
-from models import Backbone, get_spec, save_finetuned
+from models import Backbone, CheckpointError, get_spec, save_finetuned
 from settings import TrainConfig
 from viz2d import save_plot
 
-STATE_FILE = "training_state.pt"
+LAST, BEST = "last.pt", "best.pt"
+LEGACY_STATE_FILE = "training_state.pt"  # the training state beside last.pt, before it moved into it
 TRAIN_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "pairs_per_s")
 
 
-def save_model(
-    run_dir: Path, name: str, backbone: Backbone, cfg: TrainConfig, *, step: int, epoch: int, val: dict
+def save_checkpoint(
+    path: Path,
+    backbone: Backbone,
+    cfg: TrainConfig,
+    *,
+    base: dict | None,
+    trained: set[str],
+    progress: dict,
+    self_contained: bool = False,
+    training: dict | None = None,
 ) -> None:
-    """best.pt / last.pt: the full backbone in its weights' dtype, with the settings (loads with no other flag)."""
-    extra = {"finetune": asdict(cfg), "step": step, "epoch": epoch, "val": dict(val)}
-    save_finetuned(backbone, run_dir / f"{name}.pt", extra)
+    """best.pt / last.pt: the trained weights on top of `base` (all weights when self-contained or
+    base is None), the settings and `progress` (step, epoch, validation PCK); `training`: last.pt's state."""
+    extra = {"finetune": asdict(cfg), **progress}
+    save_finetuned(backbone, path, extra, base=base, trained=trained, self_contained=self_contained, training=training)
 
 
-def save_training_state(
-    run_dir: Path,
+def training_state(
     *,
     step: int,
+    epoch: int,
     best: float,
+    best_step: int | None,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
-) -> None:
-    """Optimiser, scheduler, step and RNG states beside last.pt, written atomically."""
-    state = {
+    scaler: torch.amp.GradScaler | None,
+) -> dict:
+    """What --resume needs on top of the model: optimiser, schedule, scaler, RNG, and the best so far."""
+    return {
         "step": step,
+        "epoch": epoch,
         "best": best,
+        "best_step": best_step,
         "optimizer": optimizer.state_dict(),
         "scheduler": schedule.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    atomic_torch_save(state, run_dir / STATE_FILE)
-
-
-def read_training_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
 
 
 def restore_training_state(
-    saved: dict, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler
-) -> tuple[int, float]:
-    """Load what save_training_state wrote; returns (step, best validation PCK)."""
+    saved: dict,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    """Load what training_state saved into the optimiser, schedule, scaler and RNGs."""
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["scheduler"])
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
     torch.set_rng_state(saved["torch_rng"])
     if torch.cuda.is_available() and saved["cuda_rng"]:
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    return saved["step"], saved["best"]
+
+
+def read_training_state(run_dir: Path, backbone: Backbone) -> dict:
+    """The training state that goes with the last.pt already loaded as `backbone` (runs saved before
+    the state moved into last.pt: training_state.pt, which must be of the same step)."""
+    saved = backbone.training_state
+    if saved is None:
+        legacy = run_dir / LEGACY_STATE_FILE
+        if not legacy.is_file():
+            raise FinetuneError(f"cannot resume from {run_dir}: its last.pt holds no training state")
+        try:
+            saved = torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise FinetuneError(f"cannot resume from {run_dir}: {legacy} is unreadable ({err})") from None
+    if not isinstance(saved, dict) or "step" not in saved or "optimizer" not in saved:
+        raise FinetuneError(f"cannot resume from {run_dir}: its training state is not one finetuning/finetune.py wrote")
+    if backbone.extra.get("step") != saved["step"]:
+        raise FinetuneError(
+            f"{run_dir}: last.pt (step {backbone.extra.get('step')}) and {LEGACY_STATE_FILE} (step {saved['step']}) "
+            "disagree: a run of an older version was interrupted while saving. Start a new run from last.pt "
+            "(--checkpoint) or from scratch."
+        )
+    return saved
 
 
 class TrainLog:
@@ -85,13 +127,14 @@ class TrainLog:
     def add(self, row: dict) -> None:
         self.rows.append(row)
 
-    def write(self, plot: bool = False) -> None:
+    def write(self, plot: bool = False, best_step: int | None = None) -> None:
         table = pd.DataFrame(self.rows)
         first = [c for c in TRAIN_COLUMNS if c in table]
         table = table[first + [c for c in table if c not in first]]
         results.write_file(self.run_dir, "finetune", "train_log", table)
         if plot and len(table):
-            save_plot(plots.training_curves(table, self.val_column), self.run_dir / results.PICTURES["finetune"])
+            figure = plots.training_curves(table, self.val_column, title=self.run_dir.name, best_step=best_step)
+            save_plot(figure, self.run_dir / results.PICTURES["finetune"])
 
 
 def known_model(name: str) -> str:
@@ -104,7 +147,7 @@ def known_model(name: str) -> str:
 
 def read_resume_folder(run_dir: Path, model: str | None) -> TrainConfig:
     """The config of the run in `run_dir`, checked to be resumable (and of `model` when given)."""
-    missing = [n for n in (results.CONFIG, "last.pt", STATE_FILE) if not (run_dir / n).is_file()]
+    missing = [n for n in (results.CONFIG, LAST) if not (run_dir / n).is_file()]
     if missing:
         raise FinetuneError(
             f"cannot resume from {run_dir}: {', '.join(missing)} missing. Give the folder of a run of "
@@ -118,11 +161,22 @@ def read_resume_folder(run_dir: Path, model: str | None) -> TrainConfig:
             f"cannot resume from {run_dir}: its config.json is not one finetuning/finetune.py wrote "
             f"({type(err).__name__}: {err}); start a new run instead."
         ) from None
-    if model is not None:
-        wanted = known_model(model)
-        if wanted != known_model(cfg.model):
-            raise FinetuneError(
-                f"{run_dir} is a fine-tuning run of {cfg.model}, not {wanted}: resume it without --model "
-                f"(or with --model {cfg.model}), or start a new run."
-            )
+    if model is not None and known_model(model) != known_model(cfg.model):
+        raise FinetuneError(
+            f"{run_dir} is a fine-tuning run of {cfg.model}, not {known_model(model)}: resume it without --model "
+            f"(or with --model {cfg.model}), or start a new run."
+        )
     return cfg
+
+
+def record_resume(run_dir: Path, given: dict) -> None:
+    """Append this invocation (command line, time, the settings given again) to config.json's resumes."""
+    run = results.read_run(run_dir, kinds=("finetune",))
+    entry = {"command": " ".join(sys.argv), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "given": given}
+    results.write_config(run_dir, "finetune", {**run.config, "resumes": [*run.config.get("resumes", []), entry]})
+
+
+def checkpoint_error(path: Path, err: Exception) -> FinetuneError:
+    """A clear error for a checkpoint --resume cannot read (truncated by a full disk, or foreign)."""
+    reason = str(err).splitlines()[0] if isinstance(err, CheckpointError | ValueError) else repr(err)
+    return FinetuneError(f"cannot resume from {path.parent}: {path.name} is unreadable ({reason})")

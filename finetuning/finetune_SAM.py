@@ -1,8 +1,6 @@
 """Fine-tune SAM with its preset (the original project's entry point); same flags as finetune.py."""
 
-import sys
-
 from finetune import main, run_main
 
 if __name__ == "__main__":
-    run_main(lambda: main(["--model", "sam", *sys.argv[1:]]))
+    run_main(lambda: main(script_model="sam"))

@@ -24,7 +24,7 @@ class SplitBackbone(nn.Module):
     Only the head's parameters require gradients, so DistributedDataParallel only averages those.
     """
 
-    def __init__(self, backbone: Backbone, trainable_blocks: int):
+    def __init__(self, backbone: Backbone, trainable_blocks: int, train_neck: bool = True):
         super().__init__()
         used = backbone.last_block + 1
         if not 0 <= trainable_blocks <= used:
@@ -35,7 +35,7 @@ class SplitBackbone(nn.Module):
         self.backbone = backbone
         self.split, self.stop = used - trainable_blocks, used
         backbone.requires_grad_(False)
-        for module in backbone.trainable_modules(trainable_blocks):
+        for module in backbone.trainable_modules(trainable_blocks, neck=train_neck):
             module.requires_grad_(True)
 
     def trunk(self, images: Tensor) -> TokenState:
@@ -80,14 +80,28 @@ class FrozenCache:
         return TokenState(tokens, self.grid, self.rope)
 
 
-def make_optimizer(split: SplitBackbone, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW on the trainable parameters; weight decay on matrices only (not on norms and biases)."""
+def make_optimizer(split: SplitBackbone, lr: float, weight_decay: float, decay: str = "matrices") -> torch.optim.AdamW:
+    """AdamW on the trainable parameters; weight decay on matrices only (not on norms and biases),
+    or on every trainable tensor (`decay="all"`, the original project)."""
     params = split.trainable_parameters()
+    if decay == "all":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if decay != "matrices":
+        raise ValueError(f"decay must be 'matrices' or 'all', got {decay!r}")
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=lr)
+
+
+def learning_rate_factor(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """The schedule's factor on the peak learning rate at each step: "warmup-cosine" or "constant"."""
+    if schedule == "constant":
+        return lambda step: 1.0
+    if schedule != "warmup-cosine":
+        raise ValueError(f"schedule must be 'warmup-cosine' or 'constant', got {schedule!r}")
+    return warmup_cosine(total_steps, warmup_steps)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:

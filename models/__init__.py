@@ -12,7 +12,7 @@ _EXPORTS = {
     "models.backbones": ("FAMILIES", "Backbone", "TokenState", "load_backbone"),
     "models.checkpoints": ("CheckpointError",),
     "models.factory": ("create_backbone",),
-    "models.finetuned": ("is_finetuned", "load_finetuned", "save_finetuned"),
+    "models.finetuned": ("base_record", "is_finetuned", "load_finetuned", "save_finetuned", "weights_origin"),
     "models.registry": ("ALIASES", "BACKBONES", "BackboneSpec", "get_spec"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.checkpoints import Checkpoint, check_identity, check_keys, read_checkpoint
-from models.registry import BackboneSpec, get_spec
+from models.registry import BUILD_VARIANTS, BackboneSpec, get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -57,16 +58,24 @@ class Backbone(nn.Module):
         layer: int | None,
         autocast_dtype: torch.dtype | None,
         timm_overrides: dict,
+        build: str = "meta",
     ):
         super().__init__()
         self.spec = spec
         self.name = spec.name
         self.model = model
+        self.build = build
+        self.variant = BUILD_VARIANTS[build].get(spec.family, {})  # where this build departs from Meta's
         self.timm_overrides = dict(timm_overrides)
         self.layer = _normalise_layer(layer, len(model.blocks))
         self.autocast_dtype = autocast_dtype
         self.weights_path = "random"
         self.extra: dict = {}  # what a fine-tuned checkpoint recorded (its training settings, step, ...)
+        # a fine-tuned checkpoint: where the weights its training began from came from, the base file it
+        # holds its trained weights on top of (None: self-contained), and (last.pt) the training state
+        self.base_origin: str | None = None
+        self.base: dict | None = None
+        self.training_state: dict | None = None
 
     # --- attributes ------------------------------------------------------------------------------
 
@@ -95,6 +104,10 @@ class Backbone(nn.Module):
     def feature_dim(self) -> int:
         return self.model.embed_dim
 
+    @property
+    def pos_embed_antialias(self) -> bool:
+        return self.variant.get("pos_embed_antialias", self.spec.pos_embed_antialias)
+
     # --- forward ---------------------------------------------------------------------------------
 
     def forward(self, images: Tensor) -> Tensor:
@@ -120,14 +133,15 @@ class Backbone(nn.Module):
         with self._autocast():
             return self._feature_map(state).float().contiguous()
 
-    def trainable_modules(self, n_last_blocks: int) -> list[nn.Module]:
-        """The last `n_last_blocks` blocks that feed the features, and the modules after them."""
+    def trainable_modules(self, n_last_blocks: int, neck: bool = True) -> list[nn.Module]:
+        """The last `n_last_blocks` blocks that feed the features, and the modules after them (SAM's
+        neck only with `neck`: the original project left it frozen)."""
         used = self.last_block + 1
         if not 0 <= n_last_blocks <= used:
             raise ValueError(
                 f"n_last_blocks must be in 0..{used} for {self.name} (layer {self.layer}), got {n_last_blocks}"
             )
-        return [*self.blocks[used - n_last_blocks : used], *self._head_modules()]
+        return [*self.blocks[used - n_last_blocks : used], *self._head_modules(neck)]
 
     # --- per family (each subclass defines _embed, _feature_map and _head_modules) -------------------
 
@@ -142,8 +156,8 @@ class Backbone(nn.Module):
         """Tokens after the last used block -> (B, C, h, w) features."""
         raise NotImplementedError
 
-    def _head_modules(self) -> list[nn.Module]:
-        """The modules between the last used block and the features."""
+    def _head_modules(self, neck: bool) -> list[nn.Module]:
+        """The modules between the last used block and the features (SAM: its neck, if `neck`)."""
         raise NotImplementedError
 
     @staticmethod
@@ -179,7 +193,7 @@ class DinoBackbone(Backbone):
         h, w = state.grid
         return x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
 
-    def _head_modules(self) -> list[nn.Module]:
+    def _head_modules(self, neck: bool) -> list[nn.Module]:
         return [self.model.norm]
 
 
@@ -198,7 +212,7 @@ class DinoV2Backbone(DinoBackbone):
         pos = m.pos_embed if m.no_embed_class else m.pos_embed[:, 1:]
         cls = m.cls_token if m.no_embed_class else m.cls_token + m.pos_embed[:, :1]
         grid = pos.reshape(1, *m.patch_embed.grid_size, c)
-        pos = resize_pos_embed(grid, (h, w), self.spec.pos_embed_offset, self.spec.pos_embed_antialias)
+        pos = resize_pos_embed(grid, (h, w), self.spec.pos_embed_offset, self.pos_embed_antialias)
         x = x.reshape(b, h * w, c) + pos.reshape(1, h * w, c)
         prefix = [cls] if m.reg_token is None else [cls, m.reg_token]  # Meta: registers after the position
         x = torch.cat([t.expand(b, -1, -1) for t in prefix] + [x], dim=1)
@@ -206,7 +220,8 @@ class DinoV2Backbone(DinoBackbone):
 
 
 class DinoV3Backbone(DinoBackbone):
-    """timm Eva (`*_dinov3_qkvb`); RoPE from the checkpoint's stored periods, computed in fp32.
+    """timm Eva (`*_dinov3_qkvb`) run block by block as Meta's DINOv3: RoPE from the checkpoint's stored
+    periods, computed and applied in fp32 (bf16 with build "original", as the original project ran it).
 
     The periods live in the persistent buffer `rope_periods` (timm recomputes its own from the
     base, which need not equal the stored values). The masked k bias is folded in when loading.
@@ -224,10 +239,13 @@ class DinoV3Backbone(DinoBackbone):
         b, h, w, c = x.shape
         prefix = [m.cls_token] if m.reg_token is None else [m.cls_token, m.reg_token]
         x = torch.cat([t.expand(b, -1, -1) for t in prefix] + [x.reshape(b, h * w, c)], dim=1)
-        return TokenState(m.norm_pre(x), (h, w), dinov3_rope(self.rope_periods, h, w))
+        rope_dtype = PRECISIONS[self.variant.get("rope_dtype", "fp32")] or torch.float32
+        return TokenState(m.norm_pre(x), (h, w), dinov3_rope(self.rope_periods, h, w, rope_dtype))
 
     def _run_block(self, block: nn.Module, x: Tensor, state: TokenState) -> Tensor:
-        return block(x, rope=state.rope)
+        """timm's EvaBlock, with Meta's attention (meta_rope_attention) in place of timm's."""
+        x = x + block.drop_path1(block.gamma_1 * meta_rope_attention(block.attn, block.norm1(x), state.rope))
+        return x + block.drop_path2(block.gamma_2 * block.mlp(block.norm2(x)))
 
 
 class SamBackbone(Backbone):
@@ -256,15 +274,15 @@ class SamBackbone(Backbone):
         x = m.patch_embed(images)  # (B, h, w, C)
         h, w = x.shape[1:3]
         if m.pos_embed is not None:
-            x = x + resize_pos_embed(m.pos_embed, (h, w), self.spec.pos_embed_offset, self.spec.pos_embed_antialias)
+            x = x + resize_pos_embed(m.pos_embed, (h, w), self.spec.pos_embed_offset, self.pos_embed_antialias)
         return TokenState(m.norm_pre(x), (h, w))
 
     def _feature_map(self, state: TokenState) -> Tensor:
         x = state.tokens.permute(0, 3, 1, 2)
         return self.model.neck(x) if self.layer is None else x
 
-    def _head_modules(self) -> list[nn.Module]:
-        return [self.model.neck] if self.layer is None else []
+    def _head_modules(self, neck: bool) -> list[nn.Module]:
+        return [self.model.neck] if self.layer is None and neck else []
 
 
 FAMILIES: dict[str, type[Backbone]] = {"dinov2": DinoV2Backbone, "dinov3": DinoV3Backbone, "sam": SamBackbone}
@@ -291,20 +309,44 @@ def resize_pos_embed(grid: Tensor, size: tuple[int, int], offset: float, antiali
     return x.permute(0, 2, 3, 1).to(grid.dtype)
 
 
-def dinov3_rope(periods: Tensor, h: int, w: int) -> Tensor:
+def dinov3_rope(periods: Tensor, h: int, w: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """DINOv3's RopePositionEmbedding (normalize_coords 'separate', eval mode) -> (h*w, 2*head_dim) [sin | cos].
 
-    fp32 throughout, whatever the autocast state; timm's attention applies it in the rope's dtype
-    and casts the rotated q, k back, as Meta's apply_rope does.
+    Computed in `dtype` throughout (periods included), whatever the autocast state, as Meta's module
+    does in its pos_embed_rope_dtype.
     """
-    dd = {"device": periods.device, "dtype": torch.float32}
+    dd = {"device": periods.device, "dtype": dtype}
     coords_h = torch.arange(0.5, h, **dd) / h
     coords_w = torch.arange(0.5, w, **dd) / w
     coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1).flatten(0, 1)
     coords = 2.0 * coords - 1.0  # [-1, 1]
-    angles = 2 * math.pi * coords[:, :, None] / periods.float()[None, None, :]  # (hw, 2, head_dim / 4)
+    angles = 2 * math.pi * coords[:, :, None] / periods.to(dtype)[None, None, :]  # (hw, 2, head_dim / 4)
     angles = angles.flatten(1, 2).tile(2)  # (hw, head_dim), the rotate-half layout
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def meta_rope_attention(attn: nn.Module, x: Tensor, rope: Tensor) -> Tensor:
+    """DINOv3's SelfAttention with timm's EvaAttention weights (q, zero k and v biases): RoPE as Meta's
+    apply_rope, i.e. q and k of every token cast to the rope's dtype, the patch tokens rotated, and
+    cast back (timm instead rotates in x's dtype and leaves the prefix tokens uncast)."""
+    b, n, c = x.shape
+    bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+    q, k, v = F.linear(x, attn.qkv.weight, bias).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    sin, cos = rope.chunk(2, dim=-1)
+    q, k = (apply_rope(t, sin, cos) for t in (q, k))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return attn.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def apply_rope(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
+    """Meta's rope_apply on the patch tokens (the last sin.shape[0] of x), in the rope's dtype."""
+    dtype = x.dtype
+    x = x.to(sin.dtype)
+    prefix = x.shape[-2] - sin.shape[-2]
+    patches = x[..., prefix:, :]
+    first, second = patches.chunk(2, dim=-1)
+    rotated = patches * cos + torch.cat((-second, first), dim=-1) * sin
+    return torch.cat((x[..., :prefix, :], rotated), dim=-2).to(dtype)
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -315,7 +357,8 @@ def load_backbone(
     weights: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
     layer: int | None = None,
-    precision: str = "auto",
+    precision: str | Mapping[str, str] = "auto",
+    build: str = "meta",
     **timm_overrides,
 ) -> Backbone:
     """Build a backbone and load its weights strictly.
@@ -325,7 +368,9 @@ def load_backbone(
     device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     layer: block index (negative allowed) whose output gives the features; None = the last
       (DINO) or the neck output (SAM).
-    precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16".
+    precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16"; or one per family.
+    build: "meta" (Meta's hub configuration) or "original" (as the original project built it:
+      models.registry.BUILD_VARIANTS).
     timm_overrides: passed to timm.create_model (e.g. depth=2, embed_dim=64, num_heads=2).
     """
     spec = get_spec(name)
@@ -334,10 +379,12 @@ def load_backbone(
             f"{spec.name}: RANDOM weights (weights='random'); the features are meaningless, use only for smoke tests.",
             stacklevel=2,
         )
-        return _build(spec, timm_overrides, layer, device, precision)
+        return _build(spec, timm_overrides, layer, device, precision, build=build)
     path = Path(weights) if weights is not None else spec.default_weights
     ckpt = read_checkpoint(path, spec)
-    return load_state(spec, ckpt, layer=layer, device=device, precision=precision, overrides=timm_overrides)
+    return load_state(
+        spec, ckpt, layer=layer, device=device, precision=precision, build=build, overrides=timm_overrides
+    )
 
 
 def load_state(
@@ -346,13 +393,14 @@ def load_state(
     *,
     layer: int | None = None,
     device: str | torch.device = "auto",
-    precision: str = "auto",
+    precision: str | Mapping[str, str] = "auto",
+    build: str = "meta",
     overrides: dict | None = None,
 ) -> Backbone:
     """A backbone of `spec` built with `overrides` and loaded strictly with the weights of `ckpt`."""
     overrides = overrides or {}
     check_identity(ckpt, spec)
-    bb = _build(spec, overrides, layer, device, precision, uninitialised=True)
+    bb = _build(spec, overrides, layer, device, precision, build=build, uninitialised=True)
     check_keys(ckpt, spec, bb.state_dict())
     state = dict(ckpt.state_dict)
     if spec.family == "dinov3" and "rope_periods" not in state:  # timm does not store its periods
@@ -368,13 +416,18 @@ def _build(
     overrides: dict,
     layer: int | None,
     device: str | torch.device,
-    precision: str,
+    precision: str | Mapping[str, str],
     *,
+    build: str = "meta",
     uninitialised: bool = False,
 ) -> Backbone:
     """A backbone on its device, in eval mode: randomly initialised, or with uninitialised
     parameters (much faster) that the caller then fills with a strict load_state_dict."""
+    if build not in BUILD_VARIANTS:
+        raise ValueError(f"build must be one of {', '.join(BUILD_VARIANTS)}, got {build!r}")
     device = _resolve_device(device)
+    if isinstance(precision, Mapping):  # one precision per backbone family (a protocol's table)
+        precision = precision[spec.family]
     autocast_dtype = _resolve_precision(precision, device)
     family = FAMILIES[spec.family]
     kwargs = {**family.timm_defaults(spec), **overrides}
@@ -390,7 +443,11 @@ def _build(
                     module.init_non_persistent_buffers()
     except TypeError as err:
         raise ValueError(f"timm.create_model({spec.timm_name!r}) rejected the overrides {overrides}: {err}") from err
-    bb = family(spec, model, layer, autocast_dtype, overrides)
+    bb = family(spec, model, layer, autocast_dtype, overrides, build)
+    if "norm_eps" in bb.variant:
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = bb.variant["norm_eps"]
     return bb.to(device).eval()
 
 
@@ -404,6 +461,7 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision name ("auto": bf16 on CUDA, none on CPU)."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if precision not in PRECISIONS:

@@ -66,9 +66,10 @@ def read_checkpoint(path: str | os.PathLike, spec: BackboneSpec | None = None) -
             raise missing_weights_error(spec, path)
         raise FileNotFoundError(f"No checkpoint file at {path}.")
     raw = load_file(path, spec)
-    if isinstance(raw, dict) and "format" in raw:
+    if isinstance(raw, dict) and ("format" in raw or "model_state_dict" in raw):
+        whose = f"of this project (format {raw['format']!r})" if "format" in raw else "of the original project"
         raise CheckpointError(
-            f"{path} is a fine-tuned checkpoint of this project (format {raw['format']!r}), not a weights file: "
+            f"{path} is a fine-tuned checkpoint {whose}, not a weights file: "
             "pass it as --checkpoint (load_finetuned(PATH) in Python)."
         )
     return convert_state(path, as_state_dict(path, unwrap(raw), spec), spec)

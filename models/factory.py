@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from models.backbones import Backbone, load_backbone
@@ -18,25 +20,28 @@ def create_backbone(
     checkpoint: str | None = None,
     layer: int | None = None,
     device: str | torch.device = "auto",
-    precision: str = "auto",
+    precision: str | Mapping[str, str] = "auto",
+    build: str | None = None,
     **timm_overrides,
 ) -> Backbone:
-    """A backbone from a fine-tuned `checkpoint` (which names its own model and layer), or `model`
-    (default dinov2) with a `weights` file (default: the official one; "random" for smoke tests).
+    """A backbone from a fine-tuned `checkpoint` (which names its own model, layer and build), or
+    `model` (default dinov2) with a `weights` file (default: the official one; "random" for smoke tests).
 
     A checkpoint is refused together with `weights`, and with a `model` or `layer` other than its own.
-    `timm_overrides` (e.g. depth=2 for a test model) reach timm.create_model; a checkpoint records its own.
+    `precision` may name one precision per backbone family; `build` None keeps a checkpoint's own
+    build ("meta" otherwise). `timm_overrides` (e.g. depth=2 for a test model) reach timm.create_model.
     """
     if checkpoint is None:
         return load_backbone(
-            model or DEFAULT_MODEL, weights=weights, device=device, layer=layer, precision=precision, **timm_overrides
-        )
+            model or DEFAULT_MODEL, weights=weights, device=device, layer=layer, precision=precision,
+            build=build or "meta", **timm_overrides,
+        )  # fmt: skip
     if weights is not None:
         raise ValueError(
             f"--checkpoint {checkpoint} and --weights {weights} both given: a fine-tuned checkpoint holds its own "
             "weights. Drop --weights, or drop --checkpoint to load a weights file of --model."
         )
-    bb = load_finetuned(checkpoint, device=device, precision=precision)
+    bb = load_finetuned(checkpoint, device=device, precision=precision, model=model, build=build)
     if model is not None and get_spec(model).name != bb.name:
         raise ValueError(
             f"--checkpoint {checkpoint} holds a fine-tuned {bb.name}, not {get_spec(model).name}: "

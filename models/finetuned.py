@@ -1,44 +1,109 @@
-"""This project's fine-tuned checkpoints: the one home of their format (writer, reader, loader).
+"""Fine-tuned checkpoints: the one home of their format (writer, reader, loader).
 
-A fine-tuned checkpoint names its own backbone, timm overrides and feature layer, so that
-`load_finetuned(path)` rebuilds the model with nothing else; `extra` holds what training recorded
-(its settings, step, validation PCK). Files are read with `torch.load(weights_only=True)`.
+This project's checkpoint (format "semcorr-backbone/2") names its backbone, timm overrides, feature
+layer and build, so that `load_finetuned(path)` rebuilds the model with nothing else. It holds only
+the weights that training changed (the last blocks and the head) plus the name, path and sha256 of
+the base weights file they were trained from; reading it loads the base file and puts the trained
+weights on top. `self_contained=True` (or a base that cannot be found again, such as random
+weights) writes every weight instead, for sharing. `extra` holds what training recorded (its
+settings, step, validation PCK); `training` (last.pt only) what --resume needs. Version 1 files
+(every weight, no base) still load.
+
+The original project's checkpoints (a dict with `model_state_dict` in Meta's key layout, from its
+fine-tuning scripts) load too; they do not name their model, which is read off the weights' shapes.
+Every file is read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from fileio import atomic_torch_save
+from fileio import atomic_torch_save, file_sha256
 from models.backbones import Backbone, load_state
-from models.checkpoints import Checkpoint, CheckpointError, as_state_dict, convert_state, load_file
-from models.registry import get_spec
+from models.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    as_state_dict,
+    convert_state,
+    guess_spec,
+    load_file,
+    read_checkpoint,
+)
+from models.registry import BackboneSpec, get_spec
 
-FINETUNED_FORMAT = "semcorr-backbone/1"
+FORMAT = "semcorr-backbone/2"
+FORMATS = ("semcorr-backbone/1", FORMAT)  # every weight, no base / trained weights on top of a base file
 FIELDS = ("backbone", "timm_overrides", "layer", "state_dict", "extra")
+ORIGINAL_KEY = "model_state_dict"  # the original project's checkpoints: {"model_state_dict": ..., "epoch": ...}
+ORIGINAL_INFO = ("epoch", "n_blocks", "temperature", "learning_rate", "val_pck@0.05", "val_pck@0.10", "val_pck@0.20")
 
 
-def save_finetuned(bb: Backbone, path: str | os.PathLike, extra: dict | None = None) -> Path:
+def weights_origin(bb: Backbone) -> str:
+    """Where a backbone's weights come from: "random", "fine-tuned" (a fine-tuned checkpoint whose
+    training started from real weights), "official" (Meta's file: its name, and its hash where Meta
+    publishes one) or "custom" (any other weights file)."""
+    if bb.weights_path == "random":
+        return "random"
+    if getattr(bb, "base_origin", None) is not None:
+        return "random" if bb.base_origin == "random" else "fine-tuned"
+    spec, path = getattr(bb, "spec", None), Path(bb.weights_path)
+    if spec is None:  # a model of the user's own making
+        return "custom"
+    if path.name != spec.official_file:
+        return "custom"
+    if spec.sha256_prefix and not file_sha256(path).startswith(spec.sha256_prefix):
+        return "custom"
+    return "official"
+
+
+def base_record(bb: Backbone) -> dict | None:
+    """What a checkpoint trained from `bb` needs to find its base weights again; None for random weights."""
+    if bb.weights_path == "random":
+        return None
+    path = Path(bb.weights_path)
+    return {"weights": str(path), "file": path.name, "sha256": file_sha256(path), "origin": weights_origin(bb)}
+
+
+def save_finetuned(
+    bb: Backbone,
+    path: str | os.PathLike,
+    extra: dict | None = None,
+    *,
+    base: dict | None = None,
+    trained: set[str] | None = None,
+    self_contained: bool = False,
+    training: dict | None = None,
+) -> Path:
     """Write a fine-tuned backbone atomically; `load_finetuned(path)` rebuilds it with nothing else.
 
-    `extra` (training settings, metrics, ...) must hold only plain Python values and tensors, so
-    that the file stays loadable with `torch.load(weights_only=True)`.
+    With a `base` (base_record of the model training started from) and the state-dict keys that
+    training changed (`trained`), only those are written; otherwise, or with `self_contained`, every
+    weight. `extra` and `training` must hold only plain Python values and tensors, so that the file
+    stays loadable with `torch.load(weights_only=True)`.
     """
     extra = {} if extra is None else extra
     check_plain(extra, "extra")
     check_plain(bb.timm_overrides, "timm_overrides")
+    full = self_contained or base is None or trained is None
+    state = {k: v.detach().cpu() for k, v in bb.state_dict().items() if full or k in trained}
     payload = {
-        "format": FINETUNED_FORMAT,
+        "format": FORMAT,
         "backbone": bb.name,
         "timm_overrides": dict(bb.timm_overrides),
         "layer": bb.layer,
-        "state_dict": {k: v.detach().cpu() for k, v in bb.state_dict().items()},
+        "build": bb.build,
+        "base": None if full else base,
+        "state_dict": state,
         "extra": extra,
+        "base_origin": base["origin"] if base else (bb.base_origin or weights_origin(bb)),
     }
+    if training is not None:
+        payload["training"] = training
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(payload, path)
@@ -46,7 +111,7 @@ def save_finetuned(bb: Backbone, path: str | os.PathLike, extra: dict | None = N
 
 
 def is_finetuned(path: str | os.PathLike) -> bool:
-    """Whether `path` is a fine-tuned checkpoint of this project; reads only its header (mmap)."""
+    """Whether `path` is a fine-tuned checkpoint (this project's or the original's); reads only its header (mmap)."""
     path = Path(path)
     if path.suffix == ".safetensors" or not path.is_file():
         return False
@@ -54,43 +119,96 @@ def is_finetuned(path: str | os.PathLike) -> bool:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip-format torch file: the loaders report what is wrong with it
         return False
-    return isinstance(raw, dict) and raw.get("format") == FINETUNED_FORMAT
+    return isinstance(raw, dict) and (raw.get("format") in FORMATS or ORIGINAL_KEY in raw)
 
 
-def read_finetuned(path: str | os.PathLike) -> tuple[Checkpoint, dict]:
-    """The weights of a fine-tuned checkpoint (Backbone layout) and its metadata (backbone, timm_overrides,
-    layer, extra)."""
+def read_finetuned(path: str | os.PathLike, model: str | None = None) -> tuple[Checkpoint, dict]:
+    """The weights of a fine-tuned checkpoint (Backbone layout, base weights included) and its metadata:
+    backbone, timm_overrides, layer, build, extra and (last.pt) training. `model` names the backbone of
+    an original-project checkpoint (default: read off its shapes)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}.")
     raw = load_file(path, None)
+    if isinstance(raw, dict) and ORIGINAL_KEY in raw and "format" not in raw:
+        return _read_original(path, raw, model)
     if not isinstance(raw, dict) or "format" not in raw:
         raise CheckpointError(
             f"{path} is not a fine-tuned checkpoint (no 'format' tag): it holds plain weights. "
             "Pass it as --weights (with --model), or load_backbone(name, weights=PATH) in Python."
         )
-    if raw["format"] != FINETUNED_FORMAT or any(key not in raw for key in FIELDS):
+    if raw["format"] not in FORMATS or any(key not in raw for key in FIELDS):
         raise CheckpointError(
             f"{path} has format {raw['format']!r} with keys {sorted(raw)}; this version reads "
-            f"{FINETUNED_FORMAT!r} with keys {sorted(['format', *FIELDS])}."
+            f"{' and '.join(map(repr, FORMATS))} with keys {sorted(['format', *FIELDS])}."
         )
     spec = get_spec(raw["backbone"])
-    ckpt = convert_state(path, as_state_dict(path, raw["state_dict"], spec), spec)
-    return ckpt, {key: raw[key] for key in FIELDS if key != "state_dict"}
+    state = as_state_dict(path, raw["state_dict"], spec)
+    if raw.get("base"):
+        state = {**_base_state(path, raw["base"], spec), **state}
+    meta = {key: raw[key] for key in FIELDS if key != "state_dict"}
+    meta |= {"build": raw.get("build", "meta"), "base_origin": raw.get("base_origin", "unknown")}
+    meta |= {"base": raw.get("base"), "training": raw.get("training")}
+    return convert_state(path, state, spec), meta
 
 
-def load_finetuned(path: str | os.PathLike, device: str | torch.device = "auto", precision: str = "auto") -> Backbone:
-    """Rebuild a backbone saved by save_finetuned: name, timm overrides, layer and weights."""
-    ckpt, meta = read_finetuned(path)
+def _base_state(path: Path, base: dict, spec: BackboneSpec) -> dict[str, Tensor]:
+    """The base weights a checkpoint was trained from, found where they were or at the official place,
+    and checked by sha256; a clear error when they are missing or another file."""
+    candidates = list(dict.fromkeys([Path(base["weights"]), spec.default_weights.parent / base["file"]]))
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        tried = " or ".join(map(str, candidates))
+        raise CheckpointError(
+            f"{path} holds the trained weights only; its base weights {base['file']} (sha256 {base['sha256'][:12]}...) "
+            f"are not at {tried}. Put that file there (python download.py --models {spec.name} fetches the official "
+            "one), or use a self-contained checkpoint (finetune.py --self-contained)."
+        )
+    digest = file_sha256(found)
+    if digest != base["sha256"]:
+        raise CheckpointError(
+            f"{path} was trained from {base['file']} with sha256 {base['sha256'][:12]}..., but {found} has sha256 "
+            f"{digest[:12]}...: another file. Restore the file the checkpoint was trained from."
+        )
+    if is_finetuned(found):  # training continued from an earlier checkpoint
+        return read_finetuned(found)[0].state_dict
+    return read_checkpoint(found, spec).state_dict
+
+
+def _read_original(path: Path, raw: dict, model: str | None) -> tuple[Checkpoint, dict]:
+    """An original-project checkpoint: Meta's key layout under model_state_dict, its model guessed or given."""
+    state = as_state_dict(path, raw[ORIGINAL_KEY], None)
+    ckpt = convert_state(path, state, get_spec(model) if model else None)
+    spec = get_spec(model) if model else guess_spec(ckpt)
+    if spec is None:
+        raise CheckpointError(f"{path}: cannot tell which backbone its model_state_dict is; give --model.")
+    info = {key: raw[key] for key in ORIGINAL_INFO if isinstance(raw.get(key), int | float | str)}
+    meta = {"backbone": spec.name, "timm_overrides": {}, "layer": None, "build": "original", "base_origin": "official"}
+    meta["extra"] = {"original_checkpoint": info}
+    return ckpt, meta | {"base": None, "training": None}
+
+
+def load_finetuned(
+    path: str | os.PathLike,
+    device: str | torch.device = "auto",
+    precision: str | Mapping[str, str] = "auto",
+    *,
+    model: str | None = None,
+    build: str | None = None,
+) -> Backbone:
+    """Rebuild a fine-tuned backbone: name, timm overrides, layer, build (unless `build` is given) and weights."""
+    ckpt, meta = read_finetuned(path, model)
     bb = load_state(
         get_spec(meta["backbone"]),
         ckpt,
         layer=meta["layer"],
         device=device,
         precision=precision,
+        build=build or meta["build"],
         overrides=meta["timm_overrides"],
     )
     bb.extra = meta["extra"] or {}
+    bb.base_origin, bb.base, bb.training_state = meta["base_origin"], meta["base"], meta["training"]
     return bb
 
 

@@ -132,6 +132,18 @@ BACKBONES: dict[str, BackboneSpec] = {
     ]
 }
 
+# Where the original project (PhilaMaster/semantic_correspondence) built a family otherwise than Meta's
+# hub code does (`build="original"`); "meta" is Meta's configuration.
+BUILD_VARIANTS: dict[str, dict[str, dict]] = {
+    "meta": {},
+    "original": {
+        # its vit_base(...) kept the constructor defaults: LayerNorm eps 1e-6 (hub: 1e-5), RoPE in bf16 (hub: fp32)
+        "dinov3": {"norm_eps": 1e-6, "rope_dtype": "bf16"},
+        # its 64x64 position table was resized with F.interpolate(mode="bicubic"), no antialias
+        "sam": {"pos_embed_antialias": False},
+    },
+}
+
 ALIASES = {
     "dinov2": "dinov2_vitb14",
     "dinov2_reg": "dinov2_vitb14_reg4",

@@ -16,7 +16,8 @@ Pair CSVs have the header `source_image,target_image,class` plus `flip` (trn, va
   loads (boxes None, said in PairSet.notes).
 - `flip` goes to `flags["flip"]` as is: a training augmentation hint, nothing is flipped here.
 - Coordinates: the CSV and `.mat` values are MATLAB 1-based pixel coordinates; 1 is subtracted from
-  keypoints and boxes to get this project's 0-based pixel centres. Public loaders (NCNet, DHPF, CATs,
+  keypoints and boxes to get this project's 0-based pixel centres (`shift_one_based=False`, the
+  original project's protocol, keeps them as stored). Public loaders (NCNet, DHPF, CATs,
   GeoAware-SC) use the values unchanged, i.e. 1 px right and down of the annotated pixel; at
   alpha = 0.1 of a 300-500 px image that is far below the PCK threshold, but it matters for drawing
   and for the feature grid. Images with an EXIF orientation get keypoints and boxes turned with it.
@@ -65,8 +66,17 @@ EXPECTED_LAYOUT = """\
 Annotation = tuple[np.ndarray, tuple[float, float, float, float]]  # kps (N, 2) 1-based, bbox
 
 
-def load(root: Path, split: str = "test", layout: str = "large", limit: int | None = None) -> PairSet:
-    """The pairs of `split`; `layout` is ignored (SPair-71k only)."""
+def load(
+    root: Path,
+    split: str = "test",
+    layout: str = "large",
+    limit: int | None = None,
+    *,
+    shift_one_based: bool = True,
+    clamp: bool = True,
+) -> PairSet:
+    """The pairs of `split`; `layout` is ignored (SPair-71k only). `shift_one_based` False keeps the
+    stored 1-based coordinates (the original project's protocol)."""
     check_split(NAME, split, CSV_NAMES)
     candidates = [folder / name for folder in (root, root / DATA_DIR) for name in CSV_NAMES[split]]
     csv_path = next((path for path in candidates if path.is_file()), None)
@@ -82,8 +92,10 @@ def load(root: Path, split: str = "test", layout: str = "large", limit: int | No
             f"{' or '.join(map(str, ann_dirs))}\nExpected layout:\n{EXPECTED_LAYOUT}"
         )
     uneven: list[str] = []
-    records = _records(root, csv_path, rows, ann_dir=ann_dir, with_csv_kps=with_csv_kps, uneven=uneven)
-    pairset = collect_pairs(NAME, split, root, records, limit=limit)
+    records = _records(
+        root, csv_path, rows, ann_dir=ann_dir, with_csv_kps=with_csv_kps, shift=int(shift_one_based), uneven=uneven
+    )
+    pairset = collect_pairs(NAME, split, root, records, limit=limit, clamp=clamp)
     if uneven:
         pairset.notes.append(
             f"{len(uneven)} pairs have .mat keypoint lists of different lengths (first: {uneven[0]}); "
@@ -116,6 +128,7 @@ def _records(
     *,
     ann_dir: Path | None,
     with_csv_kps: bool,
+    shift: int,
     uneven: list[str],
 ) -> Iterator[PairRecord]:
     """Pair records in CSV order; pairs whose .mat files differ in keypoint count go to `uneven`."""
@@ -146,11 +159,11 @@ def _records(
             category=category,
             src=src,
             trg=trg,
-            src_kps=orient_points(src_kps - 1, src.orientation, stored_size(src)),
-            trg_kps=orient_points(trg_kps - 1, trg.orientation, stored_size(trg)),
+            src_kps=orient_points(src_kps - shift, src.orientation, stored_size(src)),
+            trg_kps=orient_points(trg_kps - shift, trg.orientation, stored_size(trg)),
             kp_ids=kp_ids,
-            src_bbox=_oriented_box(src_ann, src),
-            trg_bbox=_oriented_box(trg_ann, trg),
+            src_bbox=_oriented_box(src_ann, src, shift),
+            trg_bbox=_oriented_box(trg_ann, trg, shift),
             flags={"flip": _int(row["flip"], "flip", where)} if row.get("flip") not in (None, "") else {},
         )
 
@@ -235,8 +248,8 @@ def _common_keypoints(src: np.ndarray, trg: np.ndarray) -> tuple[np.ndarray, np.
     return src[index].astype(np.float32), trg[index].astype(np.float32), [str(i) for i in index]
 
 
-def _oriented_box(annotation: Annotation | None, ref: ImageRef) -> tuple[float, float, float, float] | None:
+def _oriented_box(annotation: Annotation | None, ref: ImageRef, shift: int) -> tuple[float, float, float, float] | None:
     if annotation is None:
         return None
-    box = tuple(v - 1 for v in annotation[1])
+    box = tuple(v - shift for v in annotation[1])
     return orient_box(box, ref.orientation, stored_size(ref))

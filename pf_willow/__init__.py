@@ -12,7 +12,8 @@ is the class folder in the image path (`PF-dataset/car(G)/Cars_006a.png` -> `car
 target must agree. There are no boxes (trg_bbox None): PCK uses the keypoints' or the image's extent.
 
 Coordinates are MATLAB 1-based (the pairs come from the .mat annotations of the PF dataset); 1 is
-subtracted to get this project's 0-based pixel centres. Public loaders (NCNet, DHPF, CATs,
+subtracted to get this project's 0-based pixel centres (`shift_one_based=False`, the original
+project's protocol, keeps them as stored). Public loaders (NCNet, DHPF, CATs,
 GeoAware-SC) use them unchanged, 1 px right and down; PCK thresholds are far larger than that.
 Images with an EXIF orientation get their keypoints turned with it.
 
@@ -53,8 +54,17 @@ EXPECTED_LAYOUT = """\
 """
 
 
-def load(root: Path, split: str = "test", layout: str = "large", limit: int | None = None) -> PairSet:
-    """The test pairs; `layout` is ignored (SPair-71k only)."""
+def load(
+    root: Path,
+    split: str = "test",
+    layout: str = "large",
+    limit: int | None = None,
+    *,
+    shift_one_based: bool = True,
+    clamp: bool = True,
+) -> PairSet:
+    """The test pairs; `layout` is ignored (SPair-71k only). `shift_one_based` False keeps the stored
+    1-based coordinates (the original project's protocol)."""
     check_split(NAME, split, SPLITS)
     candidates = [root / "test_pairs.csv", root / DATA_DIR / "test_pairs.csv"]
     csv_path = next((path for path in candidates if path.is_file()), None)
@@ -65,7 +75,9 @@ def load(root: Path, split: str = "test", layout: str = "large", limit: int | No
         header = [h.strip() for h in next(reader, [])]
         rows = list(reader)
     columns = _coordinate_columns(header, csv_path)
-    return collect_pairs(NAME, split, root, _records(root, csv_path, rows, columns), limit=limit)
+    return collect_pairs(
+        NAME, split, root, _records(root, csv_path, rows, columns, int(shift_one_based)), limit=limit, clamp=clamp
+    )
 
 
 def _coordinate_columns(header: list[str], path: Path) -> dict[str, list[int]]:
@@ -85,7 +97,9 @@ def _coordinate_columns(header: list[str], path: Path) -> dict[str, list[int]]:
     return {name: [cols[n] for n in sorted(cols)] for name, cols in found.items()}
 
 
-def _records(root: Path, csv_path: Path, rows: list[list[str]], columns: dict[str, list[int]]) -> Iterator[PairRecord]:
+def _records(
+    root: Path, csv_path: Path, rows: list[list[str]], columns: dict[str, list[int]], shift: int
+) -> Iterator[PairRecord]:
     images: dict[str, ImageRef] = {}
     width = 2 + sum(len(c) for c in columns.values())
     for number, row in enumerate(rows, 1):
@@ -98,8 +112,8 @@ def _records(root: Path, csv_path: Path, rows: list[list[str]], columns: dict[st
         if src_class != trg_class:
             raise DatasetError(f"{where}: source class {src_class!r} and target class {trg_class!r} differ")
         xy = {name: _numbers(row, cols, where) for name, cols in columns.items()}
-        src_kps = np.stack([xy["XA"], xy["YA"]], axis=1) - 1
-        trg_kps = np.stack([xy["XB"], xy["YB"]], axis=1) - 1
+        src_kps = np.stack([xy["XA"], xy["YA"]], axis=1) - shift
+        trg_kps = np.stack([xy["XB"], xy["YB"]], axis=1) - shift
         yield PairRecord(
             pair_id=pair_id_from_row(number, src, trg),
             dataset=NAME,

@@ -108,7 +108,9 @@ def test_spair_limit_clamping_and_empty_pairs(tmp_path):
     assert ps.skipped == {"no keypoints": 1}
     np.testing.assert_array_equal(ps.pairs[0].src_kps, [[5, 5], [39, 0]])
     np.testing.assert_array_equal(ps.pairs[1].trg_kps, [[5, 5], [39, 0]])
-    assert ps.clamped_keypoints == 2 and "clamped 2 keypoints" in ps.notes[0]
+    assert (
+        ps.clamped_keypoints == 2 and "2 keypoints lie outside their image [0, W-1] x [0, H-1]: clamped" in ps.notes[0]
+    )
     assert "skipped 1 (no keypoints)" in ps.summary()
     assert len(load_pairs("spair", root, "test", limit=1).pairs) == 1
     assert load_pairs("spair", root, "test", limit=0).pairs == []

@@ -12,10 +12,10 @@ from synthetic import ColourCodeBackbone, colour_backbone, colour_config, write_
 
 import ensemble as ens
 import ensemble_evaluate
-import pck
 from cli import parse_member
 from evaluation import Member, build_member, evaluate, evaluation_set, predict_keypoints
 from helper_functions import FeatureSet
+from results import read_run
 from settings import EnsembleConfig, MatchConfig
 
 
@@ -54,7 +54,7 @@ def test_simplex_grid():
 
 
 def predictions(run):
-    return pck.read_keypoint_table(run / "per_keypoint.csv")[["pred_x", "pred_y"]].to_numpy()
+    return read_run(run).keypoints()[["pred_x", "pred_y"]].to_numpy()
 
 
 def test_identical_members_equal_one_model_and_weights_are_normalised(tmp_path, colour_pairs):
@@ -108,19 +108,9 @@ def test_zero_weight_member_changes_nothing_and_noise_hurts(tmp_path, colour_pai
 
 def test_combine_features_is_the_weighted_concatenation(tmp_path, colour_pairs):
     """--combine features equals matching on [sqrt(w1) f1, sqrt(w2) f2] with f2 resized to f1's grid."""
-    eval_set, _, _ = evaluation_set(colour_pairs, "bbox")
-    fine, _ = build_member(
-        colour_backbone(tmp_path, 8), eval_set, resize="squash", batch_size=8, num_workers=0, progress=False, weight=0.4
-    )
-    coarse, _ = build_member(
-        colour_backbone(tmp_path, 16),
-        eval_set,
-        resize="squash",
-        batch_size=8,
-        num_workers=0,
-        progress=False,
-        weight=0.6,
-    )
+    eval_set, _ = evaluation_set(colour_pairs)
+    fine, _ = build_member(colour_config(tmp_path), colour_backbone(tmp_path, 8), eval_set, weight=0.4)
+    coarse, _ = build_member(colour_config(tmp_path), colour_backbone(tmp_path, 16), eval_set, weight=0.6)
     ordered, order = ens.engine_members([coarse, fine], "finest", "features")
     assert order == [1, 0] and ordered[1].features.feats.shape[-2:] == (16, 16)
     cfg = MatchConfig("argmax")
@@ -137,18 +127,10 @@ def test_combine_features_is_the_weighted_concatenation(tmp_path, colour_pairs):
 
 
 def test_pad_members_need_one_aspect_ratio(tmp_path, colour_pairs):
-    eval_set, _, _ = evaluation_set(colour_pairs, "bbox")
-    a, _ = build_member(
-        colour_backbone(tmp_path), eval_set, image_size=[128], resize="pad", batch_size=8, num_workers=0, progress=False
-    )
+    eval_set, _ = evaluation_set(colour_pairs)
+    a, _ = build_member(colour_config(tmp_path, resize="pad"), colour_backbone(tmp_path), eval_set, image_size=[128])
     b, _ = build_member(
-        colour_backbone(tmp_path),
-        eval_set,
-        image_size=[128, 64],
-        resize="pad",
-        batch_size=8,
-        num_workers=0,
-        progress=False,
+        colour_config(tmp_path, resize="pad"), colour_backbone(tmp_path), eval_set, image_size=[128, 64]
     )
     with pytest.raises(ValueError, match="one aspect ratio"):
         ens.engine_members([a, b], "finest", "similarity")
@@ -207,3 +189,13 @@ def test_command_line(tmp_path, capsys):
         ensemble_evaluate.main(
             ["--member", "no_such_model", "--member", "dinov2", "--search-weights", "--weight-step", "0.3", *common]
         )
+
+
+def test_the_original_protocol_meets_on_the_coarsest_grid(tmp_path, colour_pairs):
+    """The original resized every map to SAM's 32 x 32 grid and took pixels from its geometry."""
+    coarse, fine = colour_backbone(tmp_path, patch_size=16), colour_backbone(tmp_path, patch_size=8)
+    cfg = colour_config(tmp_path, thresholds=[0.2], protocol="original", pck_norm=None)
+    run = ens.evaluate_ensemble(cfg, EnsembleConfig([spec("fine"), spec("coarse")]), colour_pairs, [fine, coarse])
+    config_json = json.loads((run / "config.json").read_text())
+    assert config_json["resolved"]["grid"] == [8, 8] and config_json["resolved"]["reference_member"] == 1
+    assert config_json["protocol"]["settings"]["common_grid"] == "coarsest"

@@ -11,6 +11,7 @@ from synthetic import colour_backbone, colour_config
 
 import pck
 from evaluation import evaluate
+from results import read_run
 from settings import MatchConfig
 
 
@@ -34,7 +35,7 @@ def test_run_folder_files_and_figures_recompute_from_csv(tmp_path, pairset, back
     assert run.name.endswith("_colourcode_custom_test_wsoftargmax")
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "per_keypoint.csv", "per_pair.csv"]
     metrics = json.loads((run / "metrics.json").read_text())
-    recomputed = pck.summarize(pck.read_keypoint_table(run / "per_keypoint.csv"))
+    recomputed = pck.summarize(read_run(run).keypoints())
     for key, value in recomputed.items():
         assert metrics[key] == value, key  # JSON floats round-trip exactly
     assert metrics["pck@0.1"]["per_keypoint"] > 90  # the colour code makes this an easy benchmark
@@ -42,7 +43,7 @@ def test_run_folder_files_and_figures_recompute_from_csv(tmp_path, pairset, back
     assert metrics["counts"]["pairs_skipped"] == {"no keypoints": 2}
     assert metrics["protocol"]["pck_norm"] == "bbox"
     per_pair = pd.read_csv(run / "per_pair.csv", dtype={"pair_id": str})
-    table = pck.read_keypoint_table(run / "per_keypoint.csv")
+    table = read_run(run).keypoints()
     assert per_pair.set_index("pair_id")["pck@0.1"].to_dict() == pytest.approx(
         (table.groupby("pair_id")["correct@0.1"].mean() * 100).to_dict()
     )

@@ -21,7 +21,6 @@ from PIL import ImageOps
 
 from evaluation import load_model, run_evaluation
 from finetuning import FinetuneError
-from finetuning.checkpoints import STATE_FILE
 from finetuning.data import TrainingPairs, collate, epoch_batches, flip_keypoints
 from finetuning.finetune import main
 from finetuning.loss import correspondence_loss, soft_targets
@@ -32,6 +31,7 @@ from geometry import Preprocess, patch_to_input
 from helper_functions import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
 from images import load_image
 from models import load_backbone, save_finetuned
+from models.finetuned import read_finetuned
 from pairs import PairSet, load_pairs
 from settings import Augment, EvalConfig, TrainConfig
 
@@ -85,7 +85,12 @@ def config(init: Path, spair: Path, out: Path, **kw) -> TrainConfig:
 
 
 def state_dict(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    """Every weight of a checkpoint, its base file's included (Backbone layout)."""
+    return read_finetuned(path)[0].state_dict
+
+
+def training_step(path: Path) -> int:
+    return torch.load(path, weights_only=True)["training"]["step"]
 
 
 # --- learning --------------------------------------------------------------------------------------
@@ -144,12 +149,12 @@ def test_resume_after_k_steps_equals_an_uninterrupted_run(init, spair, tmp_path)
             "--flip", "--jitter", "0.3", "--lr", "1e-2", "--val-every", "2"]  # fmt: skip
     whole = main([*args, "--output-dir", str(tmp_path / "a")])
     part = main([*args, "--output-dir", str(tmp_path / "b"), "--stop-after", "4"])  # mid-epoch 2 (3 steps each)
-    assert torch.load(part / STATE_FILE, weights_only=True)["step"] == 4
+    assert training_step(part / "last.pt") == 4
     resumed = main(["--resume", str(part), "--quiet", "--num-workers", "0"])
     assert resumed == part
     a, b = state_dict(whole / "last.pt"), state_dict(part / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    sa, sb = (torch.load(r / STATE_FILE, weights_only=True) for r in (whole, part))
+    sa, sb = (torch.load(r / "last.pt", weights_only=True)["training"] for r in (whole, part))
     assert sa["step"] == sb["step"] == 6
     for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True):
         assert all(torch.equal(pa[k], pb[k]) for k in pa)
@@ -210,14 +215,9 @@ def test_evaluate_loads_the_checkpoint_with_no_other_flag(init, spair, tmp_path)
     saved = state_dict(best)
     assert all(torch.equal(v, saved[k]) for k, v in bb.state_dict().items())
     assert bb.extra["finetune"]["model"] == "dinov2_vitb14" and bb.extra["step"] == 2
-    assert set(torch.load(best, weights_only=True)) == {
-        "format",
-        "backbone",
-        "timm_overrides",
-        "layer",
-        "state_dict",
-        "extra",
-    }
+    raw = torch.load(best, weights_only=True)
+    assert raw["format"] == "semcorr-backbone/2" and raw["base"]["weights"] == str(init)
+    assert set(raw["state_dict"]) == {k for k in saved if k.startswith(("model.blocks.", "model.norm."))}  # 2 of 2
 
     cfg = EvalConfig(checkpoint=str(best), data_root=str(spair), split="val", image_size=[112], device="cpu",
                      cache_dir=None, output_dir=str(tmp_path / "eval"), num_workers=0, progress=False)  # fmt: skip
@@ -363,11 +363,36 @@ def test_resume_refuses_another_model_changed_settings_and_incomplete_folders(in
     assert "--lr" in error_of(["--resume", str(run), "--lr", "0.1"])
     (run / "config.json").write_text("{")
     assert "its config.json is not one finetuning/finetune.py wrote" in error_of(["--resume", str(run)])
-    (run / STATE_FILE).unlink()
-    assert f"{STATE_FILE} missing" in error_of(["--resume", str(run)])
+    (run / "last.pt").unlink()
+    assert "last.pt missing" in error_of(["--resume", str(run)])
 
 
 def test_cache_with_augmentation_is_refused(init, spair, tmp_path):
     cfg = config(init, spair, tmp_path, cache_frozen=True, flip=True)
     with pytest.raises(FinetuneError, match="--cache-frozen"):
         train(cfg, load_pairs("spair", root=spair, split="trn"), None)
+
+
+# --- the original protocol ------------------------------------------------------------------------
+
+
+def test_original_protocol_trains_as_the_original_did(spair, tmp_path):
+    """Batch 1, constant lr 1e-4, AdamW weight decay 0.01 on every trainable tensor, no clipping, the
+    last model (no best.pt), SAM's neck frozen, fp16 autocast with a gradient scaler."""
+    init = tiny_checkpoint(tmp_path, "sam")
+    run = main(["--checkpoint", str(init), "--protocol", "original", "--data-root", str(spair), *IMAGE,
+                "--output-dir", str(tmp_path / "out"), "--log-every", "1"])  # fmt: skip
+    assert not (run / "best.pt").exists()
+    config_json = json.loads((run / "config.json").read_text())
+    assert config_json["protocol"]["name"] == "original" and config_json["protocol"]["overrides"] == {}
+    args = config_json["args"]
+    assert (args["batch_size"], args["schedule"], args["decay"], args["grad_clip"]) == (1, "constant", "all", 0.0)
+    log = pd.read_csv(run / "train_log.csv").dropna(subset=["loss"])
+    assert len(log) == 6 and (log["lr"] == 1e-4).all()  # 6 training pairs, one a step
+    raw = torch.load(run / "last.pt", weights_only=True)
+    groups = raw["training"]["optimizer"]["param_groups"]
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.01
+    assert raw["training"]["scaler"] is not None  # fp16: the loss was scaled
+    before, after = state_dict(init), state_dict(run / "last.pt")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.neck."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.blocks.4."))

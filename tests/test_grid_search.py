@@ -39,8 +39,9 @@ def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, c
     assert (table["time_s"] > 0).all()
 
     # each cell is what a single evaluation with that matcher gives
-    eval_set, _, norm = evaluation_set(colour_pairs, "bbox")
-    member, _ = build_member(backbone, eval_set, resize="squash", batch_size=8, num_workers=0, progress=False)
+    eval_set, _ = evaluation_set(colour_pairs)
+    norm = "bbox"
+    member, _ = build_member(colour_config(tmp_path, cache_dir=None), backbone, eval_set)
     for row in table.itertuples():
         cfg = MatchConfig(
             row.matcher,
@@ -107,10 +108,8 @@ def test_grid_reaches_below_patch_resolution_and_low_temperature_is_argmax(tmp_p
 
 
 def _member_setup(tmp_path, colour_pairs):
-    eval_set, _, _ = evaluation_set(colour_pairs, "bbox")
-    member, _ = build_member(
-        colour_backbone(tmp_path), eval_set, resize="squash", batch_size=8, num_workers=0, progress=False
-    )
+    eval_set, _ = evaluation_set(colour_pairs)
+    member, _ = build_member(colour_config(tmp_path, cache_dir=None), colour_backbone(tmp_path), eval_set)
     return eval_set.pairs, member
 
 
@@ -118,11 +117,12 @@ def test_chunked_matching_changes_nothing(tmp_path, colour_pairs, monkeypatch):
     assert evaluation.target_chunks([3, 3, 3, 10, 1], 7) == [[0, 1], [2], [3], [4]]
     pairs, member = _member_setup(tmp_path, colour_pairs)
     cfgs = [MatchConfig("argmax"), MatchConfig("wsoftargmax", 5, 0.1)]
-    whole, _ = evaluation.predict_variants(pairs, [member], cfgs, progress=False)
+    whole = evaluation.predict_variants(pairs, [member], cfgs, progress=False)
     monkeypatch.setattr(evaluation, "CHUNK_KEYPOINTS", 7)  # 5 keypoints per pair, 15 per target image
-    chunked, _ = evaluation.predict_variants(pairs, [member], cfgs, progress=False)
+    chunked = evaluation.predict_variants(pairs, [member], cfgs, progress=False)
     for a, b in zip(whole, chunked, strict=True):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        np.testing.assert_array_equal(a.similarity, b.similarity)
 
 
 def test_best_parameters_reach_evaluation_through_params(tmp_path, colour_pairs):

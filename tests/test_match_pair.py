@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from synthetic import colour_backbone, render_object
+from synthetic import colour_backbone, colour_config, render_object
 
 import match_pair
 import pair_matching as mp
@@ -33,12 +33,12 @@ def test_match_pair_finds_given_and_mutual_points(tmp_path):
     src, trg = colour_images(tmp_path)
     points = np.array([[40.0, 50.0], [100.3, 95.7], [70.0, 70.0]], dtype=np.float32)
     cfg = MatchConfig("wsoftargmax", 5, 0.1)
-    result = mp.match_pair(colour_backbone(tmp_path), src, trg, cfg, points=points)
+    result = mp.match_pair(colour_config(tmp_path, match=cfg), colour_backbone(tmp_path), src, trg, points=points)
     patch = np.array([230, 150]) / 16  # one target patch, in target pixels
     assert (np.abs(result.pred - truth(points)) < patch).all()
     assert result.similarity.shape == (3, 16, 16) and (result.peak > 0.5).all()
 
-    mutual = mp.match_pair(colour_backbone(tmp_path), src, trg, cfg, mutual=20)
+    mutual = mp.match_pair(colour_config(tmp_path, match=cfg), colour_backbone(tmp_path), src, trg, mutual=20)
     on_object = ((mutual.pair.src_kps >= SRC_BOX[:2]) & (mutual.pair.src_kps <= np.array(SRC_BOX[2:]) - 1)).all(1)
     assert len(mutual.pred) == 20 and on_object.sum() >= 19  # the black background is one repeated feature
     assert (np.abs(mutual.pred[on_object] - truth(mutual.pair.src_kps[on_object])) < patch).all()
@@ -59,7 +59,7 @@ def test_match_pair_defaults_to_the_preprocessing_a_checkpoint_was_trained_with(
     src, trg = colour_images(tmp_path)
     backbone = colour_backbone(tmp_path)
     backbone.extra = {"finetune": {"image_size": [64], "resize": "pad"}}  # what load_finetuned restores
-    result = mp.match_pair(backbone, src, trg, MatchConfig(), points=np.array([[40.0, 50.0]]))
+    result = mp.match_pair(colour_config(tmp_path), backbone, src, trg, points=np.array([[40.0, 50.0]]))
     assert (result.features.prep.height, result.features.prep.width, result.features.prep.resize) == (64, 64, "pad")
 
 

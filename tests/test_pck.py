@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import pck
+import results
 from images import ImageRef
 from pairs import PairRecord
 
@@ -69,6 +70,5 @@ def test_summary_is_recomputable_from_the_csv(tmp_path):
     ]
     pred = np.concatenate([p.trg_kps + rng.normal(0, 6, p.trg_kps.shape) for p in pairs])
     table = pck.keypoint_table(pairs, pred, [0.05, 0.1, 0.2], "bbox")
-    path = tmp_path / "per_keypoint.csv"
-    table.to_csv(path, index=False)
-    assert pck.summarize(pck.read_keypoint_table(path)) == pck.summarize(table)
+    results.write_run(tmp_path, "evaluation", {}, per_keypoint=table)
+    assert pck.summarize(results.read_run(tmp_path).keypoints()) == pck.summarize(table)

@@ -8,12 +8,12 @@ from matplotlib.patches import ConnectionPatch
 from PIL import Image
 from synthetic import colour_backbone, colour_config, write_colour_pairs
 
-import pck
 import viz2d
 from cli import eval_config, evaluation_parser
 from evaluation import evaluate
 from geometry import Preprocess, image_geometry
 from pairs import load_pairs
+from results import read_run
 
 
 def lines(fig):
@@ -123,7 +123,7 @@ def test_evaluation_saves_pictures_of_its_best_and_worst_pairs(tmp_path):
     pairset = load_pairs("custom", root=write_colour_pairs(tmp_path / "data"))
     run = evaluate(colour_config(tmp_path, save_vis=1), pairset, colour_backbone(tmp_path, image_size=64))
     per_pair = pd.read_csv(run / "per_pair.csv", dtype={"pair_id": str})
-    table = pck.read_keypoint_table(run / "per_keypoint.csv")
+    table = read_run(run).keypoints()
     ranking = viz2d.pair_ranking(table, 0.1)["pair_id"]
     assert per_pair.set_index("pair_id").loc[ranking.iloc[0], "pck@0.1"] == per_pair["pck@0.1"].max()
     assert sorted(p.name for p in (run / "vis").iterdir()) == [

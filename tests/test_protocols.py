@@ -1,0 +1,262 @@
+"""Protocols: one table of conventions, each part overridable, and each convention of the original
+project checked against a formula written from its code (the whole run against its own code is
+tests/test_protocol_original.py)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from dataset_factory import FakeImage, fake_pairs, make_pf_pascal, make_pf_willow
+from model_factory import TINY_OVERRIDES, random_official_state_dict
+from PIL import Image
+
+from cli import eval_config, evaluation_parser
+from geometry import Preprocess, image_geometry
+from helper_functions import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
+from matching_strategies import window_soft_argmax
+from models import CheckpointError, create_backbone, load_backbone, weights_origin
+from pairs import load_pairs
+from settings import EVAL_CONVENTIONS, PROTOCOLS, EvalConfig, MatchConfig, resolve_protocol
+
+
+def resolved(**kw) -> tuple[EvalConfig, dict]:
+    return resolve_protocol(EvalConfig(**kw), EVAL_CONVENTIONS)
+
+
+# --- the table and its resolution -------------------------------------------------------------------
+
+
+def test_a_protocol_sets_every_convention_and_a_flag_overrides_one_part():
+    cfg, record = resolved(protocol="original", dataset="pf-willow")
+    assert (cfg.resample, cfg.coordinates, cfg.pf_shift, cfg.clamp_keypoints) == (
+        "torch-bilinear",
+        "corner",
+        False,
+        False,
+    )
+    assert (cfg.match.window_border, cfg.pck_norm, cfg.feature_dtype, cfg.build) == (
+        "clip",
+        "image",
+        "fp32",
+        "original",
+    )
+    assert record["settings"]["precision"] == {"dinov2": "fp32", "dinov3": "fp32", "sam": "fp16"}
+    assert record["overrides"] == {}
+    cfg, record = resolved(dataset="pf-willow")
+    assert (cfg.resample, cfg.coordinates, cfg.pck_norm, cfg.match.window_border) == (
+        "pil-bicubic",
+        "centre",
+        "kpbox",
+        "shrink",
+    )
+    with pytest.warns(UserWarning, match=r"coordinates='centre' leaves the original protocol \(it used 'corner'\)"):
+        cfg, record = resolved(protocol="original", coordinates="centre")
+    assert (
+        cfg.coordinates == "centre"
+        and cfg.resample == "torch-bilinear"
+        and record["overrides"] == {"coordinates": "centre"}
+    )
+    with pytest.warns(UserWarning, match=r"resize='pad' leaves the original protocol \(it used 'squash'\)"):
+        _, record = resolved(protocol="original", resize="pad")
+    assert record["overrides"] == {"resize": "pad"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default protocol takes overrides without a word
+        _, record = resolved(coordinates="corner")
+    assert record["overrides"] == {"coordinates": "corner"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the original's own precision for the model is no override
+        _, record = resolved(protocol="original", model="dinov2", precision="fp32")
+    assert record["overrides"] == {}
+    with pytest.raises(ValueError, match="unknown protocol 'paper': choose one of default, original"):
+        resolved(protocol="paper")
+
+
+def test_the_command_line_refuses_an_unknown_protocol_and_records_the_flags(capsys):
+    parser = evaluation_parser("test")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--protocol", "paper"])
+    assert "invalid choice: 'paper'" in capsys.readouterr().err
+    cfg = eval_config(parser.parse_args(["--protocol", "original", "--no-pf-shift", "--window-border", "shrink"]))
+    assert (cfg.protocol, cfg.pf_shift, cfg.match.window_border, cfg.coordinates) == ("original", False, "shrink", None)
+
+
+def test_each_protocol_fixes_the_same_conventions():
+    default, original = (PROTOCOLS[name] for name in ("default", "original"))
+    assert set(vars(default.conventions)) == set(vars(original.conventions))
+    assert original.training.batch_size == 1 and original.training.select == "last" and not original.training.train_neck
+
+
+# --- the original's conventions, each against a formula written from its code ------------------------
+
+
+def test_corner_coordinates_are_the_originals_pixel_to_patch_and_back():
+    """helper_functions.pixel_to_patch_coord / patch_to_pixel_coord of the original: int(x * (S / W) // P)
+    with x a float32 keypoint (numpy 2 keeps the product in float32), clamped; (p * P + P / 2) * (W / S)."""
+    prep = Preprocess.create(518, 14, "squash", coordinates="corner")
+    rng = np.random.default_rng(0)
+    for w, h in [(500, 375), (333, 500), (370, 250)]:
+        geom = image_geometry((w, h), prep)
+        xy = np.stack([rng.uniform(0, w, 200), rng.uniform(0, h, 200)], axis=1)
+        xy = np.round(xy, 1).astype(np.float32)  # keypoints as the original held them
+        xy[:5] = [[0, 0], [w - 1, h - 1], [10 * w / 37, 0], [w, h], [-3, h + 2]]  # edges, a patch border, outside
+        q = (geom.to_input(xy) + 0.5) / 14 - 0.5
+        ours = np.clip(np.floor(q + 0.5), 0, 36)
+        theirs = [[min(max(int(x * (518 / w) // 14), 0), 36), min(max(int(y * (518 / h) // 14), 0), 36)] for x, y in xy]
+        assert np.array_equal(ours, np.array(theirs, float))
+        p = rng.integers(0, 37, (50, 2)).astype(float)
+        back = geom.to_original((p + 0.5) * 14 - 0.5)
+        np.testing.assert_allclose(back, (p * 14 + 7) * np.array([w / 518, h / 518]), rtol=0, atol=1e-9)
+
+
+def test_torch_bilinear_resizes_the_normalised_tensor_without_antialias():
+    """SPairDataset.read_img + Normalize, then F.interpolate(bilinear, align_corners=False), as the original."""
+    pixels = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    ours = preprocess_image(image, Preprocess.create(518, 14, "squash", resample="torch-bilinear"))
+    tensor = torch.tensor(pixels.transpose(2, 0, 1).astype(np.float32)) / 255.0
+    tensor = (tensor - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    theirs = F.interpolate(tensor[None], size=(518, 518), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(ours, theirs)
+    assert (ours - preprocess_image(image, Preprocess.create(518, 14, "squash"))).abs().max() > 0.1
+
+
+def test_a_clipped_window_keeps_its_inner_side():
+    """find_best_match_window_softargmax: the window [c - r, c + r] cut at the grid's edge, softmax over it."""
+    sim = torch.rand(1, 6, 7, generator=torch.Generator().manual_seed(0))
+    sim[0, 0, 1] = 2.0  # the peak, next to the top-left corner
+    k, t = 5, 0.3
+    weights = (sim[0, 0:3, 0:4] / t).flatten().softmax(0).view(3, 4)
+    ys, xs = torch.meshgrid(torch.arange(3.0), torch.arange(4.0), indexing="ij")
+    expected = torch.stack([(weights * xs).sum(), (weights * ys).sum()])
+    torch.testing.assert_close(window_soft_argmax(sim, k, t, border="clip")[0], expected)
+    shrunk = window_soft_argmax(sim, k, t, border="shrink")[0]  # radius 0 in y, 1 in x around (1, 0)
+    w = (sim[0, 0, 0:3] / t).softmax(0)
+    torch.testing.assert_close(shrunk, torch.stack([(w * torch.arange(3.0)).sum(), torch.tensor(0.0)]))
+
+
+def _pf_images() -> list[FakeImage]:
+    return [
+        FakeImage("car_a", "car", (60, 40), {0: (0.0, 5.0), 1: (30.0, 20.0), 2: (59.0, 39.0)}),
+        FakeImage("car_b", "car", (50, 45), {0: (10.0, 0.0), 1: (25.0, 22.0), 2: (49.0, 44.0)}),
+    ]
+
+
+def test_pf_coordinates_as_stored_and_unclamped_under_the_original_protocol(tmp_path):
+    root = make_pf_pascal(tmp_path / "pascal", fake_pairs(_pf_images(), "test"))
+    shifted = load_pairs("pf-pascal", root)
+    stored = load_pairs("pf-pascal", root, shift_one_based=False, clamp=False)
+    np.testing.assert_array_equal(stored.pairs[0].src_kps, shifted.pairs[0].src_kps + 1)  # MATLAB's 1-based values
+    assert stored.clamped_keypoints == 4 and "kept unclamped" in stored.notes[0]  # x = W, y = H: outside, 2 a pair
+    assert stored.pairs[0].src_kps.max(axis=0).tolist() == [60, 40]
+    willow = make_pf_willow(tmp_path / "willow", fake_pairs(_pf_images(), "test"), path_prefix="PF-dataset")
+    cfg, _ = resolved(protocol="original", dataset="pf-willow")
+    assert cfg.pck_norm == "image"  # the original's threshold: the target image's max side, not the keypoint box
+    assert load_pairs("pf-willow", willow, shift_one_based=False, clamp=False).pairs[0].trg_kps[2].tolist() == [50, 45]
+
+
+# --- backbones built as the original did ------------------------------------------------------------
+
+
+def _rope(periods: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Meta's RopePositionEmbedding.forward in `dtype` (its pos_embed_rope_dtype), periods held in it."""
+    dd = {"dtype": dtype}
+    coords_h, coords_w = torch.arange(0.5, h, **dd) / h, torch.arange(0.5, w, **dd) / w
+    coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1).flatten(0, 1)
+    angles = 2 * math.pi * (2.0 * coords - 1.0)[:, :, None] / periods.to(dtype)[None, None, :]
+    angles = angles.flatten(1, 2).tile(2)
+    return torch.sin(angles), torch.cos(angles)
+
+
+def _apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Meta's SelfAttention.apply_rope: every token cast to the rope's dtype, the patch tokens rotated."""
+    dtype, x = x.dtype, x.to(sin.dtype)
+    first, second = x[:, :, prefix:].chunk(2, dim=-1)
+    rotated = x[:, :, prefix:] * cos + torch.cat((-second, first), dim=-1) * sin
+    return torch.cat((x[:, :, :prefix], rotated), dim=2).to(dtype)
+
+
+def original_dinov3(sd: dict, images: torch.Tensor, heads: int, eps: float, rope_dtype: torch.dtype) -> torch.Tensor:
+    """The original project's DINOv3: Meta's DinoVisionTransformer with LayerNorm eps 1e-6 and bf16 RoPE."""
+    b = images.shape[0]
+    x = F.conv2d(images, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=16)
+    _, c, h, w = x.shape
+    x = torch.cat((sd["cls_token"].expand(b, -1, -1), sd["storage_tokens"].expand(b, -1, -1), x.flatten(2).mT), dim=1)
+    prefix = 1 + sd["storage_tokens"].shape[1]
+    sin, cos = _rope(sd["rope_embed.periods"], h, w, rope_dtype)
+    for i in range(len({k.split(".")[1] for k in sd if k.startswith("blocks.")})):
+        p = f"blocks.{i}."
+        ln = lambda t, n, p=p: F.layer_norm(t, (c,), sd[p + n + ".weight"], sd[p + n + ".bias"], eps=eps)  # noqa: E731
+        qkv = F.linear(
+            ln(x, "norm1"), sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"] * sd[p + "attn.qkv.bias_mask"]
+        )
+        q, k, v = (t.transpose(1, 2) for t in qkv.reshape(b, -1, 3, heads, c // heads).unbind(2))
+        q, k = _apply_rope(q, sin, cos, prefix), _apply_rope(k, sin, cos, prefix)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
+        x = x + sd[p + "ls1.gamma"] * F.linear(attn, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+        hidden = F.gelu(F.linear(ln(x, "norm2"), sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"]))
+        x = x + sd[p + "ls2.gamma"] * F.linear(hidden, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+    x = F.layer_norm(x, (c,), sd["norm.weight"], sd["norm.bias"], eps=eps)
+    return x[:, prefix:].reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def test_dinov3_built_as_the_original_has_bf16_rope_and_eps_1e6(tmp_path):
+    sd = random_official_state_dict("dinov3_vitb16", tiny=True)
+    torch.save(sd, tmp_path / "dinov3.pth")
+    images = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    heads = TINY_OVERRIDES["num_heads"]
+    with torch.no_grad():
+        original = load_backbone("dinov3", weights=tmp_path / "dinov3.pth", build="original", **TINY_OVERRIDES)
+        meta = load_backbone("dinov3", weights=tmp_path / "dinov3.pth", **TINY_OVERRIDES)
+        reference = original_dinov3(sd, images, heads, 1e-6, torch.bfloat16)
+        assert (original(images) - reference).abs().max() < 1e-4
+        assert (meta(images) - original_dinov3(sd, images, heads, 1e-5, torch.float32)).abs().max() < 1e-4
+        assert (meta(images) - reference).abs().max() > 1e-3  # the two builds differ where it shows
+
+
+def test_sam_built_as_the_original_resizes_its_position_table_without_antialias(tmp_path):
+    sd = random_official_state_dict("sam_vit_b", tiny=True)
+    torch.save(sd, tmp_path / "sam.pth")
+    images = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    pos = sd["image_encoder.pos_embed"].permute(0, 3, 1, 2)
+    patches = F.conv2d(
+        images, sd["image_encoder.patch_embed.proj.weight"], sd["image_encoder.patch_embed.proj.bias"], stride=16
+    ).permute(0, 2, 3, 1)
+    for build, antialias in (("original", False), ("meta", True)):
+        bb = load_backbone("sam", weights=tmp_path / "sam.pth", build=build, **TINY_OVERRIDES)
+        expected = patches + F.interpolate(pos, size=(32, 32), mode="bicubic", antialias=antialias).permute(0, 2, 3, 1)
+        with torch.no_grad():
+            assert (bb.embed(images).tokens - expected).abs().max() < 1e-5, build
+
+
+# --- the original's checkpoints -------------------------------------------------------------------
+
+
+def test_the_originals_checkpoint_format_loads_with_checkpoint(tmp_path):
+    """Its fine-tuning scripts saved {'model_state_dict': Meta's keys, 'epoch', 'n_blocks', ...}; the model
+    is read off the shapes (a ViT-S/16 here, to keep the test small)."""
+    sd = random_official_state_dict("dinov3_vits16")
+    torch.save(sd, tmp_path / "official.pth")
+    original = {"epoch": 1, "model_state_dict": sd, "optimizer_state_dict": {}, "n_blocks": 3, "temperature": 15}
+    torch.save(original, tmp_path / "epoch_1.pth")
+    bb = create_backbone(checkpoint=str(tmp_path / "epoch_1.pth"), device="cpu", build="original")
+    plain = load_backbone("dinov3_vits16", weights=tmp_path / "official.pth", build="original")
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(bb(images), plain(images))
+    assert bb.name == "dinov3_vits16" and weights_origin(bb) == "fine-tuned"
+    assert bb.extra["original_checkpoint"] == {"epoch": 1, "n_blocks": 3, "temperature": 15}
+    with pytest.raises(CheckpointError, match="of the original project, not a weights file: pass it as --checkpoint"):
+        load_backbone("dinov3_vits16", weights=tmp_path / "epoch_1.pth")
+    torch.save({"model_state_dict": {k: v for k, v in list(sd.items())[:-3]}}, tmp_path / "cut.pth")
+    with pytest.raises(CheckpointError, match="missing keys"):
+        create_backbone(checkpoint=str(tmp_path / "cut.pth"), device="cpu")
+
+
+def test_match_config_border_is_the_protocols_when_not_given():
+    assert resolved(protocol="original", match=MatchConfig("wsoftargmax"))[0].match.window_border == "clip"
+    assert resolved(match=MatchConfig("wsoftargmax", window_border="clip"))[0].match.window_border == "clip"
