@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -47,6 +48,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
+def path(text: str) -> str:
+    """A path flag's value with `~` and environment variables expanded (bash leaves `--flag=~/x` as is)."""
+    return os.path.expandvars(os.path.expanduser(text))
+
+
+def device(text: str) -> str:
+    """auto, cpu, mps, cuda or cuda:N."""
+    if text in ("auto", "cpu", "mps", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
 
 
 def image_size(text: str) -> list[int]:
@@ -161,7 +174,16 @@ def parse_member(text: str) -> MemberSpec:
         )
     if weight is not None and not (math.isfinite(weight) and weight >= 0):
         raise argparse.ArgumentTypeError(f"member {text!r}: the ensemble weight must be a number >= 0, got {weight}")
-    return MemberSpec(model, ":".join(rest) or None, weight, size)
+    return MemberSpec(model, path(":".join(rest)) if rest else None, weight, size)
+
+
+def attach_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """`--points -5,10` -> `--points=-5,10`: argparse takes a value starting with '-' for a flag."""
+    out = list(argv)
+    for i in range(len(out) - 1):
+        if out[i] in flags and out[i + 1].startswith("-") and not out[i + 1].startswith("--"):
+            out[i : i + 2] = [f"{out[i]}={out[i + 1]}", ""]
+    return [a for a in out if a != ""]
 
 
 def parse_points(text: str) -> np.ndarray:
@@ -179,10 +201,13 @@ def add_data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=tuple(LOADERS), default="spair", help="benchmark to evaluate on")
     g.add_argument(
-        "--data-root", help="dataset folder (default: the folder download.py fills); for custom, the pairs file"
+        "--data-root",
+        type=path,
+        help="dataset folder (default: the folder download.py fills); for custom, the pairs file",
     )
     g.add_argument("--split", default=split, help="trn | val | test")
     g.add_argument("--layout", choices=("large", "small"), default="large", help="SPair-71k layout")
+    add_rescale_arg(g)
     g.add_argument("--limit", type=positive_int, help="evaluate only the first N pairs")
     g.add_argument("--thresholds", type=alpha, nargs="+", default=list(DEFAULT_THRESHOLDS), help="PCK alphas")
     g.add_argument(
@@ -193,6 +218,15 @@ def add_data_args(p: argparse.ArgumentParser, split: str = "test") -> None:
     )
 
 
+def add_rescale_arg(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--rescale-annotations",
+        action="store_true",
+        help="image files of another size than their annotations say (a resized copy of the dataset): scale the "
+        "annotations to the files instead of stopping",
+    )
+
+
 def add_backbone_args(p: argparse.ArgumentParser, checkpoint: CheckpointFlag = "none") -> None:
     """--model, --weights, --layer (and --checkpoint: "optional", or "either" it or --weights required)."""
     g = p.add_argument_group("backbone")
@@ -200,6 +234,7 @@ def add_backbone_args(p: argparse.ArgumentParser, checkpoint: CheckpointFlag = "
     if checkpoint != "none":
         files.add_argument(
             "--checkpoint",
+            type=path,
             help="a fine-tuned checkpoint (best.pt / last.pt of finetuning/finetune.py); it names its own model",
         )
     g.add_argument(
@@ -207,6 +242,7 @@ def add_backbone_args(p: argparse.ArgumentParser, checkpoint: CheckpointFlag = "
     )
     files.add_argument(
         "--weights",
+        type=path,
         help="weights file of --model: official, timm or .safetensors (default: the official file under "
         "models/<family>/weights/); 'random' only for smoke tests",
     )
@@ -229,8 +265,8 @@ def add_extraction_args(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument("--batch-size", type=positive_int, default=16, help="images per backbone forward pass")
     g.add_argument("--num-workers", type=count, default=2, help="image decoding processes")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--cache-dir", default="cache/features", help="disk cache of per-image features")
+    g.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    g.add_argument("--cache-dir", type=path, default="cache/features", help="disk cache of per-image features")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
 
 
@@ -248,6 +284,7 @@ def add_matcher_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=temperature, help=f"soft-argmax temperature T (default {default.temperature})")
     g.add_argument(
         "--params",
+        type=path,
         metavar="JSON",
         help="take K and T from a grid search's best_parameters.json "
         "(grid_search_hyperparams.py); implies --matcher wsoftargmax",
@@ -272,7 +309,7 @@ def add_descriptor_arg(g: argparse._ArgumentGroup) -> None:
 
 def add_output_args(p: argparse.ArgumentParser, *, save_vis: bool = True, seed: bool = True) -> None:
     g = p.add_argument_group("output")
-    g.add_argument("--output-dir", default="results", help="a new timestamped folder is made inside")
+    g.add_argument("--output-dir", type=path, default="results", help="a new timestamped folder is made inside")
     if save_vis:
         g.add_argument(
             "--save-vis",
@@ -336,11 +373,13 @@ def evaluation_parser(description: str, checkpoint: CheckpointFlag = "none") -> 
     return p
 
 
-def read_best_parameters(path: str | Path, alpha: float) -> tuple[int, float]:
-    """(window, temperature) that a grid search found best at PCK@alpha, from its best_parameters.json."""
+def read_best_parameters(path: str | Path, alpha: float) -> tuple[int, float, dict]:
+    """(window, temperature) that a grid search found best at PCK@alpha, from its best_parameters.json,
+    and the setting it searched with (model, image size, patch grid; what the file records of them)."""
     what = "a best_parameters.json written by grid_search_hyperparams.py"
     try:
-        best = json.loads(Path(path).read_text())["best"]
+        data = json.loads(Path(path).read_text())
+        best = data["best"]
         found = {key: (int(entry["window"]), float(entry["temperature"])) for key, entry in best.items()}
     except FileNotFoundError:
         raise FileNotFoundError(f"--params: no file {path} (expected {what})") from None
@@ -351,7 +390,7 @@ def read_best_parameters(path: str | Path, alpha: float) -> tuple[int, float]:
             f"--params: {path} has best parameters for alpha {', '.join(found)}, not {alpha:g}; "
             "choose one of those with --params-alpha"
         )
-    return found[f"{alpha:g}"]
+    return *found[f"{alpha:g}"], {key: data[key] for key in ("model", "image_size", "grid") if key in data}
 
 
 def match_config(args: argparse.Namespace) -> MatchConfig:
@@ -370,7 +409,7 @@ def match_config(args: argparse.Namespace) -> MatchConfig:
             "--params sets the soft-argmax window and temperature: drop --matcher argmax, --window "
             "and --temperature, or drop --params"
         )
-    window, temperature = read_best_parameters(args.params, args.params_alpha)
+    window, temperature, _ = read_best_parameters(args.params, args.params_alpha)
     return MatchConfig("wsoftargmax", window, temperature, args.descriptor, args.window_border)
 
 
@@ -387,10 +426,14 @@ def eval_config(args: argparse.Namespace, match: MatchConfig | None = None) -> E
         split=args.split,
         layout=args.layout,
         limit=args.limit,
+        rescale_annotations=getattr(args, "rescale_annotations", False),
         image_size=args.image_size,
         resize=args.resize,
         match=match or match_config(args),
         match_params=f"{args.params} (best at PCK@{args.params_alpha:g})" if getattr(args, "params", None) else None,
+        params_setting=read_best_parameters(args.params, args.params_alpha)[2]
+        if getattr(args, "params", None)
+        else None,
         thresholds=distinct(args.thresholds, "--thresholds"),
         pck_norm=args.pck_norm,
         batch_size=args.batch_size,
@@ -409,14 +452,15 @@ def eval_config(args: argparse.Namespace, match: MatchConfig | None = None) -> E
 def run_main(main: Callable[[], object]) -> None:
     """Run a script's main: bad input and interruptions end with one clear line, not a traceback.
 
-    Set SEMCORR_TRACEBACK=1 to see the full traceback instead.
+    Set SEMCORR_TRACEBACK=1 to see the full traceback instead. Warnings print as one line each.
     """
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     if os.environ.get("SEMCORR_TRACEBACK"):
         main()
         return
     try:
         main()
-    except KeyboardInterrupt:
-        sys.exit("interrupted: features extracted so far are in the feature cache; re-running resumes from there")
+    except KeyboardInterrupt as stop:  # a flow that knows what it saved says so in the exception
+        sys.exit(str(stop) or "interrupted: features extracted so far are in the feature cache; re-running resumes")
     except (ValueError, FileNotFoundError, PermissionError) as err:
         sys.exit(f"error: {err}")

@@ -293,7 +293,7 @@ def search_weights(
         "timings": {**results.feature_timings(stats), "search_s": search_s, "total_s": time.time() - started},
     }
     results.write_run(run_dir, "weight_search", config, weights=table, best_weights=best_file)
-    figure = plots.weight_profiles(table, [str(s) for s in specs], cfg.thresholds, ens.select_by)
+    figure = plots.weight_profiles(table, [s.label for s in specs], cfg.thresholds, ens.select_by)
     save_plot(figure, run_dir / results.PICTURES["weight_search"])
     print(summary.weight_search_summary(best, ens.select_by))
     print(f"results: {run_dir}")
@@ -303,6 +303,7 @@ def search_weights(
 def run_ensemble(cfg: EvalConfig, ens: EnsembleConfig, search: bool = False) -> Path:
     """Load the pairs and every member, then evaluate the ensemble (or search its weights)."""
     started = time.time()
+    results.check_output_dir(cfg.output_dir)
     seed_everything(cfg.seed)
     if search:  # bad weights or a bad step fail before any model is loaded
         simplex_weights(len(ens.members), ens.weight_step)

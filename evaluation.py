@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from geometry import ORIGINS, Preprocess, input_to_patch, input_to_pixels, patch
 from helper_functions import FeatureSet, backbone_preprocess, extract_features
 from matching_strategies import match, sample_descriptors
 from models import Backbone, create_backbone, weights_origin
-from pairs import NO_KEYPOINTS, PairRecord, PairSet, load_pairs
+from pairs import NO_KEYPOINTS, DatasetError, PairRecord, PairSet, load_pairs
 from settings import EVAL_CONVENTIONS, EvalConfig, MatchConfig, get_protocol, resolve_protocol
 
 FEATURE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -306,8 +307,11 @@ def evaluable(pairset: PairSet) -> tuple[list[PairRecord], dict[str, int]]:
 
 
 def evaluation_set(pairset: PairSet) -> tuple[PairSet, dict[str, int]]:
-    """The pairs with ground truth (with the loader's notes), and the skip counts."""
+    """The pairs with ground truth (with the loader's notes), and the skip counts; none is an error."""
     pairs, skipped = evaluable(pairset)
+    if not pairs:
+        why = "; skipped " + ", ".join(f"{n} ({reason})" for reason, n in skipped.items()) if skipped else ""
+        raise DatasetError(f"no pairs to evaluate in {pairset.root} ({pairset.dataset} {pairset.split}){why}")
     return PairSet(pairset.dataset, pairset.split, pairset.root, pairs, notes=pairset.notes), skipped
 
 
@@ -337,6 +341,7 @@ def load_dataset(cfg: EvalConfig) -> PairSet:
         limit=cfg.limit,
         shift_one_based=cfg.pf_shift,
         clamp=cfg.clamp_keypoints,
+        rescale_annotations=cfg.rescale_annotations,
     )
 
 
@@ -373,6 +378,7 @@ def save_evaluation(
 def run_evaluation(cfg: EvalConfig) -> Path:
     """Evaluate one backbone on one dataset split; returns the new results folder."""
     started = time.time()
+    results.check_output_dir(cfg.output_dir)
     cfg, _ = resolve(cfg)
     seed_everything(cfg.seed)
     return evaluate(cfg, load_dataset(cfg), load_model(cfg), started)
@@ -398,6 +404,36 @@ def evaluate(cfg: EvalConfig, pairset: PairSet, backbone: Backbone, started: flo
     )
 
 
+def matcher_warnings(cfg: EvalConfig, resolved: dict, grid: tuple[int, int]) -> list[str]:
+    """What does not fit in a soft-argmax setting: a window not smaller than the patch grid, or K and T
+    that a grid search chose for another model, image size or patch grid (--params)."""
+    if cfg.match.matcher != "wsoftargmax":
+        return []
+    out = []
+    if cfg.match.window >= min(grid):
+        out.append(
+            f"--window {cfg.match.window} is not smaller than the {grid[0]}x{grid[1]} patch grid: the window spans "
+            f"the whole map, so soft-argmax averages over all of it; choose K < {min(grid)}"
+        )
+    here = {"model": resolved.get("model"), "image_size": resolved.get("image_size"), "grid": list(grid)}
+    searched = cfg.params_setting or {}
+    differ = [k for k in here if k in searched and here[k] is not None and searched[k] != here[k]]
+    if differ:
+
+        def text(setting: dict) -> str:
+            return ", ".join(
+                f"{k.replace('_', ' ')} {'x'.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in setting.items()
+                if k in differ
+            )
+
+        out.append(
+            f"--params {cfg.match_params}: K and T were searched with {text(searched)}, but this run has "
+            f"{text(here)}; they may not be the best here (run grid_search_hyperparams.py for this setting)"
+        )
+    return out
+
+
 def evaluate_members(
     cfg: EvalConfig,
     eval_set: PairSet,
@@ -410,6 +446,8 @@ def evaluate_members(
     started: float,
 ) -> Path:
     """Match the members' features, score the predictions and write the results folder."""
+    for warning in matcher_warnings(cfg, config["resolved"], members[0].features.prep.grid):
+        warnings.warn(warning, stacklevel=2)
     t0 = time.perf_counter()
     (prediction,) = predict_variants(eval_set.pairs, members, [cfg.match], progress=cfg.progress)
     table, pck_summary = score(eval_set.pairs, prediction.pixels, cfg.thresholds, cfg.pck_norm, prediction.similarity)

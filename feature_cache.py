@@ -47,18 +47,39 @@ class FeatureCache:
     def path(self, ref: ImageRef) -> Path:
         return self.dir / f"{_digest(image_identity(ref))[:32]}.pt"
 
-    def load(self, ref: ImageRef) -> torch.Tensor | None:
-        """The cached (C, h, w) features of `ref`, or None when absent or unreadable."""
+    def load(self, ref: ImageRef, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The cached features of `ref`, or None when absent. A damaged entry (unreadable, not a
+        floating-point tensor of `shape`, or holding NaN / inf) is dropped with a warning naming its file,
+        so that the image is extracted again."""
         path = self.path(ref)
         if not path.exists():
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a damaged cache entry is recomputed, not fatal
-            warnings.warn(f"Ignoring unreadable cache file {path} ({err}); recomputing it.", stacklevel=2)
-            return None
+            feats = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many kinds for damaged files
+            problem = f"unreadable ({type(err).__name__})"
+        else:
+            problem = entry_problem(feats, shape)
+        if problem is None:
+            return feats
+        warnings.warn(f"feature cache file {path} (of {ref.path}) is {problem}: re-extracting it", stacklevel=2)
+        return None
 
     def save(self, refs: list[ImageRef], feats: torch.Tensor) -> None:
-        """Store one (C, h, w) tensor per image, in the features' dtype (fp16 unless the run keeps fp32)."""
+        """Store one (C, h, w) tensor per image, in the features' dtype (fp16 unless the run keeps fp32);
+        non-finite features are never stored."""
         for ref, f in zip(refs, feats, strict=True):
-            atomic_torch_save(f.detach().to("cpu").clone(), self.path(ref))
+            f = f.detach().to("cpu")
+            if torch.isfinite(f).all():
+                atomic_torch_save(f.clone(), self.path(ref))
+
+
+def entry_problem(feats: object, shape: tuple[int, ...]) -> str | None:
+    """What is wrong with a loaded cache entry, or None."""
+    if not isinstance(feats, torch.Tensor) or not feats.is_floating_point():
+        return f"not a floating-point tensor ({type(feats).__name__})"
+    if tuple(feats.shape) != tuple(shape):
+        return f"shaped {tuple(feats.shape)} instead of {tuple(shape)}"
+    if not torch.isfinite(feats).all():
+        return "holding NaN or infinite values"
+    return None

@@ -42,9 +42,9 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """The sha256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
+def file_sha256(path: str | Path, chunk: int = 1 << 22, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (sha256 unless another hashlib `algorithm` is named)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)

@@ -164,7 +164,7 @@ def grid_search(
         "selected_by": select_by,
         "best": best,
         "argmax": argmax,
-        **{key: resolved[key] for key in ("model", "weights", "image_size")},
+        **{key: resolved[key] for key in ("model", "weights", "image_size", "grid")},
         **{"dataset": pairset.dataset, "split": pairset.split, "pck_norm": norm, "descriptor": cfg.match.descriptor},
         "protocol": protocol["name"],
         "pairs": len(eval_set.pairs),
@@ -176,7 +176,7 @@ def grid_search(
     title = f"{backbone.name} on {pairset.dataset} {pairset.split} ({len(eval_set.pairs)} pairs, {norm} threshold)"
     figure = plots.grid_heatmap(table, cfg.thresholds, select_by, title, best)
     save_plot(figure, run_dir / results.PICTURES["grid"])
-    print(summary.grid_summary(table, best, argmax, select_by))
+    print(summary.grid_summary(table, best, argmax, select_by, grid=member.features.prep.grid))
     print(f"results: {run_dir}")
     return run_dir
 
@@ -184,6 +184,7 @@ def grid_search(
 def run_grid_search(cfg: EvalConfig, *, windows: list[int], temperatures: list[float], select_by: str) -> Path:
     """Load the pairs and the backbone a config names, then grid_search."""
     started = time.time()
+    results.check_output_dir(cfg.output_dir)
     cfg, _ = resolve(cfg)
     seed_everything(cfg.seed)
     pairset = load_dataset(cfg)

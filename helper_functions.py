@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from feature_cache import FeatureCache
 from geometry import Geometry, Preprocess, image_geometry
-from images import ImageRef, load_image
+from images import ImageError, ImageRef, load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,7 +38,13 @@ def backbone_preprocess(
     size = image_size or trained.get("image_size") or [backbone.default_image_size]
     mode = resize or trained.get("resize") or "squash"
     side = size[0] if len(size) == 1 else (size[0], size[1])
-    return Preprocess.create(side, backbone.patch_size, mode, resample=resample, coordinates=coordinates)
+    prep = Preprocess.create(side, backbone.patch_size, mode, resample=resample, coordinates=coordinates)
+    if min(prep.grid) < 2:
+        raise ValueError(
+            f"--image-size {'x'.join(map(str, size))} gives a {prep.grid[0]}x{prep.grid[1]} patch grid with "
+            f"{backbone.patch_size}-pixel patches: at least 2 patches per side are needed (>= {2 * backbone.patch_size})"
+        )
+    return prep
 
 
 def preprocess_image(image: Image.Image, prep: Preprocess) -> torch.Tensor:
@@ -63,7 +69,9 @@ def preprocess_image(image: Image.Image, prep: Preprocess) -> torch.Tensor:
 
 
 class ImageDataset(Dataset):
-    """Images decoded and preprocessed on the fly (in DataLoader workers): yields (index, tensor)."""
+    """Images decoded and preprocessed on the fly (in DataLoader workers): yields (index, tensor), or
+    (index, message) for a file that cannot be used: `collate_images` passes the message on, and the
+    main process raises it with `raise_unusable`, naming the file without the worker's traceback."""
 
     def __init__(self, images: list[ImageRef], prep: Preprocess):
         self.images, self.prep = images, prep
@@ -71,8 +79,24 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
-        return i, preprocess_image(load_image(self.images[i].path), self.prep)
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return i, preprocess_image(load_image(self.images[i]), self.prep)
+        except ImageError as err:
+            return i, str(err)
+
+
+def collate_images(items: list[tuple[int, torch.Tensor | str]]) -> tuple[torch.Tensor, torch.Tensor | str]:
+    """A batch of ImageDataset items: (indices, images), or (indices, the first unusable image's message)."""
+    errors = [item for _, item in items if isinstance(item, str)]
+    return torch.tensor([i for i, _ in items]), errors[0] if errors else torch.stack([t for _, t in items])
+
+
+def raise_unusable(batch: torch.Tensor | str) -> torch.Tensor:
+    """The batch's images; an image a worker could not use raises its ImageError here."""
+    if isinstance(batch, str):
+        raise ImageError(batch)
+    return batch
 
 
 @dataclass
@@ -92,6 +116,16 @@ class FeatureSet:
         return torch.tensor([self.index[k] for k in keys], dtype=torch.long)
 
 
+def check_finite(backbone: torch.nn.Module, bad: list[ImageRef], total: int) -> None:
+    """Refuse features holding NaN or inf: every prediction from them would land on one pixel."""
+    if bad:
+        raise ValueError(
+            f"{backbone.name} ({getattr(backbone, 'weights_path', None) or 'its weights'}) gave non-finite features "
+            f"(NaN or inf) for {len(bad)} of {total} images, e.g. {bad[0].path}: its weights hold NaN or inf (a "
+            "diverged fine-tuning?), or the precision overflows (try --precision fp32)"
+        )
+
+
 def extract_features(
     backbone: torch.nn.Module,
     images: list[ImageRef],
@@ -109,10 +143,12 @@ def extract_features(
     L2-normalised over channels so that a dot product is the cosine similarity.
     """
     device = backbone.device
-    feats = torch.empty(len(images), backbone.feature_dim, *prep.grid, dtype=store_dtype, device=device)
+    shape = (backbone.feature_dim, *prep.grid)
+    feats = torch.empty(len(images), *shape, dtype=store_dtype, device=device)
+    finite = torch.ones(len(images), dtype=torch.bool, device=device)
     with ThreadPoolExecutor(max_workers=4) as io:  # cache files are read and written beside the compute
         t0 = time.perf_counter()
-        cached = list(io.map(cache.load, images)) if cache is not None else [None] * len(images)
+        cached = list(io.map(lambda ref: cache.load(ref, shape), images)) if cache else [None] * len(images)
         todo = [i for i, c in enumerate(cached) if c is None]
         for i, c in enumerate(cached):
             if c is not None:
@@ -123,22 +159,24 @@ def extract_features(
             ImageDataset([images[i] for i in todo], prep),
             batch_size=batch_size,
             num_workers=num_workers,
+            collate_fn=collate_images,
             pin_memory=device.type == "cuda",
         )
         bar = tqdm(total=len(todo), desc=f"features {backbone.name}", unit="img", disable=not progress or not todo)
         writes = []
         with torch.inference_mode(), bar:
             for local_idx, batch in loader:
-                out = F.normalize(backbone(batch.to(device, non_blocking=True)).float(), dim=1).to(store_dtype)
+                batch = raise_unusable(batch).to(device, non_blocking=True)
+                out = F.normalize(backbone(batch).float(), dim=1).to(store_dtype)
                 rows = [todo[j] for j in local_idx.tolist()]
                 feats[rows] = out
+                finite[rows] = torch.isfinite(out).flatten(1).all(dim=1)
                 if cache is not None:
                     writes.append(io.submit(cache.save, [images[r] for r in rows], out))
                 bar.update(len(rows))
         for write in writes:
             write.result()  # an error while writing the cache surfaces here
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    check_finite(backbone, [ref for ref, ok in zip(images, finite.tolist(), strict=True) if not ok], len(images))
     stats = {"images": len(images), "images_extracted": len(todo), "images_from_cache": len(images) - len(todo)}
     stats |= {"extraction_s": time.perf_counter() - t0, "cache_read_s": t_cache}
     return FeatureSet(

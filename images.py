@@ -15,6 +15,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 EXIF_ORIENTATION_TAG = 0x0112
+MAX_PIXELS_VARIABLE = "SEMCORR_MAX_IMAGE_PIXELS"  # Pillow's decompression-bomb limit; 0: none
+if os.environ.get(MAX_PIXELS_VARIABLE, "").strip():
+    Image.MAX_IMAGE_PIXELS = int(os.environ[MAX_PIXELS_VARIABLE]) or None
 
 
 class ImageError(ValueError):
@@ -53,7 +56,7 @@ def read_image_header(path: str | Path) -> tuple[tuple[int, int], int]:
             with Image.open(path) as im:
                 orientation = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
                 size = im.size
-        except (OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise _unreadable(path, exc) from exc
         _HEADERS[key] = (size, orientation if orientation in range(1, 9) else 1)
     return _HEADERS[key]
@@ -70,18 +73,31 @@ def load_image(image: ImageRef | str | Path) -> Image.Image:
     """The image as 8-bit RGB, EXIF orientation applied, whatever its mode.
 
     Grayscale, CMYK, palette and 16-bit images are converted; transparency is composited on white.
+    An ImageRef's file must have the size the ref says (its annotations are in those pixels).
     """
     path = image.path if isinstance(image, ImageRef) else str(image)
     if not os.path.isfile(path):
         raise ImageError(f"image not found: {path}")
     try:
         with Image.open(path) as im:
-            return _to_rgb8(ImageOps.exif_transpose(im))
-    except (OSError, SyntaxError, ValueError) as exc:
+            rgb = _to_rgb8(ImageOps.exif_transpose(im))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise _unreadable(path, exc) from exc
+    if isinstance(image, ImageRef) and rgb.size != image.size:
+        raise ImageError(
+            f"{path} is {rgb.width}x{rgb.height} pixels, but its annotation says {image.size[0]}x{image.size[1]} "
+            "(a resized copy of the dataset?): its keypoints would land on the wrong pixels. Use the original "
+            "images, or pass --rescale-annotations to scale the annotations to the files."
+        )
+    return rgb
 
 
 def _unreadable(path: str, exc: Exception) -> ImageError:
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageError(
+            f"cannot read image {path}: {exc} If you trust the file, raise the limit with "
+            f"{MAX_PIXELS_VARIABLE}=<pixels> (0: no limit) in the environment."
+        )
     if isinstance(exc, UnidentifiedImageError):
         return ImageError(f"cannot read image {path}: not an image format Pillow can decode (corrupt file?)")
     return ImageError(f"cannot read image {path}: {exc}")

@@ -7,18 +7,19 @@
 
 Points are pixels (x, y) of the source as image viewers show it (EXIF orientation applied), 0-based
 with integer values at pixel centres. Without --points, a grid of points over the source is matched
-(--grid, 8 x 8 by default), or with --mutual N its mutual nearest neighbours: source patches whose
+(--grid, 5 x 5 by default: few enough to read every line), or with --mutual N its mutual nearest neighbours: source patches whose
 most similar target patch has them as its most similar source patch, the N most similar of them.
 The folder results/<time>_match_<model>_<src>_<trg>/ receives
   config.json       the settings (kind "match"), the resolved backbone and the environment
   matches.json      each match: source point, predicted target point and peak cosine similarity
-  matches.png       the matches, coloured by their peak similarity (red lowest, green highest)
+  matches.png       the matches, coloured by their peak similarity (colour bar), numbered by --heatmap id
   heatmap_<i>.png   for each --heatmap i: point i's similarity over the target image
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cli import (
@@ -27,8 +28,10 @@ from cli import (
     add_matcher_args,
     add_output_args,
     add_protocol_args,
+    attach_values,
     eval_config,
     parse_points,
+    path,
     run_main,
 )
 
@@ -36,10 +39,10 @@ from cli import (
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     g = p.add_argument_group("images")
-    g.add_argument("--src", required=True, help="source image")
-    g.add_argument("--trg", required=True, help="target image")
+    g.add_argument("--src", type=path, required=True, help="source image")
+    g.add_argument("--trg", type=path, required=True, help="target image")
     g.add_argument("--points", help="source points 'x,y;x,y;...' in pixels (default: a grid)")
-    g.add_argument("--grid", type=int, default=8, help="without --points: an N x N grid of source points")
+    g.add_argument("--grid", type=int, default=5, help="without --points: an N x N grid of source points")
     g.add_argument(
         "--mutual",
         type=int,
@@ -64,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(attach_values(sys.argv[1:] if argv is None else argv, ("--points",)))
     points = parse_points(args.points) if args.points else None
     if args.points is None and args.grid < 1:
         raise ValueError(f"--grid must be >= 1, got {args.grid}")

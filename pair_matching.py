@@ -75,7 +75,7 @@ def match_pair(
     trg: str | Path,
     *,
     points: np.ndarray | None = None,
-    grid: int = 8,
+    grid: int = 5,
     mutual: int | None = None,
 ) -> PairMatches:
     """Match `points` of image src in image trg (default: a grid x grid grid, or `mutual` nearest neighbours)
@@ -127,11 +127,12 @@ def write_outputs(
     pair, fs = result.pair, result.features
     src, trg = load_image(pair.src), load_image(pair.trg)
     peak = result.peak
-    title = f"{backbone.name}, {cfg.matcher}: {len(peak)} matches ({result.points})"
-    viz2d.save_plot(
-        viz2d.draw_matches(src, trg, pair.src_kps, result.pred, colors=viz2d.score_colors(peak), title=title),
-        folder / results.PICTURES["match"],
-    )
+    title = f"{backbone.name}, {cfg.matcher}: {len(peak)} matches ({result.points}); numbers are --heatmap ids"
+    colors, norm = viz2d.score_colors(peak)
+    fig = viz2d.draw_matches(src, trg, pair.src_kps, result.pred, colors=colors, title=title)
+    viz2d.label_points(fig.axes[0], pair.src_kps, pair.kp_ids)
+    viz2d.add_colorbar(fig, fig.axes[1], norm, "peak cosine similarity")
+    viz2d.save_plot(fig, folder / results.PICTURES["match"])
     extent = viz2d.grid_extent(fs.geometries[pair.trg.key], fs.prep)
     for i in heatmaps:
         fig = viz2d.draw_similarity(
@@ -184,6 +185,7 @@ def run_match(
     heatmaps: list[int],
 ) -> Path:
     """Load the backbone, match the two images, write a new results folder of kind "match"."""
+    results.check_output_dir(cfg.output_dir)
     cfg, protocol = resolve(cfg)
     backbone = load_model(cfg)
     result = match_pair(cfg, backbone, src, trg, points=points, grid=grid, mutual=mutual)

@@ -18,14 +18,17 @@ Conventions, the same for every loader (SPair71k/, pf_pascal/, pf_willow/, custo
 
 from __future__ import annotations
 
+import codecs
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TextIO
 
 import numpy as np
 
-from images import ImageRef
+from images import ImageRef, image_ref
 from settings import REPO_ROOT
 
 # Where each dataset is looked for (and where download.py puts it) unless --data-root says otherwise.
@@ -116,6 +119,7 @@ def load_pairs(
     *,
     shift_one_based: bool = True,
     clamp: bool = True,
+    rescale_annotations: bool = False,
 ) -> PairSet:
     """The pairs of one split of dataset `name` ("spair", "pf-pascal", "pf-willow" or "custom").
 
@@ -123,7 +127,8 @@ def load_pairs(
     "small") only matters for SPair-71k. `limit` keeps the first pairs in file order.
     `shift_one_based`: datasets annotated in 1-based (MATLAB) coordinates are shifted to 0-based
     (False: used as stored, as the original project did); `clamp`: keypoints outside their image
-    are moved into it (False: kept, and counted in the notes).
+    are moved into it (False: kept, and counted in the notes). `rescale_annotations`: images whose
+    file has another size than their annotation says are scaled to the file (else decoding them fails).
     """
     if name not in LOADERS:
         raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(LOADERS)}")
@@ -138,9 +143,41 @@ def load_pairs(
         root = DEFAULT_ROOTS[name]
     split = SPLIT_ALIASES.get(split.lower(), split.lower())
     loader = importlib.import_module(LOADERS[name])
-    return loader.load(
+    pairset = loader.load(
         Path(root).expanduser(), split=split, layout=layout, limit=limit, shift_one_based=shift_one_based, clamp=clamp
     )
+    if not pairset.pairs and not pairset.skipped and limit != 0:
+        where = f"layout {layout}, " if name == "spair" else ""
+        raise DatasetError(f"no pairs in {root} ({name} {where}split {split}): its pair list is empty")
+    return rescale_to_files(pairset) if rescale_annotations else pairset
+
+
+def rescale_to_files(pairset: PairSet) -> PairSet:
+    """Annotations scaled to image files of another size than the annotations give (a resized copy of
+    a dataset): keypoints and boxes map by the ratio of the sizes, pixel centre to pixel centre."""
+    annotated = {ref.key: ref.size for ref in pairset.unique_images()}
+    files = {ref.key: image_ref(ref.key, ref.path) for ref in pairset.unique_images()}
+    resized = [key for key, size in annotated.items() if files[key].size != size]
+    for pair in pairset.pairs:
+        for side in ("src", "trg"):
+            ref = getattr(pair, side)
+            if ref.key not in resized:
+                continue
+            scale = np.array(files[ref.key].size, dtype=np.float64) / np.array(ref.size)
+            kps = getattr(pair, f"{side}_kps")
+            setattr(pair, f"{side}_kps", ((kps + 0.5) * scale - 0.5).astype(np.float32))
+            box = getattr(pair, f"{side}_bbox")
+            if box is not None:
+                corners = (np.array(box, dtype=np.float64).reshape(2, 2) + 0.5) * scale - 0.5
+                setattr(pair, f"{side}_bbox", tuple(float(v) for v in corners.ravel()))
+            setattr(pair, side, files[ref.key])
+    if resized:
+        (w, h), (fw, fh) = annotated[resized[0]], files[resized[0]].size
+        pairset.notes.append(
+            f"annotations of {len(resized)} images rescaled to their files (--rescale-annotations), "
+            f"e.g. {resized[0]}: {w}x{h} -> {fw}x{fh}"
+        )
+    return pairset
 
 
 def missing_root_error(name: str, root: Path, layout: str, missing: list[Path] | None = None) -> DatasetError:
@@ -152,6 +189,21 @@ def missing_root_error(name: str, root: Path, layout: str, missing: list[Path] |
         f"Download it with:  python download.py --datasets {name}\n"
         "or point --data-root (root=...) at the folder that holds it."
     )
+
+
+@contextmanager
+def open_csv(path: Path) -> Iterator[TextIO]:
+    """A CSV file opened for the csv module: UTF-8 (with or without a byte-order mark) or UTF-16 with
+    its mark (a spreadsheet's "Unicode text"). Text in neither raises a DatasetError naming the file."""
+    with open(path, "rb") as f:
+        utf16 = f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+    try:
+        with path.open(newline="", encoding="utf-16" if utf16 else "utf-8-sig") as f:
+            yield f
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"cannot read {path}: not UTF-8 or UTF-16 text ({exc.reason}); save it as UTF-8 CSV"
+        ) from None
 
 
 def check_split(name: str, split: str, splits: Iterable[str]) -> None:

@@ -16,17 +16,11 @@ import pandas as pd
 from pairs import PairRecord
 from settings import PCK_NORMS
 
-DEFAULT_NORM = {"spair": "bbox", "pf-pascal": "image", "pf-willow": "kpbox", "custom": "image"}
 NORM_DESCRIPTIONS = {
     "bbox": "alpha * max side of the target bounding box",
     "image": "alpha * max side of the target image",
     "kpbox": "alpha * max side of the box spanned by the target keypoints",
 }
-
-
-def default_norm(dataset: str, norm: str | None = None) -> str:
-    """`norm` if given, else the dataset's standard normalisation (image max side for unknown datasets)."""
-    return norm or DEFAULT_NORM.get(dataset, "image")
 
 
 def correct_column(alpha: float) -> str:
@@ -156,3 +150,41 @@ def pair_table(table: pd.DataFrame, pairs: list[PairRecord]) -> pd.DataFrame:
     return rows.merge(lengths, left_on="pair_id", right_index=True, how="left").merge(
         scores, left_on="pair_id", right_index=True, how="left"
     )
+
+
+# SPair-71k's difficulty flags (pair annotations) and the names of their levels, as the devkit names them
+DIFFICULTY_LEVELS = {
+    "viewpoint_variation": ("easy", "medium", "hard"),
+    "scale_variation": ("easy", "medium", "hard"),
+    "truncation": ("none", "source", "target", "both"),
+    "occlusion": ("none", "source", "target", "both"),
+}
+
+
+def has_difficulty_flags(pairs: pd.DataFrame) -> bool:
+    """Whether every pair of a per-pair table carries SPair-71k's difficulty flags."""
+    return all(flag in pairs and pairs[flag].notna().all() for flag in DIFFICULTY_LEVELS)
+
+
+def level_name(flag: str, level: int) -> str:
+    names = DIFFICULTY_LEVELS[flag]
+    return names[level] if 0 <= level < len(names) else str(level)
+
+
+def difficulty(table: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """PCK (both averagings) at each level of each difficulty flag present: flag -> level name -> PCK
+    at each alpha, pairs, keypoints. `pairs` is the per-pair table (pair_id and the flag columns)."""
+    alphas = alphas_of(table)
+    flags = pairs[["pair_id", *DIFFICULTY_LEVELS]].astype({flag: int for flag in DIFFICULTY_LEVELS})
+    levels = table.merge(flags, on="pair_id", how="left", validate="many_to_one")
+    return {
+        flag: {
+            level_name(flag, level): {
+                **overall(group, alphas),
+                "pairs": int(group["pair_id"].nunique()),
+                "keypoints": len(group),
+            }
+            for level, group in levels.groupby(flag, sort=True)
+        }
+        for flag in DIFFICULTY_LEVELS
+    }

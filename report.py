@@ -1,46 +1,152 @@
-"""Gather results folders into one table, model x dataset x matcher x PCK, beside published numbers.
+"""Report on results folders: evaluations, fine-tuning runs, grid searches; paper-ready tables and figures.
 
-    python report.py results/                                   # every evaluation run under results/
+    python report.py results/                                   # every run under results/, printed
     python report.py results/ --markdown report.md --csv report.csv --alphas 0.05 0.1 0.2
+    python report.py results/ --latex paper/ --figures paper/ --compare results/<zero-shot> results/<fine-tuned>
 
-Each row is one evaluation run (a folder with config.json and metrics.json: single models and
-ensembles; grid and weight searches are skipped). PCK is written "per image (per keypoint)".
-The 'published' columns hold the original project's numbers (ViT-B backbones, square resize,
-nearest patch) when a run has the same backbone, setting, matcher, dataset, split and PCK
-threshold; they are copied in published.py, so this script needs nothing but the runs. The tables
-are built by analysis.py, which the notebooks use too.
+It prints how many results folders it found of each kind, then one table per kind: evaluations
+(single models and ensembles; PCK "per image (per keypoint)" beside the original project's
+published numbers when a run has the same backbone, setting, matcher, dataset, split and PCK
+threshold, copied in published.py), fine-tuning runs (best and last validation PCK, steps,
+settings) and grid searches (best K and T per alpha). A folder that is incomplete or damaged is
+skipped with a warning naming the file. Everything comes from the results folders alone: no
+backbone, no dataset (except the images of --figures' keypoint examples), no re-evaluation.
+
+--latex DIR writes, for each dataset, split and PCK threshold among the evaluations
+(DIR/<dataset>-<split>-<threshold>/), booktabs LaTeX tables with their CSV and markdown copies:
+overall.* (runs x PCK@each alpha), per_category.* (categories x runs), difficulty.* (SPair-71k:
+viewpoint, scale, truncation and occlusion levels x runs), and per run (<run folder name>/)
+consistency.*, sensitivity.*, extremes.* (the original project's analysis at --alpha).
+--figures DIR writes pck_curves.png of each group. --compare A B compares two evaluations over the
+same pairs (overall, per category, per difficulty level, with paired bootstrap intervals): printed,
+comparison.* with --latex, keypoint_ids.png and keypoint_examples.png with --figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
+from pathlib import Path
 
-from cli import run_main
-from settings import DEFAULT_THRESHOLDS
+from cli import HelpFormatter, run_main
+from settings import AVERAGINGS, DEFAULT_THRESHOLDS
+
+REPORTED_KINDS = ("evaluation", "finetune", "grid")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p.add_argument("paths", nargs="+", help="results folders, or folders holding them")
+    p.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), help="PCK thresholds shown")
+    p.add_argument("--markdown", help="also write the evaluations' markdown table here")
+    p.add_argument("--csv", help="also write the evaluations' full table (numbers, paths) here")
+    p.add_argument("--latex", metavar="DIR", help="write LaTeX (+ CSV, markdown) tables of the evaluations here")
+    p.add_argument("--figures", metavar="DIR", help="write the figures here")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two evaluation folders over the same pairs")
+    p.add_argument("--names", nargs="+", help="names of the evaluations in tables and figures, oldest first")
+    p.add_argument("--alpha", type=float, default=0.1, help="threshold of the per-category and analysis tables")
+    p.add_argument("--averaging", choices=list(AVERAGINGS), default="per_image", help="PCK averaging of the tables")
+    p.add_argument("--level", type=float, default=50.0, help="PCK (%%) whose alpha the sensitivity table finds")
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None):
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("paths", nargs="+", help="results folders, or folders holding them")
-    p.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), help="PCK thresholds shown")
-    p.add_argument("--markdown", help="also write the markdown table here")
-    p.add_argument("--csv", help="also write the full table (numbers, paths) here")
-    args = p.parse_args(argv)
-    from analysis import report_table, to_markdown
+    args = parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
+        return report(args)
+
+
+def report(args: argparse.Namespace):
+    import analysis
     from fileio import atomic_write, write_csv
 
-    table = report_table(args.paths, tuple(args.alphas))
-    if table.empty:
-        raise FileNotFoundError(f"no evaluation results (metrics.json) under {', '.join(args.paths)}")
-    text = to_markdown(table, tuple(args.alphas))
-    print(text)
-    if args.markdown:
-        atomic_write(args.markdown, lambda tmp: tmp.write_text(text))
-    if args.csv:
-        write_csv(args.csv, table)
+    runs = analysis.load_runs(args.paths)
+    print(f"found {analysis.kinds_text(runs)}")
+    by_kind = {kind: [r for r in runs if r.kind == kind] for kind in REPORTED_KINDS}
+    if not any(by_kind.values()):
+        raise FileNotFoundError(f"no evaluation, fine-tuning or grid-search results under {', '.join(args.paths)}")
+    evaluations = by_kind["evaluation"]
+    table = analysis.report_table(evaluations, tuple(args.alphas))
+    if evaluations:
+        text = analysis.to_markdown(table, tuple(args.alphas))
+        print(f"\n## evaluations\n\n{text}")
+        if args.markdown:
+            atomic_write(args.markdown, lambda tmp: tmp.write_text(text))
+        if args.csv:
+            write_csv(args.csv, table)
+    if by_kind["finetune"]:
+        print("## fine-tuning runs\n\n" + analysis.markdown_table(analysis.finetune_table(by_kind["finetune"])))
+    if by_kind["grid"]:
+        print("## grid searches\n\n" + analysis.markdown_table(analysis.grid_table(by_kind["grid"])))
+    labels = names_of(evaluations, args.names)
+    if evaluations and (args.latex or args.figures):
+        write_paper(evaluations, labels, args)
+    if args.compare:
+        compare(args, labels)
     return table
+
+
+def names_of(runs: list, names: list[str] | None) -> dict[Path, str]:
+    """Each evaluation's name in tables and figures (by its resolved folder): --names, or a short label."""
+    import analysis
+
+    if names is not None and len(names) != len(runs):
+        raise ValueError(f"--names gives {len(names)} names for {len(runs)} evaluations (oldest first); give one each")
+    return dict(zip((run.path.resolve() for run in runs), names or analysis.unique_labels(runs), strict=True))
+
+
+def write_paper(evaluations: list, labels: dict[Path, str], args: argparse.Namespace) -> None:
+    """Tables (--latex) and figures (--figures) of each group of evaluations (same dataset, split, threshold)."""
+    import analysis
+    import paper
+
+    groups = paper.group_runs(evaluations)
+    if len(groups) > 1:
+        print("the evaluations are of different datasets, splits or thresholds; one set of tables each:")
+        for key, runs in groups.items():
+            print(f"  {paper.group_name(key)}: {', '.join(run.name for run in runs)}")
+    for key, runs in groups.items():
+        names, group = [labels[run.path.resolve()] for run in runs], paper.group_name(key)
+        if args.latex:
+            folder = Path(args.latex) / group
+            tables = [(t, folder) for t in paper.group_tables(runs, names, args.alphas, args.alpha, args.averaging)]
+            for run, name in zip(runs, names, strict=True):
+                analyses = paper.run_tables(run, name, args.alphas, args.alpha, args.averaging, args.level)
+                tables += [(t, folder / run.name) for t in analyses]
+            written = [path for table, where in tables for path in paper.write_table(table, where)]
+            print(f"{group}: {len(written)} table files under {folder}")
+        if args.figures:
+            import plots
+            import viz2d  # matplotlib (and torch) load only for figures
+
+            curves = {
+                n: analysis.pck_curve(run.keypoints(), paper.CURVE_ALPHAS) for run, n in zip(runs, names, strict=True)
+            }
+            figure = plots.pck_curves(curves, paper.dataset_text(runs))
+            print(f"{group}: wrote {viz2d.save_plot(figure, Path(args.figures) / group / 'pck_curves.png')}")
+
+
+def compare(args: argparse.Namespace, names: dict[Path, str]) -> None:
+    """Print the comparison of two evaluations; write its table and figures when asked."""
+    import analysis
+    import comparison
+    import paper
+    from results import read_run
+
+    a, b = (analysis.check_run(read_run(path, kinds=("evaluation",))) for path in args.compare)
+    short = analysis.unique_labels([a, b])
+    labels = (names.get(a.path.resolve(), short[0]), names.get(b.path.resolve(), short[1]))
+    table = comparison.compare_runs(a, b, labels, args.alpha, args.averaging)
+    print("\n## comparison\n\n" + paper.to_markdown(table))
+    group = paper.group_name(next(iter(paper.group_runs([a]))))
+    if args.latex:
+        paper.write_table(table, Path(args.latex) / group)
+    if args.figures:
+        for path in comparison.write_figures(a, b, labels, Path(args.figures) / group, args.alpha):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

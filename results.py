@@ -22,6 +22,7 @@ import json
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -71,6 +72,23 @@ class RunFolderError(ValueError):
 
 
 # --- writing ---------------------------------------------------------------------------------------
+
+
+def check_output_dir(output_dir: str | Path, flag: str = "--output-dir") -> Path:
+    """The folder runs are written into, created and tried with a test file before any work starts."""
+    path = Path(output_dir)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"{flag} {output_dir}: {blocker} is a file, not a folder; choose another {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"{flag} {output_dir} cannot be written ({err.strerror}); choose a folder you can write to"
+        ) from None
+    return path
 
 
 def new_run_dir(output_dir: str | Path, parts: list[str], started: float | None = None) -> Path:
@@ -172,6 +190,8 @@ def read_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:
         raise RunFolderError(f"no such results folder: {path}")
     config_path = path / CONFIG
     config = _read_json(config_path) if config_path.is_file() else {}
+    if not isinstance(config, dict):
+        raise RunFolderError(f"{config_path}: not a JSON object (a damaged or foreign {CONFIG})")
     kind = config.get("kind") or _kind_from_files(path)
     if kind is None:
         raise RunFolderError(
@@ -281,10 +301,16 @@ def evaluation_metrics(
     matching_s: float,
     started: float,
 ) -> dict:
-    """metrics.json: protocol, PCK summary, counts and timings (extraction summed over members)."""
+    """metrics.json: protocol, PCK summary (and PCK per difficulty level where pairs carry SPair-71k's flags),
+    counts and timings (extraction summed over members)."""
+    import pck
+
     timings = feature_timings(feature_stats)
     if len(feature_stats) > 1:
         timings["per_member"] = [feature_timings([s]) for s in feature_stats]
+    flags = pd.DataFrame([{"pair_id": p.pair_id, **p.flags} for p in eval_set.pairs])
+    if pck.has_difficulty_flags(flags):  # SPair-71k: PCK by viewpoint, scale, truncation and occlusion level
+        summary = {**summary, "difficulty": pck.difficulty(table, flags)}
     return {
         "protocol": protocol(eval_set.dataset, eval_set.split, norm, coordinates),
         **summary,

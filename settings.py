@@ -59,10 +59,12 @@ class EvalConfig:
     split: str = "test"
     layout: str = "large"
     limit: int | None = None
+    rescale_annotations: bool = False  # scale annotations to image files of another size (else: an error)
     image_size: list[int] | None = None  # [side] or [H, W]; None: the backbone's default
     resize: str | None = None  # "squash" | "pad"; None: as trained (fine-tuned checkpoints), else squash
     match: MatchConfig = field(default_factory=MatchConfig)
     match_params: str | None = None  # the grid search file window/temperature came from (--params)
+    params_setting: dict | None = None  # the model, image size and patch grid that grid search ran with
     thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
     pck_norm: str | None = None  # None: the dataset's standard normalisation
     batch_size: int = 16
@@ -119,6 +121,7 @@ class TrainConfig:
     dataset: str = "spair"
     data_root: str | None = None
     layout: str = "large"
+    rescale_annotations: bool = False  # scale annotations to image files of another size (else: an error)
     train_split: str = "trn"
     val_split: str | None = "val"  # None: no validation
     val_data: str | None = None  # the validation pairs' root (a custom pairs file); None: data_root
@@ -345,6 +348,12 @@ class MemberSpec:
     weights: str | None = None  # a weights file or a fine-tuned checkpoint of `model`
     weight: float | None = None
     image_size: list[int] | None = None
+
+    @property
+    def label(self) -> str:
+        """Short, for figures: 'dinov3 (best.pt) @512'."""
+        name = f" ({Path(self.weights).name})" if self.weights else ""
+        return self.model + name + ("@" + "x".join(map(str, self.image_size)) if self.image_size else "")
 
     def __str__(self) -> str:
         parts = [self.model, *([self.weights] if self.weights else [])]

@@ -79,9 +79,25 @@ def category_table(metrics: dict, alpha: str) -> pd.DataFrame:
     return out
 
 
+def difficulty_table(difficulty: dict, alpha: str) -> pd.DataFrame:
+    """PCK@alpha per image at each level (columns 0..3) of each difficulty flag (rows): 'easy 55.00 (120)'."""
+    from pck import DIFFICULTY_LEVELS
+
+    rows = {
+        flag.replace("_", " "): {
+            DIFFICULTY_LEVELS[flag].index(name): f"{name} {PCK.format(level[f'pck@{alpha}']['per_image'])} "
+            f"({level['pairs']:,})"
+            for name, level in levels.items()
+        }
+        for flag, levels in difficulty.items()
+    }
+    frame = pd.DataFrame(rows).T.sort_index(axis=1).fillna("")
+    return frame.apply(lambda cells: cells.str.ljust(cells.str.len().max()))  # aligned on the level's name
+
+
 def evaluation_summary(config: dict, metrics: dict) -> str:
-    """The setup, PCK at each alpha, PCK per category (when the dataset has several), what was
-    skipped, and the time."""
+    """The setup, PCK at each alpha, PCK per category (when the dataset has several) and per difficulty
+    level (SPair-71k), what was skipped, and the time."""
     proto, counts = metrics["protocol"], metrics["counts"]
     lines = [
         setup_line(config),
@@ -90,9 +106,12 @@ def evaluation_summary(config: dict, metrics: dict) -> str:
         pck_table(metrics).to_string(),
     ]
     alphas = [k.removeprefix("pck@") for k in metrics if k.startswith("pck@")]
+    alpha = "0.1" if "0.1" in alphas else alphas[len(alphas) // 2]
     if len(metrics["per_category"]) > 1:
-        alpha = "0.1" if "0.1" in alphas else alphas[len(alphas) // 2]
         lines += [f"per category, PCK@{alpha}:", category_table(metrics, alpha).to_string()]
+    if "difficulty" in metrics:
+        table = difficulty_table(metrics["difficulty"], alpha).to_string(header=False)
+        lines += [f"per difficulty level, PCK@{alpha} per image (pairs):", table]
     skipped = counts.get("pairs_skipped") or {}
     if skipped:
         lines.append("skipped: " + ", ".join(f"{plural(n, 'pair')} ({why})" for why, n in skipped.items()))
@@ -106,8 +125,9 @@ def evaluation_summary(config: dict, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def grid_summary(table: pd.DataFrame, best: dict, argmax: dict, select_by: str) -> str:
-    """The grid's table, then the best window and temperature at each alpha beside argmax."""
+def grid_summary(table: pd.DataFrame, best: dict, argmax: dict, select_by: str, grid: tuple[int, int]) -> str:
+    """The grid's table, then the best window and temperature at each alpha beside argmax, and which
+    windows cover the whole patch grid from every position (they all give the same predictions)."""
     shown = table.drop(columns="time_s")
     shown[[c for c in shown if c.startswith("pck@")]] = shown[[c for c in shown if c.startswith("pck@")]].map(
         PCK.format
@@ -117,6 +137,13 @@ def grid_summary(table: pd.DataFrame, best: dict, argmax: dict, select_by: str) 
         lines.append(
             f"best at PCK@{alpha} ({select_by}): K={entry['window']} T={entry['temperature']:g} -> "
             f"{PCK.format(entry[f'pck_{select_by}'])} (argmax {PCK.format(argmax[alpha][f'pck_{select_by}'])})"
+        )
+    whole = 2 * max(grid) - 1
+    same = sorted(int(k) for k in table["window"].dropna().unique() if k >= whole)
+    if len(same) > 1:
+        lines.append(
+            f"note: windows {', '.join(map(str, same))} give identical results: on the {grid[0]}x{grid[1]} patch grid "
+            f"any K >= {whole} covers the whole map from every keypoint"
         )
     return "\n".join(lines)
 

@@ -18,7 +18,11 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib import patheffects
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import ConnectionPatch
 from PIL import Image
 
@@ -29,6 +33,7 @@ from images import load_image
 from pairs import PairRecord
 
 CORRECT, WRONG, TRUTH = "lime", "red", "cyan"
+SCORE_CMAP, HEAT_CMAP = "viridis", "jet"
 
 
 def plot_images(images: list[Image.Image | np.ndarray], titles: list[str] | None = None, size: float = 4.5) -> Figure:
@@ -68,12 +73,16 @@ def plot_matches(fig: Figure, xy0: np.ndarray, xy1: np.ndarray, colors, *, lw: f
     plot_keypoints(ax1, xy1, colors)
 
 
-def plot_heatmap(ax, heat: np.ndarray, extent: tuple[float, float, float, float], cmap: str = "jet", alpha=0.5) -> None:
-    """A (h, w) map over the image of `ax`, spanning `extent` (left, right, bottom, top) in pixels."""
+def plot_heatmap(
+    ax, heat: np.ndarray, extent: tuple[float, float, float, float], cmap: str = HEAT_CMAP, alpha=0.5
+) -> ScalarMappable:
+    """A (h, w) map over the image of `ax`, spanning `extent` (left, right, bottom, top) in pixels;
+    returns the image, for a colour bar."""
     xlim, ylim = ax.get_xlim(), ax.get_ylim()
-    ax.imshow(np.asarray(heat, dtype=float), extent=extent, cmap=cmap, alpha=alpha, interpolation="nearest")
+    image = ax.imshow(np.asarray(heat, dtype=float), extent=extent, cmap=cmap, alpha=alpha, interpolation="nearest")
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
+    return image
 
 
 def add_title(fig: Figure, title: str) -> None:
@@ -94,12 +103,35 @@ def match_colors(correct: np.ndarray) -> list[str]:
     return [CORRECT if c else WRONG for c in np.asarray(correct, dtype=bool)]
 
 
-def score_colors(scores: np.ndarray, cmap: str = "RdYlGn") -> list[tuple]:
-    """Colours from red (lowest score) to green (highest)."""
+def score_colors(scores: np.ndarray, cmap: str = SCORE_CMAP) -> tuple[list[tuple], Normalize]:
+    """A colour per score on a sequential map (not red / green: those mean wrong / correct), and the
+    normalisation that `add_colorbar` needs to explain them."""
     scores = np.asarray(scores, dtype=float)
-    span = scores.max() - scores.min() if len(scores) else 0.0
-    scaled = (scores - scores.min()) / span if span > 0 else np.ones_like(scores)
-    return [tuple(c) for c in matplotlib.colormaps[cmap](scaled)]
+    norm = Normalize(scores.min(), scores.max()) if len(scores) else Normalize(0, 1)
+    return [tuple(c) for c in matplotlib.colormaps[cmap](norm(scores))], norm
+
+
+def add_colorbar(fig: Figure, ax, norm: Normalize, label: str, cmap=SCORE_CMAP) -> None:
+    """A colour bar beside `ax` for colours drawn with `cmap` and `norm` (plain tick values, no offset)."""
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    bar.formatter.set_useOffset(False)
+
+
+def label_points(ax, xy: np.ndarray, labels: list[str]) -> None:
+    """Small labels beside points (white text outlined in black, readable on any image)."""
+    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+    for (x, y), text in zip(np.asarray(xy, dtype=float).reshape(-1, 2), labels, strict=True):
+        ax.annotate(text, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7, color="white",
+                    path_effects=outline, zorder=4)  # fmt: skip
+
+
+def add_legend(fig: Figure, entries: dict[str, dict]) -> None:
+    """A legend below the images: label -> Line2D style (e.g. {"color": "lime"} or {"marker": "x", "ls": ""})."""
+    handles = [Line2D([], [], **style) for style in entries.values()]
+    fig.legend(handles, list(entries), loc="lower center", ncol=len(entries), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.06))  # fmt: skip
 
 
 def draw_matches(
@@ -112,16 +144,24 @@ def draw_matches(
     gt_xy: np.ndarray | None = None,
     colors=None,
     title: str | None = None,
+    alpha: float | None = None,
 ) -> Figure:
     """Source and target side by side with a line per predicted match.
 
-    Lines are green / red by `correct` (or `colors`); ground truth is a cyan cross on the target,
-    joined to a wrong prediction by a dotted red line.
+    Lines are green / red by `correct` at PCK@`alpha` (or `colors`); ground truth is a cyan cross on
+    the target, joined to a wrong prediction by a dotted red line; a legend says so.
     """
     fig = plot_images([src, trg], ["source", "target"])
     if colors is None:
         colors = match_colors(correct) if correct is not None else CORRECT
     plot_matches(fig, src_xy, pred_xy, colors)
+    if correct is not None:
+        at = f" at PCK@{alpha:g}" if alpha is not None else ""
+        entries = {f"correct{at}": {"color": CORRECT}, f"wrong{at}": {"color": WRONG}}
+        if gt_xy is not None:
+            entries |= {"ground truth": {"color": TRUTH, "marker": "x", "ls": ""}}
+            entries |= {"wrong prediction -> ground truth": {"color": WRONG, "ls": ":"}}
+        add_legend(fig, entries)
     if gt_xy is not None:
         gt_xy, pred_xy = np.asarray(gt_xy, dtype=float), np.asarray(pred_xy, dtype=float)
         known = np.isfinite(gt_xy).all(axis=1)
@@ -149,6 +189,7 @@ def draw_pair_rows(rows: pd.DataFrame, src: Image.Image, trg: Image.Image, alpha
         correct=correct,
         gt_xy=rows[["gt_x", "gt_y"]].to_numpy(),
         title=title,
+        alpha=alpha,
     )
 
 
@@ -173,14 +214,20 @@ def draw_similarity(
     gt_xy: np.ndarray | None = None,
     title: str | None = None,
 ) -> Figure:
-    """One source keypoint, and its similarity map over the target (with prediction / ground truth)."""
-    fig = plot_images([src, trg], ["source", "target: similarity"])
+    """One source keypoint, and its similarity map over the target (with a colour bar, the prediction
+    and the ground truth, and a legend)."""
+    fig = plot_images([src, trg], ["source", "target: cosine similarity to the source point"])
     plot_keypoints(fig.axes[0], src_xy, CORRECT, size=40)
-    plot_heatmap(fig.axes[1], heat, extent)
+    image = plot_heatmap(fig.axes[1], heat, extent)
+    add_colorbar(fig, fig.axes[1], image.norm, "cosine similarity", image.cmap)
+    entries = {"source point": {"color": CORRECT, "marker": "o", "ls": "", "mec": "black"}}
     if pred_xy is not None:
-        plot_keypoints(fig.axes[1], pred_xy, CORRECT, size=40)
+        plot_keypoints(fig.axes[1], pred_xy, CORRECT, size=60, marker="*")
+        entries |= {"prediction": {"color": CORRECT, "marker": "*", "ls": "", "mec": "black", "ms": 9}}
     if gt_xy is not None and np.isfinite(gt_xy).all():
         plot_keypoints(fig.axes[1], gt_xy, TRUTH, size=50, marker="x")
+        entries |= {"ground truth": {"color": TRUTH, "marker": "x", "ls": ""}}
+    add_legend(fig, entries)
     if title:
         add_title(fig, title)
     return fig
@@ -220,3 +267,49 @@ def save_best_worst(
             safe = re.sub(r"[^A-Za-z0-9._-]+", "_", pair_id)
             written.append(save_plot(fig, Path(folder) / f"{kind}_{rank:02d}_{safe}.png"))
     return written
+
+
+def draw_keypoint_examples(
+    examples: pd.DataFrame, images: dict[str, tuple[Image.Image, Image.Image]], labels: tuple[str, str], alpha: float
+) -> Figure:
+    """One row per example keypoint (comparison.example_rows): the source with its point, and the target
+    with the ground truth, the PCK@alpha circle around it and both runs' predictions."""
+    colours = ("#ff7f0e", "#1f77b4")
+    fig = Figure(figsize=(9, 3.0 * len(examples) + 0.5), dpi=100, layout="constrained")
+    axes = fig.subplots(len(examples), 2, squeeze=False)
+    for (src_ax, trg_ax), row in zip(axes, examples.itertuples(index=False), strict=True):
+        src, trg = images[row.pair_id]
+        src_ax.imshow(np.asarray(src))
+        trg_ax.imshow(np.asarray(trg))
+        plot_keypoints(src_ax, [row.src_x, row.src_y], CORRECT, size=60)
+        plot_keypoints(trg_ax, [row.gt_x, row.gt_y], CORRECT, size=60)
+        trg_ax.add_patch(
+            matplotlib.patches.Circle((row.gt_x, row.gt_y), alpha * row.norm_L, fill=False, ls="--", color="white")
+        )
+        errors = []
+        predictions = (
+            (row.pred_x, row.pred_y, row.error, row.correct),
+            (row.pred_x_b, row.pred_y_b, row.error_b, row.correct_b),
+        )
+        for (x, y, error, correct), colour, label in zip(predictions, colours, "AB", strict=True):
+            trg_ax.plot([row.gt_x, x], [row.gt_y, y], ls=":", lw=1.2, color=colour)
+            plot_keypoints(trg_ax, [x, y], colour, size=70, marker="X")
+            errors.append(f"{label}: {error:.2f} L ({'correct' if correct else 'wrong'})")
+        src_ax.set_title(
+            f"{row.kind}: {row.category} keypoint {row.kp_id}, PCK A {row.id_pck_a:.0f}%, B {row.id_pck_b:.0f}%\n"
+            f"pair {row.pair_id}",
+            fontsize=8,
+        )
+        trg_ax.set_title("error: " + "; ".join(errors), fontsize=8)
+        src_ax.set_axis_off()
+        trg_ax.set_axis_off()
+    handles = [
+        matplotlib.lines.Line2D([], [], marker="o", ls="", color=CORRECT, mec="black", label="source / ground truth"),
+        *(
+            matplotlib.lines.Line2D([], [], marker="X", ls="", color=c, label=f"{ab}: {label}")
+            for c, ab, label in zip(colours, "AB", labels, strict=True)
+        ),
+        matplotlib.lines.Line2D([], [], ls="--", color="grey", label=f"PCK@{alpha:g} radius (alpha x L)"),
+    ]
+    fig.legend(handles=handles, loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+    return fig

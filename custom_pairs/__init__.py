@@ -43,6 +43,7 @@ from pairs import (
     PairSet,
     box_tuple,
     collect_pairs,
+    open_csv,
     points_array,
 )
 
@@ -90,8 +91,10 @@ def _read_json(path: Path) -> list[dict]:
 
 def _read_csv(path: Path) -> list[dict]:
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
+        with open_csv(path) as f:
             rows = list(csv.DictReader(f))
+    except DatasetError:
+        raise
     except (OSError, ValueError, csv.Error) as exc:  # UnicodeDecodeError is a ValueError
         raise DatasetError(f"cannot read custom pairs {path}: {exc}\n{FORMAT_HINT}") from None
     entries = []

@@ -127,13 +127,17 @@ class TrainLog:
     def add(self, row: dict) -> None:
         self.rows.append(row)
 
-    def write(self, plot: bool = False, best_step: int | None = None) -> None:
+    def table(self) -> pd.DataFrame:
         table = pd.DataFrame(self.rows)
         first = [c for c in TRAIN_COLUMNS if c in table]
-        table = table[first + [c for c in table if c not in first]]
-        results.write_file(self.run_dir, "finetune", "train_log", table)
-        if plot and len(table):
-            figure = plots.training_curves(table, self.val_column, title=self.run_dir.name, best_step=best_step)
+        return table[first + [c for c in table if c not in first]]
+
+    def write(self) -> None:
+        results.write_file(self.run_dir, "finetune", "train_log", self.table())
+
+    def plot(self, best_step: int | None = None) -> None:
+        if self.rows:
+            figure = plots.training_curves(self.table(), self.val_column, title=self.run_dir.name, best_step=best_step)
             save_plot(figure, self.run_dir / results.PICTURES["finetune"])
 
 

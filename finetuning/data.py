@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from geometry import Preprocess, image_geometry, input_to_patch
 from helper_functions import preprocess_image
-from images import load_image
+from images import ImageError, load_image
 from pairs import PairRecord
 from settings import Augment
 
@@ -64,7 +64,10 @@ class TrainingPairs(Dataset):
         if not self.load_images:
             return sample | self._targets(pair, src_kps, trg_kps)
         rng = np.random.default_rng([self.seed, epoch, i])
-        src, trg = load_image(pair.src), load_image(pair.trg)
+        try:
+            src, trg = load_image(pair.src), load_image(pair.trg)
+        except ImageError as err:  # raised again in the main process (see collate)
+            return {"error": str(err)}
         if self.augment.flip and rng.random() < 0.5:
             src, trg = ImageOps.mirror(src), ImageOps.mirror(trg)
             src_kps, trg_kps = flip_keypoints(src_kps, src.width), flip_keypoints(trg_kps, trg.width)
@@ -83,8 +86,12 @@ class TrainingPairs(Dataset):
 def collate(samples: list[dict]) -> dict:
     """Stack a batch; keypoints are padded to the largest count, with `mask` marking the real ones.
 
-    `images` is (2B, 3, H, W): the B source images, then the B target images.
+    `images` is (2B, 3, H, W): the B source images, then the B target images. A sample whose image
+    cannot be used makes the batch {"error": message}, which `checked` raises in the main process.
     """
+    errors = [s["error"] for s in samples if "error" in s]
+    if errors:
+        return {"error": errors[0]}
     k = max(len(s["src_pq"]) for s in samples)
     b = len(samples)
     src_pq, trg_pq = torch.zeros(b, k, 2), torch.zeros(b, k, 2)
@@ -100,6 +107,13 @@ def collate(samples: list[dict]) -> dict:
     }
     if "src" in samples[0]:
         batch["images"] = torch.stack([s["src"] for s in samples] + [s["trg"] for s in samples])
+    return batch
+
+
+def checked(batch: dict) -> dict:
+    """The batch, or the ImageError of an image a worker could not use (naming the file)."""
+    if "error" in batch:
+        raise ImageError(batch["error"])
     return batch
 
 

@@ -24,11 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli import (
     HelpFormatter,
     add_protocol_args,
+    add_rescale_arg,
     alpha,
     count,
+    device,
     distinct,
     image_size,
     non_negative_float,
+    path,
     positive_float,
     positive_int,
     run_main,
@@ -73,8 +76,10 @@ def parser() -> argparse.ArgumentParser:
 def add_model_args(g: argparse._ArgumentGroup) -> None:
     presets = "; ".join(f"{k}: {v.trainable_blocks} blocks, scale {v.logit_scale:g}" for k, v in PRESETS.items())
     g.add_argument("--model", help="dinov2 | dinov3 | sam, or a sized name like dinov2_vitl14 (default: dinov2)")
-    g.add_argument("--weights", help="weights file (default: the official file under models/<family>/weights/)")
-    g.add_argument("--checkpoint", help="start from a fine-tuned checkpoint (e.g. an earlier best.pt)")
+    g.add_argument(
+        "--weights", type=path, help="weights file (default: the official file under models/<family>/weights/)"
+    )
+    g.add_argument("--checkpoint", type=path, help="start from a fine-tuned checkpoint (e.g. an earlier best.pt)")
     g.add_argument(
         "--trainable-blocks", type=count, help=f"train the last N blocks (+ final norm / SAM neck); presets: {presets}"
     )
@@ -98,12 +103,15 @@ def add_model_args(g: argparse._ArgumentGroup) -> None:
 
 def add_data_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--dataset", choices=tuple(LOADERS), default=DEFAULTS.dataset, help="benchmark to train on")
-    g.add_argument("--data-root", help="dataset folder (default: the folder download.py fills)")
+    g.add_argument("--data-root", type=path, help="dataset folder (default: the folder download.py fills)")
     g.add_argument("--layout", choices=("large", "small"), default=DEFAULTS.layout, help="SPair-71k layout")
+    add_rescale_arg(g)
     g.add_argument("--train-split", default=DEFAULTS.train_split, help="split to train on")
     g.add_argument("--val-split", type=optional_split, default=DEFAULTS.val_split, help="'none': no validation")
     g.add_argument(
-        "--val-data", help="the validation pairs' root when it is not --data-root (a custom dataset's validation file)"
+        "--val-data",
+        type=path,
+        help="the validation pairs' root when it is not --data-root (a custom dataset's validation file)",
     )
     g.add_argument("--limit", type=positive_int, help="train on the first N pairs only")
     g.add_argument(
@@ -164,11 +172,15 @@ def add_output_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--stop-after", type=positive_int, help="stop after this global step (saving last.pt); --resume continues"
     )
-    g.add_argument("--resume", help="continue the run in this folder exactly where its last.pt left off")
+    g.add_argument("--resume", type=path, help="continue the run in this folder exactly where its last.pt left off")
     g.add_argument("--self-contained", action="store_true", help="checkpoints hold every weight (for sharing)")
     g.add_argument("--num-workers", type=count, default=DEFAULTS.num_workers, help="image decoding processes")
-    g.add_argument("--device", default=DEFAULTS.device, help="auto | cpu | cuda (torchrun: one GPU per process)")
-    g.add_argument("--output-dir", default=DEFAULTS.output_dir, help="a new <timestamp>_<model> folder is made inside")
+    g.add_argument(
+        "--device", type=device, default=DEFAULTS.device, help="auto | cpu | cuda (torchrun: one GPU per process)"
+    )
+    g.add_argument(
+        "--output-dir", type=path, default=DEFAULTS.output_dir, help="a new <timestamp>_<model> folder is made inside"
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

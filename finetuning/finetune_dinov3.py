@@ -1,6 +1,11 @@
 """Fine-tune DINOv3 with its preset (the original project's entry point); same flags as finetune.py."""
 
-from finetune import main, run_main
+import finetune
+
+
+def main(argv: list[str] | None = None):
+    return finetune.main(argv, script_model="dinov3")
+
 
 if __name__ == "__main__":
-    run_main(lambda: main(script_model="dinov3"))
+    finetune.run_main(main)

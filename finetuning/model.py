@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from finetuning import FinetuneError
 from geometry import Preprocess
-from helper_functions import ImageDataset
+from helper_functions import ImageDataset, collate_images, raise_unusable
 from images import ImageRef
 from models import Backbone, TokenState
 
@@ -67,10 +67,12 @@ class FrozenCache:
         progress: bool,
     ):
         device = split.backbone.device
-        loader = DataLoader(ImageDataset(images, prep), batch_size=batch_size, num_workers=num_workers)
+        loader = DataLoader(
+            ImageDataset(images, prep), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images
+        )
         self.tokens: dict[str, Tensor] = {}
         for index, batch in tqdm(loader, desc="frozen features", unit="batch", disable=not progress):
-            state = split.trunk(batch.to(device))
+            state = split.trunk(raise_unusable(batch).to(device))
             for i, tokens in zip(index.tolist(), state.tokens.cpu(), strict=True):
                 self.tokens[images[i].key] = tokens
         self.grid, self.rope = state.grid, state.rope  # the same for every image of one size

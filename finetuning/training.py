@@ -42,7 +42,7 @@ from finetuning.checkpoints import (
     save_checkpoint,
     training_state,
 )
-from finetuning.data import TrainingPairs, collate, epoch_batches
+from finetuning.data import TrainingPairs, checked, collate, epoch_batches
 from finetuning.distributed import Process, all_mean, barrier, setup_distributed
 from finetuning.loss import correspondence_loss
 from finetuning.model import FrozenCache, SplitBackbone, learning_rate_factor, make_optimizer
@@ -119,7 +119,11 @@ def val_subset(pairset: PairSet, limit: int | None, seed: int) -> PairSet:
 def load_data(cfg: TrainConfig) -> tuple[PairSet, PairSet | None]:
     """The training pairs and the validation pairs the (resolved) config asks for. A custom pairs file
     has no splits: its validation pairs come from --val-data, or there is no validation."""
-    keypoints = {"shift_one_based": cfg.pf_shift, "clamp": cfg.clamp_keypoints}
+    keypoints = {
+        "shift_one_based": cfg.pf_shift,
+        "clamp": cfg.clamp_keypoints,
+        "rescale_annotations": cfg.rescale_annotations,
+    }
     train_set = load_pairs(
         cfg.dataset, root=cfg.data_root, split=cfg.train_split, layout=cfg.layout, limit=cfg.limit, **keypoints
     )
@@ -325,7 +329,8 @@ def validate(backbone: Backbone, val_set: PairSet, cfg: TrainConfig) -> dict[str
 
 def checkpoint(training: Training, validate_now: bool, bar: tqdm) -> None:
     """Rank 0: validate (when asked; one printed line), keep best.pt if it improved (--select best),
-    then write last.pt with the training state, and the log."""
+    write the log, then last.pt with the training state (a run killed in between resumes from the
+    previous last.pt and drops the log's later rows), then the curves."""
     if training.process.main:
         cfg, val = training.cfg, {}
         progress = {"step": training.step, "epoch": training.epoch}
@@ -349,9 +354,10 @@ def checkpoint(training: Training, validate_now: bool, bar: tqdm) -> None:
             optimizer=training.optimizer, schedule=training.schedule, scaler=training.scaler,
         )  # fmt: skip
         progress |= {"val": val}
+        training.log.write()
         save_checkpoint(training.run_dir / LAST, training.backbone, cfg, progress=progress, training=state, **files)
         training.last_saved = training.step
-        training.log.write(plot=True, best_step=training.best_step)
+        training.log.plot(training.best_step)
     barrier(training.process)
 
 
@@ -363,6 +369,8 @@ def run(cfg: TrainConfig, resume: str | Path | None = None, given: dict | None =
     `read_resume_folder` gives, `given` the settings given again on its command line)."""
     if cfg.model is not None:
         known_model(cfg.model)  # before reading any data
+    if resume is None:
+        results.check_output_dir(cfg.output_dir)
     resolved, _ = resolve_protocol(cfg, TRAIN_CONVENTIONS)
     train_set, val_set = load_data(resolved)
     if resume is not None:
@@ -387,7 +395,7 @@ def train(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
     cfg, main = training.cfg, training.process.main
     if training.step == 0 and training.val_set is not None and main:  # the starting point of the PCK curve
         training.log.add({"step": 0, "epoch": 0, **validate(training.backbone, training.val_set, cfg)})
-        training.log.write(plot=False)
+        training.log.write()
     barrier(training.process)
     bar = tqdm(total=training.total_steps, initial=training.step, desc="fine-tuning", unit="step",
                disable=not (cfg.progress and main))  # fmt: skip
@@ -422,7 +430,7 @@ def loop(training: Training, bar: tqdm) -> None:
         )
         for batch in loader:
             # forward, backward, update; then the learning rate of the next step (the protocol's schedule)
-            loss, grad_norm = train_step(training, batch)
+            loss, grad_norm = train_step(training, checked(batch))
             training.schedule.step()
             training.step += 1
             interval.loss, interval.grad_norm = interval.loss + loss, interval.grad_norm + grad_norm
@@ -517,10 +525,14 @@ def last_lines(training: Training) -> list[str]:
 
 
 def diverged_message(training: Training, first_step: int) -> str:
-    saved = f"{training.run_dir / LAST} (step {training.last_saved})" if training.last_saved else "no checkpoint yet"
+    saved = (
+        f"The last finite checkpoint is {training.run_dir / LAST} (step {training.last_saved})."
+        if training.last_saved
+        else "No checkpoint had been written yet."
+    )
     return (
         f"the loss or a gradient became NaN or infinite between steps {first_step} and {training.step}: training "
-        f"diverged (lower --lr, keep --grad-clip > 0, check --logit-scale). The last finite checkpoint is {saved}."
+        f"diverged (lower --lr, keep --grad-clip > 0, check --logit-scale). {saved}"
     )
 
 

@@ -56,8 +56,10 @@ def weights_origin(bb: Backbone) -> str:
         return "custom"
     if path.name != spec.official_file:
         return "custom"
-    if spec.sha256_prefix and not file_sha256(path).startswith(spec.sha256_prefix):
-        return "custom"
+    for algorithm in ("sha256", "md5"):
+        prefix = getattr(spec, f"{algorithm}_prefix")
+        if prefix and not file_sha256(path, algorithm=algorithm).startswith(prefix):
+            return "custom"
     return "official"
 
 

@@ -17,7 +17,8 @@ class BackboneSpec:
     """Everything that differs between backbones.
 
     `url` is None for licence-gated weights; `request_url` then says where to ask for them.
-    `sha256_prefix` is the hash prefix that Meta embeds in some file names.
+    `sha256_prefix` / `md5_prefix` is the hash prefix that Meta embeds in some file names: DINOv3's
+    are sha256 prefixes (torch.hub's convention), SAM's md5 prefixes.
     """
 
     name: str
@@ -32,6 +33,7 @@ class BackboneSpec:
     url: str | None
     request_url: str | None = None
     sha256_prefix: str | None = None
+    md5_prefix: str | None = None
     num_prefix_tokens: int = 1  # CLS + registers/storage tokens, dropped from the features
     # Absolute position embedding (DINOv2, SAM; DINOv3 uses RoPE and has none): the input size
     # its grid was trained for (grid = size / patch), and how it is resized for other inputs:
@@ -103,7 +105,7 @@ def _sam(size: str, embed_dim: int, depth: int, file_hash: str) -> BackboneSpec:
         feature_dim=256,
         official_file=file,
         url=SAM_URL.format(file=file),
-        sha256_prefix=file_hash,
+        md5_prefix=file_hash,
         num_prefix_tokens=0,
         # Meta's SAM only runs at 1024; other sizes resize pos_embed bicubic with antialias
         # (as timm's samvit does), and the global blocks' relative-position tables are linearly

@@ -44,6 +44,7 @@ from pairs import (
     collect_pairs,
     first_existing,
     missing_root_error,
+    open_csv,
     pair_id_from_row,
 )
 
@@ -107,7 +108,7 @@ def load(
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(newline="") as f:
+    with open_csv(path) as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in reader.fieldnames or []]
         reader.fieldnames = header
@@ -207,7 +208,7 @@ def _annotation(path: Path, cache: dict[Path, Annotation]) -> Annotation:
             raise DatasetError(f"annotation not found: {path} (expected Annotations/<class>/<image id>.mat)")
         try:
             mat = scipy.io.loadmat(str(path))
-        except (OSError, ValueError, TypeError, NotImplementedError) as exc:
+        except (OSError, ValueError, TypeError, NotImplementedError, scipy.io.matlab.MatReadError) as exc:
             raise DatasetError(f"cannot read annotation {path}: {exc}") from exc
         if "kps" not in mat or "bbox" not in mat:
             raise DatasetError(f"{path}: malformed annotation, expected arrays 'kps' (N x 2) and 'bbox' (1 x 4)")

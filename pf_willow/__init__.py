@@ -40,6 +40,7 @@ from pairs import (
     collect_pairs,
     first_existing,
     missing_root_error,
+    open_csv,
     pair_id_from_row,
 )
 
@@ -70,7 +71,7 @@ def load(
     csv_path = next((path for path in candidates if path.is_file()), None)
     if csv_path is None:
         raise missing_root_error(NAME, root, EXPECTED_LAYOUT, candidates)
-    with csv_path.open(newline="") as f:
+    with open_csv(csv_path) as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         rows = list(reader)

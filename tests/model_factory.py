@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import timm
@@ -34,6 +35,12 @@ MANIFESTS = {  # family (and registers) -> the ViT-B manifest
 MANIFEST_WIDTH, MANIFEST_HEADS = 768, 12  # every manifest is a ViT-B
 # depth 3 keeps SAM's block 2, a global-attention block in ViT-B, so both attention kinds are tested
 TINY_OVERRIDES = {"embed_dim": 64, "num_heads": 2, "depth": 3}
+# per family: the smallest models fine-tuning and the scripts run on (SAM keeps windowed and global blocks)
+TINY = {
+    "dinov2": {"depth": 2, "embed_dim": 48, "num_heads": 2},
+    "dinov3": {"depth": 4, "embed_dim": 48, "num_heads": 2},
+    "sam": {"depth": 5, "embed_dim": 48, "num_heads": 2, "window_size": 4, "global_attn_indexes": (2, 4)},
+}
 
 
 def manifest(name: str) -> dict[str, tuple[int, ...]]:
@@ -124,3 +131,14 @@ def _swiglu(shapes: dict[str, tuple[int, ...]], width: int) -> dict[str, tuple[i
         else:
             out[key] = shape
     return out
+
+
+def tiny_checkpoint(folder: Path, family: str = "dinov2", seed: int = 0) -> Path:
+    """A self-contained checkpoint of a TINY random backbone, as scripts take with --checkpoint."""
+    from models import load_backbone, save_finetuned
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bb = load_backbone(family, weights="random", device="cpu", **TINY[family])
+    return save_finetuned(bb, folder / f"init_{family}.pt", {})

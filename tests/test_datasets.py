@@ -19,6 +19,7 @@ from dataset_factory import (
     make_pf_willow,
     make_spair,
 )
+from PIL import Image
 
 from images import ImageError, load_image
 from pairs import DatasetError, load_pairs
@@ -315,8 +316,10 @@ def test_custom_csv_from_a_spreadsheet_with_byte_order_mark(tmp_path):
     path = make_custom(tmp_path, pairs, "csv")
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # Excel's "CSV UTF-8"
     assert_matches(load_pairs("custom", path), pairs, boxes=False)
-    path.write_bytes(b"source,target\n\xff\xfe.png,b.png\n")  # not UTF-8
-    with pytest.raises(DatasetError, match=f"cannot read custom pairs {re.escape(str(path))}: 'utf-8' codec"):
+    path.write_text(path.read_text(encoding="utf-8-sig"), encoding="utf-16")  # "Unicode text", with its mark
+    assert_matches(load_pairs("custom", path), pairs, boxes=False)
+    path.write_bytes(b"source,target\n\xff\xfe.png,b.png\n")  # neither
+    with pytest.raises(DatasetError, match=f"cannot read {re.escape(str(path))}: not UTF-8 or UTF-16 text"):
         load_pairs("custom", path)
 
 
@@ -346,3 +349,40 @@ def test_custom_pairs_bad_input(tmp_path):
         load_pairs("custom", tmp_path / "absent.json")
     with pytest.raises(DatasetError, match="unknown dataset 'caltech'"):
         load_pairs("caltech")
+
+
+def test_a_resized_spair_image_is_an_error_when_decoded_or_rescaled_on_request(tmp_path):
+    images = [FakeImage("a", "cat", (40, 30), {0: (9.0, 5.0)}), FakeImage("b", "cat", (40, 30), {0: (19.5, 29.0)})]
+    root = make_spair(tmp_path, [FakePair(images[0], images[1])])
+    path = root / "JPEGImages" / "cat" / "b.jpg"
+    Image.open(path).resize((20, 15)).save(path)  # a copy of the dataset at half size
+    (pair,) = load_pairs("spair", root).pairs
+    with pytest.raises(
+        ImageError, match=r"b\.jpg is 20x15 pixels, but its annotation says 40x30.*--rescale-annotations"
+    ):
+        load_image(pair.trg)
+    rescaled = load_pairs("spair", root, rescale_annotations=True)
+    (pair,) = rescaled.pairs
+    assert pair.trg.size == (20, 15) and pair.src.size == (40, 30)
+    np.testing.assert_allclose(
+        pair.trg_kps, [[9.5, 14.25]]
+    )  # pixel centres: (19.5 + 0.5) / 2 - 0.5, (29 + .5) / 2 - .5
+    np.testing.assert_allclose(pair.src_kps, [[9.0, 5.0]])
+    x1, y1, x2, y2 = images[1].box()
+    np.testing.assert_allclose(
+        pair.trg_bbox, [(x1 + 0.5) / 2 - 0.5, (y1 + 0.5) / 2 - 0.5, (x2 + 0.5) / 2 - 0.5, (y2 + 0.5) / 2 - 0.5]
+    )
+    assert load_image(pair.trg).size == (20, 15)
+    assert (
+        "annotations of 1 images rescaled to their files (--rescale-annotations), e.g. spair/cat/b: 40x30 -> 20x15"
+        in rescaled.notes
+    )
+
+
+def test_an_empty_pair_list_names_the_file(tmp_path):
+    root = make_spair(tmp_path, fake_pairs(fake_images("cat", 2)))
+    (root / "Layout" / "large" / "test.txt").write_text("")
+    with pytest.raises(
+        DatasetError, match=r"no pairs in .* \(spair layout large, split test\): its pair list is empty"
+    ):
+        load_pairs("spair", root)

@@ -5,19 +5,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import socket
+import sys
 import tarfile
 import threading
+import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
+import torch
+from model_factory import official_shapes, random_official_state_dict
 
 import download
+from cli import run_main
 from download import MANIFEST, DownloadError, Item, Source, build_table, ensure, main
 from models.registry import BACKBONES, get_spec
 from pairs import DEFAULT_ROOTS
@@ -34,6 +42,7 @@ class FileServer:
     files: dict[str, bytes] = field(default_factory=dict)
     cuts: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before hanging up, once
     ignore_range: bool = False
+    trickle: dict[str, tuple[int, float]] = field(default_factory=dict)  # path -> (bytes, seconds) per write
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, Range
 
 
@@ -67,9 +76,20 @@ def make_handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_response(200)
             self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
-            if send_body:
+            if send_body and self.path in state.trickle:
+                self.send_slowly(data[start:], *state.trickle[self.path])
+            elif send_body:
                 cut = state.cuts.pop(self.path, None)
                 self.wfile.write(data[start:] if cut is None else data[start:cut])
+
+        def send_slowly(self, data: bytes, step: int, pause: float) -> None:
+            try:
+                for i in range(0, len(data), step):
+                    self.wfile.write(data[i : i + step])
+                    self.wfile.flush()
+                    time.sleep(pause)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up
 
         def log_message(self, *args: object) -> None:
             pass
@@ -163,7 +183,10 @@ def test_full_download_unpacks_verifies_and_records(server, tmp_path):
 
     outcome = ensure(item)
 
-    assert "downloaded data.tar.gz and unpacked it" in outcome
+    assert outcome == (
+        "downloaded data.tar.gz (checked: size announced by the server) and unpacked it; "
+        "downloaded test_pairs.csv (checked: size announced by the server, sha256)"
+    )
     assert (folder / "Data/images/a.png").read_bytes() == b"A" * 100
     assert (folder / "Data/images/b.png").read_bytes() == b"B" * 50
     assert (folder / "test_pairs.csv").read_bytes() == b"imageA,imageB\na.png,b.png\n"
@@ -185,7 +208,10 @@ def test_rerun_skips_without_network_or_hashing(server, tmp_path, monkeypatch):
 
     monkeypatch.setattr(download, "urlopen", forbidden)
     monkeypatch.setattr(download, "hash_file", forbidden)
-    assert ensure(item) == "already present and verified"
+    assert ensure(item) == (
+        "already present: data.tar.gz (checked: size announced by the server), "
+        "test_pairs.csv (checked: size announced by the server)"
+    )
     assert len(server.log) == requests_before
 
 
@@ -197,11 +223,11 @@ def test_changed_file_is_hashed_again_against_the_recorded_hash(server, tmp_path
     path = folder / "weights.pth"
 
     os.utime(path, ns=(1, 1))  # touched, same bytes: re-hashed and still accepted
-    assert ensure(item) == "verified weights.pth"
+    assert ensure(item) == "found weights.pth (checked: same sha256 as when first fetched)"
     assert json.loads((folder / MANIFEST).read_text())["weights.pth"]["mtime_ns"] == 1
 
     path.write_bytes(b"something else")
-    with pytest.raises(DownloadError, match="recorded when it was first verified"):
+    with pytest.raises(DownloadError, match="recorded when it was first fetched"):
         ensure(item)
 
 
@@ -220,7 +246,7 @@ def test_interrupted_download_is_resumed_by_the_next_run(server, tmp_path):
     assert not (folder / "weights.pth").exists()
     assert (folder / "weights.pth.part").stat().st_size == 3000
 
-    assert ensure(item, attempts=1) == "downloaded weights.pth"
+    assert ensure(item, attempts=1) == "downloaded weights.pth (checked: size announced by the server, sha256)"
     assert server.log[-1] == ("GET", "/w.pth", "bytes=3000-")
     assert (folder / "weights.pth").read_bytes() == PAYLOAD
     assert not (folder / "weights.pth.part").exists()
@@ -393,7 +419,8 @@ def test_archive_placed_by_hand_is_verified_and_unpacked(tmp_path, dead_url):
     (folder / "data.tar.gz").write_bytes(archive)
     source = Source("data.tar.gz", (dead_url,), sha256=sha256(archive), unpacks_to=("Data/images",))
 
-    assert ensure(Item("pf-willow", "datasets", folder, (source,))) == "verified data.tar.gz and unpacked it"
+    outcome = ensure(Item("pf-willow", "datasets", folder, (source,)))
+    assert outcome == "found data.tar.gz (checked: sha256) and unpacked it"
     assert (folder / "Data/images/a.png").read_bytes() == b"A" * 100
 
 
@@ -412,8 +439,8 @@ def test_licence_gated_weights_explain_the_request_then_verify_once_placed(tmp_p
         ensure(item)
 
     (tmp_path / "dinov3.pth").write_bytes(weights)
-    assert ensure(item) == "verified dinov3.pth"
-    assert ensure(item) == "already present and verified"
+    assert ensure(item) == "found dinov3.pth (checked: sha256 prefix in the file name)"
+    assert ensure(item) == "already present: dinov3.pth (checked: sha256 prefix in the file name)"
 
 
 # --- command line and the real table -------------------------------------------------------------
@@ -423,7 +450,7 @@ def test_cli_success_then_quick_noop(server, tmp_path, capsys):
     table = {"pf-willow": dataset_item(server, tmp_path, make_tar(GOOD_ARCHIVE))}
     assert main(["--datasets", "pf-willow"], table=table) == 0
     assert main(["--datasets", "pf-willow"], table=table) == 0
-    assert re.search(r"ok\s+pf-willow\s+already present and verified", capsys.readouterr().out)
+    assert re.search(r"ok\s+pf-willow\s+already present: data.tar.gz \(checked: ", capsys.readouterr().out)
 
 
 def test_dry_run_prints_urls_sizes_destinations_and_writes_nothing(server, tmp_path, capsys):
@@ -434,9 +461,10 @@ def test_dry_run_prints_urls_sizes_destinations_and_writes_nothing(server, tmp_p
     assert main(["--datasets", "pf-willow", "--dry-run"], table=table) == 0
 
     out = capsys.readouterr().out
-    assert f"{server.url}/data.tar.gz (2.0 MiB) -> {folder / 'data.tar.gz'}" in out
+    assert f"{server.url}/data.tar.gz (2.0 MiB as the server announces) -> {folder / 'data.tar.gz'}" in out
     assert f"then unpack into {folder}" in out
-    assert f"{server.url}/pairs.csv (26 bytes) -> {folder / 'test_pairs.csv'}" in out
+    assert f"{server.url}/pairs.csv (26 bytes as the server announces) -> {folder / 'test_pairs.csv'}" in out
+    assert "Total to fetch: 2.0 MiB in 2 files\n" in out
     assert {method for method, _, _ in server.log} == {"HEAD"}
     assert not folder.exists()
 
@@ -462,7 +490,10 @@ def test_table_follows_registry_and_loader_layout_under_any_root(tmp_path):
         assert source.urls == ((spec.url,) if spec.url else ())
     dinov3 = table[get_spec("dinov3").name]
     assert dinov3.request_url and dinov3.sources[0].sha256_prefix == "73cec8be"
-    assert table[get_spec("sam").name].sources[0].sha256_prefix == "01ec64"
+    # SAM's file names end in an md5 prefix: the full sha256 is checked instead of taking it for a sha256 one
+    (sam,) = table[get_spec("sam").name].sources
+    assert (sam.sha256_prefix, sam.size, sam.sha256[:8]) == (None, 375_042_383, "ec2df627")
+    assert all(table[name].sources[0].backbone == name for name in BACKBONES)
 
     spair = table["spair"]
     assert spair.folder / "SPair-71k" == tmp_path / DEFAULT_ROOTS["spair"].relative_to(REPO_ROOT)
@@ -476,3 +507,265 @@ def test_table_follows_registry_and_loader_layout_under_any_root(tmp_path):
     }
     assert willow.folder == tmp_path / DEFAULT_ROOTS["pf-willow"].relative_to(REPO_ROOT)
     assert {s.name for s in willow.sources} == {"PF-dataset.zip", "test_pairs.csv"}
+
+
+# --- what is checked, and said -------------------------------------------------------------------
+
+DINOV2 = get_spec("dinov2_vitb14")
+LOADS = "loads with every key and shape of dinov2_vitb14"
+
+
+def full_layout_file(path: Path, name: str, depth: int | None = None) -> Path:
+    """An official-format file of `name` with every key at its official shape (from the test manifests).
+
+    All tensors are views of one zero storage, which torch.save writes once: a ViT-B in 9 MB.
+    """
+    shapes = official_shapes(name, depth=depth)
+    storage = torch.zeros(max(math.prod(shape) for shape in shapes.values()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({key: storage[: math.prod(shape)].view(shape) for key, shape in shapes.items()}, path)
+    return path
+
+
+def truncated_file(path: Path) -> Path:
+    """A DINOv2 file (official keys, tiny shapes) cut in half, as an interrupted copy leaves it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(random_official_state_dict(DINOV2.name, tiny=True), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def dinov2_item(folder: Path, url: str) -> Item:
+    return Item(DINOV2.name, "models", folder, (Source(DINOV2.official_file, (url,), backbone=DINOV2.name),))
+
+
+def forbidden(*args, **kwargs):
+    raise AssertionError("a file already checked must not be read again")
+
+
+def test_weights_placed_by_hand_are_checked_for_every_key_once(tmp_path, dead_url, monkeypatch):
+    item = dinov2_item(tmp_path, dead_url)
+    full_layout_file(tmp_path / DINOV2.official_file, DINOV2.name)
+
+    assert ensure(item) == f"found {DINOV2.official_file} (checked: {LOADS})"
+
+    monkeypatch.setattr(download, "layout_problem", forbidden)
+    monkeypatch.setattr(download, "hash_file", forbidden)
+    assert ensure(item) == f"already present: {DINOV2.official_file} (checked: {LOADS})"
+
+
+@pytest.mark.parametrize(
+    ("write", "problem"),
+    [
+        (truncated_file, "does not load as a PyTorch checkpoint (RuntimeError: PytorchStreamReader failed"),
+        (lambda path: full_layout_file(path, DINOV2.name, depth=11), "does not fit dinov2_vitb14: 14 missing keys"),
+        (lambda path: full_layout_file(path, "dinov2_vitb14_reg4"), "like dinov2_vitb14_reg4, not dinov2_vitb14"),
+    ],
+    ids=["truncated", "blocks-missing", "another-model"],
+)
+def test_weights_that_do_not_load_are_refused_even_if_recorded_before(tmp_path, dead_url, write, problem):
+    # issue 13: such a file was reported as verified, and the manifest kept saying so
+    path = write(tmp_path / DINOV2.official_file)
+    stat = path.stat()
+    old_record = {"sha256": sha256(path.read_bytes()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    (tmp_path / MANIFEST).write_text(json.dumps({DINOV2.official_file: {**old_record, "url": "placed by hand"}}))
+
+    with pytest.raises(DownloadError) as failure:
+        ensure(dinov2_item(tmp_path, dead_url))
+
+    message = str(failure.value)
+    assert f"{path} is not the expected file: " in message and problem in message
+    assert f"Delete it and re-run `python download.py --models {DINOV2.name}`" in message
+    assert "verified" not in message
+    assert path.exists()  # the user's file is left for the user to delete
+    assert "checked" not in json.loads((tmp_path / MANIFEST).read_text())[DINOV2.official_file]
+
+
+def test_downloaded_weights_that_do_not_load_are_deleted(server, tmp_path):
+    server.files["/w.pth"] = truncated_file(tmp_path / "served.pth").read_bytes()
+    folder = tmp_path / "weights"
+
+    with pytest.raises(DownloadError, match="rejected and deleted, it does not load as a PyTorch checkpoint"):
+        ensure(dinov2_item(folder, server.url + "/w.pth"))
+
+    assert not list(folder.iterdir())
+
+
+def test_known_size_is_checked_before_the_hash(tmp_path, dead_url):
+    (tmp_path / "pairs.csv").write_bytes(b"a,b\n")
+    item = Item("pf-pascal", "datasets", tmp_path, (Source("pairs.csv", (dead_url,), sha256="0" * 64, size=5),))
+
+    with pytest.raises(DownloadError, match="has 4 bytes, the official file 5"):
+        ensure(item)
+
+
+def test_nothing_known_is_said_as_unverified(tmp_path, dead_url):
+    (tmp_path / "pairs.csv").write_bytes(b"a,b\n")
+    item = Item("pf-willow", "datasets", tmp_path, (Source("pairs.csv", (dead_url,)),))
+
+    assert ensure(item) == "found pairs.csv (unverified: nothing published to check it against)"
+
+
+# --- stalled transfers ---------------------------------------------------------------------------
+
+
+def test_trickling_server_is_given_up_and_the_part_kept_for_resuming(server, tmp_path):
+    server.files["/w.pth"] = PAYLOAD
+    server.trickle["/w.pth"] = (1, 0.05)  # 20 bytes/s: headers, then almost nothing
+    item = file_item(server.url + "/w.pth", tmp_path, sha256=sha256(PAYLOAD))
+
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as failure:
+        ensure(item, timeout=0.5)
+
+    assert time.monotonic() - started < 3
+    assert re.search(r"stalled: \d+ bytes in the last 0.5 s, under 16 KiB per --timeout", str(failure.value))
+    assert "re-running resumes it" in str(failure.value)
+    kept = (tmp_path / "weights.pth.part").read_bytes()
+    assert 0 < len(kept) < len(PAYLOAD) and PAYLOAD.startswith(kept)
+
+    del server.trickle["/w.pth"]
+    assert ensure(item).startswith("downloaded weights.pth")
+    assert server.log[-1][2] == f"bytes={len(kept)}-"
+    assert (tmp_path / "weights.pth").read_bytes() == PAYLOAD
+
+
+def test_slow_but_steady_server_is_not_stalled(server, tmp_path):
+    data = bytes(range(256)) * 256  # 64 KiB at 80 KiB/s: more than 16 KiB in every 0.3 s
+    server.files["/w.pth"] = data
+    server.trickle["/w.pth"] = (8 << 10, 0.1)
+
+    ensure(file_item(server.url + "/w.pth", tmp_path), timeout=0.3)
+
+    assert (tmp_path / "weights.pth").read_bytes() == data
+
+
+# --- dry run offline -----------------------------------------------------------------------------
+
+
+def offline(*args, **kwargs):
+    raise URLError("no network")
+
+
+def test_dry_run_offline_shows_the_known_sizes_and_a_total(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(download, "urlopen", offline)
+
+    assert main(["--models", "sam", "sam_vit_l", "sam_vit_h", "dinov2", "--dry-run", "--root", str(tmp_path)]) == 0
+
+    out = capsys.readouterr().out
+    sam_folder = tmp_path / "models" / "sam" / "weights"
+    assert f"sam_vit_b_01ec64.pth (357.7 MiB) -> {sam_folder / 'sam_vit_b_01ec64.pth'}" in out
+    assert "sam_vit_l_0b3195.pth (1.2 GiB)" in out and "sam_vit_h_4b8939.pth (2.4 GiB)" in out
+    assert "dinov2_vitb14_pretrain.pth (size unknown: no network)" in out
+    assert out.endswith("Total to fetch: 3.9 GiB in 3 files; not counted, size unknown: dinov2_vitb14_pretrain.pth\n")
+    assert not tmp_path.joinpath("models").exists()
+
+
+def test_dry_run_counts_only_what_would_be_fetched(server, tmp_path, dead_url, capsys):
+    folder = tmp_path / "pf_pascal"
+    folder.mkdir()
+    (folder / "val.csv").write_bytes(b"x" * 10)
+    sources = (
+        Source("images.zip", (dead_url,), size=3 << 20, unpacks_to=("images",)),
+        Source("trn.csv", (dead_url,), size=2 << 10),
+        Source("val.csv", (dead_url,), size=10),
+        Source("test.csv", (dead_url,)),
+    )
+    table = {"pf-pascal": Item("pf-pascal", "datasets", folder, sources)}
+
+    assert main(["--datasets", "pf-pascal", "--dry-run"], table=table) == 0
+
+    out = capsys.readouterr().out
+    assert f"images.zip: would fetch {dead_url} (3.0 MiB) -> {folder / 'images.zip'}, then unpack into" in out
+    assert f"val.csv: present at {folder / 'val.csv'} (10 bytes), would check it" in out
+    assert "test.csv: would fetch" in out and "(size unknown: [Errno 111] Connection refused)" in out
+    assert "Total to fetch: 3.0 MiB in 2 files; not counted, size unknown: test.csv" in out
+
+
+def test_help_says_what_counts_as_progress(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "less than 16 KiB received in this long" in " ".join(capsys.readouterr().out.split())
+
+
+# --- faults, through the path a user's command takes ---------------------------------------------
+
+# case, argv, exit status, what the message says, files (under the test folder) that must exist
+# afterwards, unchanged if they existed before. "{tmp}" is the test folder; HOME is {tmp}/home.
+CASES = [
+    ("truncated-dinov2", ["--models", "dinov2"], 1, "does not load as a PyTorch checkpoint", ["weights/dinov2.pth"]),
+    ("trickling-server", ["--models", "sam", "--timeout", "0.5"], 1, "stalled: ", ["sam/sam.pth.part"]),
+    ("timeout-0", ["--models", "sam", "--timeout", "0"], 2, "argument --timeout: must be > 0, got 0", []),
+    ("timeout-negative", ["--models", "sam", "--timeout", "-1"], 2, "argument --timeout: must be > 0, got -1", []),
+    ("timeout-nan", ["--models", "sam", "--timeout", "nan"], 2, "--timeout: must be a finite number, got 'nan'", []),
+    ("timeout-inf", ["--models", "sam", "--timeout", "inf"], 2, "--timeout: must be a finite number, got 'inf'", []),
+    ("root-read-only", ["--models", "sam", "--root", "{tmp}/read-only"], 2, "is not writable", ["read-only/x"]),
+    ("root-is-a-file", ["--models", "sam", "--root", "{tmp}/a-file/sub"], 2, "{tmp}/a-file is a file", ["a-file"]),
+    (
+        "root-tilde",
+        ["--datasets", "pf-willow", "--root=~/dl"],
+        1,
+        "`python download.py --datasets pf-willow --root {tmp}/home/dl`",
+        [],
+    ),
+    ("root-variable", ["--datasets", "pf-willow", "--root", "$DOWNLOADS/dl"], 1, "--root {tmp}/vars/dl`", []),
+]
+
+
+@pytest.fixture
+def fault_table(server, tmp_path, dead_url, monkeypatch):
+    """The items CASES fetch: a truncated DINOv2 file in place, a trickling server, a dead one."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DOWNLOADS", str(tmp_path / "vars"))
+    (tmp_path / "read-only").mkdir()
+    (tmp_path / "read-only" / "x").write_text("kept")
+    (tmp_path / "read-only").chmod(0o555)
+    (tmp_path / "a-file").write_text("not a folder")
+    truncated_file(tmp_path / "weights" / "dinov2.pth")
+    server.files["/sam.pth"] = PAYLOAD
+    server.trickle["/sam.pth"] = (1, 0.05)
+    yield {
+        DINOV2.name: Item(
+            DINOV2.name, "models", tmp_path / "weights", (Source("dinov2.pth", (dead_url,), backbone=DINOV2.name),)
+        ),
+        "sam_vit_b": Item("sam_vit_b", "models", tmp_path / "sam", (Source("sam.pth", (server.url + "/sam.pth",)),)),
+        "pf-willow": Item("pf-willow", "datasets", tmp_path / "pf_willow", (Source("pairs.csv", (dead_url,)),)),
+    }
+    (tmp_path / "read-only").chmod(0o755)
+
+
+@contextmanager
+def as_nobody_if_root(needed: bool):
+    """Root may write into any folder: run as `nobody` where a folder must be read-only to the user."""
+    if not needed or os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.mark.parametrize(("case", "argv", "status", "message", "intact"), CASES, ids=[case[0] for case in CASES])
+def test_fault_ends_in_a_clear_message_and_leaves_files_alone(
+    fault_table, tmp_path, capsys, case, argv, status, message, intact
+):
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    before = {name: (tmp_path / name).read_bytes() for name in intact if (tmp_path / name).exists()}
+
+    with pytest.raises(SystemExit) as end, as_nobody_if_root("read-only" in case):
+        run_main(lambda: sys.exit(main(argv, table=fault_table)))
+
+    code = end.value.code
+    output = capsys.readouterr()
+    said = output.out + output.err + (code if isinstance(code, str) else "")
+    assert (1 if isinstance(code, str) else code or 0) == status
+    assert message.format(tmp=tmp_path) in said
+    assert "Traceback" not in said
+    for name in intact:
+        assert (tmp_path / name).exists(), name
+        assert (tmp_path / name).read_bytes() == before.get(name, (tmp_path / name).read_bytes()), name

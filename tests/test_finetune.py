@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dataset_factory import KP_COLOURS, fake_images, fake_pairs, make_custom, make_spair
+from model_factory import TINY, tiny_checkpoint
 from PIL import ImageOps
 
 from evaluation import load_model, run_evaluation
@@ -30,17 +30,11 @@ from finetuning.training import train
 from geometry import Preprocess, patch_to_input
 from helper_functions import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
 from images import load_image
-from models import load_backbone, save_finetuned
 from models.finetuned import read_finetuned
 from pairs import PairSet, load_pairs
 from settings import Augment, EvalConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "dinov2": {"depth": 2, "embed_dim": 48, "num_heads": 2},
-    "dinov3": {"depth": 4, "embed_dim": 48, "num_heads": 2},
-    "sam": {"depth": 5, "embed_dim": 48, "num_heads": 2, "window_size": 4, "global_attn_indexes": (2, 4)},
-}
 IMAGE = ["--image-size", "112", "--num-workers", "0", "--device", "cpu", "--quiet"]
 
 
@@ -51,14 +45,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_checkpoint(folder: Path, family: str = "dinov2", seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        bb = load_backbone(family, weights="random", device="cpu", **TINY[family])
-    return save_finetuned(bb, folder / f"init_{family}.pt", {})
 
 
 @pytest.fixture(scope="module")

@@ -135,9 +135,12 @@ def test_best_parameters_reach_evaluation_through_params(tmp_path, colour_pairs)
     cfg = eval_config(args)
     assert cfg.match == MatchConfig("wsoftargmax", best["0.05"]["window"], best["0.05"]["temperature"])
     assert cfg.match_params.endswith("(best at PCK@0.05)")
+    setting = {"model": "colourcode", "image_size": [128, 128], "grid": [16, 16]}
+    assert cfg.params_setting == setting
     assert read_best_parameters(run / "best_parameters.json", 0.1) == (
         best["0.1"]["window"],
         best["0.1"]["temperature"],
+        setting,
     )
 
 

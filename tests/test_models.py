@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
+from types import SimpleNamespace
+
 import pytest
 import torch
 from model_factory import (
@@ -21,6 +25,7 @@ from models import (
     load_backbone,
     load_finetuned,
     save_finetuned,
+    weights_origin,
 )
 
 BASE_MODELS = ["dinov2_vitb14", "dinov2_vitb14_reg4", "dinov3_vitb16", "sam_vit_b"]
@@ -354,3 +359,16 @@ def test_checkpoint_and_weights_each_mean_one_thing(tmp_path):
         create_backbone("sam", checkpoint=str(finetuned), device="cpu")
     with pytest.raises(ValueError, match="fine-tuned on the features of block 1; --layer 2"):
         create_backbone(checkpoint=str(finetuned), layer=2, device="cpu")
+
+
+def test_official_weights_are_told_by_the_hash_their_file_name_carries(tmp_path):
+    """DINOv3's file names end in a sha256 prefix, SAM's in an md5 prefix (sam_vit_b_01ec64.pth)."""
+    assert get_spec("sam_vit_b").md5_prefix == "01ec64" and get_spec("sam_vit_b").sha256_prefix is None
+    assert get_spec("dinov3_vitb16").sha256_prefix and get_spec("dinov3_vitb16").md5_prefix is None
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    path.write_bytes(b"weights")
+    spec = replace(get_spec("sam_vit_b"), md5_prefix=hashlib.md5(b"weights").hexdigest()[:6])
+    bb = SimpleNamespace(weights_path=str(path), base_origin=None, spec=spec)
+    assert weights_origin(bb) == "official"
+    bb.spec = replace(spec, md5_prefix=hashlib.sha256(b"weights").hexdigest()[:6])  # a sha256 prefix is not it
+    assert weights_origin(bb) == "custom"

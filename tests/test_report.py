@@ -1,10 +1,13 @@
-"""report.py and analysis.py: one table of runs beside the published numbers, PCK at any threshold."""
+"""report.py and analysis.py: the runs found (damaged ones skipped), evaluations beside the published numbers,
+fine-tuning runs and grid searches, PCK at any threshold, and the paper tables and figures written per group."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+from paper_runs import spair_runs
 
 import analysis
 import published
@@ -26,7 +29,7 @@ def test_report_table_and_markdown(evaluation_runs, tmp_path):
     assert np.isnan(table.loc[1, "pck@0.2_per_image"])  # not evaluated at 0.2
     markdown = (tmp_path / "r.md").read_text()
     assert markdown.splitlines()[0].startswith("| model | setting | dataset |")
-    assert f"{metrics['pck@0.1']['per_image']:.1f} ({metrics['pck@0.1']['per_keypoint']:.1f})" in markdown
+    assert f"{metrics['pck@0.1']['per_image']:.2f} ({metrics['pck@0.1']['per_keypoint']:.2f})" in markdown
     saved = pd.read_csv(tmp_path / "r.csv")
     assert saved["run"].tolist() == table["run"].tolist()
     assert saved["pck@0.1_per_image"].tolist() == table["pck@0.1_per_image"].tolist()
@@ -95,6 +98,124 @@ def test_pck_curve_agrees_with_the_metrics(evaluation_runs):
     assert analysis.pck_curve(run.keypoints(), [1e-9])["per_keypoint"].iloc[0] == 0
 
 
-def test_report_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no evaluation results"):
+def test_report_errors(tmp_path, evaluation_runs):
+    with pytest.raises(FileNotFoundError, match="no evaluation, fine-tuning or grid-search results under"):
         report.main([str(tmp_path)])
+    with pytest.raises(results.RunFolderError, match="no such results folder"):
+        report.main([str(tmp_path / "typo")])
+    with pytest.raises(ValueError, match="--names gives 1 names for 2 evaluations"):
+        report.main([str(evaluation_runs[0].parent), "--latex", str(tmp_path / "tex"), "--names", "a"])
+
+
+def write_finetune(folder):
+    """A fine-tuning run's folder as finetuning/training.py writes it: validated at steps 0, 10, 20, 30."""
+    args = {"model": "dinov2_vitb14", "checkpoint": None, "dataset": "spair", "train_split": "trn", "val_split": "val",
+            "val_alpha": 0.1, "trainable_blocks": 2, "lr": 3e-5, "batch_size": 8, "schedule": "warmup-cosine",
+            "select": "best", "protocol": "default"}  # fmt: skip
+    resolved = {"weights_origin": "official", "train_pairs": 100, "val_pairs": 50, "steps": 40, "global_batch": 8}
+    log = pd.DataFrame({"step": [0, 5, 10, 15, 20, 25, 30], "loss": [np.nan, 2.0, np.nan, 1.5, np.nan, 1.2, np.nan],
+                        "val_pck@0.1": [61.5, np.nan, 40.0, np.nan, 55.123, np.nan, 50.25]})  # fmt: skip
+    folder.mkdir(parents=True)
+    return results.write_run(folder, "finetune", {"args": args, "resolved": resolved}, train_log=log)
+
+
+def write_grid(folder):
+    best = {"0.1": {"window": 5, "temperature": 0.2, "pck_per_image": 70.084, "pck_per_keypoint": 71.0}}
+    argmax = {"0.1": {"pck_per_image": 69.1234, "pck_per_keypoint": 70.0}}
+    best_file = {"selected_by": "per_image", "best": best, "argmax": argmax, "model": "dinov3_vitb16",
+                 "dataset": "spair", "split": "val", "pck_norm": "bbox", "pairs": 100}  # fmt: skip
+    folder.mkdir(parents=True)
+    grid = pd.DataFrame({"matcher": ["argmax"], "window": pd.array([None], dtype="Int64")})
+    return results.write_run(folder, "grid", {"args": {"model": "dinov3"}}, best_parameters=best_file, grid=grid)
+
+
+def test_report_counts_kinds_and_summarises_finetuning_and_grid_runs(evaluation_runs, tmp_path, capsys):
+    write_finetune(tmp_path / "finetune" / "20260101-000000_dinov2_vitb14")
+    write_grid(tmp_path / "20260101-000000_dinov3_vitb16_spair_val_grid")
+    (tmp_path / "match").mkdir()
+    results.write_run(tmp_path / "match", "match", {}, matches={"points": []})
+    report.main([str(evaluation_runs[0].parent), str(tmp_path)])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "found 5 results folders: 2 evaluation, 1 finetune, 1 grid, 1 match"
+    finetune = next(line for line in out.splitlines() if line.startswith("| 20260101-000000_dinov2_vitb14"))
+    # best.pt is chosen among trained steps (step 0 is the starting point); every PCK with 2 decimals
+    assert "| 55.12 at step 20 | 50.25 at step 30 |" in finetune and "40 of 40" not in finetune
+    assert "30 of 40" in finetune and "last 2 blocks, lr 3e-05, batch 8" in finetune
+    grid = next(line for line in out.splitlines() if line.startswith("| 20260101-000000_dinov3_vitb16_spair_val_grid"))
+    assert "| K=5 T=0.2: 70.08 (argmax 69.12) |" in grid and "spair val (100 pairs, bbox threshold)" in grid
+
+
+def test_damaged_or_incomplete_folders_are_skipped_with_a_warning_naming_the_file(evaluation_runs, tmp_path, capsys):
+    folders = [shutil.copytree(run, tmp_path / run.name) for run in evaluation_runs]
+    broken = shutil.copytree(evaluation_runs[0], tmp_path / "20990101-000000_broken")
+    (broken / "metrics.json").write_text('{"protocol": ')
+    partial = shutil.copytree(evaluation_runs[0], tmp_path / "20990101-000001_partial")
+    (partial / "per_keypoint.csv").unlink()
+    foreign = shutil.copytree(evaluation_runs[0], tmp_path / "20990101-000002_foreign")
+    (foreign / "metrics.json").write_text("{}")
+    bad_config = shutil.copytree(evaluation_runs[0], tmp_path / "20990101-000003_config")
+    (bad_config / "config.json").write_text("[1, 2")
+    write_finetune(tmp_path / "20990101-000004_finetune")
+    (tmp_path / "20990101-000004_finetune" / "train_log.csv").unlink()
+    listed = shutil.copytree(evaluation_runs[0], tmp_path / "20990101-000005_list")
+    (listed / "config.json").write_text("[1, 2]")
+    table = report.main([str(tmp_path), "--latex", str(tmp_path / "tex")])
+    assert table["path"].tolist() == [str(f) for f in folders]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 6 and all(line.startswith("warning: skipped ") for line in err)
+    expected = [
+        f"{broken / 'metrics.json'}: unreadable JSON",
+        f"{partial / 'per_keypoint.csv'}: missing",
+        f"{foreign / 'metrics.json'}: no protocol, counts",
+        f"{bad_config / 'config.json'}: unreadable JSON",
+        "20990101-000004_finetune/train_log.csv: missing",
+        f"{listed / 'config.json'}: not a JSON object",
+    ]
+    for needle in expected:
+        assert any(needle in line for line in err), needle
+    assert (tmp_path / "tex" / "custom-test-bbox" / "overall.tex").is_file()
+
+
+def test_report_writes_latex_figures_and_a_comparison_per_group(evaluation_runs, tmp_path, capsys):
+    spair = spair_runs(tmp_path / "spair")
+    out = tmp_path / "paper"
+    report.main([str(evaluation_runs[0].parent), str(spair[0].parent), "--latex", str(out), "--figures", str(out),
+                 "--compare", str(spair[0]), str(spair[1]), "--alphas", "0.05", "0.1"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "the evaluations are of different datasets, splits or thresholds; one set of tables each:" in printed
+    assert f"  spair-test-bbox: {spair[0].name}, {spair[1].name}" in printed
+    assert f"  custom-test-bbox: {evaluation_runs[0].name}, {evaluation_runs[1].name}" in printed
+    spair_dir, custom_dir = out / "spair-test-bbox", out / "custom-test-bbox"
+    for name in ("overall", "per_category", "difficulty", "comparison"):
+        assert all((spair_dir / f"{name}.{ext}").is_file() for ext in ("tex", "csv", "md")), name
+    assert not (custom_dir / "difficulty.tex").exists()  # custom pairs carry no difficulty flags
+    for run in spair:
+        assert sorted(p.name for p in (spair_dir / run.name).iterdir()) == sorted(
+            f"{t}.{ext}" for t in ("consistency", "sensitivity", "extremes") for ext in ("tex", "csv", "md")
+        )
+    for figure in ("pck_curves.png", "keypoint_ids.png", "keypoint_examples.png"):
+        assert (spair_dir / figure).stat().st_size > 10_000, figure
+    assert (custom_dir / "pck_curves.png").is_file()
+    overall = pd.read_csv(spair_dir / "overall.csv")
+    metrics = json.loads((spair[1] / "metrics.json").read_text())
+    assert overall.loc[1, "PCK@0.1"] == metrics["pck@0.1"]["per_image"] and list(overall.columns)[1:] == [
+        "PCK@0.05",
+        "PCK@0.1",
+    ]
+    assert "## comparison" in printed and "| all | all pairs |" in printed
+
+
+def test_paths_resolve_from_the_given_bases_and_labels_name_the_setup(evaluation_runs, tmp_path):
+    started = evaluation_runs[0].parents[1]
+    relative = evaluation_runs[0].relative_to(started)
+    assert analysis.resolve_path(relative, [tmp_path, started]) == evaluation_runs[0].resolve()
+    assert analysis.resolve_path(evaluation_runs[0], [tmp_path]) == evaluation_runs[0].resolve()
+    with pytest.raises(FileNotFoundError, match=f"no results folder {relative}; tried {tmp_path / relative}, /nowhere"):
+        analysis.resolve_path(relative, [tmp_path, "/nowhere", ""])
+    run = results.read_run(evaluation_runs[1])
+    run.config["args"]["checkpoint"] = "results/finetune/x/best.pt"
+    assert analysis.run_label(run) == (
+        "colourcode custom weights, wsoftargmax K3 T0.1, 64x64, checkpoint results/finetune/x/best.pt, "
+        "protocol default (pck_norm=bbox)"
+    )
+    assert analysis.run_label(run, detail=False) == "colourcode custom weights, wsoftargmax K3 T0.1"

@@ -8,6 +8,7 @@ from matplotlib.patches import ConnectionPatch
 from PIL import Image
 from synthetic import colour_backbone, colour_config, write_colour_pairs
 
+import plots
 import viz2d
 from cli import eval_config, evaluation_parser
 from evaluation import evaluate
@@ -138,3 +139,50 @@ def test_save_vis_argument():
     assert eval_config(parser.parse_args([])).save_vis == 0
     with pytest.raises(SystemExit):
         parser.parse_args(["--save-vis", "-1"])
+
+
+def legend_labels(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def test_evaluation_pictures_and_heatmaps_explain_their_marks():
+    img = Image.new("RGB", (60, 40))
+    fig = viz2d.draw_pair_rows(pair_rows([True, False]), img, img, alpha=0.1)
+    assert legend_labels(fig) == [
+        "correct at PCK@0.1",
+        "wrong at PCK@0.1",
+        "ground truth",
+        "wrong prediction -> ground truth",
+    ]
+    heat = np.linspace(0.2, 0.9, 12).reshape(3, 4)
+    fig = viz2d.draw_similarity(img, img, np.array([5.0, 5.0]), heat, (-0.5, 59.5, 39.5, -0.5), pred_xy=[9.0, 9.0])
+    assert legend_labels(fig) == ["source point", "prediction"]
+    (bar,) = [ax for ax in fig.axes[2:] if ax.get_ylabel() == "cosine similarity"]
+    assert bar.get_ylim() == pytest.approx((0.2, 0.9))
+
+
+def test_scored_matches_use_a_colour_bar_not_red_and_green():
+    colors, norm = viz2d.score_colors(np.array([0.2, 0.6, 1.0]))
+    assert (norm.vmin, norm.vmax) == (0.2, 1.0)
+    assert colors[0] != colors[-1] and to_rgba("red") not in colors and to_rgba("lime") not in colors
+
+
+def test_grid_heatmap_text_stays_readable_on_bright_cells():
+    rows = [{"matcher": "argmax", "window": pd.NA, "temperature": np.nan, "pck@0.1_per_image": 40.0}]
+    rows += [{"matcher": "wsoftargmax", "window": k, "temperature": t, "pck@0.1_per_image": 10.0 * k + t}
+             for k in (3, 5) for t in (0.1, 0.5)]  # fmt: skip
+    table = pd.DataFrame(rows).astype({"window": "Int64"})
+    fig = plots.grid_heatmap(table, [0.1], "per_image", "", {"0.1": {"window": 5, "temperature": 0.5}})
+    ink = {t.get_text(): t.get_color() for t in fig.axes[0].texts}
+    assert ink["30.1"] == "white" and ink["50.5"] == "black"  # viridis: dark purple lowest, bright yellow highest
+
+
+def test_two_member_weight_search_is_one_panel_with_both_weights():
+    w = np.linspace(0, 1, 5)
+    table = pd.DataFrame({"weight_0": w, "weight_1": 1 - w, "pck@0.1_per_image": 10 * w})
+    fig = plots.weight_profiles(table, ["dinov2@518", "sam@512"], [0.1], "per_image")
+    (ax,) = [a for a in fig.axes if a.get_xlabel()]
+    assert ax.get_xlabel() == "weight of dinov2@518"
+    assert [c.get_xlabel() for c in ax.child_axes] == ["weight of sam@512"]
+    three = pd.DataFrame({"weight_0": w, "weight_1": 1 - w, "weight_2": 0 * w, "pck@0.1_per_image": w})
+    assert len(plots.weight_profiles(three, ["a", "b", "c"], [0.1], "per_image").axes) == 3

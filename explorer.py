@@ -1,0 +1,328 @@
+"""The interactive match explorer behind notebooks/explore_matches.ipynb: click a source pixel, see its
+similarity over the target with the argmax and window soft-argmax predictions (and, for a dataset pair,
+the ground truth of the nearest annotated keypoint).
+
+Features come from the evaluations' feature cache (evaluation.build_member), and a click is matched by
+the engine itself (evaluation.predict_variants), so it answers what `match_pair.py --points x,y` answers,
+in milliseconds once the pair's features are in memory.
+
+    explorer = Explorer(cfg, load_model(cfg))
+    explorer.open_images("a.jpg", "b.jpg")   # or explorer.open_pair(pair) for a dataset pair
+    click = explorer.click(120, 80)          # click.argmax, click.soft_argmax, click.heatmap, ...
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+import viz2d
+from analysis import mark_correct
+from evaluation import (
+    Member,
+    build_member,
+    load_dataset,
+    predict_variants,
+    resolve,
+    source_descriptors,
+    target_similarity,
+)
+from geometry import Geometry, input_to_patch
+from images import image_ref, load_image
+from models import Backbone
+from pairs import PairRecord, PairSet
+from results import Run
+from settings import EvalConfig, MatchConfig
+
+HEATMAP_MAX_SIDE = 1024  # a larger target's heatmap is sampled every few pixels (enough for the screen)
+
+
+@dataclass
+class Click:
+    """What a click on a source pixel answers: predictions in target pixels and the similarity heatmap."""
+
+    source: np.ndarray  # (2,) the clicked source pixel (x, y)
+    argmax: np.ndarray  # (2,) target pixel of the most similar patch
+    soft_argmax: np.ndarray  # (2,) window soft-argmax (window K, temperature T) around it
+    window: int
+    temperature: float
+    similarity: float  # cosine similarity of the most similar target patch
+    heatmap: np.ndarray  # (rows, cols) similarity at target pixels (every `stride`-th one on a large image)
+    extent: tuple[float, float, float, float]  # where the heatmap lies on the target (left, right, bottom, top)
+    keypoint: int | None  # the annotated source keypoint nearest the click (dataset pairs)
+    keypoint_id: str | None
+    keypoint_distance: float | None  # from the click, in source pixels
+    truth: np.ndarray | None  # (2,) that keypoint's ground truth on the target
+    seconds: float  # matching and heatmap
+
+    def record(self) -> dict[str, object]:
+        """The click as JSON-ready values."""
+        point = {"keypoint": self.keypoint_id, "keypoint_distance": self.keypoint_distance}
+        point["truth"] = None if self.truth is None else self.truth.tolist()
+        return {
+            "source": self.source.tolist(),
+            "argmax": self.argmax.tolist(),
+            "soft_argmax": self.soft_argmax.tolist(),
+            "window": self.window,
+            "temperature": self.temperature,
+            "similarity": self.similarity,
+            **point,
+            "milliseconds": 1000 * self.seconds,
+        }
+
+    def describe(self) -> str:
+        """One line: the click, both predictions, the similarity and, for a dataset pair, the truth."""
+        fmt = "({:.1f}, {:.1f})".format
+        text = (
+            f"source {fmt(*self.source)} -> argmax {fmt(*self.argmax)}, soft-argmax K{self.window} "
+            f"T{self.temperature:g} {fmt(*self.soft_argmax)}; similarity {self.similarity:.3f}"
+        )
+        if self.truth is not None:
+            error = float(np.linalg.norm(self.soft_argmax - self.truth))
+            text += (
+                f"; keypoint {self.keypoint_id} ({self.keypoint_distance:.1f} px from the click): ground truth "
+                f"{fmt(*self.truth)}, soft-argmax {error:.1f} px off"
+            )
+        return text + f" [{1000 * self.seconds:.1f} ms]"
+
+
+def heatmap_in_pixels(
+    sim: np.ndarray, geom: Geometry, patch_size: int, max_side: int = HEATMAP_MAX_SIDE
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """A (h, w) similarity map on the patch grid, interpolated bilinearly (clamped at the border) at the
+    centres of the image's pixels, or of blocks of `stride` x `stride` pixels when the image's long side
+    exceeds `max_side`; and its extent for imshow."""
+    w, h = geom.size
+    stride = math.ceil(max(w, h) / max_side)
+    xs = np.arange(math.ceil(w / stride)) * stride + (stride - 1) / 2
+    ys = np.arange(math.ceil(h / stride)) * stride + (stride - 1) / 2
+    cols = input_to_patch(geom.to_input(np.stack([xs, np.zeros_like(xs)], axis=1))[:, 0], patch_size)
+    rows = input_to_patch(geom.to_input(np.stack([np.zeros_like(ys), ys], axis=1))[:, 1], patch_size)
+    sim = np.asarray(sim, np.float64)
+    heat = linear_weights(rows, sim.shape[0]) @ sim @ linear_weights(cols, sim.shape[1]).T  # bilinear is separable
+    return heat, (-0.5, len(xs) * stride - 0.5, len(ys) * stride - 0.5, -0.5)
+
+
+def linear_weights(positions: np.ndarray, n: int) -> np.ndarray:
+    """(len(positions), n) weights that interpolate n samples at 0..n-1 linearly at `positions`
+    (clamped to the first and last sample)."""
+    q = np.clip(positions, 0, n - 1)
+    low = np.minimum(np.floor(q).astype(int), max(n - 2, 0))
+    weights = np.zeros((len(q), n))
+    rows = np.arange(len(q))
+    weights[rows, low] = 1 - (q - low)
+    weights[rows, np.minimum(low + 1, n - 1)] += q - low
+    return weights
+
+
+def image_pair(src: str | Path, trg: str | Path) -> PairRecord:
+    """Two images of the user's as a pair without keypoints, their keys as match_pair.py names them
+    (so both share feature cache entries)."""
+    refs = [image_ref(f"{role}/{Path(path).name}", path) for role, path in (("src", src), ("trg", trg))]
+    none = np.zeros((0, 2), np.float32)
+    return PairRecord("images", "custom", "custom", refs[0], refs[1], none, none, [])
+
+
+class Explorer:
+    """One backbone's features of one image pair, and the matches of clicked source pixels.
+
+    `window` and `temperature` (the soft-argmax's K and T) may change between clicks; the descriptor
+    sampling and the window border are the config's (resolved by its protocol)."""
+
+    def __init__(self, cfg: EvalConfig, backbone: Backbone):
+        resolved, _ = resolve(cfg)
+        self.cfg = replace(resolved, progress=False, num_workers=0)  # two images: no loader workers
+        self.backbone = backbone
+        self.window, self.temperature = self.cfg.match.window, self.cfg.match.temperature
+        self.pair: PairRecord | None = None
+        self.member: Member | None = None
+
+    def open_images(self, src: str | Path, trg: str | Path) -> PairRecord:
+        return self.open_pair(image_pair(src, trg))
+
+    def open_pair(self, pair: PairRecord) -> PairRecord:
+        """Extract (or read from the cache) the features of the pair's two images."""
+        self.member, _ = build_member(self.cfg, self.backbone, PairSet(pair.dataset, "pair", "", [pair]))
+        self.pair = pair
+        return pair
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The last extraction's figures: images, images_extracted, images_from_cache, extraction_s."""
+        self.opened()
+        return self.member.features.stats
+
+    def matchers(self) -> list[MatchConfig]:
+        """argmax, and window soft-argmax with the current window and temperature."""
+        base = self.cfg.match
+        return [
+            replace(base, matcher="argmax"),
+            replace(base, matcher="wsoftargmax", window=self.window, temperature=self.temperature),
+        ]
+
+    def click(self, x: float, y: float) -> Click:
+        """Match source pixel (x, y) (pixel centres at integers) in the target, as match_pair.py would."""
+        pair, member = self.opened(), self.member
+        w, h = pair.src.size
+        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+            raise ValueError(f"the point ({x:g}, {y:g}) lies outside the source image ({w} x {h} pixels)")
+        t0 = time.perf_counter()
+        point = np.array([[x, y]], np.float32)
+        query = replace(pair, src_kps=point, trg_kps=np.full_like(point, np.nan), kp_ids=["click"])
+        argmax, soft = predict_variants([query], [member], self.matchers(), progress=False)
+        fs = member.features
+        desc = source_descriptors(fs, [query], self.cfg.match.descriptor)
+        ks = torch.zeros(1, dtype=torch.long, device=fs.feats.device)
+        sim = target_similarity([member], [desc], ks, pair.trg.key)[0].float().cpu().numpy()
+        heat, extent = heatmap_in_pixels(sim, fs.geometries[pair.trg.key], fs.prep.patch_size)
+        nearest = nearest_keypoint(pair.src_kps, point[0])
+        return Click(
+            source=point[0].astype(np.float64),
+            argmax=argmax.pixels[0],
+            soft_argmax=soft.pixels[0],
+            window=self.window,
+            temperature=self.temperature,
+            similarity=float(argmax.similarity[0]),
+            heatmap=heat,
+            extent=extent,
+            keypoint=nearest,
+            keypoint_id=None if nearest is None else pair.kp_ids[nearest],
+            keypoint_distance=None if nearest is None else float(np.linalg.norm(pair.src_kps[nearest] - point[0])),
+            truth=None if nearest is None else pair.trg_kps[nearest].astype(np.float64),
+            seconds=time.perf_counter() - t0,
+        )
+
+    def opened(self) -> PairRecord:
+        """The open pair (ValueError when none is)."""
+        if self.pair is None or self.member is None:
+            raise ValueError("no image pair open: call open_images(src, trg) or open_pair(pair) first")
+        return self.pair
+
+
+def nearest_keypoint(kps: np.ndarray, xy: np.ndarray) -> int | None:
+    """Index of the keypoint nearest xy among those with finite coordinates, None if there is none."""
+    distance = np.linalg.norm(np.asarray(kps, np.float64) - xy, axis=1)
+    distance[~np.isfinite(distance)] = np.inf
+    return int(np.argmin(distance)) if np.isfinite(distance).any() else None
+
+
+# --- pairs to explore ------------------------------------------------------------------------------
+
+
+def config_of_run(run: Run, device: str = "auto") -> EvalConfig:
+    """The settings of a single-model evaluation folder (model, weights, image size, protocol, matcher,
+    dataset, feature cache), so that the explorer reads the very features the run used."""
+    args = run.config.get("args", {})
+    if "members" in args:
+        raise ValueError(
+            f"{run.path} is an ensemble evaluation: explore one member instead (its model and weights, with "
+            f"DATASET={args.get('dataset')} and SPLIT={args.get('split')})"
+        )
+    names = {f.name for f in fields(EvalConfig)}
+    cfg = EvalConfig(**{k: v for k, v in args.items() if k in names and k != "match"})
+    data_root = run.config.get("resolved", {}).get("data_root") or cfg.data_root
+    return replace(cfg, match=MatchConfig(**args.get("match", {})), data_root=data_root, device=device)
+
+
+def dataset_pairs(cfg: EvalConfig) -> dict[str, PairRecord]:
+    """The pairs of the config's dataset split (its first `limit`), by pair id, with the keypoint
+    conventions of its protocol."""
+    return {p.pair_id: p for p in load_dataset(resolve(cfg)[0]).pairs}
+
+
+def pair_choices(pairs: dict[str, PairRecord], table: pd.DataFrame | None = None, alpha: float = 0.1) -> dict:
+    """Labels -> pair ids for a pair list: in file order, or with a run's per-keypoint table the pairs it
+    evaluated, worst PCK@alpha first."""
+    if table is None:
+        return {f"{p.pair_id} ({p.category}, {p.num_keypoints} keypoints)": p.pair_id for p in pairs.values()}
+    ranking = viz2d.pair_ranking(mark_correct(table, [alpha]), alpha).iloc[::-1]
+    return {
+        f"{row.pair_id} ({row.category}, PCK@{alpha:g} {row.pck:.0f}%)": row.pair_id
+        for row in ranking.itertuples()
+        if row.pair_id in pairs
+    }
+
+
+# --- drawing ---------------------------------------------------------------------------------------
+
+TRUTH_LABEL = "nearest keypoint, its ground truth"
+CLICKED = {"marker": "o", "color": viz2d.CORRECT, "markeredgecolor": "black", "markersize": 8, "zorder": 5}
+MARKERS = {
+    "argmax": {"marker": "s", "color": "none", "markeredgecolor": "magenta", "markeredgewidth": 2, "markersize": 10},
+    "soft-argmax": {"marker": "*", "color": viz2d.CORRECT, "markeredgecolor": "black", "markersize": 14},
+    TRUTH_LABEL: {"marker": "X", "color": viz2d.TRUTH, "markeredgecolor": "black", "markersize": 10},
+}
+
+
+class ExplorerView:
+    """The explorer on a matplotlib figure: the source (click on it) beside the target with the
+    similarity heatmap, the predictions and the ground truth. The figure's canvas calls `on_click`."""
+
+    def __init__(self, explorer: Explorer, fig: Figure):
+        self.explorer, self.fig = explorer, fig
+        self.reset()
+
+    def reset(self) -> None:
+        """Draw the explorer's pair afresh, with no click yet."""
+        pair = self.explorer.opened()
+        fig = self.fig
+        fig.clear()
+        fig.set_layout_engine("constrained")
+        src, trg = load_image(pair.src), load_image(pair.trg)
+        ratios = [src.width / src.height, 1.1 * trg.width / trg.height]  # room for the colour bar
+        self.src_ax, self.trg_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": ratios})
+        for ax, image, title in ((self.src_ax, src, "source: click a point"), (self.trg_ax, trg, "target")):
+            ax.imshow(image)
+            ax.set_axis_off()
+            ax.set_title(title, fontsize=9)
+            ax.set_autoscale_on(False)  # the image's limits stay whatever is drawn over it
+        if pair.num_keypoints:
+            viz2d.plot_keypoints(self.src_ax, pair.src_kps, "white", size=12)
+        self.heat = self.trg_ax.imshow(np.full((1, 1), np.nan), cmap="jet", alpha=0.5)
+        self.colorbar = fig.colorbar(self.heat, ax=self.trg_ax, shrink=0.8, label="cosine similarity")
+        self.clicked = self.src_ax.plot([], [], ls="none", label="clicked point", **CLICKED)[0]
+        self.nearest = self.src_ax.plot([], [], ls="none", **MARKERS[TRUTH_LABEL])[0]
+        self.marks = {
+            name: self.trg_ax.plot([], [], ls="none", label=name, **style)[0] for name, style in MARKERS.items()
+        }
+        handles = [self.clicked, *self.marks.values()]
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+        self.last: Click | None = None
+        fig.canvas.draw_idle()
+
+    def point(self, x: float, y: float) -> Click:
+        """Match source pixel (x, y) and draw the answer."""
+        click = self.explorer.click(x, y)
+        self.heat.set_data(click.heatmap)
+        self.heat.set_extent(click.extent)
+        self.heat.set_clim(float(click.heatmap.min()), float(click.heatmap.max()))
+        self.clicked.set_data([click.source[0]], [click.source[1]])
+        self.marks["argmax"].set_data([click.argmax[0]], [click.argmax[1]])
+        self.marks["soft-argmax"].set_data([click.soft_argmax[0]], [click.soft_argmax[1]])
+        truth = click.truth if click.truth is not None else np.full(2, np.nan)
+        self.marks[TRUTH_LABEL].set_data([truth[0]], [truth[1]])
+        kp = self.explorer.pair.src_kps[click.keypoint] if click.keypoint is not None else np.full(2, np.nan)
+        self.nearest.set_data([kp[0]], [kp[1]])
+        self.trg_ax.set_title(f"target: similarity (peak {click.similarity:.3f})", fontsize=9)
+        self.last = click
+        self.fig.canvas.draw_idle()
+        return click
+
+    def on_click(self, event) -> Click | None:
+        """A mouse press on the figure: a press on the source image is matched, any other is ignored
+        (as are presses while the toolbar zooms or pans)."""
+        toolbar = getattr(self.fig.canvas, "toolbar", None)
+        if event.inaxes is not self.src_ax or event.xdata is None or (toolbar is not None and toolbar.mode):
+            return None
+        return self.point(event.xdata, event.ydata)
+
+    def redo(self) -> Click | None:
+        """Match the last clicked point again (after the window or temperature changed)."""
+        return None if self.last is None else self.point(*self.last.source)
