@@ -259,14 +259,18 @@ def grid_table(runs: list[Run]) -> pd.DataFrame:
 
 
 def run_pairs(run: Run) -> dict[str, PairRecord]:
-    """The run's pairs, reloaded from its dataset (for drawing them), by pair_id."""
+    """The run's pairs, reloaded from its dataset with its keypoint conventions (for drawing them), by pair_id."""
     args = run.config["args"]
+    conventions = (run.config.get("protocol") or {}).get("settings", {})
     pairset = load_pairs(
         args["dataset"],
         root=run.config["resolved"].get("data_root") or args["data_root"],
         split=args["split"],
         layout=args["layout"],
         limit=args["limit"],
+        shift_one_based=conventions.get("pf_shift", True),
+        clamp=conventions.get("clamp_keypoints", True),
+        rescale_annotations=args.get("rescale_annotations", False),
     )
     return {p.pair_id: p for p in pairset.pairs}
 

@@ -290,6 +290,14 @@ def expected_state(spec: BackboneSpec) -> dict:
         return family(spec, model, None, None, {}).state_dict()
 
 
+def estimated_size(name: str) -> int:
+    """The bytes of the tensors of backbone `name`'s weights (fp32), which a checkpoint file is within
+    a fraction of a percent of: a dry run's size where none is published or announced."""
+    from models.registry import get_spec
+
+    return sum(t.numel() * 4 for t in expected_state(get_spec(name)).values())
+
+
 def layout_problem(path: Path, name: str) -> str | None:
     """Why `path` is not a complete checkpoint of backbone `name` (every key and shape), or None.
 
@@ -704,6 +712,9 @@ def plan(item: Item, timeout: float, root: Path | None = None) -> list[Step]:
         else:
             url = source.urls[0]
             size, size_text = (source.size, human(source.size)) if source.size else remote_size(url, timeout)
+            if size is None and source.backbone:
+                size = estimated_size(source.backbone)
+                size_text = f"about {human(size)}, the size of its tensors"
             unpack_note = f", then unpack into {item.folder}" if source.unpacks_to else ""
             text = f"{source.name}: would fetch {url} ({size_text}) -> {path}{unpack_note}"
             steps.append(Step(source.name, text, fetch=True, size=size))

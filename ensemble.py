@@ -164,26 +164,25 @@ def ensemble_config(
     *,
     resolved: list[dict],
     order: list[int],
-    grid: tuple[int, int],
+    ordered: list[Member],
+    eval_set: PairSet,
     protocol: dict,
-    data_root: str,
-    device: torch.device,
     started: float,
-    pairs: list,
 ) -> dict:
-    """config.json of an ensemble run: the settings, every member's resolved settings, the environment."""
+    """config.json of an ensemble run: the settings, every member's resolved settings (`ordered`: the
+    members as the engine combines them, reference first), the environment."""
     return {
         "args": {**asdict(replace(cfg, model="ensemble", weights=None, checkpoint=None, layer=None)), **asdict(ens)},
         "protocol": protocol,
         "resolved": {
             "members": resolved,
             "reference_member": order[0],
-            "grid": list(grid),
+            "grid": list(ordered[0].features.prep.grid),
             "pck_norm": cfg.pck_norm,
-            "data_root": data_root,
-            "pairs_fingerprint": pairs_fingerprint(pairs),
+            "data_root": eval_set.root,
+            "pairs_fingerprint": pairs_fingerprint(eval_set.pairs),
         },
-        "environment": results.environment(device, started),
+        "environment": results.environment(ordered[0].features.feats.device, started),
     }
 
 
@@ -199,16 +198,7 @@ def evaluate_ensemble(
     ordered, order = engine_members(members, ens.common_grid, ens.combine)
     del members  # with combine="features", the unresized maps are no longer needed
     config = ensemble_config(
-        cfg,
-        ens,
-        resolved=resolved,
-        order=order,
-        grid=ordered[0].features.prep.grid,
-        protocol=protocol,
-        data_root=pairset.root,
-        device=backbones[0].device,
-        started=started,
-        pairs=eval_set.pairs,
+        cfg, ens, resolved=resolved, order=order, ordered=ordered, eval_set=eval_set, protocol=protocol, started=started
     )
     parts = ["ensemble", pairset.dataset, pairset.split, cfg.match.matcher]
     return evaluate_members(
@@ -246,8 +236,6 @@ def search_weights(
     combos = simplex_weights(len(ens.members), ens.weight_step)
     specs = [replace(s, weight=None) for s in ens.members]  # the search sets the weights
     eval_set, skipped = evaluation_set(pairset)
-    if not eval_set.pairs:
-        raise ValueError(f"{pairset.dataset} {pairset.split} has no pairs with ground-truth keypoints to search on")
     members, resolved = build_members(cfg, eval_set, specs, backbones)
     stats = [m.features.stats for m in members]
     ordered, order = engine_members(members, ens.common_grid, ens.combine)
@@ -267,17 +255,16 @@ def search_weights(
     table = pd.concat([pd.DataFrame(combos, columns=weight_columns), scores], axis=1)
     best = best_weights(table, cfg.thresholds, ens.select_by, specs)
     run_dir = results.new_run_dir(cfg.output_dir, ["ensemble", pairset.dataset, pairset.split, "weights"], started)
+    searched = replace(ens, members=specs)
     config = ensemble_config(
         cfg,
-        replace(ens, members=specs),
+        searched,
         resolved=resolved,
         order=order,
-        grid=ordered[0].features.prep.grid,
+        ordered=ordered,
+        eval_set=eval_set,
         protocol=protocol,
-        data_root=pairset.root,
-        device=backbones[0].device,
         started=started,
-        pairs=eval_set.pairs,
     )
     best_file = {
         "selected_by": ens.select_by,

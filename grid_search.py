@@ -12,6 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 import pck
 import plots
@@ -112,6 +113,25 @@ def best_parameters(table: pd.DataFrame, thresholds: list[float], select_by: str
     return best, reference
 
 
+def grid_config(
+    cfg: EvalConfig, grid: dict, protocol: dict, resolved: dict, eval_set: PairSet, device: torch.device, started: float
+) -> dict:
+    """config.json of a grid search: the settings (the grid's among them), the protocol, what they
+    resolved to, the environment."""
+    args = {k: v for k, v in asdict(cfg).items() if k not in ("match", "match_params", "save_vis")}
+    return {
+        "args": {**args, "descriptor": cfg.match.descriptor, "window_border": cfg.match.window_border, **grid},
+        "protocol": protocol,
+        "resolved": {
+            **resolved,
+            "pck_norm": cfg.pck_norm,
+            "data_root": eval_set.root,
+            "pairs_fingerprint": pairs_fingerprint(eval_set.pairs),
+        },
+        "environment": results.environment(device, started),
+    }
+
+
 def grid_search(
     cfg: EvalConfig,
     pairset: PairSet,
@@ -129,8 +149,6 @@ def grid_search(
     cfg, protocol = resolve(cfg)
     norm = cfg.pck_norm
     eval_set, skipped = evaluation_set(pairset)
-    if not eval_set.pairs:
-        raise ValueError(f"{pairset.dataset} {pairset.split} has no pairs with ground-truth keypoints to search on")
     member, resolved = build_member(cfg, backbone, eval_set)
     t0 = time.perf_counter()
     table = grid_table(
@@ -147,18 +165,7 @@ def grid_search(
     best, argmax = best_parameters(table, cfg.thresholds, select_by)
     run_dir = results.new_run_dir(cfg.output_dir, [backbone.name, pairset.dataset, pairset.split, "grid"], started)
     grid = {"windows": list(windows), "temperatures": list(temperatures), "select_by": select_by}
-    args = {k: v for k, v in asdict(cfg).items() if k not in ("match", "match_params", "save_vis")}
-    config = {
-        "args": {**args, "descriptor": cfg.match.descriptor, "window_border": cfg.match.window_border, **grid},
-        "protocol": protocol,
-        "resolved": {
-            **resolved,
-            "pck_norm": norm,
-            "data_root": pairset.root,
-            "pairs_fingerprint": pairs_fingerprint(eval_set.pairs),
-        },
-        "environment": results.environment(backbone.device, started),
-    }
+    config = grid_config(cfg, grid, protocol, resolved, eval_set, backbone.device, started)
     timings = {**results.feature_timings([member.features.stats]), "grid_s": grid_s, "total_s": time.time() - started}
     best_file = {
         "selected_by": select_by,

@@ -108,3 +108,14 @@ def colour_config(tmp_path: Path, **kw) -> EvalConfig:
                 "output_dir": str(tmp_path / "results"), "num_workers": 0, "batch_size": 3, "progress": False,
                 "pck_norm": "bbox", "thresholds": [0.05, 0.1]}  # fmt: skip
     return EvalConfig(**{**settings, **kw})
+
+
+SRC_BOX, TRG_BOX = (20, 30, 120, 110), (50, 10, 170, 140)  # the object in the source and target images
+
+
+def colour_images(tmp_path: Path) -> tuple[Path, Path]:
+    """A source (200x160) and a target (230x150) image of the colour-coded object, at SRC_BOX and TRG_BOX."""
+    src, trg = tmp_path / "src.png", tmp_path / "trg.png"
+    render_object((200, 160), SRC_BOX).save(src)
+    render_object((230, 150), TRG_BOX).save(trg)
+    return src, trg

@@ -11,7 +11,7 @@ import pytest
 from matplotlib.figure import Figure
 from model_factory import write_official_checkpoint
 from nbclient import NotebookClient
-from synthetic import colour_backbone, colour_config, render_object, write_colour_pairs
+from synthetic import SRC_BOX, TRG_BOX, colour_backbone, colour_config, colour_images, write_colour_pairs
 
 import match_pair
 import pair_matching as mp
@@ -22,14 +22,6 @@ from pairs import load_pairs
 from settings import MatchConfig
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_matches.ipynb"
-SRC_BOX, TRG_BOX = (20, 30, 120, 110), (50, 10, 170, 140)
-
-
-def colour_images(tmp_path):
-    src, trg = tmp_path / "src.png", tmp_path / "trg.png"
-    render_object((200, 160), SRC_BOX).save(src)
-    render_object((230, 150), TRG_BOX).save(trg)
-    return src, trg
 
 
 def test_click_answers_what_match_pair_answers(tmp_path):

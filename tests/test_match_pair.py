@@ -4,22 +4,13 @@ import json
 
 import numpy as np
 import pytest
-from synthetic import colour_backbone, colour_config, render_object
+from synthetic import SRC_BOX, TRG_BOX, colour_backbone, colour_config, colour_images
 
 import match_pair
 import pair_matching as mp
 import results
 from cli import parse_points
 from settings import MatchConfig
-
-SRC_BOX, TRG_BOX = (20, 30, 120, 110), (50, 10, 170, 140)
-
-
-def colour_images(tmp_path):
-    src, trg = tmp_path / "src.png", tmp_path / "trg.png"
-    render_object((200, 160), SRC_BOX).save(src)
-    render_object((230, 150), TRG_BOX).save(trg)
-    return src, trg
 
 
 def truth(points):

@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from dataset_factory import make_pf_pascal
+from model_factory import tiny_checkpoint
 from paper_runs import spair_runs
 
 import analysis
@@ -21,9 +23,8 @@ def test_report_table_and_markdown(evaluation_runs, tmp_path):
     )
     assert table["run"].tolist() == [r.name for r in evaluation_runs]
     assert table["matcher"].tolist() == ["argmax", "wsoftargmax K3 T0.1"]
-    assert (
-        table.loc[0, "setting"] == "custom weights"
-    )  # the test backbone's file is no official one and table.loc[0, "model"] == "colourcode"
+    assert table.loc[0, "setting"] == "custom weights"  # the test backbone's file is no official one
+    assert table.loc[0, "model"] == "colourcode"
     metrics = json.loads((evaluation_runs[1] / "metrics.json").read_text())
     assert table.loc[1, "pck@0.1_per_keypoint"] == metrics["pck@0.1"]["per_keypoint"]
     assert np.isnan(table.loc[1, "pck@0.2_per_image"])  # not evaluated at 0.2
@@ -219,3 +220,19 @@ def test_paths_resolve_from_the_given_bases_and_labels_name_the_setup(evaluation
         "protocol default (pck_norm=bbox)"
     )
     assert analysis.run_label(run, detail=False) == "colourcode custom weights, wsoftargmax K3 T0.1"
+
+
+@pytest.mark.parametrize("protocol", ["default", "original"])
+def test_a_runs_pairs_reload_with_its_keypoint_conventions(tmp_path, protocol):
+    """PF-Pascal's 1-based coordinates: shifted by the default protocol, kept by the original."""
+    import evaluate
+
+    root = make_pf_pascal(tmp_path / "pf")
+    argv = ["--checkpoint", str(tiny_checkpoint(tmp_path)), "--dataset", "pf-pascal", "--data-root", str(root)]
+    argv += ["--protocol", protocol, "--image-size", "56", "--device", "cpu", "--num-workers", "0", "--quiet"]
+    evaluate.main([*argv, "--no-cache", "--output-dir", str(tmp_path / "runs")])
+    (folder,) = (tmp_path / "runs").iterdir()
+    run = results.read_run(folder)
+    table, pairs = run.keypoints(), analysis.run_pairs(run)
+    reloaded = np.concatenate([pairs[p].src_kps for p in table["pair_id"].unique()])
+    np.testing.assert_allclose(reloaded, table[["src_x", "src_y"]].to_numpy(), atol=1e-4)
