@@ -13,10 +13,10 @@ import pandas as pd
 
 import pck
 from pairs import PairRecord, load_pairs
-from published import PUBLISHED_ALPHAS, published_for
+from published import PUBLISHED_ALPHAS, members_of, protocol_of, published_for
 from results import RUN_FILES, Run, RunFolderError, find_runs, read_run
 from settings import AVERAGINGS, DEFAULT_THRESHOLDS
-from summary import PCK
+from summary import PCK, matcher_text
 
 SETTINGS = {"official": "zero-shot", "fine-tuned": "fine-tuned", "random": "random weights", "custom": "custom weights"}
 # the files (and their keys) a report reads from each kind of run
@@ -50,10 +50,12 @@ def check_run(run: Run) -> Run:
 
 
 def load_runs(paths: list[str | Path], kinds: tuple[str, ...] | None = None) -> list[Run]:
-    """The results folders under `paths` (of `kinds`), oldest first; one that is incomplete or damaged
-    is skipped with a RunSkipped warning naming the file at fault."""
+    """The results folders under `paths` (of `kinds`) in the order the paths are given, each path's runs
+    oldest first, each folder once; one that is incomplete or damaged is skipped with a RunSkipped warning
+    naming the file at fault."""
+    found = {folder.resolve(): folder for path in paths for folder in find_runs([path], kinds)}
     runs = []
-    for path in find_runs(paths, kinds):
+    for path in found.values():
         try:
             runs.append(check_run(read_run(path, kinds)))
         except RunFolderError as err:
@@ -82,12 +84,8 @@ def kinds_text(runs: list[Run]) -> str:
 def run_settings(run: Run) -> dict[str, object]:
     """What a run evaluated: model, setting (from the weights actually loaded), dataset, split, PCK
     threshold, matcher, image size, protocol, pairs."""
-    args, resolved, proto = run.config["args"], run.config["resolved"], run.metrics["protocol"]
-    match = args["match"]
-    matcher = match["matcher"]
-    if matcher == "wsoftargmax":
-        matcher += f" K{match['window']} T{match['temperature']:g}"
-    members = resolved.get("members") or [resolved]
+    resolved, proto = run.config["resolved"], run.metrics["protocol"]
+    members = members_of(run)
     origins = {m.get("weights_origin", "custom") for m in members}
     setting = "/".join(SETTINGS.get(o, o) for o in sorted(origins))
     if "members" in resolved:
@@ -95,7 +93,7 @@ def run_settings(run: Run) -> dict[str, object]:
         setting = f"ensemble, {setting}"
     else:
         model = resolved["model"]
-    protocol = run.config.get("protocol") or {"name": "default", "overrides": {}}
+    protocol = protocol_of(run)
     overrides = ", ".join(f"{k}={v}" for k, v in protocol.get("overrides", {}).items())
     return {
         "run": run.name,
@@ -104,7 +102,7 @@ def run_settings(run: Run) -> dict[str, object]:
         "dataset": proto["dataset"],
         "split": proto["split"],
         "pck_norm": proto["pck_norm"],
-        "matcher": matcher,
+        "matcher": matcher_text(run.config["args"]["match"]),
         "image_size": ", ".join("x".join(map(str, m["image_size"])) for m in members if "image_size" in m),
         "protocol": protocol["name"] + (f" ({overrides})" if overrides else ""),
         "pairs": run.metrics["counts"]["pairs"],
@@ -277,8 +275,13 @@ def run_pairs(run: Run) -> dict[str, PairRecord]:
 
 def mark_correct(table: pd.DataFrame, alphas: Iterable[float]) -> pd.DataFrame:
     """The per-keypoint table with a correct@alpha column for each alpha, by pck.py's rule
-    (distance <= alpha * L): scores a table at thresholds it was not evaluated at."""
-    return table.assign(**{pck.correct_column(a): table["distance"] <= a * table["norm_L"] for a in alphas})
+    (distance <= alpha * L): scores a table at thresholds it was not evaluated at (a column it has is replaced
+    in place)."""
+    correct = pd.DataFrame({pck.correct_column(a): table["distance"] <= a * table["norm_L"] for a in alphas})
+    present = [column for column in correct if column in table]
+    scored = pd.concat([table, correct.drop(columns=present)], axis="columns")
+    scored[present] = correct[present]
+    return scored
 
 
 def pck_curve(table: pd.DataFrame, alphas: Iterable[float]) -> pd.DataFrame:

@@ -393,29 +393,32 @@ def read_best_parameters(path: str | Path, alpha: float) -> tuple[int, float, di
     return *found[f"{alpha:g}"], {key: data[key] for key in ("model", "image_size", "grid") if key in data}
 
 
-def match_config(args: argparse.Namespace) -> MatchConfig:
-    """The matcher the arguments ask for; --params supplies a grid search's best window and temperature."""
+def match_config(args: argparse.Namespace) -> tuple[MatchConfig, dict | None]:
+    """The matcher the arguments ask for; --params supplies a grid search's best window and temperature,
+    and then the setting that search ran with comes too (else None)."""
     default = MatchConfig()
     if not args.params:
-        return MatchConfig(
+        match = MatchConfig(
             matcher=args.matcher or default.matcher,
             window=default.window if args.window is None else args.window,
             temperature=default.temperature if args.temperature is None else args.temperature,
             descriptor=args.descriptor,
             window_border=args.window_border,
         )
+        return match, None
     if args.matcher == "argmax" or args.window is not None or args.temperature is not None:
         raise ValueError(
             "--params sets the soft-argmax window and temperature: drop --matcher argmax, --window "
             "and --temperature, or drop --params"
         )
-    window, temperature, _ = read_best_parameters(args.params, args.params_alpha)
-    return MatchConfig("wsoftargmax", window, temperature, args.descriptor, args.window_border)
+    window, temperature, searched = read_best_parameters(args.params, args.params_alpha)
+    return MatchConfig("wsoftargmax", window, temperature, args.descriptor, args.window_border), searched
 
 
 def eval_config(args: argparse.Namespace, match: MatchConfig | None = None) -> EvalConfig:
     """The EvalConfig that parsed arguments describe (`match` replaces the matcher arguments)."""
     checkpoint = getattr(args, "checkpoint", None)
+    match, searched = (match, None) if match is not None else match_config(args)
     return EvalConfig(
         model=args.model or (None if checkpoint else EvalConfig.model),
         weights=args.weights,
@@ -429,11 +432,9 @@ def eval_config(args: argparse.Namespace, match: MatchConfig | None = None) -> E
         rescale_annotations=getattr(args, "rescale_annotations", False),
         image_size=args.image_size,
         resize=args.resize,
-        match=match or match_config(args),
+        match=match,
         match_params=f"{args.params} (best at PCK@{args.params_alpha:g})" if getattr(args, "params", None) else None,
-        params_setting=read_best_parameters(args.params, args.params_alpha)[2]
-        if getattr(args, "params", None)
-        else None,
+        params_setting=searched,
         thresholds=distinct(args.thresholds, "--thresholds"),
         pck_norm=args.pck_norm,
         batch_size=args.batch_size,

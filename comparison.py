@@ -138,23 +138,29 @@ def compare_runs(
     return paper.Table("comparison", frame, caption, bold)
 
 
-def keypoint_id_comparison(a: Run, b: Run, alpha: float = 0.1) -> pd.DataFrame:
-    """PCK@alpha (%) of each keypoint id per category in both runs (pooled), and the occurrences."""
-    ids_a, ids_b = (paper.keypoint_id_pck(run.keypoints(), alpha) for run in (a, b))
+def keypoint_id_comparison(table_a: pd.DataFrame, table_b: pd.DataFrame, alpha: float = 0.1) -> pd.DataFrame:
+    """PCK@alpha (%) of each keypoint id per category in two runs' per-keypoint tables (pooled), and the
+    occurrences."""
+    ids_a, ids_b = (paper.keypoint_id_pck(table, alpha) for table in (table_a, table_b))
     return pd.DataFrame({"A": ids_a["pck"], "B": ids_b["pck"], "keypoints": ids_a["keypoints"]})
 
 
-def example_rows(a: Run, b: Run, alpha: float = 0.1, n: int = 2, min_keypoints: int = 3) -> pd.DataFrame:
-    """Examples of the easiest and the hardest keypoint id (run A's pooled PCK@alpha, among ids seen at least
-    `min_keypoints` times, or the most seen): the n occurrences nearest A's median error for that id, so
-    neither run's best or worst case is picked. Columns: kind, both runs' predictions, errors / L, correctness."""
-    ids = keypoint_id_comparison(a, b, alpha)
+def example_rows(
+    table_a: pd.DataFrame, table_b: pd.DataFrame, alpha: float = 0.1, n: int = 2, min_keypoints: int = 3
+) -> pd.DataFrame:
+    """Examples of the easiest and the hardest keypoint id of two runs' per-keypoint tables (run A's pooled
+    PCK@alpha, among ids seen at least `min_keypoints` times, or the most seen): the n occurrences nearest A's
+    median error for that id, so neither run's best or worst case is picked. Columns: kind, both runs'
+    predictions, errors / L, correctness."""
+    ids = keypoint_id_comparison(table_a, table_b, alpha)
     frequent = ids[ids["keypoints"] >= min(min_keypoints, ids["keypoints"].max())]
-    table_b = b.keypoints()[["pair_id", "kp_id", "pred_x", "pred_y", "distance"]]
-    table = a.keypoints().merge(table_b, on=["pair_id", "kp_id"], suffixes=("", "_b"), validate="one_to_one")
+    correct = pck.correct_column(alpha)
+    scored_b = analysis.mark_correct(table_b, [alpha])[["pair_id", "kp_id", "pred_x", "pred_y", "distance", correct]]
+    table = analysis.mark_correct(table_a, [alpha]).merge(
+        scored_b, on=["pair_id", "kp_id"], suffixes=("", "_b"), validate="one_to_one"
+    )
     table["error"], table["error_b"] = table["distance"] / table["norm_L"], table["distance_b"] / table["norm_L"]
-    table["correct"] = table["distance"] <= alpha * table["norm_L"]  # pck.py's rule
-    table["correct_b"] = table["distance_b"] <= alpha * table["norm_L"]
+    table["correct"], table["correct_b"] = table[correct], table.pop(f"{correct}_b")
     examples = []
     for kind, key in (("easy", frequent["A"].idxmax()), ("hard", frequent["A"].idxmin())):
         rows = table[(table["category"] == key[0]) & (table["kp_id"] == key[1])]
@@ -171,14 +177,12 @@ def write_figures(a: Run, b: Run, labels: tuple[str, str], folder: str | Path, a
     from images import load_image
 
     folder = Path(folder)
-    written = [
-        viz2d.save_plot(
-            plots.keypoint_id_bars(keypoint_id_comparison(a, b, alpha), labels, alpha), folder / "keypoint_ids.png"
-        )
-    ]
+    table_a, table_b = a.keypoints(), b.keypoints()
+    ids = keypoint_id_comparison(table_a, table_b, alpha)
+    written = [viz2d.save_plot(plots.keypoint_id_bars(ids, labels, alpha), folder / "keypoint_ids.png")]
     try:
         pairs = analysis.run_pairs(a)
-        examples = example_rows(a, b, alpha)
+        examples = example_rows(table_a, table_b, alpha)
         images = {pid: (load_image(pairs[pid].src), load_image(pairs[pid].trg)) for pid in examples["pair_id"]}
     except (OSError, ValueError, KeyError) as err:
         warnings.warn(f"no keypoint examples: cannot reload the pairs of {a.path} ({err})", stacklevel=2)

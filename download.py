@@ -47,7 +47,7 @@ from tqdm import tqdm
 from cli import path as expand_path
 from cli import positive_float, run_main
 from fileio import write_json
-from models.registry import BACKBONES, BackboneSpec, get_spec
+from models.registry import ALIASES, BACKBONES, BackboneSpec, get_spec
 from pairs import DEFAULT_ROOTS
 from settings import REPO_ROOT
 
@@ -299,26 +299,26 @@ def estimated_size(name: str) -> int:
 
 
 def layout_problem(path: Path, name: str) -> str | None:
-    """Why `path` is not a complete checkpoint of backbone `name` (every key and shape), or None.
+    """Why `path` is not a complete weights file of backbone `name` (every key and shape), or None.
 
-    The file is memory-mapped, so only its index and a few small tensors are read; it is converted
-    to the Backbone layout and compared with the backbone as the loader builds it.
+    The file is read as the loader reads it (models/checkpoints.py), memory-mapped so that only its
+    index and a few small tensors are read: a fine-tuned checkpoint is refused as the loader refuses
+    it, and the weights are compared with the backbone as the loader builds it.
     """
-    import torch
-
     from models import checkpoints
 
     spec = get_spec(name)
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # whatever torch raises, the file does not load
-        first_sentence = re.split(r"[.\n]", str(error), maxsplit=1)[0]
-        reason = f"{type(error).__name__}: {first_sentence}"
+        raw = checkpoints.load_file(path, spec, mmap=True)
+    except checkpoints.CheckpointError as error:  # whatever torch raised, the file does not load
+        cause = error.__cause__ or error
+        first_sentence = re.split(r"[.\n]", str(cause), maxsplit=1)[0]
+        reason = f"{type(cause).__name__}: {first_sentence}"
         return (
             f"it does not load as a PyTorch checkpoint ({reason}); a truncated or interrupted download looks like this"
         )
     try:
-        ckpt = checkpoints.convert_state(path, checkpoints.as_state_dict(path, checkpoints.unwrap(raw), spec), spec)
+        ckpt = checkpoints.as_checkpoint(path, raw, spec)
         checkpoints.check_identity(ckpt, spec)
         checkpoints.check_keys(ckpt, spec, expected_state(spec))
     except checkpoints.CheckpointError as error:  # its advice on where to get the file is this script's own
@@ -761,7 +761,7 @@ def root_problem(root: Path) -> str | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Download model weights and benchmark datasets into place, checked.",
-        epilog=f"Models: {', '.join(BACKBONES)} (aliases: dinov2, dinov2_reg, dinov3, sam).",
+        epilog=f"Models: {', '.join(BACKBONES)} (aliases: {', '.join(ALIASES)}).",
     )
     parser.add_argument("--models", nargs="+", default=[], metavar="NAME", help="backbones to fetch")
     parser.add_argument("--datasets", nargs="+", default=[], choices=list(DATASET_ITEMS), help="datasets to fetch")

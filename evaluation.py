@@ -198,7 +198,7 @@ class Prediction:
     """One matcher's predictions for all keypoints of a list of pairs, in pair order."""
 
     pixels: np.ndarray  # (K, 2) target positions in original pixels
-    similarity: np.ndarray  # (K,) the similarity of the best target patch (the argmax the matcher started from)
+    similarity: np.ndarray | None  # (K,) the best target patch's similarity (with_similarity), else None
     seconds: float = 0.0  # its own combination, matcher and back-projection (shared similarity maps excluded)
 
 
@@ -237,11 +237,13 @@ def predict_variants(
     cfgs: list[MatchConfig],
     member_weights: list[list[float]] | None = None,
     progress: bool = True,
+    with_similarity: bool = False,
 ) -> list[Prediction]:
     """predict_keypoints for several variants at the cost of one similarity computation.
 
     Variant v matches with cfgs[v] the similarity maps weighted by member_weights[v] (default: the
-    members' own weights). All variants share one descriptor sampling.
+    members' own weights). All variants share one descriptor sampling. `with_similarity`: also each
+    keypoint's peak similarity (for per_keypoint.csv; searches over many variants leave it out).
     """
     weights = member_weights or [[m.weight for m in members]] * len(cfgs)
     if len(weights) != len(cfgs) or any(len(w) != len(members) for w in weights):
@@ -249,7 +251,7 @@ def predict_variants(
     if any(cfg.descriptor != cfgs[0].descriptor for cfg in cfgs):
         raise ValueError("all variants must sample source descriptors the same way")
     total = sum(p.num_keypoints for p in pairs)
-    out = [Prediction(np.empty((total, 2)), np.empty(total)) for _ in cfgs]
+    out = [Prediction(np.empty((total, 2)), np.empty(total) if with_similarity else None) for _ in cfgs]
     if not pairs:
         return out
     descs = [source_descriptors(m.features, pairs, cfgs[0].descriptor) for m in members]
@@ -271,7 +273,8 @@ def predict_variants(
             pq = match(combined, cfg.matcher, cfg.window, cfg.temperature, cfg.window_border or "shrink")
             uv = patch_to_input(pq.cpu().double(), ref.prep.patch_size)
             out[v].pixels[ks.numpy()] = input_to_pixels(uv, content[g], size[g], offset[g], origin).numpy()
-            out[v].similarity[ks.numpy()] = combined.flatten(1).amax(dim=1).float().cpu().numpy()
+            if with_similarity:
+                out[v].similarity[ks.numpy()] = combined.flatten(1).amax(dim=1).float().cpu().numpy()
             out[v].seconds += time.perf_counter() - t0
         bar.update(len(chunk))
     bar.close()
@@ -449,7 +452,7 @@ def evaluate_members(
     for warning in matcher_warnings(cfg, config["resolved"], members[0].features.prep.grid):
         warnings.warn(warning, stacklevel=2)
     t0 = time.perf_counter()
-    (prediction,) = predict_variants(eval_set.pairs, members, [cfg.match], progress=cfg.progress)
+    (prediction,) = predict_variants(eval_set.pairs, members, [cfg.match], progress=cfg.progress, with_similarity=True)
     table, pck_summary = score(eval_set.pairs, prediction.pixels, cfg.thresholds, cfg.pck_norm, prediction.similarity)
     metrics = results.evaluation_metrics(
         eval_set,

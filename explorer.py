@@ -35,8 +35,9 @@ from evaluation import (
     target_similarity,
 )
 from geometry import Geometry, input_to_patch
-from images import image_ref, load_image
+from images import load_image
 from models import Backbone
+from pair_matching import check_inside, image_pair
 from pairs import PairRecord, PairSet
 from results import Run
 from settings import EvalConfig, MatchConfig
@@ -122,14 +123,6 @@ def linear_weights(positions: np.ndarray, n: int) -> np.ndarray:
     return weights
 
 
-def image_pair(src: str | Path, trg: str | Path) -> PairRecord:
-    """Two images of the user's as a pair without keypoints, their keys as match_pair.py names them
-    (so both share feature cache entries)."""
-    refs = [image_ref(f"{role}/{Path(path).name}", path) for role, path in (("src", src), ("trg", trg))]
-    none = np.zeros((0, 2), np.float32)
-    return PairRecord("images", "custom", "custom", refs[0], refs[1], none, none, [])
-
-
 class Explorer:
     """One backbone's features of one image pair, and the matches of clicked source pixels.
 
@@ -170,13 +163,11 @@ class Explorer:
     def click(self, x: float, y: float) -> Click:
         """Match source pixel (x, y) (pixel centres at integers) in the target, as match_pair.py would."""
         pair, member = self.opened(), self.member
-        w, h = pair.src.size
-        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
-            raise ValueError(f"the point ({x:g}, {y:g}) lies outside the source image ({w} x {h} pixels)")
-        t0 = time.perf_counter()
         point = np.array([[x, y]], np.float32)
+        check_inside(point, pair.src.size, "the point")
+        t0 = time.perf_counter()
         query = replace(pair, src_kps=point, trg_kps=np.full_like(point, np.nan), kp_ids=["click"])
-        argmax, soft = predict_variants([query], [member], self.matchers(), progress=False)
+        argmax, soft = predict_variants([query], [member], self.matchers(), progress=False, with_similarity=True)
         fs = member.features
         desc = source_descriptors(fs, [query], self.cfg.match.descriptor)
         ks = torch.zeros(1, dtype=torch.long, device=fs.feats.device)

@@ -42,10 +42,22 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+_DIGESTS: dict[tuple[str, int, int, int, str], str] = {}
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 22, algorithm: str = "sha256") -> str:
-    """The hex digest of a file's bytes (sha256 unless another hashlib `algorithm` is named)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """The hex digest of a file's bytes (sha256 unless another hashlib `algorithm` is named).
+
+    Cached per file (real path, inode, size, modification time) and algorithm: a weights file of
+    gigabytes is read once however often it is asked about, and again once it changes.
+    """
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    key = (real, stat.st_ino, stat.st_size, stat.st_mtime_ns, algorithm)
+    if key not in _DIGESTS:
+        digest = hashlib.new(algorithm)
+        with open(real, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]

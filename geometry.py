@@ -19,6 +19,8 @@ from typing import Literal, TypeVar
 import numpy as np
 import torch
 
+from settings import RESAMPLES, RESIZE_MODES
+
 ResizeMode = Literal["squash", "pad"]
 Coords = TypeVar("Coords", np.ndarray, torch.Tensor)
 ORIGINS = {"centre": 0.5, "corner": 0.0}  # where pixel coordinate 0 lies, from the image's left edge
@@ -54,8 +56,10 @@ class Preprocess:
         coordinates: str = "centre",
     ) -> Preprocess:
         """Canvas of `image_size` (side, or (H, W)), each side rounded to a multiple of the patch."""
-        if resize not in ("squash", "pad"):
-            raise ValueError(f"resize must be 'squash' or 'pad', got {resize!r}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        if resample not in RESAMPLES:
+            raise ValueError(f"resample must be one of {', '.join(RESAMPLES)}, got {resample!r}")
         if coordinates not in ORIGINS:
             raise ValueError(f"coordinates must be one of {', '.join(ORIGINS)}, got {coordinates!r}")
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size

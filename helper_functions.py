@@ -57,11 +57,9 @@ def preprocess_image(image: Image.Image, prep: Preprocess) -> torch.Tensor:
         content = F.interpolate(
             ((pixels - mean) / std)[None], geom.content[::-1], mode="bilinear", align_corners=False
         )[0]
-    elif prep.resample == "pil-bicubic":
+    else:  # "pil-bicubic" (Preprocess.create checks the name)
         resized = image.resize(geom.content, Image.Resampling.BICUBIC)
         content = (torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1) - mean) / std
-    else:
-        raise ValueError(f"resample must be 'pil-bicubic' or 'torch-bilinear', got {prep.resample!r}")
     canvas = torch.zeros(3, prep.height, prep.width)
     ox, oy = int(geom.offset[0]), int(geom.offset[1])
     canvas[:, oy : oy + geom.content[1], ox : ox + geom.content[0]] = content

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from geometry import nearest_patch
-from settings import MATCHERS
+from settings import MATCHERS, WINDOW_BORDERS
 
 Matcher = Literal["argmax", "wsoftargmax"]
 DescriptorSampling = Literal["nearest", "bilinear"]
@@ -64,8 +64,8 @@ def window_soft_argmax(
         raise ValueError(f"window must be a positive odd number, got {window}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if border not in ("shrink", "clip"):
-        raise ValueError(f"border must be 'shrink' or 'clip', got {border!r}")
+    if border not in WINDOW_BORDERS:
+        raise ValueError(f"border must be one of {', '.join(WINDOW_BORDERS)}, got {border!r}")
     k, h, w = sim.shape
     peak = argmax_match(sim).long()
     px, py = peak[:, 0], peak[:, 1]

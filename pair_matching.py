@@ -61,11 +61,21 @@ def mutual_nearest_points(fs: FeatureSet, src: ImageRef, trg: ImageRef, limit: i
     return xy[inside][:limit].astype(np.float32)
 
 
-def check_inside(points: np.ndarray, size: tuple[int, int]) -> None:
+def check_inside(points: np.ndarray, size: tuple[int, int], what: str = "--points") -> None:
+    """Refuse source points outside the image (pixel centres at integers, so its edge is at -0.5)."""
     w, h = size
     outside = [f"({x:g}, {y:g})" for x, y in points if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5)]
     if outside:
-        raise ValueError(f"--points {', '.join(outside)} lie outside the source image ({w} x {h} pixels)")
+        verb = "lies" if len(outside) == 1 else "lie"
+        raise ValueError(f"{what} {', '.join(outside)} {verb} outside the source image ({w} x {h} pixels)")
+
+
+def image_pair(src: str | Path, trg: str | Path) -> PairRecord:
+    """Two images of the user's as a pair without keypoints, keyed src/<name> and trg/<name> (the keys
+    of their feature cache entries)."""
+    refs = [image_ref(f"{role}/{Path(path).name}", path) for role, path in (("src", src), ("trg", trg))]
+    none = np.zeros((0, 2), np.float32)
+    return PairRecord("images", "custom", "custom", refs[0], refs[1], none, none, [])
 
 
 def match_pair(
@@ -83,9 +93,8 @@ def match_pair(
 
     cfg.image_size / resize None: those a fine-tuned checkpoint was trained with, else the backbone's
     default size and squash (as in evaluations)."""
-    refs = [image_ref(f"{role}/{Path(path).name}", path) for role, path in (("src", src), ("trg", trg))]
-    no_points = np.zeros((0, 2), np.float32)
-    images = PairRecord("images", "custom", "custom", refs[0], refs[1], no_points, no_points, [])
+    images = image_pair(src, trg)
+    refs = [images.src, images.trg]
     member, _ = build_member(cfg, backbone, PairSet("custom", "pair", "", [images]))
     if points is not None:
         check_inside(points, refs[0].size)

@@ -149,15 +149,16 @@ def load_pairs(
     if not pairset.pairs and not pairset.skipped and limit != 0:
         where = f"layout {layout}, " if name == "spair" else ""
         raise DatasetError(f"no pairs in {root} ({name} {where}split {split}): its pair list is empty")
-    return rescale_to_files(pairset) if rescale_annotations else pairset
+    return rescale_to_files(pairset, clamp) if rescale_annotations else pairset
 
 
-def rescale_to_files(pairset: PairSet) -> PairSet:
+def rescale_to_files(pairset: PairSet, clamp: bool = True) -> PairSet:
     """Annotations scaled to image files of another size than the annotations give (a resized copy of
-    a dataset): keypoints and boxes map by the ratio of the sizes, pixel centre to pixel centre."""
+    a dataset): keypoints and boxes map by the ratio of the sizes, pixel centre to pixel centre; then
+    keypoints outside the files' pixels are clamped (`clamp`) and counted, as the loaders do."""
     annotated = {ref.key: ref.size for ref in pairset.unique_images()}
     files = {ref.key: image_ref(ref.key, ref.path) for ref in pairset.unique_images()}
-    resized = [key for key, size in annotated.items() if files[key].size != size]
+    resized = {key: files[key].size for key, size in annotated.items() if files[key].size != size}
     for pair in pairset.pairs:
         for side in ("src", "trg"):
             ref = getattr(pair, side)
@@ -172,11 +173,18 @@ def rescale_to_files(pairset: PairSet) -> PairSet:
                 setattr(pair, f"{side}_bbox", tuple(float(v) for v in corners.ravel()))
             setattr(pair, side, files[ref.key])
     if resized:
-        (w, h), (fw, fh) = annotated[resized[0]], files[resized[0]].size
+        key = next(iter(resized))
+        (w, h), (fw, fh) = annotated[key], resized[key]
         pairset.notes.append(
             f"annotations of {len(resized)} images rescaled to their files (--rescale-annotations), "
-            f"e.g. {resized[0]}: {w}x{h} -> {fw}x{fh}"
+            f"e.g. {key}: {w}x{h} -> {fw}x{fh}"
         )
+        moved = sum(sum(clamp_keypoints(pairset.pairs, side, apply=clamp).values()) for side in ("src", "trg"))
+        if moved:
+            pairset.clamped_keypoints += moved
+            pairset.notes.append(
+                f"{moved} rescaled keypoints lie outside their image: {'clamped' if clamp else 'kept'}"
+            )
     return pairset
 
 

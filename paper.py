@@ -57,9 +57,9 @@ class Table:
 
 def category_curves(table: pd.DataFrame, alphas, averaging: str = "per_image") -> pd.DataFrame:
     """PCK (%) per category (rows) at each alpha (columns), averaged as metrics.json's per_category is."""
-    alphas = np.asarray(alphas, dtype=float)
-    lengths = table["norm_L"].to_numpy()[:, None]
-    correct = pd.DataFrame(table["distance"].to_numpy()[:, None] <= alphas * lengths, columns=alphas)  # pck.py's rule
+    alphas = [float(a) for a in alphas]
+    scored = analysis.mark_correct(table, alphas)
+    correct = scored[[pck.correct_column(a) for a in alphas]].set_axis(alphas, axis="columns")
     if averaging == "per_image":
         pairs = correct.groupby(table["pair_id"].to_numpy(), sort=False).mean()
         category = table.groupby("pair_id", sort=False)["category"].first()
@@ -172,14 +172,12 @@ def overall_table(runs: list[Run], labels: list[str], alphas, averaging: str = "
 def per_category_table(runs: list[Run], labels: list[str], alpha: float = 0.1, averaging: str = "per_image") -> Table:
     """Categories (rows) x runs at one alpha, then the mean of the categories and all pairs; the best run per row
     in bold."""
+    tables = [run.keypoints() for run in runs]
     frame = pd.DataFrame(
-        {
-            label: category_curves(run.keypoints(), [alpha], averaging)[alpha]
-            for run, label in zip(runs, labels, strict=True)
-        }
+        {label: category_curves(table, [alpha], averaging)[alpha] for table, label in zip(tables, labels, strict=True)}
     )
     frame.loc[f"mean of {len(frame)} categories"] = frame.mean()
-    frame.loc["all pairs"] = [analysis.pck_curve(run.keypoints(), [alpha])[averaging].iloc[0] for run in runs]
+    frame.loc["all pairs"] = [analysis.pck_curve(table, [alpha])[averaging].iloc[0] for table in tables]
     frame = frame.rename_axis("category")
     caption = (
         f"PCK@{alpha:g} per category; the last rows: the mean over categories, and PCK over all pairs. "
@@ -217,10 +215,10 @@ def difficulty_table(runs: list[Run], labels: list[str], alpha: float = 0.1, ave
     return Table("difficulty", frame, caption, best_in_rows(frame, labels))
 
 
-def consistency_table(run: Run, label: str, alpha: float = 0.1) -> Table:
-    """Per category: mean, std (ddof 1), min, max and range of its keypoint ids' PCK@alpha and their number,
-    least consistent first."""
-    ids = keypoint_id_pck(run.keypoints(), alpha).groupby(level="category")["pck"]
+def consistency_table(run: Run, table: pd.DataFrame, label: str, alpha: float = 0.1) -> Table:
+    """Per category of the run's per-keypoint table: mean, std (ddof 1), min, max and range of its keypoint ids'
+    PCK@alpha and their number, least consistent first."""
+    ids = keypoint_id_pck(table, alpha).groupby(level="category")["pck"]
     frame = pd.DataFrame({"mean": ids.mean(), "std": ids.std(), "min": ids.min(), "max": ids.max()})
     frame["range"] = frame["max"] - frame["min"]
     frame["keypoint ids"] = ids.size()
@@ -235,11 +233,15 @@ def consistency_table(run: Run, label: str, alpha: float = 0.1) -> Table:
 
 
 def sensitivity_table(
-    run: Run, label: str, alphas=DEFAULT_THRESHOLDS, level: float = 50.0, averaging: str = "per_image"
+    run: Run,
+    table: pd.DataFrame,
+    label: str,
+    alphas=DEFAULT_THRESHOLDS,
+    level: float = 50.0,
+    averaging: str = "per_image",
 ) -> Table:
-    """Per category: PCK at each alpha, PCK@max - PCK@min, and the first alpha (0.01 steps) at which PCK reaches
-    `level` %; least sensitive first."""
-    table = run.keypoints()
+    """Per category of the run's per-keypoint table: PCK at each alpha, PCK@max - PCK@min, and the first alpha
+    (0.01 steps) at which PCK reaches `level` %; least sensitive first."""
     low, high = min(alphas), max(alphas)
     frame = category_curves(table, alphas, averaging)
     frame.columns = [f"PCK@{a:g}" for a in alphas]
@@ -257,10 +259,11 @@ def sensitivity_table(
     return Table("sensitivity", frame, caption, best_in_columns(frame, rules), f"sensitivity:{run.name}")
 
 
-def extremes_table(run: Run, label: str, alpha: float = 0.1, averaging: str = "per_image") -> Table:
-    """Categories hardest first: PCK@alpha, std of the pairs' PCK, pairs, and the hardest and easiest keypoint id
-    (pooled PCK@alpha; ties: the lowest id) with the gap between them."""
-    table = run.keypoints()
+def extremes_table(
+    run: Run, table: pd.DataFrame, label: str, alpha: float = 0.1, averaging: str = "per_image"
+) -> Table:
+    """Categories of the run's per-keypoint table, hardest first: PCK@alpha, std of the pairs' PCK, pairs, and the
+    hardest and easiest keypoint id (pooled PCK@alpha; ties: the lowest id) with the gap between them."""
     pairs = pair_pck(table, alpha).groupby("category")["pck"]
     frame = pd.DataFrame({"PCK": category_curves(table, [alpha], averaging)[alpha], "std over pairs": pairs.std()})
     frame["pairs"] = pairs.size()
@@ -316,10 +319,11 @@ def run_tables(
     level: float = 50.0,
 ) -> list[Table]:
     """The original project's analysis of one run: keypoint consistency, threshold sensitivity, extremes."""
+    table = run.keypoints()
     return [
-        consistency_table(run, label, alpha),
-        sensitivity_table(run, label, alphas, level, averaging),
-        extremes_table(run, label, alpha, averaging),
+        consistency_table(run, table, label, alpha),
+        sensitivity_table(run, table, label, alphas, level, averaging),
+        extremes_table(run, table, label, alpha, averaging),
     ]
 
 

@@ -51,12 +51,6 @@ class Published:
     def image_sizes(self) -> tuple[int, ...]:
         return tuple(SIZES[model] for model, _ in self.members)
 
-    @property
-    def label(self) -> str:
-        models = " + ".join(f"{w:g} {m}" if len(self.members) > 1 else m for m, w in self.members)
-        soft = f" K{self.window} T{self.temperature:g}" if self.matcher == "wsoftargmax" else ""
-        return f"{models}, {self.origin}, {self.matcher}{soft}"
-
 
 ENSEMBLE = ((V2, 0.25), (V3, 0.65), (SAM, 0.10))
 FT = "fine-tuned"
@@ -100,14 +94,26 @@ PUBLISHED = [
 ]  # fmt: skip
 
 
+def members_of(run: Run) -> list[dict]:
+    """The models a run loaded (config.json's resolved settings): an ensemble's members, or the single
+    model as one member of weight 1."""
+    resolved = run.config["resolved"]
+    return resolved.get("members") or [{**resolved, "weight": 1.0}]
+
+
+def protocol_of(run: Run) -> dict:
+    """The protocol a run ran (config.json: name, overrides); a run written before protocols ran the default."""
+    return run.config.get("protocol") or {"name": "default", "overrides": {}}
+
+
 def run_protocol(run: Run) -> dict[str, object]:
     """Everything a published number must share with a run, read off the run's files: what was
     loaded (not what was asked for), what ran, and on what."""
-    args, resolved, metrics = run.config["args"], run.config["resolved"], run.metrics
-    members = resolved.get("members") or [{**resolved, "weight": 1.0}]
+    args, metrics = run.config["args"], run.metrics
+    members = members_of(run)
     match = args["match"]
     soft = match["matcher"] == "wsoftargmax"
-    protocol = run.config.get("protocol") or {"name": "default", "overrides": {}}
+    protocol = protocol_of(run)
     return {
         "dataset": metrics["protocol"]["dataset"],
         "split": metrics["protocol"]["split"],

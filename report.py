@@ -2,15 +2,18 @@
 
     python report.py results/                                   # every run under results/, printed
     python report.py results/ --markdown report.md --csv report.csv --alphas 0.05 0.1 0.2
-    python report.py results/ --latex paper/ --figures paper/ --compare results/<zero-shot> results/<fine-tuned>
+    python report.py results/<zero-shot> results/<fine-tuned> --latex paper/ --figures paper/ \\
+        --compare results/<zero-shot> results/<fine-tuned> --names zero-shot fine-tuned
 
 It prints how many results folders it found of each kind, then one table per kind: evaluations
 (single models and ensembles; PCK "per image (per keypoint)" beside the original project's
-published numbers when a run has the same backbone, setting, matcher, dataset, split and PCK
-threshold, copied in published.py), fine-tuning runs (best and last validation PCK, steps,
-settings) and grid searches (best K and T per alpha). A folder that is incomplete or damaged is
-skipped with a warning naming the file. Everything comes from the results folders alone: no
-backbone, no dataset (except the images of --figures' keypoint examples), no re-evaluation.
+published number, copied in published.py, only when a run ran that number's whole protocol:
+--protocol original without overrides, the same backbones with their ensemble weights and image
+sizes, weights origin, matcher with its K and T, dataset, split, number of pairs and PCK
+threshold), fine-tuning runs (best and last validation PCK, steps, settings) and grid searches
+(best K and T per alpha). A folder that is incomplete or damaged is skipped with a warning naming
+the file. Everything comes from the results folders alone: no backbone, no dataset (except the
+images of --figures' keypoint examples), no re-evaluation.
 
 --latex DIR writes, for each dataset, split and PCK threshold among the evaluations
 (DIR/<dataset>-<split>-<threshold>/), booktabs LaTeX tables with their CSV and markdown copies:
@@ -44,7 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latex", metavar="DIR", help="write LaTeX (+ CSV, markdown) tables of the evaluations here")
     p.add_argument("--figures", metavar="DIR", help="write the figures here")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two evaluation folders over the same pairs")
-    p.add_argument("--names", nargs="+", help="names of the evaluations in tables and figures, oldest first")
+    p.add_argument(
+        "--names",
+        nargs="+",
+        help="names of the evaluations in tables and figures, one each, in the order of the paths given "
+        "(a folder holding several runs: those oldest first)",
+    )
     p.add_argument("--alpha", type=float, default=0.1, help="threshold of the per-category and analysis tables")
     p.add_argument("--averaging", choices=list(AVERAGINGS), default="per_image", help="PCK averaging of the tables")
     p.add_argument("--level", type=float, default=50.0, help="PCK (%%) whose alpha the sensitivity table finds")
@@ -85,16 +93,20 @@ def report(args: argparse.Namespace):
     if evaluations and (args.latex or args.figures):
         write_paper(evaluations, labels, args)
     if args.compare:
-        compare(args, labels)
+        compare(args, evaluations, labels)
     return table
 
 
 def names_of(runs: list, names: list[str] | None) -> dict[Path, str]:
-    """Each evaluation's name in tables and figures (by its resolved folder): --names, or a short label."""
+    """Each evaluation's name in tables and figures (by its resolved folder): --names, in the order the runs
+    were found (analysis.load_runs), or a short label."""
     import analysis
 
     if names is not None and len(names) != len(runs):
-        raise ValueError(f"--names gives {len(names)} names for {len(runs)} evaluations (oldest first); give one each")
+        raise ValueError(
+            f"--names gives {len(names)} names for {len(runs)} evaluations; give one each, in this order: "
+            + ", ".join(str(run.path) for run in runs)
+        )
     return dict(zip((run.path.resolve() for run in runs), names or analysis.unique_labels(runs), strict=True))
 
 
@@ -129,14 +141,19 @@ def write_paper(evaluations: list, labels: dict[Path, str], args: argparse.Names
             print(f"{group}: wrote {viz2d.save_plot(figure, Path(args.figures) / group / 'pck_curves.png')}")
 
 
-def compare(args: argparse.Namespace, names: dict[Path, str]) -> None:
-    """Print the comparison of two evaluations; write its table and figures when asked."""
+def compare(args: argparse.Namespace, evaluations: list, names: dict[Path, str]) -> None:
+    """Print the comparison of two evaluations (the runs already loaded when they are among them); write its
+    table and figures when asked."""
     import analysis
     import comparison
     import paper
     from results import read_run
 
-    a, b = (analysis.check_run(read_run(path, kinds=("evaluation",))) for path in args.compare)
+    loaded = {run.path.resolve(): run for run in evaluations}
+    a, b = (
+        loaded.get(Path(path).resolve()) or analysis.check_run(read_run(path, kinds=("evaluation",)))
+        for path in args.compare
+    )
     short = analysis.unique_labels([a, b])
     labels = (names.get(a.path.resolve(), short[0]), names.get(b.path.resolve(), short[1]))
     table = comparison.compare_runs(a, b, labels, args.alpha, args.averaging)

@@ -142,12 +142,12 @@ def write_run(run_dir: str | Path, kind: str, config: dict, **files: dict | pd.D
 
 @dataclass
 class Run:
-    """A results folder: its kind, its config.json, and its files on demand (`read`)."""
+    """A results folder: its kind, its config.json, and its files on demand (`read`, each file read once)."""
 
     path: Path
     kind: str
     config: dict
-    _json: dict[str, dict] = field(default_factory=dict, repr=False)  # JSON files read so far
+    _files: dict[str, dict | pd.DataFrame] = field(default_factory=dict, repr=False)  # files read so far
 
     @property
     def name(self) -> str:
@@ -157,14 +157,18 @@ class Run:
         return file_path(self.path, self.kind, name).is_file()
 
     def read(self, name: str) -> dict | pd.DataFrame:
-        """File `name` of this run, as write_file was given it."""
+        """File `name` of this run, as write_file was given it (a table as a copy the caller may change)."""
+        if name not in self._files:
+            self._files[name] = self._load(name)
+        value = self._files[name]
+        return value.copy() if isinstance(value, pd.DataFrame) else value
+
+    def _load(self, name: str) -> dict | pd.DataFrame:
         path = file_path(self.path, self.kind, name)
         if not path.is_file():
             raise RunFolderError(f"{self.path}: no {path.name} (this {self.kind} run is incomplete)")
         if path.suffix == ".json":
-            if name not in self._json:
-                self._json[name] = _read_json(path)
-            return self._json[name]
+            return _read_json(path)
         dtypes = {**TEXT_COLUMNS.get(name, {}), **INTEGER_COLUMNS.get(name, {})}
         try:
             return pd.read_csv(path, dtype=dtypes, keep_default_na=name not in TEXT_COLUMNS)
@@ -212,7 +216,7 @@ def find_runs(paths: list[str | Path], kinds: tuple[str, ...] | None = None) -> 
     for path in map(Path, paths):
         if not path.exists():
             raise RunFolderError(f"no such results folder: {path}")
-        candidates = [path, *(p.parent for p in path.rglob("*") if p.name in markers)]
+        candidates = dict.fromkeys([path, *(p.parent for p in path.rglob("*") if p.name in markers)])
         for folder in candidates:
             kind = _kind_of(folder)
             if kind is not None and (kinds is None or kind in kinds):

@@ -284,7 +284,8 @@ def resolve_protocol(cfg, names: tuple[str, ...]) -> tuple[object, dict]:
 
     Returns the filled config and its protocol record for config.json: name, every resolved setting,
     and the explicit settings that differ from the protocol's ("overrides"). Under the original
-    protocol each override is warned about, naming the part that leaves it.
+    protocol each override is warned about, naming the part that leaves it, when the config is
+    resolved the first time (a resolved config passes through the flow's steps without a repeat).
     """
     presets = protocol_presets(cfg)
     given = {name: getattr(cfg.match if name == "window_border" else cfg, name) for name in names}
@@ -299,7 +300,8 @@ def resolve_protocol(cfg, names: tuple[str, ...]) -> tuple[object, dict]:
             used = getattr(holder, name, value)
             if used not in (None, value):
                 overrides[name] = used
-        for name, value in overrides.items():
+        first_time = any(value is None for name, value in given.items() if name != "precision")
+        for name, value in overrides.items() if first_time else ():
             original = presets.get(name, ORIGINAL_FIXED.get(name))
             warnings.warn(
                 f"{name}={value!r} leaves the original protocol (it used {original!r}): the run is recorded as "

@@ -23,7 +23,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import ConnectionPatch
+from matplotlib.patches import Circle, ConnectionPatch
 from PIL import Image
 
 import pck
@@ -283,9 +283,7 @@ def draw_keypoint_examples(
         trg_ax.imshow(np.asarray(trg))
         plot_keypoints(src_ax, [row.src_x, row.src_y], CORRECT, size=60)
         plot_keypoints(trg_ax, [row.gt_x, row.gt_y], CORRECT, size=60)
-        trg_ax.add_patch(
-            matplotlib.patches.Circle((row.gt_x, row.gt_y), alpha * row.norm_L, fill=False, ls="--", color="white")
-        )
+        trg_ax.add_patch(Circle((row.gt_x, row.gt_y), alpha * row.norm_L, fill=False, ls="--", color="white"))
         errors = []
         predictions = (
             (row.pred_x, row.pred_y, row.error, row.correct),
@@ -303,13 +301,15 @@ def draw_keypoint_examples(
         trg_ax.set_title("error: " + "; ".join(errors), fontsize=8)
         src_ax.set_axis_off()
         trg_ax.set_axis_off()
-    handles = [
-        matplotlib.lines.Line2D([], [], marker="o", ls="", color=CORRECT, mec="black", label="source / ground truth"),
-        *(
-            matplotlib.lines.Line2D([], [], marker="X", ls="", color=c, label=f"{ab}: {label}")
-            for c, ab, label in zip(colours, "AB", labels, strict=True)
-        ),
-        matplotlib.lines.Line2D([], [], ls="--", color="grey", label=f"PCK@{alpha:g} radius (alpha x L)"),
-    ]
-    fig.legend(handles=handles, loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+    add_legend(
+        fig,
+        {
+            "source / ground truth": {"marker": "o", "ls": "", "color": CORRECT, "mec": "black"},
+            **{
+                f"{ab}: {label}": {"marker": "X", "ls": "", "color": c}
+                for c, ab, label in zip(colours, "AB", labels, strict=True)
+            },
+            f"PCK@{alpha:g} radius (alpha x L)": {"ls": "--", "color": "grey"},
+        },
+    )
     return fig

@@ -2,9 +2,10 @@
 
     python benchmarks/bench_finetune.py                                   # CPU, random ViT-B at 224 px
     python benchmarks/bench_finetune.py --model dinov3 --device cuda      # default size (512), bf16
+    python benchmarks/bench_finetune.py --depth 2 --image-size 28 --steps 1   # a smoke run (tests/test_benchmarks.py)
 
-Times the engine's own train_step on random images (no data loading) with the model's preset
-(or --trainable-blocks), twice:
+Times the engine's own train_step on random images (no data loading) with the default protocol's
+optimiser and the model's preset (or --trainable-blocks), twice:
   - as trained by default: the frozen blocks run under no_grad every step;
   - with --cache-frozen: the frozen blocks' outputs are computed once per image beforehand, so a
     step pays only for the trainable blocks (valid only without photometric augmentation / flips).
@@ -24,10 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finetuning.model import SplitBackbone, make_optimizer
-from finetuning.presets import preset_for
-from finetuning.training import train_step
+from finetuning.training import grad_scaler, resolve_settings, train_step
 from models import TokenState, load_backbone
-from settings import TrainConfig
+from settings import TRAIN_CONVENTIONS, TrainConfig, resolve_protocol
 
 
 class Precomputed:
@@ -48,7 +48,7 @@ def sync(device: torch.device) -> None:
 def time_steps(split: SplitBackbone, cache, batch: dict, cfg: TrainConfig, steps: int) -> tuple[float, float]:
     """(seconds per step, seconds per step inside the frozen trunk), after two warm-up steps."""
     device = split.backbone.device
-    optimizer = make_optimizer(split, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(split, cfg.lr, cfg.weight_decay, decay=cfg.decay)
     trunk_time = [0.0]
     trunk = split.trunk
 
@@ -63,8 +63,9 @@ def time_steps(split: SplitBackbone, cache, batch: dict, cfg: TrainConfig, steps
     split.trunk = timed_trunk
     # the parts of a finetuning.training.Training that train_step uses
     training = SimpleNamespace(
-        backbone=split.backbone, split=split, model=split, cache=cache, cfg=cfg, optimizer=optimizer
-    )
+        backbone=split.backbone, split=split, model=split, cache=cache, cfg=cfg, optimizer=optimizer,
+        scaler=grad_scaler(split.backbone),
+    )  # fmt: skip
     for _ in range(2):
         train_step(training, batch)
     trunk_time[0] = 0.0
@@ -77,7 +78,7 @@ def time_steps(split: SplitBackbone, cache, batch: dict, cfg: TrainConfig, steps
     return (time.perf_counter() - t0) / steps, trunk_time[0] / steps
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="dinov2")
     ap.add_argument("--image-size", type=int, help="default: 224 on CPU, the model's own size on CUDA")
@@ -85,18 +86,22 @@ def main() -> None:
     ap.add_argument("--keypoints", type=int, default=20, help="keypoints per pair")
     ap.add_argument("--trainable-blocks", type=int, help="default: the model's preset")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--depth", type=int, help="build only this many blocks (a quick smoke run; default: all)")
     ap.add_argument("--device", default="auto")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
 
-    bb = load_backbone(args.model, weights="random", device=args.device)
+    depth = {"depth": args.depth} if args.depth is not None else {}
+    bb = load_backbone(args.model, weights="random", device=args.device, **depth)
     device = bb.device
     size = args.image_size or (bb.default_image_size if device.type == "cuda" else 224)
     size = size // bb.patch_size * bb.patch_size
-    n = args.trainable_blocks if args.trainable_blocks is not None else preset_for(bb.name).trainable_blocks
-    cfg = TrainConfig(model=bb.name, trainable_blocks=n, logit_scale=preset_for(bb.name).logit_scale)
-    split = SplitBackbone(bb, n)
+    # the default protocol's settings with the model's preset, resolved as finetuning/training.py does
+    cfg, _ = resolve_protocol(TrainConfig(model=bb.name, trainable_blocks=args.trainable_blocks), TRAIN_CONVENTIONS)
+    cfg = resolve_settings(cfg, bb)
+    n = cfg.trainable_blocks
+    split = SplitBackbone(bb, n, train_neck=cfg.train_neck)
     b, k, grid = args.batch_size, args.keypoints, size // bb.patch_size
     batch = {
         "images": torch.randn(2 * b, 3, size, size),

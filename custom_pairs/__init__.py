@@ -54,7 +54,7 @@ FIELDS = (
 FORMAT_HINT = (
     'A custom pairs file is a .json list of {"source": ..., "target": ..., optional "source_kps", '
     '"target_kps", ...} or a .csv with the header source,target[,category,source_kps,target_kps,...]; '
-    "see custom_pairs.py."
+    "see custom_pairs/__init__.py."
 )
 
 

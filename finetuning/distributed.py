@@ -37,10 +37,11 @@ def setup_distributed(device: str) -> Process:
 
 
 def all_mean(values: list[float], process: Process) -> list[float]:
-    """The mean over processes of each value (the values themselves in a single process)."""
+    """The mean over processes of each value (the values themselves in a single process). The values
+    travel on the process's device: NCCL reduces only CUDA tensors."""
     if process.world == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=process.device)
     dist.all_reduce(t)
     return (t / process.world).tolist()
 

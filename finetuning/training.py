@@ -164,7 +164,6 @@ class Training:
     best: float = -math.inf
     best_step: int | None = None
     last_saved: int | None = None  # the step of the last.pt on disk
-    saved_state: dict | None = field(default=None, repr=False)  # what --resume restores
 
     @property
     def val_key(self) -> str:
@@ -179,6 +178,11 @@ class Training:
     def trained(self) -> set[str]:
         """The state-dict keys that training changes (what a checkpoint holds on top of its base)."""
         return {name for name, p in self.backbone.named_parameters() if p.requires_grad}
+
+
+def grad_scaler(backbone: Backbone) -> torch.amp.GradScaler | None:
+    """The gradient scaler that fp16 autocast needs (None under bf16 or fp32)."""
+    return torch.amp.GradScaler(backbone.device.type) if backbone.autocast_dtype == torch.float16 else None
 
 
 def starting_model(cfg: TrainConfig, process: Process, resume: Path | None) -> tuple[Backbone, dict | None]:
@@ -229,25 +233,25 @@ def setup(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
         cache=cache,
         optimizer=optimizer,
         schedule=torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(cfg.schedule, total, warmup)),
-        scaler=torch.amp.GradScaler(backbone.device.type) if backbone.autocast_dtype == torch.float16 else None,
+        scaler=grad_scaler(backbone),
         steps_per_epoch=len(batches),
         total_steps=total,
         warmup_steps=warmup,
         run_dir=resume,
-        saved_state=saved,
     )
     if saved is not None:
         restore_training_state(saved, training.optimizer, training.schedule, training.scaler)
+        backbone.training_state = None  # restored: the optimiser holds it now
         training.step, training.epoch, training.best = saved["step"], saved.get("epoch", 0), saved["best"]
         training.best_step, training.last_saved = saved.get("best_step"), saved["step"]
     if process.main:
-        open_run_folder(training)
+        open_run_folder(training, resumed=saved is not None)
     return training
 
 
-def open_run_folder(training: Training) -> None:
+def open_run_folder(training: Training, resumed: bool) -> None:
     """Rank 0: the run folder (a new one, or the resumed one), its config.json, its log, the first lines."""
-    cfg, resumed = training.cfg, training.saved_state is not None
+    cfg = training.cfg
     if resumed:
         training.log = TrainLog.resume(training.run_dir, training.val_key, training.step)
         print(f"resuming {training.run_dir} at step {training.step}/{training.total_steps}")
@@ -460,10 +464,10 @@ def log_interval(training: Training, interval: Interval, bar: tqdm) -> None:
     """One train_log.csv row: mean loss and gradient norm since the last row, learning rate, pairs/s.
     A non-finite loss or gradient in the interval ends the run, keeping the last finite checkpoint."""
     n = interval.steps
-    finite = all_mean([float(bool(interval.finite))], training.process)[0] == 1.0
-    if not finite:
+    means = [float(bool(interval.finite)), float(interval.loss) / n, float(interval.grad_norm) / n]
+    finite, mean_loss, mean_norm = all_mean(means, training.process)
+    if finite != 1.0:  # some process saw a non-finite loss or gradient
         raise FinetuneError(diverged_message(training, training.step - n + 1))
-    mean_loss, mean_norm = all_mean([float(interval.loss) / n, float(interval.grad_norm) / n], training.process)
     lr = training.schedule.get_last_lr()[0]
     if training.process.main:
         pairs_per_s = n * training.cfg.batch_size * training.process.world / (time.perf_counter() - interval.t0)

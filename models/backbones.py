@@ -108,6 +108,15 @@ class Backbone(nn.Module):
     def pos_embed_antialias(self) -> bool:
         return self.variant.get("pos_embed_antialias", self.spec.pos_embed_antialias)
 
+    def gives_features_of(self, layer: int | None) -> bool:
+        """Whether a backbone built with `layer` (a block index, negative allowed; None: the default)
+        would give this one's features. ValueError if `layer` is no block index."""
+        return self._features_of(_normalise_layer(layer, len(self.model.blocks))) == self._features_of(self.layer)
+
+    def _features_of(self, layer: int | None) -> int | None:
+        """What a normalised layer's features are: DINO's default is its last block's output."""
+        return len(self.model.blocks) - 1 if layer is None else layer
+
     # --- forward ---------------------------------------------------------------------------------
 
     def forward(self, images: Tensor) -> Tensor:
@@ -268,6 +277,9 @@ class SamBackbone(Backbone):
     @property
     def feature_dim(self) -> int:
         return self.model.num_features if self.layer is None else self.model.embed_dim
+
+    def _features_of(self, layer: int | None) -> int | None:
+        return layer  # the default (None) is the neck's output, not the last block's
 
     def _embed(self, images: Tensor) -> TokenState:
         m = self.model

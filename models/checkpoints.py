@@ -1,8 +1,9 @@
 """Weights files: read, recognise, convert to the Backbone's key layout, and explain what is wrong.
 
 Accepted: Meta's official files as distributed, timm-format state dicts, either as `.safetensors`,
-and a saved `Backbone.state_dict()`. This project's fine-tuned checkpoints have their own format
-(models/finetuned.py), which reads its weights through `read_state`.
+and a saved `Backbone.state_dict()`. This project's fine-tuned checkpoints (and the original
+project's) are refused here: they have their own reader, models/finetuned.py, which converts their
+weights with `convert_state`.
 Everything is converted to the Backbone layout: `model.<timm key>` (+ `rope_periods` for DINOv3),
 which is then loaded strictly. Files are read with `torch.load(weights_only=True)` or safetensors.
 """
@@ -55,17 +56,23 @@ def missing_weights_error(spec: BackboneSpec, path: Path) -> FileNotFoundError:
     return FileNotFoundError(f"No weights file for {spec.name} at {path}. {where_to_get(spec)}")
 
 
-def read_checkpoint(path: str | os.PathLike, spec: BackboneSpec | None = None) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, spec: BackboneSpec | None = None, *, mmap: bool = False) -> Checkpoint:
     """Read a weights file of any accepted format and convert it to the Backbone layout.
 
-    `spec` (the backbone the caller wants) only improves the error messages.
+    `spec` (the backbone the caller wants) only improves the error messages. `mmap` maps a torch
+    file instead of reading it (see load_file).
     """
     path = Path(path)
     if not path.is_file():
         if spec is not None:
             raise missing_weights_error(spec, path)
         raise FileNotFoundError(f"No checkpoint file at {path}.")
-    raw = load_file(path, spec)
+    return as_checkpoint(path, load_file(path, spec, mmap=mmap), spec)
+
+
+def as_checkpoint(path: Path, raw: object, spec: BackboneSpec | None = None) -> Checkpoint:
+    """What load_file read from `path` as a Checkpoint in the Backbone layout; a CheckpointError for a
+    fine-tuned checkpoint (a weights file is expected) or anything that is not a state dict."""
     if isinstance(raw, dict) and ("format" in raw or "model_state_dict" in raw):
         whose = f"of this project (format {raw['format']!r})" if "format" in raw else "of the original project"
         raise CheckpointError(
@@ -186,13 +193,15 @@ def _hint(spec: BackboneSpec | None) -> str:
     return where_to_get(spec) if spec is not None else "Check the path, or download the file again."
 
 
-def load_file(path: Path, spec: BackboneSpec | None) -> object:
+def load_file(path: Path, spec: BackboneSpec | None, mmap: bool = False) -> object:
+    """The objects in a torch or safetensors file; `mmap` maps a torch file, so that only its index and
+    the tensors touched are read. A CheckpointError (caused by the reader's error) if it does not load."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         raise CheckpointError(
             f"Could not read {path} ({path.stat().st_size:,} bytes): {type(err).__name__}: {err}. "

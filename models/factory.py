@@ -27,7 +27,8 @@ def create_backbone(
     """A backbone from a fine-tuned `checkpoint` (which names its own model, layer and build), or
     `model` (default dinov2) with a `weights` file (default: the official one; "random" for smoke tests).
 
-    A checkpoint is refused together with `weights`, and with a `model` or `layer` other than its own.
+    A checkpoint is refused together with `weights`, and with a `model` other than its own or a `layer`
+    whose features differ from its own (DINO's last block is its default; SAM's default goes through the neck).
     `precision` may name one precision per backbone family; `build` None keeps a checkpoint's own
     build ("meta" otherwise). `timm_overrides` (e.g. depth=2 for a test model) reach timm.create_model.
     """
@@ -47,8 +48,9 @@ def create_backbone(
             f"--checkpoint {checkpoint} holds a fine-tuned {bb.name}, not {get_spec(model).name}: "
             "drop --model (a checkpoint names its own model), or give a checkpoint of that model."
         )
-    if layer is not None and bb.layer != layer % len(bb.blocks):
-        trained = "the last block" if bb.layer is None else f"block {bb.layer}"
+    if layer is not None and not bb.gives_features_of(layer):
+        neck = " through the neck" if bb.spec.family == "sam" else ""
+        trained = f"block {bb.layer}" if bb.layer is not None else f"the last block{neck}"
         raise ValueError(
             f"--checkpoint {checkpoint} was fine-tuned on the features of {trained}; --layer {layer} would take "
             "features that training did not shape. Drop --layer."

@@ -1,6 +1,7 @@
 """Results folders for the report and analysis tests: two evaluations (argmax, soft-argmax) by the real
-engine over a colour-coded SPair-71k set whose pairs carry difficulty flags, and a hand-made run whose
-PCK per difficulty level is known by hand."""
+engine over a colour-coded SPair-71k set whose pairs carry difficulty flags, a hand-made run whose
+PCK per difficulty level is known by hand, and runs with a chosen number of correct keypoints per pair
+(counted_run: comparisons whose difference and bootstrap interval are known)."""
 
 from __future__ import annotations
 
@@ -83,10 +84,29 @@ def hand_run(folder: Path) -> Path:
             for pid, (flags, _) in HAND_PAIRS.items()
         ]
     )
+    return write_hand_run(folder, keypoints, pairs)
+
+
+def counted_run(folder: Path, correct: list[int], keypoints: list[int]) -> Path:
+    """A results folder of len(correct) SPair-71k pairs p00, p01, ... (categories cat, dog, cat, ...; pair i at
+    level i % levels of each difficulty flag): pair i has keypoints[i] keypoints, its first correct[i] correct at
+    alpha 0.1 (distance 5, else 50; L = 100). Runs written with the same pair count are comparable."""
+    rows, pairs = [], []
+    for i, (hits, n) in enumerate(zip(correct, keypoints, strict=True)):
+        pair = {"pair_id": f"p{i:02d}", "category": ("cat", "dog")[i % 2]}
+        rows += [{**pair, "kp_id": str(k), "distance": 5.0 if k < hits else 50.0, "norm_L": 100.0,
+                  "correct@0.1": k < hits} for k in range(n)]  # fmt: skip
+        pairs.append({**pair, **{flag: i % levels for flag, levels in FLAG_LEVELS.items()}, "mirror": 0})
+    return write_hand_run(folder, pd.DataFrame(rows), pd.DataFrame(pairs))
+
+
+def write_hand_run(folder: Path, keypoints: pd.DataFrame, pairs: pd.DataFrame) -> Path:
+    """An evaluation's results folder holding these tables: an argmax run on SPair-71k test, bbox threshold."""
     config = {
         "args": {"match": {"matcher": "argmax"}, "checkpoint": None},
-        "resolved": {"model": "hand", "weights_origin": "custom", "image_size": [8, 8], "pairs_fingerprint": "hand"},
-    }
-    metrics = {"protocol": results.protocol("spair", "test", "bbox"), "counts": {"pairs": len(HAND_PAIRS)}}
+        "resolved": {"model": "hand", "weights_origin": "custom", "image_size": [8, 8],
+                     "pairs_fingerprint": f"hand-{len(pairs)}"},
+    }  # fmt: skip
+    metrics = {"protocol": results.protocol("spair", "test", "bbox"), "counts": {"pairs": len(pairs)}}
     folder.mkdir(parents=True, exist_ok=True)
     return results.write_run(folder, "evaluation", config, metrics=metrics, per_pair=pairs, per_keypoint=keypoints)

@@ -67,7 +67,7 @@ def render_object(size: tuple[int, int], box: tuple[float, float, float, float])
 
 
 def write_colour_pairs(folder: Path, n_images: int = 4, kps: int = 5, seed: int = 0) -> Path:
-    """A custom pairs file (custom_pairs.py format) of colour-coded objects, with exact ground truth:
+    """A custom pairs file (custom_pairs/ format) of colour-coded objects, with exact ground truth:
     every ordered pair of `n_images` images, `kps` keypoints each, categories 'a' and 'b'."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []

@@ -352,7 +352,7 @@ def test_custom_pairs_bad_input(tmp_path):
 
 
 def test_a_resized_spair_image_is_an_error_when_decoded_or_rescaled_on_request(tmp_path):
-    images = [FakeImage("a", "cat", (40, 30), {0: (9.0, 5.0)}), FakeImage("b", "cat", (40, 30), {0: (19.5, 29.0)})]
+    images = [FakeImage("a", "cat", (40, 30), {0: (9.0, 5.0)}), FakeImage("b", "cat", (40, 30), {0: (19.5, 28.0)})]
     root = make_spair(tmp_path, [FakePair(images[0], images[1])])
     path = root / "JPEGImages" / "cat" / "b.jpg"
     Image.open(path).resize((20, 15)).save(path)  # a copy of the dataset at half size
@@ -364,9 +364,8 @@ def test_a_resized_spair_image_is_an_error_when_decoded_or_rescaled_on_request(t
     rescaled = load_pairs("spair", root, rescale_annotations=True)
     (pair,) = rescaled.pairs
     assert pair.trg.size == (20, 15) and pair.src.size == (40, 30)
-    np.testing.assert_allclose(
-        pair.trg_kps, [[9.5, 14.25]]
-    )  # pixel centres: (19.5 + 0.5) / 2 - 0.5, (29 + .5) / 2 - .5
+    # pixel centres: x (19.5 + 0.5) / 2 - 0.5, y (28 + 0.5) / 2 - 0.5
+    np.testing.assert_allclose(pair.trg_kps, [[9.5, 13.75]])
     np.testing.assert_allclose(pair.src_kps, [[9.0, 5.0]])
     x1, y1, x2, y2 = images[1].box()
     np.testing.assert_allclose(
@@ -386,3 +385,14 @@ def test_an_empty_pair_list_names_the_file(tmp_path):
         DatasetError, match=r"no pairs in .* \(spair layout large, split test\): its pair list is empty"
     ):
         load_pairs("spair", root)
+
+
+def test_rescaled_keypoints_stay_inside_their_image(tmp_path):
+    """A keypoint on the last pixel row maps past the last row of a half-size file: clamped, and counted."""
+    images = [FakeImage("a", "cat", (40, 30), {0: (9.0, 5.0)}), FakeImage("b", "cat", (40, 30), {0: (19.5, 29.0)})]
+    root = make_spair(tmp_path, [FakePair(images[0], images[1])])
+    path = root / "JPEGImages" / "cat" / "b.jpg"
+    Image.open(path).resize((20, 15)).save(path)
+    rescaled = load_pairs("spair", root, rescale_annotations=True)
+    np.testing.assert_allclose(rescaled.pairs[0].trg_kps, [[9.5, 14.0]])  # (29 + 0.5) / 2 - 0.5 = 14.25 -> 14
+    assert rescaled.clamped_keypoints == 1 and "1 rescaled keypoints lie outside their image: clamped" in rescaled.notes

@@ -27,7 +27,8 @@ from model_factory import official_shapes, random_official_state_dict
 import download
 from cli import run_main
 from download import MANIFEST, DownloadError, Item, Source, build_table, ensure, main
-from models.registry import BACKBONES, get_spec
+from models.finetuned import FORMAT
+from models.registry import ALIASES, BACKBONES, get_spec
 from pairs import DEFAULT_ROOTS
 from settings import REPO_ROOT
 
@@ -478,6 +479,10 @@ def test_cli_accepts_aliases_and_rejects_unknown_names(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--models", "resnet50"], table=table)
     assert "Unknown backbone 'resnet50'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"], table=table)
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps the epilog
+    assert f"(aliases: {', '.join(ALIASES)})" in help_text and all(name in help_text for name in BACKBONES)
 
 
 def test_table_follows_registry_and_loader_layout_under_any_root(tmp_path):
@@ -527,6 +532,21 @@ def full_layout_file(path: Path, name: str, depth: int | None = None) -> Path:
     return path
 
 
+def finetuned_file(path: Path, whose: str) -> Path:
+    """A fine-tuned checkpoint holding every weight of dinov2_vitb14 at its shape, saved under the official
+    name: this project's (self-contained, Backbone layout) or the original project's (Meta's layout)."""
+    if whose == "the original":
+        state = torch.load(full_layout_file(path, DINOV2.name), weights_only=True)
+        torch.save({"model_state_dict": state, "epoch": 3}, path)
+        return path
+    shapes = {key: meta.shape for key, meta in download.expected_state(DINOV2).items()}
+    storage = torch.zeros(max(math.prod(shape) for shape in shapes.values()))
+    state = {key: storage[: math.prod(shape)].view(shape) for key, shape in shapes.items()}
+    payload = {"format": FORMAT, "backbone": DINOV2.name, "timm_overrides": {}, "layer": None, "base": None}
+    torch.save(payload | {"state_dict": state, "extra": {"step": 10}}, path)
+    return path
+
+
 def truncated_file(path: Path) -> Path:
     """A DINOv2 file (official keys, tiny shapes) cut in half, as an interrupted copy leaves it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -561,8 +581,10 @@ def test_weights_placed_by_hand_are_checked_for_every_key_once(tmp_path, dead_ur
         (truncated_file, "does not load as a PyTorch checkpoint (RuntimeError: PytorchStreamReader failed"),
         (lambda path: full_layout_file(path, DINOV2.name, depth=11), "does not fit dinov2_vitb14: 14 missing keys"),
         (lambda path: full_layout_file(path, "dinov2_vitb14_reg4"), "like dinov2_vitb14_reg4, not dinov2_vitb14"),
+        (lambda path: finetuned_file(path, "this project"), "is a fine-tuned checkpoint of this project"),
+        (lambda path: finetuned_file(path, "the original"), "is a fine-tuned checkpoint of the original project"),
     ],
-    ids=["truncated", "blocks-missing", "another-model"],
+    ids=["truncated", "blocks-missing", "another-model", "finetuned", "original-finetuned"],
 )
 def test_weights_that_do_not_load_are_refused_even_if_recorded_before(tmp_path, dead_url, write, problem):
     # issue 13: such a file was reported as verified, and the manifest kept saying so

@@ -215,7 +215,8 @@ CASES = [
     Case("NaN cache entry", "evaluate", SPAIR, 0, "re-extracting", fault=nan_in_cache),
     Case("wrong-shaped cache entry", "evaluate", SPAIR, 0, "re-extracting", fault=wrong_shape_in_cache),
     Case("garbage cache entry", "evaluate", SPAIR, 0, "re-extracting", fault=garbage_in_cache),
-    Case("--layer with a checkpoint", "evaluate", (*SPAIR, "--layer", "1"), 1, "Drop --layer"),
+    Case("--layer with a checkpoint", "evaluate", (*SPAIR, "--layer", "0"), 1, "Drop --layer"),  # block 0 of 2
+    Case("--layer naming the checkpoint's own block", "evaluate", (*SPAIR, "--layer", "-1"), 0, "PCK@0.1"),
     Case("--model of another backbone with a checkpoint", "evaluate", (*SPAIR, "--model", "sam"), 1, "drop --model"),
     Case("fine-tuning on a custom file without --val-data", "finetuning.finetune", (*TRAIN[:2], "--dataset", "custom",
          "--data-root", "{custom}", *TRAIN[4:]), 0, "no validation: best.pt is not selected"),

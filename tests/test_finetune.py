@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -21,12 +22,15 @@ from PIL import ImageOps
 
 from evaluation import load_model, run_evaluation
 from finetuning import FinetuneError
+from finetuning import training as training_module
+from finetuning.checkpoints import read_resume_folder
 from finetuning.data import TrainingPairs, collate, epoch_batches, flip_keypoints
+from finetuning.distributed import Process, all_mean
 from finetuning.finetune import main
 from finetuning.loss import correspondence_loss, soft_targets
 from finetuning.model import warmup_cosine
 from finetuning.presets import PRESETS
-from finetuning.training import train
+from finetuning.training import setup, train
 from geometry import Preprocess, patch_to_input
 from helper_functions import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
 from images import load_image
@@ -149,6 +153,56 @@ def test_resume_after_k_steps_equals_an_uninterrupted_run(init, spair, tmp_path)
     assert np.allclose(
         log_a.dropna(subset=["val_pck@0.1"])["val_pck@0.1"], log_b.dropna(subset=["val_pck@0.1"])["val_pck@0.1"]
     )
+
+
+def test_resume_restores_the_training_state_and_keeps_no_copy_of_it(init, spair, tmp_path):
+    run = main(["--checkpoint", str(init), "--data-root", str(spair), *IMAGE, "--output-dir", str(tmp_path),
+                "--batch-size", "2", "--stop-after", "2", "--val-split", "none"])  # fmt: skip
+    saved = torch.load(run / "last.pt", weights_only=True)["training"]
+    training = setup(read_resume_folder(run, None), load_pairs("spair", root=spair, split="trn"), None, run)
+    assert (training.step, training.last_saved, training.schedule.last_epoch) == (2, 2, 2)
+    restored = training.optimizer.state_dict()["state"]
+    assert restored.keys() == saved["optimizer"]["state"].keys()
+    assert all(torch.equal(restored[i]["exp_avg"], saved["optimizer"]["state"][i]["exp_avg"]) for i in restored)
+    assert training.backbone.training_state is None  # the optimiser holds it now, not a second copy
+    assert not any(isinstance(value, dict) and "optimizer" in value for value in vars(training).values())
+
+
+def test_the_interval_is_reduced_in_one_collective_on_the_process_device(monkeypatch):
+    """Under DDP: loss, gradient norm and finiteness travel together, on the process's device (NCCL
+    reduces only CUDA tensors); a non-finite value on any process ends the run."""
+    devices = []
+
+    def all_reduce(tensor):
+        devices.append(tensor.device)
+        raise InterruptedError  # a meta tensor cannot be read back
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    with pytest.raises(InterruptedError):
+        all_mean([1.0, 2.0], Process(0, 2, "meta"))
+    assert devices == [torch.device("meta")]
+
+    calls = []
+
+    def mean_of_two(values, process):  # the other process saw a finite loss of 1 and gradient norm 1
+        calls.append(values)
+        return [(values[0] + 1) / 2, (values[1] + 1) / 2, (values[2] + 1) / 2]
+
+    monkeypatch.setattr(training_module, "all_mean", mean_of_two)
+    log = SimpleNamespace(rows=[], add=lambda row: log.rows.append(row))
+    training = SimpleNamespace(
+        process=Process(0, 2, "cpu"), step=2, epoch=0, schedule=SimpleNamespace(get_last_lr=lambda: [0.5]),
+        cfg=SimpleNamespace(batch_size=1), log=log, run_dir=Path("run"), last_saved=None,
+    )  # fmt: skip
+    bar = SimpleNamespace(set_postfix=lambda **kw: None)
+    interval = training_module.Interval(loss=torch.tensor(6.0), grad_norm=torch.tensor(2.0), steps=2)
+    training_module.log_interval(training, interval, bar)
+    assert calls == [[1.0, 3.0, 1.0]]
+    assert (log.rows[0]["loss"], log.rows[0]["grad_norm"]) == (2.0, 1.0)
+    interval.finite = torch.tensor(False)
+    with pytest.raises(FinetuneError, match="between steps 1 and 2: training diverged"):
+        training_module.log_interval(training, interval, bar)
+    assert len(calls) == 2
 
 
 @pytest.mark.slow

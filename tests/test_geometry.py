@@ -124,3 +124,10 @@ def test_preprocess_pads_with_zero_and_rounds_to_patch():
     assert tensor.shape == (3, 224, 98)
     assert torch.all(tensor[:, :, :ox] == 0) and torch.all(tensor[:, :, ox + geom.content[0] :] == 0)
     assert tensor[:, :, ox : ox + geom.content[0]].min() > 2.0  # white, normalised
+
+
+def test_preprocess_names_are_checked_where_it_is_made():
+    with pytest.raises(ValueError, match="resample must be one of pil-bicubic, torch-bilinear, got 'nearest'"):
+        Preprocess.create(224, 14, "squash", resample="nearest")
+    with pytest.raises(ValueError, match="resize must be one of squash, pad"):
+        Preprocess.create(224, 14, "crop")

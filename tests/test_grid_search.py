@@ -117,9 +117,9 @@ def test_chunked_matching_changes_nothing(tmp_path, colour_pairs, monkeypatch):
     assert evaluation.target_chunks([3, 3, 3, 10, 1], 7) == [[0, 1], [2], [3], [4]]
     pairs, member = _member_setup(tmp_path, colour_pairs)
     cfgs = [MatchConfig("argmax"), MatchConfig("wsoftargmax", 5, 0.1)]
-    whole = evaluation.predict_variants(pairs, [member], cfgs, progress=False)
+    whole = evaluation.predict_variants(pairs, [member], cfgs, progress=False, with_similarity=True)
     monkeypatch.setattr(evaluation, "CHUNK_KEYPOINTS", 7)  # 5 keypoints per pair, 15 per target image
-    chunked = evaluation.predict_variants(pairs, [member], cfgs, progress=False)
+    chunked = evaluation.predict_variants(pairs, [member], cfgs, progress=False, with_similarity=True)
     for a, b in zip(whole, chunked, strict=True):
         np.testing.assert_array_equal(a.pixels, b.pixels)
         np.testing.assert_array_equal(a.similarity, b.similarity)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from model_factory import (
 )
 from safetensors.torch import save_file
 
+import fileio
 from models import (
     BACKBONES,
     Backbone,
@@ -372,3 +374,62 @@ def test_official_weights_are_told_by_the_hash_their_file_name_carries(tmp_path)
     assert weights_origin(bb) == "official"
     bb.spec = replace(spec, md5_prefix=hashlib.sha256(b"weights").hexdigest()[:6])  # a sha256 prefix is not it
     assert weights_origin(bb) == "custom"
+
+
+def test_a_checkpoint_takes_a_layer_that_gives_its_own_features(tmp_path):
+    """--layer with a checkpoint: any index of the block it was trained on (negative too) is accepted,
+    DINO's last block is its default features, SAM's default goes through the neck, and an index out
+    of the model's blocks is refused (not wrapped round)."""
+    dino = save_finetuned(_tiny(tmp_path, "dinov2_vitb14"), tmp_path / "dino.pt")
+    default = create_backbone(checkpoint=str(dino), device="cpu")
+    last = create_backbone(checkpoint=str(dino), layer=-1, device="cpu")
+    assert create_backbone(checkpoint=str(dino), layer=2, device="cpu").layer is None  # the checkpoint's own
+    images = _images(default, 2, 3)
+    with torch.no_grad():
+        assert torch.equal(last(images), default(images))
+    with pytest.raises(ValueError, match="fine-tuned on the features of the last block; --layer 1"):
+        create_backbone(checkpoint=str(dino), layer=1, device="cpu")
+
+    block1 = save_finetuned(_tiny(tmp_path, "dinov2_vitb14", layer=1), tmp_path / "block1.pt")
+    assert create_backbone(checkpoint=str(block1), layer=-2, device="cpu").layer == 1
+    for out_of_range in (4, -4):  # 4 % 3 == 1 and -4 % 3 == 2 are no blocks of a 3-block model
+        with pytest.raises(ValueError, match=rf"layer must be a block index in \[-3, 2\], got {out_of_range}"):
+            create_backbone(checkpoint=str(block1), layer=out_of_range, device="cpu")
+
+    sam = save_finetuned(_tiny(tmp_path, "sam_vit_b"), tmp_path / "sam.pt")
+    with pytest.raises(ValueError, match="features of the last block through the neck; --layer -1"):
+        create_backbone(checkpoint=str(sam), layer=-1, device="cpu")
+    sam_last = save_finetuned(_tiny(tmp_path, "sam_vit_b", layer=-1), tmp_path / "sam_last.pt")
+    assert create_backbone(checkpoint=str(sam_last), layer=-1, device="cpu").layer == 2
+    assert create_backbone(checkpoint=str(sam_last), layer=2, device="cpu").layer == 2
+
+
+def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    """The weights file is hashed by several callers (its origin, a checkpoint's base, every validation):
+    its digest is kept per file and algorithm, and computed again only when the file changes."""
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"weights")
+    opened = []
+    real_open = open
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "open", counting_open, raising=False)
+    digest = hashlib.sha256(b"weights").hexdigest()
+    assert fileio.file_sha256(path) == digest
+    assert fileio.file_sha256(str(path)) == digest
+    link = tmp_path / "link.pth"
+    link.symlink_to(path)
+    assert fileio.file_sha256(link) == digest
+    assert len(opened) == 1
+    assert fileio.file_sha256(path, algorithm="md5") == hashlib.md5(b"weights").hexdigest()
+    assert len(opened) == 2
+
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # touched: read again
+    assert fileio.file_sha256(path) == digest and len(opened) == 3
+    path.write_bytes(b"other weights")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime as first, other size
+    assert fileio.file_sha256(path) == hashlib.sha256(b"other weights").hexdigest() and len(opened) == 4

@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-from paper_runs import hand_run, spair_runs
+from paper_runs import counted_run, hand_run, spair_runs
 
 import analysis
 import comparison
@@ -183,15 +183,13 @@ def test_comparison_is_paired_reproducible_and_says_when_a_difference_is_noise(r
     overall = table.frame.loc[("all", "all pairs")]
     assert overall["A"] == pytest.approx(a.metrics["pck@0.1"]["per_image"])
     assert overall["B"] == pytest.approx(b.metrics["pck@0.1"]["per_image"])
-    assert overall["B - A"] == pytest.approx(overall["B"] - overall["A"])
     with_interval = table.frame[table.frame["pairs"] >= 2]  # one pair: no interval
     assert with_interval.notna().all().all() and table.frame.loc[table.frame["pairs"] < 2, "A low"].isna().all()
     for name in ("A", "B", "B - A"):
         assert (with_interval[f"{name} low"] <= with_interval[name] + 1e-9).all()
         assert (with_interval[name] <= with_interval[f"{name} high"] + 1e-9).all()
-    noise = (table.frame["B - A low"] > 0) | (table.frame["B - A high"] < 0)
-    assert table.frame["more than noise"].tolist() == noise.tolist()
-    assert table.bold["B - A"].tolist() == noise.tolist()
+    assert table.bold["B - A"].tolist() == table.frame["more than noise"].tolist()
+    assert table.bold.drop(columns="B - A").to_numpy().sum() == 0
     again = comparison.compare_runs(a, b, ("argmax", "soft"), alpha=0.1)
     pd.testing.assert_frame_equal(table.frame, again.frame)  # fixed seed
     categories = table.frame.loc["category"]
@@ -201,6 +199,55 @@ def test_comparison_is_paired_reproducible_and_says_when_a_difference_is_noise(r
 
     same = comparison.compare_runs(a, a, ("a", "a"), alpha=0.1).frame.loc[("all", "all pairs")]
     assert (same["B - A"], same["B - A low"], same["B - A high"], same["more than noise"]) == (0, 0, 0, False)
+
+
+def compare_counted(tmp_path, correct_a, correct_b, keypoints, averaging="per_image"):
+    a = read_run(counted_run(tmp_path / "a", correct_a, keypoints))
+    b = read_run(counted_run(tmp_path / "b", correct_b, keypoints))
+    return comparison.compare_runs(a, b, ("a", "b"), alpha=0.1, averaging=averaging)
+
+
+def test_one_more_correct_keypoint_per_pair_is_a_known_difference_with_a_zero_width_interval(tmp_path):
+    """Every pair of B has one more of its 5 keypoints correct than in A: B - A is 20 points in every pair, so
+    every paired resample gives 20 and the interval is [20, 20], in every row; A's own interval is wide."""
+    correct_a = [0, 1, 2, 3, 4, 1, 2, 3]  # mean 2 of 5: PCK 40%; cat (even pairs) and dog both 40%
+    table = compare_counted(tmp_path, correct_a, [c + 1 for c in correct_a], [5] * 8)
+    frame = table.frame
+    assert frame.loc[("all", "all pairs"), ["A", "B", "pairs"]].tolist() == pytest.approx([40.0, 60.0, 8])
+    assert frame.loc["category", "A"].tolist() == pytest.approx([40.0, 40.0])
+    for column in ("B - A", "B - A low", "B - A high"):
+        np.testing.assert_allclose(frame[column].to_numpy(float), 20.0, atol=1e-9)
+    assert frame["more than noise"].all() and table.bold["B - A"].all()
+    overall = frame.loc[("all", "all pairs")]
+    assert overall["A low"] < 40.0 - 5 and overall["A high"] > 40.0 + 5  # unpaired, A alone varies a lot
+    assert frame.loc["viewpoint variation", "pairs"].tolist() == [3, 3, 2]  # pair i at level i % 3
+
+
+def test_differences_that_cancel_out_are_noise(tmp_path):
+    """B is one keypoint better on half the pairs and one worse on the other half: B - A is 0 and its interval
+    holds values on both sides of 0."""
+    correct_a = [1, 2] * 4
+    table = compare_counted(tmp_path, correct_a, [2, 1] * 4, [5] * 8)
+    overall = table.frame.loc[("all", "all pairs")]
+    assert overall["A"] == overall["B"] == pytest.approx(30.0) and overall["B - A"] == pytest.approx(0.0, abs=1e-9)
+    assert overall["B - A low"] < 0 < overall["B - A high"]
+    assert not overall["more than noise"] and not table.bold.loc[("all", "all pairs"), "B - A"]
+
+
+def test_per_keypoint_comparison_pools_keypoints(tmp_path):
+    """Pairs of 2 and 4 keypoints, B one more correct in each: per keypoint, B - A = 8 / 24 keypoints = 33.3
+    points (per image it would be the mean of 50 and 25 = 37.5); each resample gives a value between 25 and 50."""
+    keypoints, correct_a = [2, 4] * 4, [0, 1, 1, 2] * 2
+    correct_b = [c + 1 for c in correct_a]
+    pooled = compare_counted(tmp_path, correct_a, correct_b, keypoints, "per_keypoint")
+    overall = pooled.frame.loc[("all", "all pairs")]
+    assert overall["A"] == pytest.approx(100 * 8 / 24) and overall["B"] == pytest.approx(100 * 16 / 24)
+    assert overall["B - A"] == pytest.approx(100 * 8 / 24)
+    assert 25.0 <= overall["B - A low"] < overall["B - A"] < overall["B - A high"] <= 50.0
+    assert overall["more than noise"] and "per keypoint" in pooled.caption
+    assert pooled.frame.loc[("category", "cat"), "B - A"] == pytest.approx(50.0)  # cat: the 2-keypoint pairs
+    per_image = compare_counted(tmp_path / "image", correct_a, correct_b, keypoints).frame.loc[("all", "all pairs")]
+    assert per_image["B - A"] == pytest.approx(37.5)
 
 
 def test_comparison_refuses_different_pair_lists(runs, evaluation_runs, tmp_path):
@@ -217,7 +264,7 @@ def test_comparison_refuses_different_pair_lists(runs, evaluation_runs, tmp_path
 
 
 def test_example_rows_pick_the_easiest_and_hardest_keypoint_ids(runs):
-    rows = comparison.example_rows(*runs, alpha=0.1, n=2)
+    rows = comparison.example_rows(runs[0].keypoints(), runs[1].keypoints(), alpha=0.1, n=2)
     ids = paper.keypoint_id_pck(runs[0].keypoints(), 0.1)["pck"]
     assert rows["kind"].tolist() == ["easy", "easy", "hard", "hard"]
     easy, hard = rows.iloc[0], rows.iloc[2]
@@ -227,5 +274,7 @@ def test_example_rows_pick_the_easiest_and_hardest_keypoint_ids(runs):
     assert rows["pred_x_b"].tolist() == [
         b.loc[(p, k), "pred_x"] for p, k in zip(rows["pair_id"], rows["kp_id"], strict=True)
     ]
-    assert rows["correct"].tolist() == (rows["distance"] <= 0.1 * rows["norm_L"]).tolist()
+    for column, run in (("correct", runs[0]), ("correct_b", runs[1])):  # as pck.py scored them in the runs' files
+        stored = run.keypoints().set_index(["pair_id", "kp_id"])["correct@0.1"]
+        assert rows[column].tolist() == [stored.loc[key] for key in zip(rows["pair_id"], rows["kp_id"], strict=True)]
     assert np.isfinite(rows[["error", "error_b"]].to_numpy()).all()

@@ -260,3 +260,18 @@ def test_the_originals_checkpoint_format_loads_with_checkpoint(tmp_path):
 def test_match_config_border_is_the_protocols_when_not_given():
     assert resolved(protocol="original", match=MatchConfig("wsoftargmax"))[0].match.window_border == "clip"
     assert resolved(match=MatchConfig("wsoftargmax", window_border="clip"))[0].match.window_border == "clip"
+
+
+def test_an_override_is_warned_about_once_per_run(colour_pairs, tmp_path):
+    """The flow resolves its config at several steps; the warning comes from the first only."""
+    from synthetic import colour_backbone, colour_config
+
+    from evaluation import evaluate
+
+    cfg = colour_config(tmp_path, protocol="original", resample="pil-bicubic", coordinates="centre")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate(cfg, colour_pairs, colour_backbone(tmp_path, image_size=64))
+    leaving = [str(w.message) for w in caught if "leaves the original protocol" in str(w.message)]
+    names = [m.split("=")[0] for m in leaving]
+    assert "resample" in names and "coordinates" in names and len(names) == len(set(names))

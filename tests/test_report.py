@@ -3,6 +3,7 @@ fine-tuning runs and grid searches, PCK at any threshold, and the paper tables a
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,9 +13,11 @@ from model_factory import tiny_checkpoint
 from paper_runs import spair_runs
 
 import analysis
+import paper
 import published
 import report
 import results
+import viz2d
 
 
 def test_report_table_and_markdown(evaluation_runs, tmp_path):
@@ -108,6 +111,17 @@ def test_report_errors(tmp_path, evaluation_runs):
         report.main([str(evaluation_runs[0].parent), "--latex", str(tmp_path / "tex"), "--names", "a"])
 
 
+def test_names_follow_the_order_of_the_paths_given(evaluation_runs, tmp_path):
+    first, second = evaluation_runs  # the older run first
+    table = report.main([str(second), str(first.parent), "--latex", str(tmp_path), "--names", "soft", "arg"])
+    assert table["path"].tolist() == [str(second), str(first)]  # a folder found again is counted once
+    overall = pd.read_csv(tmp_path / "custom-test-bbox" / "overall.csv").set_index("run")
+    for name, run in (("soft", second), ("arg", first)):
+        assert overall.loc[name, "PCK@0.1"] == json.loads((run / "metrics.json").read_text())["pck@0.1"]["per_image"]
+    with pytest.raises(ValueError, match=f"give one each, in this order: {second}, {first}$"):
+        report.main([str(second), str(first), "--latex", str(tmp_path), "--names", "soft"])
+
+
 def write_finetune(folder):
     """A fine-tuning run's folder as finetuning/training.py writes it: validated at steps 0, 10, 20, 30."""
     args = {"model": "dinov2_vitb14", "checkpoint": None, "dataset": "spair", "train_split": "trn", "val_split": "val",
@@ -177,9 +191,16 @@ def test_damaged_or_incomplete_folders_are_skipped_with_a_warning_naming_the_fil
     assert (tmp_path / "tex" / "custom-test-bbox" / "overall.tex").is_file()
 
 
-def test_report_writes_latex_figures_and_a_comparison_per_group(evaluation_runs, tmp_path, capsys):
+def test_report_writes_latex_figures_and_a_comparison_per_group(evaluation_runs, tmp_path, capsys, monkeypatch):
     spair = spair_runs(tmp_path / "spair")
     out = tmp_path / "paper"
+    figures, save_plot = {}, viz2d.save_plot  # every figure written, by its path under out
+
+    def recording(figure, path):
+        figures[Path(path).relative_to(out).as_posix()] = figure
+        return save_plot(figure, path)
+
+    monkeypatch.setattr(viz2d, "save_plot", recording)
     report.main([str(evaluation_runs[0].parent), str(spair[0].parent), "--latex", str(out), "--figures", str(out),
                  "--compare", str(spair[0]), str(spair[1]), "--alphas", "0.05", "0.1"])  # fmt: skip
     printed = capsys.readouterr().out
@@ -197,7 +218,27 @@ def test_report_writes_latex_figures_and_a_comparison_per_group(evaluation_runs,
     for figure in ("pck_curves.png", "keypoint_ids.png", "keypoint_examples.png"):
         assert (spair_dir / figure).stat().st_size > 10_000, figure
     assert (custom_dir / "pck_curves.png").is_file()
+    assert sorted(figures) == sorted(
+        ["custom-test-bbox/pck_curves.png"]
+        + [f"spair-test-bbox/{f}" for f in ("pck_curves.png", "keypoint_ids.png", "keypoint_examples.png")]
+    )
     overall = pd.read_csv(spair_dir / "overall.csv")
+    labels = overall["run"].tolist()  # the names of the spair runs in the tables
+    curves, ids, examples = (
+        figures[f"spair-test-bbox/{f}.png"] for f in ("pck_curves", "keypoint_ids", "keypoint_examples")
+    )
+    assert [ax.get_title().split(":")[0] for ax in curves.axes] == ["per image", "per keypoint"]
+    assert [len(ax.get_lines()) for ax in curves.axes] == [2, 2]  # one curve per run
+    assert [t.get_text() for t in curves.legends[0].get_texts()] == labels
+    id_a, id_b = (paper.keypoint_id_pck(results.read_run(run).keypoints(), 0.1)["pck"] for run in spair)
+    assert [t.get_text() for t in ids.legends[0].get_texts()] == labels
+    panels = [ax for ax in ids.axes if ax.patches]
+    assert [ax.get_title() for ax in panels] == [
+        f"{c}: mean {id_a.loc[c].mean():.1f} vs {id_b.loc[c].mean():.1f}" for c in ("cat", "dog")
+    ]
+    assert [len(ax.patches) for ax in panels] == [2 * len(id_a.loc[c]) for c in ("cat", "dog")]  # A and B per id
+    assert [ax.get_title().split(":")[0] for ax in examples.axes[::2]] == ["easy", "easy", "hard", "hard"]
+    assert [t.get_text() for t in examples.legends[0].get_texts()][1:3] == [f"A: {labels[0]}", f"B: {labels[1]}"]
     metrics = json.loads((spair[1] / "metrics.json").read_text())
     assert overall.loc[1, "PCK@0.1"] == metrics["pck@0.1"]["per_image"] and list(overall.columns)[1:] == [
         "PCK@0.05",

@@ -83,3 +83,14 @@ def test_bad_folders_are_clear_errors(tmp_path):
     (run_dir / "best_parameters.json").write_text("{")
     with pytest.raises(results.RunFolderError, match="unreadable JSON"):
         results.read_run(run_dir).read("best_parameters")
+
+
+def test_a_file_is_read_once_and_each_caller_gets_its_own_table(evaluation_runs, monkeypatch):
+    run = results.read_run(evaluation_runs[0])
+    reads = []
+    read_csv = pd.read_csv
+    monkeypatch.setattr(pd, "read_csv", lambda *a, **kw: reads.append(a[0]) or read_csv(*a, **kw))
+    first = run.keypoints()
+    first["distance"] = -1.0  # a caller's change stays its own
+    second = run.keypoints()
+    assert len(reads) == 1 and (second["distance"] >= 0).all()
