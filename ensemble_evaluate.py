@@ -31,26 +31,29 @@ from __future__ import annotations
 
 import argparse
 
-from cli import (
-    HelpFormatter,
+from semcorr.cli.errors import run_main
+from semcorr.cli.flags import (
     add_data_args,
     add_extraction_args,
     add_matcher_args,
     add_output_args,
     add_protocol_args,
-    eval_config,
+    default_text,
+    given,
     parse_member,
-    run_main,
+    parser,
+    positive_float,
 )
-from settings import AVERAGINGS, COMBINE_MODES, COMMON_GRIDS, EnsembleConfig
+from semcorr.cli.resolve import resolve
+from semcorr.config.settings import AVERAGINGS, COMBINE_MODES, COMMON_GRIDS, WeightSearchSettings
 
 
-class Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the option help, the description kept as written."""
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """The description kept as written."""
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+def arguments() -> argparse.ArgumentParser:
+    p = parser(__doc__, Formatter)
     g = p.add_argument_group("members")
     g.add_argument(
         "--member",
@@ -64,15 +67,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--common-grid",
         choices=COMMON_GRIDS,
-        help="whose patch grid similarity maps are resized to, and pixels computed from (default protocol: "
-        "finest; original: coarsest, SAM's 32 x 32)",
+        help="whose patch grid similarity maps are resized to, and pixels computed from (default: per protocol: "
+        "default finest; original coarsest, SAM's 32 x 32)",
     )
     g.add_argument(
         "--combine",
         choices=COMBINE_MODES,
-        default="similarity",
         help="similarity: weighted sum of the members' similarity maps; features: cosine similarity "
-        "of the members' concatenated features (resized to the common grid)",
+        "of the members' concatenated features (resized to the common grid)" + default_text("ensemble.combine"),
     )
     add_extraction_args(g)
     add_data_args(p)
@@ -83,20 +85,31 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score every weight combination (member weights ignored) instead of evaluating",
     )
-    s.add_argument("--weight-step", type=float, default=0.1, help="spacing of the simplex grid of weights")
-    s.add_argument("--select-by", choices=tuple(AVERAGINGS), default="per_image", help="averaging that picks the best")
+    s.add_argument(
+        "--weight-step",
+        type=positive_float,
+        help="spacing of the simplex grid of weights" + default_text("step", WeightSearchSettings),
+    )
+    s.add_argument(
+        "--select-by",
+        choices=tuple(AVERAGINGS),
+        help="averaging that picks the best weights" + default_text("select_by", WeightSearchSettings),
+    )
     add_protocol_args(p)
     add_output_args(p)
-    p.set_defaults(model="ensemble", weights=None, layer=None)  # the EvalConfig fields of a single model
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    ens = EnsembleConfig(args.members, args.common_grid, args.combine, args.weight_step, args.select_by)
-    from ensemble import run_ensemble  # torch loads after the arguments are parsed
+    flags = given(arguments().parse_args(argv))
+    if flags.pop("search_weights", False):
+        from semcorr.engine.ensemble import run_weight_search  # torch loads after the arguments are parsed
 
-    run_ensemble(eval_config(args), ens, search=args.search_weights)
+        run_weight_search(*resolve("weight_search", flags))
+    else:
+        from semcorr.engine.evaluation import run_evaluation
+
+        run_evaluation(resolve("ensemble", flags))
 
 
 if __name__ == "__main__":

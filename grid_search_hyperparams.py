@@ -8,9 +8,9 @@ Every cell reuses the same features and the same similarity maps, so the grid co
 time, not backbone time. The results folder (results/<time>_<model>_<dataset>_<split>_grid) holds:
   grid_search_results.csv   one row per (K, T), plus argmax for reference: PCK at each alpha with
                             both averagings, and the seconds of the cell's matcher and scoring
-  best_parameters.json      the best (K, T) at each alpha, chosen by --select-by (ties: the first
-                            cell in grid order); evaluate.py / training_free_evaluation.py
-                            --params read it
+  best_parameters.json      the matcher and the best (K, T) at each alpha, chosen by --select-by
+                            (ties: the first cell in grid order); evaluate.py /
+                            training_free_evaluation.py --params read it
   grid_search_heatmap.png   PCK over the grid, one panel per alpha, the best cell outlined
   config.json               the settings, the resolved backbone and the environment
 """
@@ -19,47 +19,57 @@ from __future__ import annotations
 
 import argparse
 
-from cli import (
-    HelpFormatter,
+from semcorr.cli.errors import run_main
+from semcorr.cli.flags import (
     add_backbone_args,
     add_data_args,
-    add_descriptor_arg,
+    add_matcher_args,
     add_output_args,
     add_protocol_args,
-    eval_config,
+    default_text,
+    given,
     odd_window,
+    parser,
     positive_float,
-    run_main,
 )
-from settings import AVERAGINGS, GRID_TEMPERATURES, GRID_WINDOWS, WINDOW_BORDERS, MatchConfig
+from semcorr.cli.resolve import default, resolve
+from semcorr.config.settings import AVERAGINGS, GridSettings
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+def arguments() -> argparse.ArgumentParser:
+    p = parser(__doc__.splitlines()[0])
     add_backbone_args(p, "optional")
     add_data_args(p, split="val")
     g = p.add_argument_group("grid")
-    g.add_argument("--windows", type=odd_window, nargs="+", default=list(GRID_WINDOWS), help="window sizes K (odd)")
     g.add_argument(
-        "--temperatures", type=positive_float, nargs="+", default=list(GRID_TEMPERATURES), help="temperatures T"
+        "--windows", type=odd_window, nargs="+", help=f"window sizes K (odd) (default: {default_list('windows')})"
     )
     g.add_argument(
-        "--select-by", choices=tuple(AVERAGINGS), default="per_image", help="averaging that picks the best cell"
+        "--temperatures",
+        type=positive_float,
+        nargs="+",
+        help=f"temperatures T (default: {default_list('temperatures')})",
     )
-    add_descriptor_arg(g)
-    g.add_argument("--window-border", choices=WINDOW_BORDERS, help="soft-argmax window at the border (see --protocol)")
+    g.add_argument(
+        "--select-by",
+        choices=tuple(AVERAGINGS),
+        help="averaging that picks the best cell" + default_text("select_by", GridSettings),
+    )
+    add_matcher_args(p, grid=True)
     add_protocol_args(p)
     add_output_args(p, save_vis=False)
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    match = MatchConfig("wsoftargmax", descriptor=args.descriptor, window_border=args.window_border)
-    cfg = eval_config(args, match=match)
-    from grid_search import run_grid_search  # torch loads after the arguments are parsed
+def default_list(name: str) -> str:
+    return " ".join(f"{v:g}" for v in default(GridSettings, name))
 
-    run_grid_search(cfg, windows=args.windows, temperatures=args.temperatures, select_by=args.select_by)
+
+def main(argv: list[str] | None = None) -> None:
+    flags = {"split": "val", **given(arguments().parse_args(argv))}
+    from semcorr.engine.grid_search import run_grid_search  # torch loads after the arguments are parsed
+
+    run_grid_search(*resolve("grid", flags))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Image preprocessing and batched dense feature extraction (each unique image through the backbone once).
 
-Coordinates and the resize geometry live in geometry.py; image decoding in images.py.
+Coordinates and the resize geometry live in semcorr/data/geometry.py; image decoding in semcorr/data/images.py.
 """
 
 from __future__ import annotations
@@ -16,35 +16,23 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from feature_cache import FeatureCache
-from geometry import Geometry, Preprocess, image_geometry
-from images import ImageError, ImageRef, load_image
+from semcorr.config.settings import ExtractSettings
+from semcorr.data.geometry import Geometry, Preprocess, image_geometry
+from semcorr.data.images import ImageError, ImageRef, load_image
+from semcorr.storage.feature_cache import FeatureCache
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def backbone_preprocess(
-    backbone: torch.nn.Module,
-    image_size: list[int] | None,
-    resize: str | None,
-    *,
-    resample: str = "pil-bicubic",
-    coordinates: str = "centre",
+def member_preprocess(
+    image_size: tuple[int, int], resize: str, extract: ExtractSettings, patch_size: int
 ) -> Preprocess:
-    """The network input for a backbone: the given size and resize mode, else those a fine-tuned
-    checkpoint was trained with, else the backbone's default size and squash."""
-    trained = getattr(backbone, "extra", {}).get("finetune", {})
-    size = image_size or trained.get("image_size") or [backbone.default_image_size]
-    mode = resize or trained.get("resize") or "squash"
-    side = size[0] if len(size) == 1 else (size[0], size[1])
-    prep = Preprocess.create(side, backbone.patch_size, mode, resample=resample, coordinates=coordinates)
-    if min(prep.grid) < 2:
-        raise ValueError(
-            f"--image-size {'x'.join(map(str, size))} gives a {prep.grid[0]}x{prep.grid[1]} patch grid with "
-            f"{backbone.patch_size}-pixel patches: at least 2 patches per side are needed (>= {2 * backbone.patch_size})"
-        )
-    return prep
+    """The network input of a backbone with `patch_size`: `image_size` (H, W) and `resize`, with the run's
+    resampling and coordinate convention."""
+    return Preprocess.create(
+        tuple(image_size), patch_size, resize, resample=extract.resample, coordinates=extract.coordinates
+    )
 
 
 def preprocess_image(image: Image.Image, prep: Preprocess) -> torch.Tensor:
@@ -124,23 +112,25 @@ def check_finite(backbone: torch.nn.Module, bad: list[ImageRef], total: int) -> 
         )
 
 
+STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}  # ExtractSettings.feature_dtype
+
+
 def extract_features(
     backbone: torch.nn.Module,
     images: list[ImageRef],
     prep: Preprocess,
+    extract: ExtractSettings,
     *,
     cache: FeatureCache | None = None,
-    batch_size: int = 16,
-    num_workers: int = 2,
-    store_dtype: torch.dtype = torch.float16,
     progress: bool = True,
 ) -> FeatureSet:
-    """Run each image through the backbone once (batched), reusing and filling the disk cache.
+    """Run each image through the backbone once (batched by `extract.batch_size`, decoded by
+    `extract.num_workers` processes), reusing and filling the disk cache.
 
-    Features are stored in `store_dtype` (fp16 by default, on the backbone's device) and
-    L2-normalised over channels so that a dot product is the cosine similarity.
+    Features are stored in `extract.feature_dtype` (on the backbone's device) and L2-normalised over
+    channels so that a dot product is the cosine similarity.
     """
-    device = backbone.device
+    device, store_dtype = backbone.device, STORE_DTYPES[extract.feature_dtype]
     shape = (backbone.feature_dim, *prep.grid)
     feats = torch.empty(len(images), *shape, dtype=store_dtype, device=device)
     finite = torch.ones(len(images), dtype=torch.bool, device=device)
@@ -155,8 +145,8 @@ def extract_features(
         t0 = time.perf_counter()
         loader = DataLoader(
             ImageDataset([images[i] for i in todo], prep),
-            batch_size=batch_size,
-            num_workers=num_workers,
+            batch_size=extract.batch_size,
+            num_workers=extract.num_workers,
             collate_fn=collate_images,
             pin_memory=device.type == "cuda",
         )

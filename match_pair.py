@@ -22,38 +22,46 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli import (
-    HelpFormatter,
+from semcorr.cli.errors import run_main
+from semcorr.cli.flags import (
     add_backbone_args,
     add_matcher_args,
     add_output_args,
     add_protocol_args,
     attach_values,
-    eval_config,
-    parse_points,
+    count,
+    default_text,
+    given,
+    parser,
     path,
-    run_main,
+    points,
+    positive_int,
 )
+from semcorr.cli.resolve import resolve
+from semcorr.config.settings import PairSettings
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+def arguments() -> argparse.ArgumentParser:
+    p = parser(__doc__.splitlines()[0])
     g = p.add_argument_group("images")
     g.add_argument("--src", type=path, required=True, help="source image")
     g.add_argument("--trg", type=path, required=True, help="target image")
-    g.add_argument("--points", help="source points 'x,y;x,y;...' in pixels (default: a grid)")
-    g.add_argument("--grid", type=int, default=5, help="without --points: an N x N grid of source points")
+    g.add_argument("--points", type=points, help="source points 'x,y;x,y;...' in pixels (default: a grid)")
+    g.add_argument(
+        "--grid",
+        type=positive_int,
+        help="without --points: an N x N grid of source points" + default_text("grid", PairSettings),
+    )
     g.add_argument(
         "--mutual",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="without --points: the N most similar mutual nearest neighbours instead of a grid",
     )
     g.add_argument(
         "--heatmap",
-        type=int,
+        type=count,
         nargs="*",
-        default=[],
         metavar="I",
         help="also draw the similarity map of these points (indices into the points)",
     )
@@ -61,24 +69,14 @@ def parser() -> argparse.ArgumentParser:
     add_matcher_args(p)
     add_protocol_args(p)
     add_output_args(p, save_vis=False, seed=False)
-    p.set_defaults(dataset="custom", data_root=None, split="pair", layout="large", limit=None, seed=0)
-    p.set_defaults(thresholds=[], pck_norm=None)  # the EvalConfig fields of a dataset
     return p
 
 
 def main(argv: list[str] | None = None) -> Path:
-    args = parser().parse_args(attach_values(sys.argv[1:] if argv is None else argv, ("--points",)))
-    points = parse_points(args.points) if args.points else None
-    if args.points is None and args.grid < 1:
-        raise ValueError(f"--grid must be >= 1, got {args.grid}")
-    if args.mutual is not None and args.mutual < 1:
-        raise ValueError(f"--mutual must be >= 1, got {args.mutual}")
-    cfg = eval_config(args)
-    from pair_matching import run_match  # torch loads after the arguments are parsed
+    flags = given(arguments().parse_args(attach_values(sys.argv[1:] if argv is None else argv, ("--points",))))
+    from semcorr.engine.pair import run_match  # torch loads after the arguments are parsed
 
-    return run_match(
-        cfg, src=args.src, trg=args.trg, points=points, grid=args.grid, mutual=args.mutual, heatmaps=args.heatmap
-    )
+    return run_match(*resolve("match", flags))
 
 
 if __name__ == "__main__":

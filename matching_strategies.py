@@ -1,20 +1,21 @@
-"""Descriptor sampling and matchers on similarity maps, vectorised over all keypoints at once.
+"""Descriptor sampling and the matchers (MATCHERS) on similarity maps, vectorised over all keypoints at once.
 
 All positions here are continuous patch coordinates (x, y) with patch centres at integers
-(see geometry.py). A similarity map has shape (K, h, w): one map per query keypoint.
+(see semcorr/data/geometry.py). A similarity map has shape (K, h, w): one map per query keypoint.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from geometry import nearest_patch
-from settings import MATCHERS, WINDOW_BORDERS
+from semcorr.config.settings import WINDOW_BORDERS, MatchSettings
+from semcorr.data.geometry import nearest_patch
 
-Matcher = Literal["argmax", "wsoftargmax"]
 DescriptorSampling = Literal["nearest", "bilinear"]
 
 
@@ -43,16 +44,14 @@ def sample_descriptors(
     return F.normalize(top * (1 - fy) + bottom * fy, dim=1).to(feats.dtype)
 
 
-def argmax_match(sim: torch.Tensor) -> torch.Tensor:
+def argmax_match(sim: torch.Tensor, match: MatchSettings | None = None) -> torch.Tensor:
     """(K, h, w) similarity -> (K, 2) float (x, y) of the most similar patch."""
     w = sim.shape[-1]
     idx = sim.flatten(1).argmax(dim=1)
     return torch.stack([idx % w, idx // w], dim=1).to(torch.float32)
 
 
-def window_soft_argmax(
-    sim: torch.Tensor, window: int = 5, temperature: float = 0.1, border: str = "shrink"
-) -> torch.Tensor:
+def window_soft_argmax(sim: torch.Tensor, match: MatchSettings) -> torch.Tensor:
     """Soft-argmax in a window x window neighbourhood centred on the argmax.
 
     softmax(sim / temperature) over the window, then the expected position. At the border the
@@ -60,6 +59,7 @@ def window_soft_argmax(
     centred on the argmax ("shrink"): a clipped window ("clip", the original project) keeps its
     inner side and so pulls estimates toward the interior.
     """
+    window, temperature, border = match.window, match.temperature, match.window_border
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window must be a positive odd number, got {window}")
     if temperature <= 0:
@@ -89,12 +89,27 @@ def window_soft_argmax(
     return peak.float() + torch.stack([dx, dy], dim=1)
 
 
-def match(
-    sim: torch.Tensor, matcher: Matcher = "argmax", window: int = 5, temperature: float = 0.1, border: str = "shrink"
-) -> torch.Tensor:
-    """Apply the named matcher to (K, h, w) similarity maps -> (K, 2) patch coordinates."""
-    if matcher == "argmax":
-        return argmax_match(sim)
-    if matcher == "wsoftargmax":
-        return window_soft_argmax(sim, window, temperature, border)
-    raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
+@dataclass(frozen=True)
+class Matcher:
+    """A matcher: (K, h, w) similarity maps and the run's MatchSettings -> (K, 2) patch coordinates (x, y)."""
+
+    function: Callable[[torch.Tensor, MatchSettings], torch.Tensor]
+    uses: tuple[str, ...]  # the MatchSettings fields it reads (a grid search varies window and temperature)
+    description: str
+
+
+# Every matcher, by the name --matcher takes: evaluations, grid searches, ensembles and the explorer read this
+# table, so a new matcher is its function and one line here.
+MATCHERS: dict[str, Matcher] = {
+    "argmax": Matcher(argmax_match, (), "the most similar target patch"),
+    "wsoftargmax": Matcher(
+        window_soft_argmax, ("window", "temperature", "window_border"), "soft-argmax in a window around the argmax"
+    ),
+}
+
+
+def match(sim: torch.Tensor, settings: MatchSettings) -> torch.Tensor:
+    """Apply the matcher `settings` names to (K, h, w) similarity maps -> (K, 2) patch coordinates."""
+    if settings.matcher not in MATCHERS:
+        raise ValueError(f"matcher must be one of {', '.join(MATCHERS)}, got {settings.matcher!r}")
+    return MATCHERS[settings.matcher].function(sim, settings)

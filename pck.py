@@ -10,11 +10,13 @@ Two averagings are reported: per_image (mean over pairs of each pair's PCK) and 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
-from pairs import PairRecord
-from settings import PCK_NORMS
+from semcorr.config.settings import PCK_NORMS
+from semcorr.data.pairs import PairRecord
 
 NORM_DESCRIPTIONS = {
     "bbox": "alpha * max side of the target bounding box",
@@ -25,6 +27,11 @@ NORM_DESCRIPTIONS = {
 
 def correct_column(alpha: float) -> str:
     return f"correct@{alpha:g}"
+
+
+def is_correct(distance: np.ndarray | pd.Series, norm_l: np.ndarray | pd.Series, alpha: float) -> np.ndarray:
+    """The rule that marks a keypoint correct at alpha: its distance to the ground truth is <= alpha * L."""
+    return np.asarray(distance <= alpha * norm_l)
 
 
 def normaliser(pair: PairRecord, norm: str) -> float:
@@ -75,9 +82,26 @@ def keypoint_table(
     )
     if similarity is not None:
         table["similarity"] = similarity
-    for alpha in alphas:
-        table[correct_column(alpha)] = dist <= alpha * norms
-    return table
+    return mark_correct(table, alphas)
+
+
+def mark_correct(table: pd.DataFrame, alphas: Iterable[float]) -> pd.DataFrame:
+    """The per-keypoint table with a correct@alpha column for each alpha by `is_correct`: scores a table at
+    thresholds it was not evaluated at (a column it has is replaced in place)."""
+    alphas = list(alphas)
+    correct = pd.DataFrame({correct_column(a): is_correct(table["distance"], table["norm_L"], a) for a in alphas},
+                           index=table.index)  # fmt: skip
+    present = [column for column in correct if column in table]
+    scored = pd.concat([table, correct.drop(columns=present)], axis="columns")
+    scored[present] = correct[present]
+    return scored
+
+
+def pck_curve(table: pd.DataFrame, alphas: Iterable[float]) -> pd.DataFrame:
+    """PCK (%) at any alphas from a per-keypoint table, both averagings, computed as metrics.json's are."""
+    alphas = [float(a) for a in alphas]
+    scores = overall(mark_correct(table, alphas), alphas)
+    return pd.DataFrame([{"alpha": a, **scores[f"pck@{a:g}"]} for a in alphas])
 
 
 def overall(table: pd.DataFrame, alphas: list[float]) -> dict[str, dict[str, float]]:

@@ -7,7 +7,7 @@
 
 It prints how many results folders it found of each kind, then one table per kind: evaluations
 (single models and ensembles; PCK "per image (per keypoint)" beside the original project's
-published number, copied in published.py, only when a run ran that number's whole protocol:
+published number, copied in semcorr/report/published.py, only when a run ran that number's whole protocol:
 --protocol original without overrides, the same backbones with their ensemble weights and image
 sizes, weights origin, matcher with its K and T, dataset, split, number of pairs and PCK
 threshold), fine-tuning runs (best and last validation PCK, steps, settings) and grid searches
@@ -32,14 +32,16 @@ import sys
 import warnings
 from pathlib import Path
 
-from cli import HelpFormatter, run_main
-from settings import AVERAGINGS, DEFAULT_THRESHOLDS
+from semcorr.cli.errors import run_main
+from semcorr.config.settings import AVERAGINGS, DEFAULT_THRESHOLDS
 
 REPORTED_KINDS = ("evaluation", "finetune", "grid")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("paths", nargs="+", help="results folders, or folders holding them")
     p.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), help="PCK thresholds shown")
     p.add_argument("--markdown", help="also write the evaluations' markdown table here")
@@ -68,27 +70,28 @@ def main(argv: list[str] | None = None):
 
 
 def report(args: argparse.Namespace):
-    import analysis
-    from fileio import atomic_write, write_csv
+    from semcorr.report import tables
+    from semcorr.runs.folders import load_runs
+    from semcorr.storage.files import atomic_write, write_csv
 
-    runs = analysis.load_runs(args.paths)
-    print(f"found {analysis.kinds_text(runs)}")
+    runs = load_runs(args.paths)
+    print(f"found {tables.kinds_text(runs)}")
     by_kind = {kind: [r for r in runs if r.kind == kind] for kind in REPORTED_KINDS}
     if not any(by_kind.values()):
         raise FileNotFoundError(f"no evaluation, fine-tuning or grid-search results under {', '.join(args.paths)}")
     evaluations = by_kind["evaluation"]
-    table = analysis.report_table(evaluations, tuple(args.alphas))
+    table = tables.report_table(evaluations, tuple(args.alphas))
     if evaluations:
-        text = analysis.to_markdown(table, tuple(args.alphas))
+        text = tables.report_markdown(table, tuple(args.alphas))
         print(f"\n## evaluations\n\n{text}")
         if args.markdown:
             atomic_write(args.markdown, lambda tmp: tmp.write_text(text))
         if args.csv:
             write_csv(args.csv, table)
     if by_kind["finetune"]:
-        print("## fine-tuning runs\n\n" + analysis.markdown_table(analysis.finetune_table(by_kind["finetune"])))
+        print("## fine-tuning runs\n\n" + tables.markdown_table(tables.finetune_table(by_kind["finetune"])))
     if by_kind["grid"]:
-        print("## grid searches\n\n" + analysis.markdown_table(analysis.grid_table(by_kind["grid"])))
+        print("## grid searches\n\n" + tables.markdown_table(tables.grids_table(by_kind["grid"])))
     labels = names_of(evaluations, args.names)
     if evaluations and (args.latex or args.figures):
         write_paper(evaluations, labels, args)
@@ -99,21 +102,21 @@ def report(args: argparse.Namespace):
 
 def names_of(runs: list, names: list[str] | None) -> dict[Path, str]:
     """Each evaluation's name in tables and figures (by its resolved folder): --names, in the order the runs
-    were found (analysis.load_runs), or a short label."""
-    import analysis
+    were found (load_runs), or a short label."""
+    from semcorr.report import tables
 
     if names is not None and len(names) != len(runs):
         raise ValueError(
             f"--names gives {len(names)} names for {len(runs)} evaluations; give one each, in this order: "
             + ", ".join(str(run.path) for run in runs)
         )
-    return dict(zip((run.path.resolve() for run in runs), names or analysis.unique_labels(runs), strict=True))
+    return dict(zip((run.path.resolve() for run in runs), names or tables.unique_labels(runs), strict=True))
 
 
 def write_paper(evaluations: list, labels: dict[Path, str], args: argparse.Namespace) -> None:
     """Tables (--latex) and figures (--figures) of each group of evaluations (same dataset, split, threshold)."""
-    import analysis
-    import paper
+    import pck
+    from semcorr.report import paper
 
     groups = paper.group_runs(evaluations)
     if len(groups) > 1:
@@ -131,30 +134,24 @@ def write_paper(evaluations: list, labels: dict[Path, str], args: argparse.Names
             written = [path for table, where in tables for path in paper.write_table(table, where)]
             print(f"{group}: {len(written)} table files under {folder}")
         if args.figures:
-            import plots
-            import viz2d  # matplotlib (and torch) load only for figures
+            from semcorr.viz import charts, viz2d  # matplotlib loads only for figures
 
-            curves = {
-                n: analysis.pck_curve(run.keypoints(), paper.CURVE_ALPHAS) for run, n in zip(runs, names, strict=True)
-            }
-            figure = plots.pck_curves(curves, paper.dataset_text(runs))
+            curves = {n: pck.pck_curve(run.keypoints(), paper.CURVE_ALPHAS) for run, n in zip(runs, names, strict=True)}
+            figure = charts.pck_curves(curves, paper.dataset_text(runs))
             print(f"{group}: wrote {viz2d.save_plot(figure, Path(args.figures) / group / 'pck_curves.png')}")
 
 
 def compare(args: argparse.Namespace, evaluations: list, names: dict[Path, str]) -> None:
     """Print the comparison of two evaluations (the runs already loaded when they are among them); write its
     table and figures when asked."""
-    import analysis
-    import comparison
-    import paper
-    from results import read_run
+    from semcorr.report import comparison, paper, tables
+    from semcorr.runs.folders import check_run, read_run
 
     loaded = {run.path.resolve(): run for run in evaluations}
     a, b = (
-        loaded.get(Path(path).resolve()) or analysis.check_run(read_run(path, kinds=("evaluation",)))
-        for path in args.compare
+        loaded.get(Path(path).resolve()) or check_run(read_run(path, kinds=("evaluation",))) for path in args.compare
     )
-    short = analysis.unique_labels([a, b])
+    short = tables.unique_labels([a, b])
     labels = (names.get(a.path.resolve(), short[0]), names.get(b.path.resolve(), short[1]))
     table = comparison.compare_runs(a, b, labels, args.alpha, args.averaging)
     print("\n## comparison\n\n" + paper.to_markdown(table))

@@ -33,8 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from images import ImageRef
-from pairs import (
+from semcorr.config.settings import DataSettings
+from semcorr.data.images import ImageRef
+from semcorr.data.pairs import (
     DatasetError,
     PairRecord,
     PairSet,
@@ -97,17 +98,10 @@ def read_layout(path: Path) -> list[PairName]:
     return names
 
 
-def load(
-    root: Path,
-    split: str = "test",
-    layout: str = "large",
-    limit: int | None = None,
-    *,
-    shift_one_based: bool = True,
-    clamp: bool = True,
-) -> PairSet:
-    """The pairs of `split` in `Layout/<layout>`, keypoints and flags from the pair annotations
-    (0-based already: `shift_one_based` changes nothing here)."""
+def load(root: Path, data: DataSettings) -> PairSet:
+    """The pairs of `data.split` in `Layout/<data.layout>`, keypoints and flags from the pair annotations
+    (0-based already: `data.pf_shift` changes nothing here)."""
+    split, layout = data.split, data.layout
     check_split(NAME, split, SPLITS)
     if layout not in LAYOUTS:
         raise DatasetError(f"SPair-71k has no layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
@@ -117,7 +111,9 @@ def load(
     if missing:
         raise missing_root_error(NAME, root, EXPECTED_LAYOUT, missing)
     names = read_layout(layout_file)
-    return collect_pairs(NAME, split, root, _records(root, ann_dir, names), limit=limit, clamp=clamp)
+    return collect_pairs(
+        NAME, split, root, _records(root, ann_dir, names), limit=data.limit, clamp=data.clamp_keypoints
+    )
 
 
 def _records(root: Path, ann_dir: Path, names: list[PairName]) -> Iterator[PairRecord]:

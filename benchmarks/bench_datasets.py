@@ -21,7 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pairs import load_pairs  # noqa: E402
+from semcorr.data.datasets import load_pairs  # noqa: E402
 from SPair71k import read_layout  # noqa: E402
 
 LAYOUT = REPO / "tests" / "fixtures" / "datasets" / "spair71k" / "Layout" / "large" / "trn.txt.gz"
@@ -61,7 +61,7 @@ def main() -> None:
         n = write_spair(root, gzip.open(LAYOUT, "rt").read(), np.random.default_rng(0))
         print(f"wrote {n} pair annotations in {time.perf_counter() - t0:.1f} s")
         t0 = time.perf_counter()
-        pairset = load_pairs("spair", root, "trn")
+        pairset = load_pairs("spair", root=root, split="trn")
         seconds = time.perf_counter() - t0
         print(
             f"listed {len(pairset.pairs)} pairs over {len(pairset.unique_images())} images "

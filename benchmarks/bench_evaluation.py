@@ -29,13 +29,17 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluation import Member, evaluate, predict_keypoints, score
-from geometry import Preprocess, image_geometry
+import pck
 from helper_functions import FeatureSet, preprocess_image
-from images import ImageRef, load_image
-from models import load_backbone, load_finetuned, save_finetuned
-from pairs import PairRecord, PairSet
-from settings import EvalConfig, MatchConfig
+from models import create_backbone, save_finetuned
+from semcorr.cli.resolve import resolve
+from semcorr.config.settings import MatchSettings
+from semcorr.data.geometry import Preprocess, image_geometry
+from semcorr.data.images import ImageRef, load_image
+from semcorr.data.pairs import PairRecord, PairSet
+from semcorr.engine.evaluation import evaluate, load_backbones
+from semcorr.engine.matching import predict_keypoints
+from semcorr.engine.members import Member
 
 CATEGORIES = 18
 
@@ -135,8 +139,8 @@ def time_matching(pairs: list[PairRecord], images: list[ImageRef], device: torch
     for matcher in ("argmax", "wsoftargmax"):
         sync(device)
         t0 = time.perf_counter()
-        pred = predict_keypoints(pairs, [Member(fs)], MatchConfig(matcher, 5, 0.1), progress=False)
-        score(pairs, pred, [0.05, 0.1, 0.2], "bbox")
+        pred = predict_keypoints(pairs, [Member(fs)], MatchSettings(matcher, 5, 0.1), progress=False)
+        pck.summarize(pck.keypoint_table(pairs, pred, [0.05, 0.1, 0.2], "bbox"))
         out[matcher] = time.perf_counter() - t0
     return out
 
@@ -172,9 +176,15 @@ def main() -> None:
         tmp = Path(tmp)
         images, pairset = synthetic_set(tmp, args, "test")
         pairs = pairset.pairs
-        random_bb = load_backbone(args.model, weights="random", device=args.device)
+        random_bb = create_backbone(args.model, weights="random")
         save_finetuned(random_bb, tmp / "weights.pt", {"note": "random weights for benchmarking"})
-        backbone = load_finetuned(tmp / "weights.pt", device=args.device).eval()
+        settings = resolve(
+            "evaluation",
+            {"checkpoint": str(tmp / "weights.pt"), "image_size": (args.image_size,), "pck_norm": "bbox",
+             "batch_size": args.batch_size, "num_workers": args.num_workers, "device": args.device,
+             "cache_dir": str(tmp / "cache"), "output_dir": str(tmp / "results"), "quiet": True},
+        )  # fmt: skip
+        (backbone,) = load_backbones(settings)
         calls = []
         backbone.register_forward_pre_hook(lambda *_: calls.append(1))
         device = backbone.device
@@ -186,22 +196,13 @@ def main() -> None:
         )
 
         t_forward = time_forward_only(backbone, images, prep, args.batch_size)
-        cfg = EvalConfig(
-            image_size=[args.image_size],
-            pck_norm="bbox",
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            cache_dir=str(tmp / "cache"),
-            output_dir=str(tmp / "results"),
-            progress=False,
-        )
         t0 = time.perf_counter()
-        cold = json.loads((evaluate(cfg, pairset, backbone) / "metrics.json").read_text())["timings"]
+        cold = json.loads((evaluate(settings, pairset, backbone) / "metrics.json").read_text())["timings"]
         t_total = time.perf_counter() - t0
         t_forward = (t_forward + time_forward_only(backbone, images, prep, args.batch_size)) / 2  # before and after
         calls.clear()
         t0 = time.perf_counter()
-        evaluate(cfg, pairset, backbone)
+        evaluate(settings, pairset, backbone)
         t_warm = time.perf_counter() - t0
         warm_calls = len(calls)
         t_match = time_matching(pairs, images, device)

@@ -25,9 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finetuning.model import SplitBackbone, make_optimizer
-from finetuning.training import grad_scaler, resolve_settings, train_step
-from models import TokenState, load_backbone
-from settings import TRAIN_CONVENTIONS, TrainConfig, resolve_protocol
+from finetuning.training import grad_scaler, train_step
+from models import TokenState, create_backbone
+from semcorr.cli.resolve import resolve
+from semcorr.config.settings import TrainSettings
 
 
 class Precomputed:
@@ -45,10 +46,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(split: SplitBackbone, cache, batch: dict, cfg: TrainConfig, steps: int) -> tuple[float, float]:
+def time_steps(split: SplitBackbone, cache, batch: dict, settings: TrainSettings, steps: int) -> tuple[float, float]:
     """(seconds per step, seconds per step inside the frozen trunk), after two warm-up steps."""
     device = split.backbone.device
-    optimizer = make_optimizer(split, cfg.lr, cfg.weight_decay, decay=cfg.decay)
+    opt = settings.optimisation
+    optimizer = make_optimizer(split, opt.lr, opt.weight_decay, decay=opt.decay)
     trunk_time = [0.0]
     trunk = split.trunk
 
@@ -61,9 +63,9 @@ def time_steps(split: SplitBackbone, cache, batch: dict, cfg: TrainConfig, steps
         return out
 
     split.trunk = timed_trunk
-    # the parts of a finetuning.training.Training that train_step uses
+    # the parts of a finetuning.training.TrainingRun that train_step uses
     training = SimpleNamespace(
-        backbone=split.backbone, split=split, model=split, cache=cache, cfg=cfg, optimizer=optimizer,
+        backbone=split.backbone, split=split, model=split, cache=cache, settings=settings, optimizer=optimizer,
         scaler=grad_scaler(split.backbone),
     )  # fmt: skip
     for _ in range(2):
@@ -93,15 +95,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
 
     depth = {"depth": args.depth} if args.depth is not None else {}
-    bb = load_backbone(args.model, weights="random", device=args.device, **depth)
+    # the default protocol's settings with the model's preset, resolved as finetuning/finetune.py does
+    flags = {"model": args.model, "weights": "random", "device": args.device}
+    if args.trainable_blocks is not None:
+        flags["trainable_blocks"] = args.trainable_blocks
+    settings = resolve("finetune", flags)
+    bb = create_backbone(settings.backbone, **depth)
     device = bb.device
     size = args.image_size or (bb.default_image_size if device.type == "cuda" else 224)
     size = size // bb.patch_size * bb.patch_size
-    # the default protocol's settings with the model's preset, resolved as finetuning/training.py does
-    cfg, _ = resolve_protocol(TrainConfig(model=bb.name, trainable_blocks=args.trainable_blocks), TRAIN_CONVENTIONS)
-    cfg = resolve_settings(cfg, bb)
-    n = cfg.trainable_blocks
-    split = SplitBackbone(bb, n, train_neck=cfg.train_neck)
+    n = settings.trainable_blocks
+    split = SplitBackbone(bb, n, train_neck=settings.optimisation.train_neck)
     b, k, grid = args.batch_size, args.keypoints, size // bb.patch_size
     batch = {
         "images": torch.randn(2 * b, 3, size, size),
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step, frozen = time_steps(split, None, batch, cfg, args.steps)
+    step, frozen = time_steps(split, None, batch, settings, args.steps)
     memory = (
         f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
     )
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         f"frozen part {100 * frozen / step:4.1f}% of the step{memory}"
     )
     cache = Precomputed(split.trunk(batch["images"].to(device)))
-    cached, _ = time_steps(split, cache, batch, cfg, args.steps)
+    cached, _ = time_steps(split, cache, batch, settings, args.steps)
     print(
         f"frozen outputs cached:        {1 / cached:7.2f} steps/s  {b / cached:8.1f} pairs/s  "
         f"{step / cached:.2f}x faster (valid only without --flip / --jitter)"

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_evaluation import synthetic_parser, synthetic_set
 
-from evaluation import evaluate
-from grid_search import grid_search
-from models import load_backbone
-from settings import EvalConfig
+from semcorr.cli.resolve import resolve
+from semcorr.config.settings import GridSettings
+from semcorr.engine.evaluation import evaluate, load_backbones
+from semcorr.engine.grid_search import grid_search
 
 
 def main() -> None:
@@ -39,28 +39,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _, pairset = synthetic_set(tmp, args, "val")
-        backbone = load_backbone(args.model, weights="random", device=args.device)
-        cfg = EvalConfig(
-            image_size=[args.image_size],
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            device=args.device,
-            cache_dir=None,
-            output_dir=str(tmp / "results"),
-            progress=False,
-        )
+        flags = {"model": args.model, "weights": "random", "image_size": (args.image_size,), "pck_norm": "bbox",
+                 "batch_size": args.batch_size, "num_workers": args.num_workers, "device": args.device,
+                 "no_cache": True, "output_dir": str(tmp / "results"), "quiet": True}  # fmt: skip
+        settings = resolve("evaluation", flags)
+        (backbone,) = load_backbones(settings)
         n_kps = sum(p.num_keypoints for p in pairset.pairs)
         print(
             f"synthetic set: {args.pairs} pairs, {args.images} images, {n_kps} keypoints; {backbone.name} "
             f"(random weights) at {args.image_size} px on {backbone.device}"
         )
 
-        evaluate(cfg, pairset, backbone)  # warm-up: first-call overheads are no part of either figure
+        evaluate(settings, pairset, backbone)  # warm-up: first-call overheads are no part of either figure
         t0 = time.perf_counter()
-        single = evaluate(cfg, pairset, backbone)
+        single = evaluate(settings, pairset, backbone)
         t_single = time.perf_counter() - t0
         t0 = time.perf_counter()
-        grid = grid_search(cfg, pairset, backbone)
+        grid = grid_search(resolve("grid", {**flags, "matcher": "wsoftargmax"})[0], GridSettings(), pairset, backbone)
         t_grid = time.perf_counter() - t0
         single_timings = json.loads((single / "metrics.json").read_text())["timings"]
         grid_timings = json.loads((grid / "best_parameters.json").read_text())["timings"]

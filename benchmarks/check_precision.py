@@ -19,13 +19,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import load_backbone
+from models import create_backbone
 
 
 def compare(name: str, weights: str, size: int | None, precision: str) -> dict[str, float]:
     torch.manual_seed(0)
-    cpu = load_backbone(name, weights=weights, device="cpu").eval()
-    gpu = load_backbone(name, weights=weights, device="cuda", precision=precision).eval()
+    cpu = create_backbone(name, weights=weights, device="cpu").eval()
+    gpu = create_backbone(name, weights=weights, device="cuda", precision=precision).eval()
     gpu.load_state_dict(cpu.state_dict())  # same random weights on both
     side = size or cpu.default_image_size
     images = torch.randn(2, 3, side, side)

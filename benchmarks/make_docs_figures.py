@@ -20,8 +20,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from paper_runs import spair_runs  # noqa: E402
 
-import comparison  # noqa: E402
-from results import read_run  # noqa: E402
+from semcorr.report import comparison  # noqa: E402
+from semcorr.runs.folders import read_run  # noqa: E402
 
 LABELS = ("argmax", "soft-argmax K3 T0.1")
 ALPHA = 0.1

@@ -6,35 +6,31 @@ when the base was random). Their `extra` holds the training settings, step, epoc
 PCK. last.pt also holds the training state (optimiser, schedule, gradient scaler, RNG, best so far)
 in the same file, so that it is one atomic unit: a run killed at any moment leaves the previous
 last.pt or the new one, never a model and a state out of step. config.json and train_log.csv are
-written by results.py.
+written by semcorr/runs/folders.py.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-import plots
-import results
 from finetuning import FinetuneError
 from models import Backbone, CheckpointError, get_spec, save_finetuned
-from settings import TrainConfig
-from viz2d import save_plot
+from semcorr.config.settings import TrainSettings, as_record, from_record
+from semcorr.runs import folders
 
 LAST, BEST = "last.pt", "best.pt"
-LEGACY_STATE_FILE = "training_state.pt"  # the training state beside last.pt, before it moved into it
 TRAIN_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "pairs_per_s")
 
 
 def save_checkpoint(
     path: Path,
     backbone: Backbone,
-    cfg: TrainConfig,
+    settings: TrainSettings,
     *,
     base: dict | None,
     trained: set[str],
@@ -44,7 +40,8 @@ def save_checkpoint(
 ) -> None:
     """best.pt / last.pt: the trained weights on top of `base` (all weights when self-contained or
     base is None), the settings and `progress` (step, epoch, validation PCK); `training`: last.pt's state."""
-    extra = {"finetune": asdict(cfg), **progress}
+    extra = {"finetune": {**as_record(settings), "image_size": list(settings.image_size), "resize": settings.resize},
+             **progress}  # fmt: skip
     save_finetuned(backbone, path, extra, base=base, trained=trained, self_contained=self_contained, training=training)
 
 
@@ -89,25 +86,10 @@ def restore_training_state(
 
 
 def read_training_state(run_dir: Path, backbone: Backbone) -> dict:
-    """The training state that goes with the last.pt already loaded as `backbone` (runs saved before
-    the state moved into last.pt: training_state.pt, which must be of the same step)."""
+    """The training state inside the last.pt already loaded as `backbone`."""
     saved = backbone.training_state
-    if saved is None:
-        legacy = run_dir / LEGACY_STATE_FILE
-        if not legacy.is_file():
-            raise FinetuneError(f"cannot resume from {run_dir}: its last.pt holds no training state")
-        try:
-            saved = torch.load(legacy, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise FinetuneError(f"cannot resume from {run_dir}: {legacy} is unreadable ({err})") from None
     if not isinstance(saved, dict) or "step" not in saved or "optimizer" not in saved:
-        raise FinetuneError(f"cannot resume from {run_dir}: its training state is not one finetuning/finetune.py wrote")
-    if backbone.extra.get("step") != saved["step"]:
-        raise FinetuneError(
-            f"{run_dir}: last.pt (step {backbone.extra.get('step')}) and {LEGACY_STATE_FILE} (step {saved['step']}) "
-            "disagree: a run of an older version was interrupted while saving. Start a new run from last.pt "
-            "(--checkpoint) or from scratch."
-        )
+        raise FinetuneError(f"cannot resume from {run_dir}: its last.pt holds no training state finetune.py wrote")
     return saved
 
 
@@ -120,7 +102,7 @@ class TrainLog:
     @classmethod
     def resume(cls, run_dir: Path, val_column: str, step: int) -> TrainLog:
         """The log of an interrupted run, without rows written after its last checkpoint."""
-        run = results.read_run(run_dir, kinds=("finetune",))
+        run = folders.read_run(run_dir, kinds=("finetune",))
         rows = run.read("train_log").to_dict("records") if run.has("train_log") else []
         return cls(run_dir, val_column, [r for r in rows if r["step"] <= step])
 
@@ -133,12 +115,14 @@ class TrainLog:
         return table[first + [c for c in table if c not in first]]
 
     def write(self) -> None:
-        results.write_file(self.run_dir, "finetune", "train_log", self.table())
+        folders.write_file(self.run_dir, "finetune", "train_log", self.table())
 
     def plot(self, best_step: int | None = None) -> None:
+        from semcorr.viz import charts, viz2d
+
         if self.rows:
-            figure = plots.training_curves(self.table(), self.val_column, title=self.run_dir.name, best_step=best_step)
-            save_plot(figure, self.run_dir / results.PICTURES["finetune"])
+            figure = charts.training_curves(self.table(), self.val_column, title=self.run_dir.name, best_step=best_step)
+            viz2d.save_plot(figure, self.run_dir / folders.PICTURES["finetune"])
 
 
 def known_model(name: str) -> str:
@@ -149,35 +133,34 @@ def known_model(name: str) -> str:
         raise FinetuneError(str(err)) from None
 
 
-def read_resume_folder(run_dir: Path, model: str | None) -> TrainConfig:
-    """The config of the run in `run_dir`, checked to be resumable (and of `model` when given)."""
-    missing = [n for n in (results.CONFIG, LAST) if not (run_dir / n).is_file()]
+def read_resume_folder(run_dir: Path, model: str | None) -> TrainSettings:
+    """The settings of the run in `run_dir`, checked to be resumable (and of `model` when given)."""
+    missing = [n for n in (folders.CONFIG, LAST) if not (run_dir / n).is_file()]
     if missing:
         raise FinetuneError(
             f"cannot resume from {run_dir}: {', '.join(missing)} missing. Give the folder of a run of "
             "finetuning/finetune.py that saved at least one checkpoint (results/finetune/<timestamp>_<model>/)."
         )
     try:
-        config = results.read_run(run_dir, kinds=("finetune",)).config
-        cfg = TrainConfig.from_dict(config.get("args") or config["config"])  # "config": runs before the "kind"
+        settings = from_record(TrainSettings, folders.read_run(run_dir, kinds=("finetune",)).config["settings"])
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise FinetuneError(
             f"cannot resume from {run_dir}: its config.json is not one finetuning/finetune.py wrote "
             f"({type(err).__name__}: {err}); start a new run instead."
         ) from None
-    if model is not None and known_model(model) != known_model(cfg.model):
+    if model is not None and known_model(model) != settings.backbone.model:
         raise FinetuneError(
-            f"{run_dir} is a fine-tuning run of {cfg.model}, not {known_model(model)}: resume it without --model "
-            f"(or with --model {cfg.model}), or start a new run."
+            f"{run_dir} is a fine-tuning run of {settings.backbone.model}, not {known_model(model)}: resume it without "
+            f"--model (or with --model {settings.backbone.model}), or start a new run."
         )
-    return cfg
+    return settings
 
 
 def record_resume(run_dir: Path, given: dict) -> None:
     """Append this invocation (command line, time, the settings given again) to config.json's resumes."""
-    run = results.read_run(run_dir, kinds=("finetune",))
+    run = folders.read_run(run_dir, kinds=("finetune",))
     entry = {"command": " ".join(sys.argv), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "given": given}
-    results.write_config(run_dir, "finetune", {**run.config, "resumes": [*run.config.get("resumes", []), entry]})
+    folders.write_config(run_dir, "finetune", {**run.config, "resumes": [*run.config.get("resumes", []), entry]})
 
 
 def checkpoint_error(path: Path, err: Exception) -> FinetuneError:

@@ -13,11 +13,11 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torch.utils.data import Dataset, DistributedSampler
 
-from geometry import Preprocess, image_geometry, input_to_patch
 from helper_functions import preprocess_image
-from images import ImageError, load_image
-from pairs import PairRecord
-from settings import Augment
+from semcorr.config.settings import Augment
+from semcorr.data.geometry import Preprocess, image_geometry, input_to_patch
+from semcorr.data.images import ImageError, load_image
+from semcorr.data.pairs import PairRecord
 
 
 def flip_keypoints(kps: np.ndarray, width: int) -> np.ndarray:

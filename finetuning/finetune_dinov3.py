@@ -1,11 +1,17 @@
-"""Fine-tune DINOv3 with its preset (the original project's entry point); same flags as finetune.py."""
+"""Fine-tune DINOv3 with its preset (the original project's entry point); the same flags as finetune.py."""
 
-import finetune
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from finetuning.command import main as finetune
+from semcorr.cli.errors import run_main
 
 
-def main(argv: list[str] | None = None):
-    return finetune.main(argv, script_model="dinov3")
+def main(argv: list[str] | None = None) -> Path:
+    return finetune(argv, script_model="dinov3")
 
 
 if __name__ == "__main__":
-    finetune.run_main(main)
+    run_main(main)

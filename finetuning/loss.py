@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from geometry import nearest_patch
 from matching_strategies import sample_descriptors
+from semcorr.data.geometry import nearest_patch
 
 
 def target_patches(trg_pq: Tensor, grid: tuple[int, int]) -> Tensor:

@@ -12,10 +12,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from finetuning import FinetuneError
-from geometry import Preprocess
 from helper_functions import ImageDataset, collate_images, raise_unusable
-from images import ImageRef
 from models import Backbone, TokenState
+from semcorr.data.geometry import Preprocess
+from semcorr.data.images import ImageRef
 
 
 class SplitBackbone(nn.Module):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +27,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-import results
-from evaluation import build_member, evaluable, predict_keypoints, resolve, score
+import pck
 from finetuning import FinetuneError
 from finetuning.checkpoints import (
     BEST,
     LAST,
     TrainLog,
     checkpoint_error,
-    known_model,
     read_training_state,
     record_resume,
     restore_training_state,
@@ -46,50 +44,19 @@ from finetuning.data import TrainingPairs, checked, collate, epoch_batches
 from finetuning.distributed import Process, all_mean, barrier, setup_distributed
 from finetuning.loss import correspondence_loss
 from finetuning.model import FrozenCache, SplitBackbone, learning_rate_factor, make_optimizer
-from finetuning.presets import preset_for
-from geometry import Preprocess
-from helper_functions import backbone_preprocess
-from models import Backbone, base_record, create_backbone, load_finetuned, weights_origin
-from pairs import PairRecord, PairSet, load_pairs
-from settings import TRAIN_CONVENTIONS, EvalConfig, MatchConfig, TrainConfig, get_protocol, resolve_protocol
+from helper_functions import member_preprocess
+from models import Backbone, base_record, create_backbone, weights_origin
+from semcorr.config.settings import EvalSettings, MatchSettings, MemberSettings, TrainSettings
+from semcorr.data.datasets import load_pairs
+from semcorr.data.geometry import Preprocess
+from semcorr.data.pairs import PairRecord, PairSet
+from semcorr.engine.evaluation import evaluable
+from semcorr.engine.matching import predict_keypoints
+from semcorr.engine.members import build_member
+from semcorr.runs import folders
+from semcorr.runs.record import RunContext, run_record, start_run
 
 # --- setting up -----------------------------------------------------------------------------------
-
-
-def resolve_settings(cfg: TrainConfig, backbone: Backbone) -> TrainConfig:
-    """The config with the model's preset filled in, checked against the backbone and itself."""
-    preset = preset_for(backbone.name)
-    cfg = TrainConfig.from_dict(asdict(cfg))
-    cfg.model = backbone.name
-    if cfg.trainable_blocks is None:
-        cfg.trainable_blocks = preset.trainable_blocks
-    if cfg.logit_scale is None:
-        cfg.logit_scale = preset.logit_scale
-    if cfg.cache_frozen and cfg.augment.active:
-        raise FinetuneError(
-            "--cache-frozen keeps each image's frozen-block output, which flipping or photometric jitter "
-            "would change: drop --flip / --jitter, or drop --cache-frozen."
-        )
-    for name in ("epochs", "batch_size", "val_every", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise FinetuneError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.val_alpha not in cfg.thresholds:
-        cfg.thresholds = sorted([*cfg.thresholds, cfg.val_alpha])
-    return cfg
-
-
-def build_backbone(cfg: TrainConfig, device: str) -> Backbone:
-    """The starting model: a fine-tuned checkpoint, or a named model with its weights, built and run as
-    the (resolved) config's protocol says."""
-    model = known_model(cfg.model) if cfg.model is not None else None
-    return create_backbone(
-        model,
-        weights=cfg.weights,
-        checkpoint=cfg.checkpoint,
-        device=device,
-        precision=cfg.precision or get_protocol(cfg.protocol).conventions.precision,
-        build=cfg.build,
-    )
 
 
 def training_pairs(pairset: PairSet) -> list[PairRecord]:
@@ -116,31 +83,22 @@ def val_subset(pairset: PairSet, limit: int | None, seed: int) -> PairSet:
     return PairSet(pairset.dataset, pairset.split, pairset.root, pairs)
 
 
-def load_data(cfg: TrainConfig) -> tuple[PairSet, PairSet | None]:
-    """The training pairs and the validation pairs the (resolved) config asks for. A custom pairs file
-    has no splits: its validation pairs come from --val-data, or there is no validation."""
-    keypoints = {
-        "shift_one_based": cfg.pf_shift,
-        "clamp": cfg.clamp_keypoints,
-        "rescale_annotations": cfg.rescale_annotations,
-    }
-    train_set = load_pairs(
-        cfg.dataset, root=cfg.data_root, split=cfg.train_split, layout=cfg.layout, limit=cfg.limit, **keypoints
-    )
-    if cfg.dataset == "custom" and cfg.val_data is None:
+def load_data(settings: TrainSettings) -> tuple[PairSet, PairSet | None]:
+    """The training pairs and the validation pairs the settings ask for. A custom pairs file has no splits:
+    its validation pairs come from --val-data, or there is no validation."""
+    train_set = load_pairs(settings.data)
+    if settings.val_split is None or (settings.data.dataset == "custom" and settings.val_root is None):
         return train_set, None
-    root = cfg.val_data if cfg.val_data is not None else cfg.data_root
-    if cfg.val_split is None:
-        return train_set, None
-    return train_set, load_pairs(cfg.dataset, root=root, split=cfg.val_split, layout=cfg.layout, **keypoints)
+    root = settings.val_root if settings.val_root is not None else settings.data.root
+    return train_set, load_pairs(settings.data, split=settings.val_split, root=root, limit=None)
 
 
 @dataclass
-class Training:
+class TrainingRun:
     """Everything the loop works on, made once by `setup`; step, epoch and the best so far move as it runs."""
 
-    cfg: TrainConfig
-    protocol: dict  # the protocol record of config.json
+    settings: TrainSettings
+    context: RunContext
     process: Process
     backbone: Backbone
     base: dict | None  # the base weights file checkpoints are written on top of (None: self-contained)
@@ -167,12 +125,13 @@ class Training:
 
     @property
     def val_key(self) -> str:
-        return f"val_pck@{self.cfg.val_alpha:g}"
+        return f"val_pck@{self.settings.val_alpha:g}"
 
     @property
     def stop(self) -> int:
         """The last step of this invocation (--stop-after ends early without changing the schedule)."""
-        return min(self.cfg.stop_after if self.cfg.stop_after is not None else self.total_steps, self.total_steps)
+        stop_after = self.settings.stop_after
+        return min(stop_after if stop_after is not None else self.total_steps, self.total_steps)
 
     @property
     def trained(self) -> set[str]:
@@ -185,42 +144,42 @@ def grad_scaler(backbone: Backbone) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler(backbone.device.type) if backbone.autocast_dtype == torch.float16 else None
 
 
-def starting_model(cfg: TrainConfig, process: Process, resume: Path | None) -> tuple[Backbone, dict | None]:
+def starting_model(settings: TrainSettings, resume: Path | None) -> tuple[Backbone, dict | None]:
     """The model to train and, when resuming, the saved training state that goes with it."""
     if resume is None:
-        return build_backbone(cfg, process.device), None
-    precision = cfg.precision or get_protocol(cfg.protocol).conventions.precision
+        return create_backbone(settings.backbone), None
     try:
-        backbone = load_finetuned(resume / LAST, device=process.device, precision=precision, build=cfg.build)
+        backbone = create_backbone(replace(settings.backbone, weights=None, checkpoint=str(resume / LAST), layer=None))
     except (ValueError, OSError, RuntimeError) as err:
         raise checkpoint_error(resume / LAST, err) from None
     return backbone, read_training_state(resume, backbone)
 
 
-def setup(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume: Path | None) -> Training:
+def setup(settings: TrainSettings, train_set: PairSet, val_set: PairSet | None, resume: Path | None) -> TrainingRun:
     """The model, data, optimiser and schedule of a run (restored to the saved step when resuming)."""
-    cfg, protocol = resolve_protocol(cfg, TRAIN_CONVENTIONS)
-    process = setup_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
-    backbone, saved = starting_model(cfg, process, resume)
-    cfg = resolve_settings(cfg, backbone)
-    split = SplitBackbone(backbone, cfg.trainable_blocks, train_neck=cfg.train_neck)
-    prep = backbone_preprocess(backbone, cfg.image_size, cfg.resize, resample=cfg.resample, coordinates=cfg.coordinates)
+    process = setup_distributed(settings.backbone.device)
+    settings = replace(settings, backbone=replace(settings.backbone, device=process.device))
+    opt = settings.optimisation
+    torch.manual_seed(settings.output.seed)
+    backbone, saved = starting_model(settings, resume)
+    split = SplitBackbone(backbone, settings.trainable_blocks, train_neck=opt.train_neck)
+    prep = member_preprocess(settings.image_size, settings.resize, settings.extract, backbone.patch_size)
     pairs = training_pairs(train_set)
-    batches = epoch_batches(len(pairs), cfg.batch_size, 0, cfg.seed, rank=process.rank, world=process.world)
-    total = cfg.epochs * len(batches)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * total))
-    optimizer = make_optimizer(split, cfg.lr, cfg.weight_decay, decay=cfg.decay)
+    seed = settings.output.seed
+    batches = epoch_batches(len(pairs), opt.batch_size, 0, seed, rank=process.rank, world=process.world)
+    total = opt.epochs * len(batches)
+    warmup = opt.warmup_steps if opt.warmup_steps is not None else max(1, round(0.05 * total))
+    optimizer = make_optimizer(split, opt.lr, opt.weight_decay, decay=opt.decay)
     cache = None
-    if cfg.cache_frozen:
+    if settings.cache_frozen:
         images = PairSet(train_set.dataset, train_set.split, train_set.root, pairs).unique_images()
-        progress = cfg.progress and process.main
         cache = FrozenCache(
-            split, images, prep, batch_size=2 * cfg.batch_size, num_workers=cfg.num_workers, progress=progress
-        )
-    training = Training(
-        cfg=cfg,
-        protocol=protocol,
+            split, images, prep, batch_size=2 * opt.batch_size, num_workers=settings.extract.num_workers,
+            progress=settings.output.progress and process.main,
+        )  # fmt: skip
+    run = TrainingRun(
+        settings=settings,
+        context=RunContext(),
         process=process,
         backbone=backbone,
         base=backbone.base if resume is not None else base_record(backbone),
@@ -228,11 +187,11 @@ def setup(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
         model=DistributedDataParallel(split, broadcast_buffers=False) if process.world > 1 else split,
         prep=prep,
         pairs=pairs,
-        val_set=val_subset(val_set, cfg.val_limit, cfg.seed) if val_set is not None else None,
-        dataset=TrainingPairs(pairs, prep, cfg.augment, cfg.seed, load_images=cache is None),
+        val_set=val_subset(val_set, settings.val_limit, seed) if val_set is not None else None,
+        dataset=TrainingPairs(pairs, prep, settings.augment, seed, load_images=cache is None),
         cache=cache,
         optimizer=optimizer,
-        schedule=torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(cfg.schedule, total, warmup)),
+        schedule=torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(opt.schedule, total, warmup)),
         scaler=grad_scaler(backbone),
         steps_per_epoch=len(batches),
         total_steps=total,
@@ -240,23 +199,25 @@ def setup(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
         run_dir=resume,
     )
     if saved is not None:
-        restore_training_state(saved, training.optimizer, training.schedule, training.scaler)
+        restore_training_state(saved, run.optimizer, run.schedule, run.scaler)
         backbone.training_state = None  # restored: the optimiser holds it now
-        training.step, training.epoch, training.best = saved["step"], saved.get("epoch", 0), saved["best"]
-        training.best_step, training.last_saved = saved.get("best_step"), saved["step"]
+        run.step, run.epoch, run.best = saved["step"], saved.get("epoch", 0), saved["best"]
+        run.best_step, run.last_saved = saved.get("best_step"), saved["step"]
     if process.main:
-        open_run_folder(training, resumed=saved is not None)
-    return training
+        open_run_folder(run, resumed=saved is not None)
+    return run
 
 
-def open_run_folder(training: Training, resumed: bool) -> None:
+def open_run_folder(training: TrainingRun, resumed: bool) -> None:
     """Rank 0: the run folder (a new one, or the resumed one), its config.json, its log, the first lines."""
-    cfg = training.cfg
+    settings = training.settings
     if resumed:
         training.log = TrainLog.resume(training.run_dir, training.val_key, training.step)
         print(f"resuming {training.run_dir} at step {training.step}/{training.total_steps}")
         return
-    training.run_dir = results.new_run_dir(cfg.output_dir, [training.backbone.name])
+    training.run_dir = folders.new_run_dir(
+        settings.output.output_dir, [training.backbone.name], training.context.started
+    )
     params = list(training.split.parameters())
     resolved = {
         "weights": str(training.backbone.weights_path),
@@ -267,35 +228,36 @@ def open_run_folder(training: Training, resumed: bool) -> None:
         "train_pairs": len(training.pairs),
         "val_pairs": len(training.val_set.pairs) if training.val_set else 0,
         "processes": training.process.world,
-        "global_batch": cfg.batch_size * training.process.world,
+        "global_batch": settings.optimisation.batch_size * training.process.world,
         "steps": training.total_steps,
-        "warmup_steps": training.warmup_steps if cfg.schedule == "warmup-cosine" else 0,
+        "warmup_steps": training.warmup_steps if settings.optimisation.schedule == "warmup-cosine" else 0,
         "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
         "frozen_parameters": sum(p.numel() for p in params if not p.requires_grad),
     }
-    environment = results.environment(training.backbone.device)
-    config = {"args": asdict(cfg), "protocol": training.protocol, "resolved": resolved, "environment": environment}
-    results.write_config(training.run_dir, "finetune", config)
+    config = run_record(
+        "finetune", settings, resolved=resolved, context=training.context, device=training.backbone.device
+    )
+    folders.write_config(training.run_dir, "finetune", config)
     training.log = TrainLog(training.run_dir, training.val_key)
     for line in first_lines(training):
         print(line)
 
 
-def first_lines(training: Training) -> list[str]:
+def first_lines(training: TrainingRun) -> list[str]:
     """What a run says when it starts: the model, the data, the schedule, where it writes, and warnings."""
-    cfg = training.cfg
-    neck = "" if cfg.train_neck or training.backbone.spec.family != "sam" else " (neck frozen)"
+    settings, opt = training.settings, training.settings.optimisation
+    neck = "" if opt.train_neck or training.backbone.spec.family != "sam" else " (neck frozen)"
     lines = [
-        f"fine-tuning {training.backbone.name} ({weights_origin(training.backbone)} weights, protocol {cfg.protocol}): "
-        f"last {cfg.trainable_blocks} blocks{neck}, logit scale {cfg.logit_scale:g}",
-        f"{len(training.pairs)} training pairs, {training.total_steps} steps of {cfg.batch_size * training.process.world} "
-        f"pairs, lr {cfg.lr:g} ({cfg.schedule}), validation on "
-        + (f"{len(training.val_set.pairs)} pairs every {cfg.val_every} steps" if training.val_set else "nothing"),
+        f"fine-tuning {training.backbone.name} ({weights_origin(training.backbone)} weights, protocol "
+        f"{settings.protocol.name}): last {settings.trainable_blocks} blocks{neck}, logit scale {settings.logit_scale:g}",
+        f"{len(training.pairs)} training pairs, {training.total_steps} steps of "
+        f"{opt.batch_size * training.process.world} pairs, lr {opt.lr:g} ({opt.schedule}), validation on "
+        + (f"{len(training.val_set.pairs)} pairs every {settings.val_every} steps" if training.val_set else "nothing"),
         f"run folder {training.run_dir}",
     ]
     if training.val_set is None:
         lines.append("no validation: best.pt is not selected; last.pt is the model")
-    elif cfg.select == "last":
+    elif opt.select == "last":
         lines.append(
             "selection off (--select last, the original protocol): last.pt is the model; best.pt is not written"
         )
@@ -312,44 +274,50 @@ def first_lines(training: Training) -> list[str]:
 # --- validation and checkpoints -------------------------------------------------------------------
 
 
-def validate(backbone: Backbone, val_set: PairSet, cfg: TrainConfig) -> dict[str, float]:
+def validation_settings(settings: TrainSettings, val_set: PairSet) -> EvalSettings:
+    """How the model being trained is validated: the run's input and conventions, argmax, no feature cache."""
+    member = MemberSettings(settings.backbone, settings.image_size, settings.resize)
+    extract = replace(settings.extract, cache_dir=None, batch_size=2 * settings.optimisation.batch_size)
+    data = replace(settings.data, dataset=val_set.dataset, split=val_set.split)
+    return EvalSettings(
+        members=(member,), data=data, extract=extract, match=MatchSettings(), protocol=settings.protocol
+    )
+
+
+def validate(backbone: Backbone, val_set: PairSet, settings: TrainSettings) -> dict[str, float]:
     """PCK (per image and per keypoint, argmax) of the model being trained, by the evaluation engine."""
-    eval_cfg, _ = resolve(
-        EvalConfig(
-            protocol=cfg.protocol, dataset=val_set.dataset, image_size=cfg.image_size, resize=cfg.resize,
-            resample=cfg.resample, coordinates=cfg.coordinates, pck_norm=cfg.pck_norm, thresholds=cfg.thresholds,
-            cache_dir=None, batch_size=2 * cfg.batch_size, num_workers=cfg.num_workers, progress=False,
-        )
-    )  # fmt: skip
-    member, _ = build_member(eval_cfg, backbone, val_set)
-    pred = predict_keypoints(val_set.pairs, [member], MatchConfig(), progress=False)
-    _, summary = score(val_set.pairs, pred, cfg.thresholds, eval_cfg.pck_norm)
+    evaluation = validation_settings(settings, val_set)
+    member, _ = build_member(evaluation.member, evaluation.extract, backbone, val_set.unique_images(), progress=False)
+    pred = predict_keypoints(val_set.pairs, [member], evaluation.match, progress=False)
+    table = pck.keypoint_table(val_set.pairs, pred, evaluation.data.thresholds, evaluation.data.pck_norm)
+    scores = pck.overall(table, evaluation.data.thresholds)
     out = {}
-    for alpha in cfg.thresholds:
-        out[f"val_pck@{alpha:g}"] = summary[f"pck@{alpha:g}"]["per_image"]
-        out[f"val_pck@{alpha:g}_kpt"] = summary[f"pck@{alpha:g}"]["per_keypoint"]
+    for alpha in evaluation.data.thresholds:
+        out[f"val_pck@{alpha:g}"] = scores[f"pck@{alpha:g}"]["per_image"]
+        out[f"val_pck@{alpha:g}_kpt"] = scores[f"pck@{alpha:g}"]["per_keypoint"]
     return out
 
 
-def checkpoint(training: Training, validate_now: bool, bar: tqdm) -> None:
+def checkpoint(training: TrainingRun, validate_now: bool, bar: tqdm) -> None:
     """Rank 0: validate (when asked; one printed line), keep best.pt if it improved (--select best),
     write the log, then last.pt with the training state (a run killed in between resumes from the
     previous last.pt and drops the log's later rows), then the curves."""
     if training.process.main:
-        cfg, val = training.cfg, {}
+        settings, val = training.settings, {}
+        select = settings.optimisation.select
         progress = {"step": training.step, "epoch": training.epoch}
-        files = {"base": training.base, "trained": training.trained, "self_contained": cfg.self_contained}
+        files = {"base": training.base, "trained": training.trained, "self_contained": settings.self_contained}
         if validate_now and training.val_set is not None:
-            val = validate(training.backbone, training.val_set, cfg)
+            val = validate(training.backbone, training.val_set, settings)
             training.log.add({"step": training.step, "epoch": training.epoch, **val})
             improved = val[training.val_key] > training.best
             if improved:
                 training.best, training.best_step = val[training.val_key], training.step
-                if cfg.select == "best":
+                if select == "best":
                     save_checkpoint(
-                        training.run_dir / BEST, training.backbone, cfg, progress=progress | {"val": val}, **files
+                        training.run_dir / BEST, training.backbone, settings, progress=progress | {"val": val}, **files
                     )
-            note = f"new best -> {BEST}" if improved and cfg.select == "best" else f"best {training.best:.2f}"
+            note = f"new best -> {BEST}" if improved and select == "best" else f"best {training.best:.2f}"
             bar.write(
                 f"step {training.step}/{training.total_steps}: {training.val_key} {val[training.val_key]:.2f} ({note})"
             )
@@ -359,7 +327,9 @@ def checkpoint(training: Training, validate_now: bool, bar: tqdm) -> None:
         )  # fmt: skip
         progress |= {"val": val}
         training.log.write()
-        save_checkpoint(training.run_dir / LAST, training.backbone, cfg, progress=progress, training=state, **files)
+        save_checkpoint(
+            training.run_dir / LAST, training.backbone, settings, progress=progress, training=state, **files
+        )
         training.last_saved = training.step
         training.log.plot(training.best_step)
     barrier(training.process)
@@ -368,18 +338,15 @@ def checkpoint(training: Training, validate_now: bool, bar: tqdm) -> None:
 # --- the loop -------------------------------------------------------------------------------------
 
 
-def run(cfg: TrainConfig, resume: str | Path | None = None, given: dict | None = None) -> Path:
-    """Load the data the config names and train (continuing the run folder `resume`, whose config
+def run(settings: TrainSettings, resume: str | Path | None = None, given: dict | None = None) -> Path:
+    """Load the data the settings name and train (continuing the run folder `resume`, whose settings
     `read_resume_folder` gives, `given` the settings given again on its command line)."""
-    if cfg.model is not None:
-        known_model(cfg.model)  # before reading any data
     if resume is None:
-        results.check_output_dir(cfg.output_dir)
-    resolved, _ = resolve_protocol(cfg, TRAIN_CONVENTIONS)
-    train_set, val_set = load_data(resolved)
+        start_run(settings.output)
+    train_set, val_set = load_data(settings)
     if resume is not None:
         record_resume(Path(resume), given or {})
-    return train(cfg, train_set, val_set, resume)
+    return train(settings, train_set, val_set, resume)
 
 
 @dataclass
@@ -393,16 +360,18 @@ class Interval:
     t0: float = field(default_factory=time.perf_counter)
 
 
-def train(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume: str | Path | None = None) -> Path:
+def train(
+    settings: TrainSettings, train_set: PairSet, val_set: PairSet | None, resume: str | Path | None = None
+) -> Path:
     """Fine-tune on `train_set`, validating on `val_set`; returns the run folder (rank 0's)."""
-    training = setup(cfg, train_set, val_set, Path(resume) if resume is not None else None)
-    cfg, main = training.cfg, training.process.main
+    training = setup(settings, train_set, val_set, Path(resume) if resume is not None else None)
+    settings, main = training.settings, training.process.main
     if training.step == 0 and training.val_set is not None and main:  # the starting point of the PCK curve
-        training.log.add({"step": 0, "epoch": 0, **validate(training.backbone, training.val_set, cfg)})
+        training.log.add({"step": 0, "epoch": 0, **validate(training.backbone, training.val_set, settings)})
         training.log.write()
     barrier(training.process)
     bar = tqdm(total=training.total_steps, initial=training.step, desc="fine-tuning", unit="step",
-               disable=not (cfg.progress and main))  # fmt: skip
+               disable=not (settings.output.progress and main))  # fmt: skip
     try:
         loop(training, bar)
     except KeyboardInterrupt:
@@ -415,21 +384,21 @@ def train(cfg: TrainConfig, train_set: PairSet, val_set: PairSet | None, resume:
     return training.run_dir
 
 
-def loop(training: Training, bar: tqdm) -> None:
+def loop(training: TrainingRun, bar: tqdm) -> None:
     """The steps from where the run stands to its stop."""
-    cfg = training.cfg
+    settings = training.settings
     interval = Interval()
     while training.step < training.stop:
         training.epoch, done = divmod(training.step, training.steps_per_epoch)
         batches = epoch_batches(
-            len(training.pairs), cfg.batch_size, training.epoch, cfg.seed, rank=training.process.rank,
-            world=training.process.world,
+            len(training.pairs), settings.optimisation.batch_size, training.epoch, settings.output.seed,
+            rank=training.process.rank, world=training.process.world,
         )  # fmt: skip
         loader = DataLoader(
             training.dataset,
             batch_sampler=batches[done:],  # a resumed epoch skips the batches already trained on
             collate_fn=collate,
-            num_workers=cfg.num_workers,
+            num_workers=settings.extract.num_workers,
             pin_memory=training.backbone.device.type == "cuda",
         )
         for batch in loader:
@@ -441,10 +410,10 @@ def loop(training: Training, bar: tqdm) -> None:
             interval.finite = interval.finite & torch.isfinite(loss) & torch.isfinite(grad_norm)
             interval.steps += 1
             end_of_epoch = training.step % training.steps_per_epoch == 0
-            checkpoint_now = training.step % cfg.val_every == 0 or end_of_epoch or training.step == training.stop
+            checkpoint_now = training.step % settings.val_every == 0 or end_of_epoch or training.step == training.stop
 
             # logging: the mean over the interval, over all processes; a non-finite loss stops the run
-            if training.step % cfg.log_every == 0 or checkpoint_now:
+            if training.step % settings.log_every == 0 or checkpoint_now:
                 log_interval(training, interval, bar)
                 interval = Interval()
             bar.update(1)
@@ -452,7 +421,7 @@ def loop(training: Training, bar: tqdm) -> None:
             # validation and checkpoint (their time does not count in pairs/s)
             if checkpoint_now:
                 paused = time.perf_counter()
-                checkpoint(training, training.step % cfg.val_every == 0 or end_of_epoch, bar)
+                checkpoint(training, training.step % settings.val_every == 0 or end_of_epoch, bar)
                 interval.t0 += time.perf_counter() - paused
 
             # termination: --stop-after ends this invocation mid-schedule; --resume continues it
@@ -460,7 +429,7 @@ def loop(training: Training, bar: tqdm) -> None:
                 break
 
 
-def log_interval(training: Training, interval: Interval, bar: tqdm) -> None:
+def log_interval(training: TrainingRun, interval: Interval, bar: tqdm) -> None:
     """One train_log.csv row: mean loss and gradient norm since the last row, learning rate, pairs/s.
     A non-finite loss or gradient in the interval ends the run, keeping the last finite checkpoint."""
     n = interval.steps
@@ -470,13 +439,15 @@ def log_interval(training: Training, interval: Interval, bar: tqdm) -> None:
         raise FinetuneError(diverged_message(training, training.step - n + 1))
     lr = training.schedule.get_last_lr()[0]
     if training.process.main:
-        pairs_per_s = n * training.cfg.batch_size * training.process.world / (time.perf_counter() - interval.t0)
+        pairs_per_s = (
+            n * training.settings.optimisation.batch_size * training.process.world / (time.perf_counter() - interval.t0)
+        )
         row = {"step": training.step, "epoch": training.epoch, "loss": mean_loss, "lr": lr, "grad_norm": mean_norm}
         training.log.add(row | {"pairs_per_s": pairs_per_s})
         bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
 
 
-def train_step(training: Training, batch: dict) -> tuple[Tensor, Tensor]:
+def train_step(training: TrainingRun, batch: dict) -> tuple[Tensor, Tensor]:
     """One optimisation step on one batch; returns (loss, gradient norm before clipping) as
     tensors on the device (reading them waits for the GPU: done only when logging)."""
     device = training.backbone.device
@@ -491,15 +462,16 @@ def train_step(training: Training, batch: dict) -> tuple[Tensor, Tensor]:
         batch["src_pq"].to(device),
         batch["trg_pq"].to(device),
         batch["mask"].to(device),
-        scale=training.cfg.logit_scale,
-        soft_sigma=training.cfg.soft_sigma,
+        scale=training.settings.logit_scale,
+        soft_sigma=training.settings.soft_sigma,
     )
     training.optimizer.zero_grad(set_to_none=True)
     scaler = training.scaler
     (scaler.scale(loss) if scaler is not None else loss).backward()
     if scaler is not None:
         scaler.unscale_(training.optimizer)  # the norm and the clipping see the true gradients
-    clip = training.cfg.grad_clip if training.cfg.grad_clip > 0 else math.inf
+    grad_clip = training.settings.optimisation.grad_clip
+    clip = grad_clip if grad_clip > 0 else math.inf
     norm = torch.nn.utils.clip_grad_norm_(training.split.trainable_parameters(), clip)
     if scaler is not None:
         scaler.step(training.optimizer)  # skipped when fp16 overflowed; the scale then shrinks
@@ -513,22 +485,25 @@ def train_step(training: Training, batch: dict) -> tuple[Tensor, Tensor]:
 # --- what a run says when it ends ------------------------------------------------------------------
 
 
-def last_lines(training: Training) -> list[str]:
+def last_lines(training: TrainingRun) -> list[str]:
     """The step reached, the model to evaluate, and the command that evaluates it."""
-    model = training.run_dir / (BEST if training.cfg.select == "best" and training.best_step is not None else LAST)
+    settings = training.settings
+    model = training.run_dir / (
+        BEST if settings.optimisation.select == "best" and training.best_step is not None else LAST
+    )
     lines = [f"done at step {training.step}/{training.total_steps}: {training.run_dir}"]
     if training.best_step is not None:
         lines.append(f"best {training.val_key} {training.best:.2f} at step {training.best_step}")
-    split = "val" if training.cfg.dataset != "custom" else "test"
+    split = "val" if settings.data.dataset != "custom" else "test"
     lines.append(f"model: {model}")
     lines.append(
-        f"evaluate it: python evaluate.py --checkpoint {model} --dataset {training.cfg.dataset} --split {split}"
-        + (" --protocol original" if training.cfg.protocol == "original" else "")
+        f"evaluate it: python evaluate.py --checkpoint {model} --dataset {settings.data.dataset} --split {split}"
+        + (" --protocol original" if settings.protocol.name == "original" else "")
     )
     return lines
 
 
-def diverged_message(training: Training, first_step: int) -> str:
+def diverged_message(training: TrainingRun, first_step: int) -> str:
     saved = (
         f"The last finite checkpoint is {training.run_dir / LAST} (step {training.last_saved})."
         if training.last_saved
@@ -540,7 +515,7 @@ def diverged_message(training: Training, first_step: int) -> str:
     )
 
 
-def interrupted_message(training: Training) -> str:
+def interrupted_message(training: TrainingRun) -> str:
     if training.last_saved is None:
         return f"interrupted at step {training.step}, before the first checkpoint: nothing to resume"
     return (

@@ -1,4 +1,4 @@
-"""Backbones for semantic correspondence: `from models import load_backbone`.
+"""Backbones for semantic correspondence: `from models import create_backbone`.
 
 The names below load on first use, so that `import models.registry` (the table of backbones, which
 the scripts read for their --help) needs neither torch nor timm.
@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "models.backbones": ("FAMILIES", "Backbone", "TokenState", "load_backbone"),
+    "models.backbones": ("FAMILY_CLASSES", "Backbone", "TokenState"),
     "models.checkpoints": ("CheckpointError",),
     "models.factory": ("create_backbone",),
-    "models.finetuned": ("base_record", "is_finetuned", "load_finetuned", "save_finetuned", "weights_origin"),
+    "models.finetuned": ("base_record", "checkpoint_header", "is_finetuned", "save_finetuned", "weights_origin"),
     "models.registry": ("ALIASES", "BACKBONES", "BackboneSpec", "get_spec"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

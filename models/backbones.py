@@ -4,7 +4,7 @@ timm provides the transformer blocks; this module owns what happens around them,
 Meta differ: how the position embedding is resized (DINOv2, SAM), which RoPE periods are used and
 in which precision (DINOv3), the LayerNorm eps (SAM), and how official files are read.
 
-    bb = load_backbone("dinov2", weights=None, device="auto")
+    bb = create_backbone("dinov2", device="cuda", precision="bf16")   # models/factory.py
     feats = bb(images)  # (B, 3, H, W) ImageNet-normalised -> (B, feature_dim, H // P, W // P), float32
 
 For fine-tuning, the forward pass is split in three: `embed` -> `run_blocks` -> `to_feature_map`.
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -28,10 +26,11 @@ from torch import Tensor, nn
 
 from models.checkpoints import Checkpoint, check_identity, check_keys, read_checkpoint
 from models.registry import BUILD_VARIANTS, BackboneSpec, get_spec
+from semcorr.config.settings import BackboneSettings
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DINOV3_ROPE_BASE = 100.0  # Meta's pos_embed_rope_base; only used when no periods are stored
 
 
@@ -51,24 +50,17 @@ class TokenState:
 class Backbone(nn.Module):
     """A timm image encoder (`self.model`) with Meta-exact embedding and a patch-feature output."""
 
-    def __init__(
-        self,
-        spec: BackboneSpec,
-        model: nn.Module,
-        layer: int | None,
-        autocast_dtype: torch.dtype | None,
-        timm_overrides: dict,
-        build: str = "meta",
-    ):
+    def __init__(self, spec: BackboneSpec, model: nn.Module, setting: BackboneSettings, timm_overrides: dict):
         super().__init__()
         self.spec = spec
         self.name = spec.name
         self.model = model
-        self.build = build
-        self.variant = BUILD_VARIANTS[build].get(spec.family, {})  # where this build departs from Meta's
+        self.setting = setting
+        self.build = setting.build
+        self.variant = BUILD_VARIANTS[setting.build].get(spec.family, {})  # where this build departs from Meta's
         self.timm_overrides = dict(timm_overrides)
-        self.layer = _normalise_layer(layer, len(model.blocks))
-        self.autocast_dtype = autocast_dtype
+        self.layer = normalise_layer(setting.layer, len(model.blocks))
+        self.autocast_dtype = AUTOCAST_DTYPES[setting.precision]
         self.weights_path = "random"
         self.extra: dict = {}  # what a fine-tuned checkpoint recorded (its training settings, step, ...)
         # a fine-tuned checkpoint: where the weights its training began from came from, the base file it
@@ -111,7 +103,7 @@ class Backbone(nn.Module):
     def gives_features_of(self, layer: int | None) -> bool:
         """Whether a backbone built with `layer` (a block index, negative allowed; None: the default)
         would give this one's features. ValueError if `layer` is no block index."""
-        return self._features_of(_normalise_layer(layer, len(self.model.blocks))) == self._features_of(self.layer)
+        return self._features_of(normalise_layer(layer, len(self.model.blocks))) == self._features_of(self.layer)
 
     def _features_of(self, layer: int | None) -> int | None:
         """What a normalised layer's features are: DINO's default is its last block's output."""
@@ -236,8 +228,8 @@ class DinoV3Backbone(DinoBackbone):
     base, which need not equal the stored values). The masked k bias is folded in when loading.
     """
 
-    def __init__(self, spec: BackboneSpec, model: nn.Module, *args, **kwargs):
-        super().__init__(spec, model, *args, **kwargs)
+    def __init__(self, spec: BackboneSpec, model: nn.Module, *args):
+        super().__init__(spec, model, *args)
         head_dim = model.blocks[0].attn.head_dim
         exponents = 2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2)
         self.register_buffer("rope_periods", DINOV3_ROPE_BASE**exponents)
@@ -248,7 +240,7 @@ class DinoV3Backbone(DinoBackbone):
         b, h, w, c = x.shape
         prefix = [m.cls_token] if m.reg_token is None else [m.cls_token, m.reg_token]
         x = torch.cat([t.expand(b, -1, -1) for t in prefix] + [x.reshape(b, h * w, c)], dim=1)
-        rope_dtype = PRECISIONS[self.variant.get("rope_dtype", "fp32")] or torch.float32
+        rope_dtype = AUTOCAST_DTYPES[self.variant.get("rope_dtype", "fp32")] or torch.float32
         return TokenState(m.norm_pre(x), (h, w), dinov3_rope(self.rope_periods, h, w, rope_dtype))
 
     def _run_block(self, block: nn.Module, x: Tensor, state: TokenState) -> Tensor:
@@ -297,7 +289,7 @@ class SamBackbone(Backbone):
         return [self.model.neck] if self.layer is None and neck else []
 
 
-FAMILIES: dict[str, type[Backbone]] = {"dinov2": DinoV2Backbone, "dinov3": DinoV3Backbone, "sam": SamBackbone}
+FAMILY_CLASSES: dict[str, type[Backbone]] = {"dinov2": DinoV2Backbone, "dinov3": DinoV3Backbone, "sam": SamBackbone}
 
 
 # --- Meta's formulas -------------------------------------------------------------------------------
@@ -361,58 +353,27 @@ def apply_rope(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     return torch.cat((x[..., :prefix, :], rotated), dim=-2).to(dtype)
 
 
-# --- loading ---------------------------------------------------------------------------------------
+# --- building -------------------------------------------------------------------------------------
 
 
-def load_backbone(
-    name: str,
-    weights: str | os.PathLike | None = None,
-    device: str | torch.device = "auto",
-    layer: int | None = None,
-    precision: str | Mapping[str, str] = "auto",
-    build: str = "meta",
-    **timm_overrides,
-) -> Backbone:
-    """Build a backbone and load its weights strictly.
-
-    weights: None -> spec.default_weights; "random" -> random init (smoke tests only, warns);
-      a path -> official file, timm state dict or .safetensors (fine-tuned checkpoints: load_finetuned).
-    device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
-    layer: block index (negative allowed) whose output gives the features; None = the last
-      (DINO) or the neck output (SAM).
-    precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16"; or one per family.
-    build: "meta" (Meta's hub configuration) or "original" (as the original project built it:
-      models.registry.BUILD_VARIANTS).
-    timm_overrides: passed to timm.create_model (e.g. depth=2, embed_dim=64, num_heads=2).
-    """
-    spec = get_spec(name)
-    if weights == "random":
+def from_weights(setting: BackboneSettings, overrides: dict) -> Backbone:
+    """A backbone of `setting.model` with its weights file (None: the official one; "random": random
+    initialisation, for smoke tests only, with a warning), loaded strictly."""
+    spec = get_spec(setting.model)
+    if setting.weights == "random":
         warnings.warn(
             f"{spec.name}: RANDOM weights (weights='random'); the features are meaningless, use only for smoke tests.",
-            stacklevel=2,
+            stacklevel=3,
         )
-        return _build(spec, timm_overrides, layer, device, precision, build=build)
-    path = Path(weights) if weights is not None else spec.default_weights
-    ckpt = read_checkpoint(path, spec)
-    return load_state(
-        spec, ckpt, layer=layer, device=device, precision=precision, build=build, overrides=timm_overrides
-    )
+        return build(spec, setting, overrides)
+    path = Path(setting.weights) if setting.weights is not None else spec.default_weights
+    return load_weights(spec, read_checkpoint(path, spec), setting, overrides)
 
 
-def load_state(
-    spec: BackboneSpec,
-    ckpt: Checkpoint,
-    *,
-    layer: int | None = None,
-    device: str | torch.device = "auto",
-    precision: str | Mapping[str, str] = "auto",
-    build: str = "meta",
-    overrides: dict | None = None,
-) -> Backbone:
-    """A backbone of `spec` built with `overrides` and loaded strictly with the weights of `ckpt`."""
-    overrides = overrides or {}
+def load_weights(spec: BackboneSpec, ckpt: Checkpoint, setting: BackboneSettings, overrides: dict) -> Backbone:
+    """A backbone of `spec` built as `setting` says (with timm `overrides`), loaded strictly with `ckpt`."""
     check_identity(ckpt, spec)
-    bb = _build(spec, overrides, layer, device, precision, build=build, uninitialised=True)
+    bb = build(spec, setting, overrides, uninitialised=True)
     check_keys(ckpt, spec, bb.state_dict())
     state = dict(ckpt.state_dict)
     if spec.family == "dinov3" and "rope_periods" not in state:  # timm does not store its periods
@@ -423,25 +384,14 @@ def load_state(
     return bb
 
 
-def _build(
-    spec: BackboneSpec,
-    overrides: dict,
-    layer: int | None,
-    device: str | torch.device,
-    precision: str | Mapping[str, str],
-    *,
-    build: str = "meta",
-    uninitialised: bool = False,
-) -> Backbone:
-    """A backbone on its device, in eval mode: randomly initialised, or with uninitialised
-    parameters (much faster) that the caller then fills with a strict load_state_dict."""
-    if build not in BUILD_VARIANTS:
-        raise ValueError(f"build must be one of {', '.join(BUILD_VARIANTS)}, got {build!r}")
-    device = _resolve_device(device)
-    if isinstance(precision, Mapping):  # one precision per backbone family (a protocol's table)
-        precision = precision[spec.family]
-    autocast_dtype = _resolve_precision(precision, device)
-    family = FAMILIES[spec.family]
+def build(spec: BackboneSpec, setting: BackboneSettings, overrides: dict, *, uninitialised: bool = False) -> Backbone:
+    """A backbone on its device, in eval mode: randomly initialised, or with uninitialised parameters (much
+    faster) that the caller then fills with a strict load_state_dict."""
+    if setting.build not in BUILD_VARIANTS:
+        raise ValueError(f"build must be one of {', '.join(BUILD_VARIANTS)}, got {setting.build!r}")
+    if setting.precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}, got {setting.precision!r}")
+    family = FAMILY_CLASSES[spec.family]
     kwargs = {**family.timm_defaults(spec), **overrides}
     try:
         if not uninitialised:
@@ -455,33 +405,16 @@ def _build(
                     module.init_non_persistent_buffers()
     except TypeError as err:
         raise ValueError(f"timm.create_model({spec.timm_name!r}) rejected the overrides {overrides}: {err}") from err
-    bb = family(spec, model, layer, autocast_dtype, overrides, build)
+    bb = family(spec, model, setting, overrides)
     if "norm_eps" in bb.variant:
         for module in model.modules():
             if isinstance(module, nn.LayerNorm):
                 module.eps = bb.variant["norm_eps"]
-    return bb.to(device).eval()
+    return bb.to(setting.device).eval()
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device='auto' or 'cpu'.")
-    return device
-
-
-def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a precision name ("auto": bf16 on CUDA, none on CPU)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'auto' or one of {list(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
-
-
-def _normalise_layer(layer: int | None, depth: int) -> int | None:
+def normalise_layer(layer: int | None, depth: int) -> int | None:
+    """A block index in 0..depth-1 (negative counts from the end); None stays None (the default features)."""
     if layer is None:
         return None
     if not -depth <= layer < depth:

@@ -77,7 +77,7 @@ def as_checkpoint(path: Path, raw: object, spec: BackboneSpec | None = None) -> 
         whose = f"of this project (format {raw['format']!r})" if "format" in raw else "of the original project"
         raise CheckpointError(
             f"{path} is a fine-tuned checkpoint {whose}, not a weights file: "
-            "pass it as --checkpoint (load_finetuned(PATH) in Python)."
+            "pass it as --checkpoint (create_backbone(checkpoint=PATH) in Python)."
         )
     return convert_state(path, as_state_dict(path, unwrap(raw), spec), spec)
 
@@ -112,7 +112,7 @@ def check_identity(ckpt: Checkpoint, spec: BackboneSpec) -> None:
     if guess is not None and guess.name != spec.name:
         raise CheckpointError(
             f"{ckpt.path} holds {file_summary(ckpt)}, not {spec.name}. Load it with "
-            f"load_backbone({guess.name!r}, ...), or use the right file. {where_to_get(spec)}"
+            f"create_backbone({guess.name!r}, ...), or use the right file. {where_to_get(spec)}"
         )
 
 

@@ -1,13 +1,12 @@
 """Fine-tuned checkpoints: the one home of their format (writer, reader, loader).
 
 This project's checkpoint (format "semcorr-backbone/2") names its backbone, timm overrides, feature
-layer and build, so that `load_finetuned(path)` rebuilds the model with nothing else. It holds only
+layer and build, so that `create_backbone(checkpoint=path)` rebuilds the model with nothing else. It holds only
 the weights that training changed (the last blocks and the head) plus the name, path and sha256 of
 the base weights file they were trained from; reading it loads the base file and puts the trained
 weights on top. `self_contained=True` (or a base that cannot be found again, such as random
 weights) writes every weight instead, for sharing. `extra` holds what training recorded (its
-settings, step, validation PCK); `training` (last.pt only) what --resume needs. Version 1 files
-(every weight, no base) still load.
+settings, step, validation PCK); `training` (last.pt only) what --resume needs.
 
 The original project's checkpoints (a dict with `model_state_dict` in Meta's key layout, from its
 fine-tuning scripts) load too; they do not name their model, which is read off the weights' shapes.
@@ -17,14 +16,13 @@ Every file is read with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from fileio import atomic_torch_save, file_sha256
-from models.backbones import Backbone, load_state
+from models.backbones import Backbone, load_weights
 from models.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -35,10 +33,11 @@ from models.checkpoints import (
     read_checkpoint,
 )
 from models.registry import BackboneSpec, get_spec
+from semcorr.config.settings import BackboneSettings
+from semcorr.storage.files import atomic_torch_save, file_sha256
 
-FORMAT = "semcorr-backbone/2"
-FORMATS = ("semcorr-backbone/1", FORMAT)  # every weight, no base / trained weights on top of a base file
-FIELDS = ("backbone", "timm_overrides", "layer", "state_dict", "extra")
+FORMAT = "semcorr-backbone/2"  # the trained weights on top of a base file (or every weight)
+FIELDS = ("backbone", "timm_overrides", "layer", "build", "base", "base_origin", "state_dict", "extra")
 ORIGINAL_KEY = "model_state_dict"  # the original project's checkpoints: {"model_state_dict": ..., "epoch": ...}
 ORIGINAL_INFO = ("epoch", "n_blocks", "temperature", "learning_rate", "val_pck@0.05", "val_pck@0.10", "val_pck@0.20")
 
@@ -81,7 +80,7 @@ def save_finetuned(
     self_contained: bool = False,
     training: dict | None = None,
 ) -> Path:
-    """Write a fine-tuned backbone atomically; `load_finetuned(path)` rebuilds it with nothing else.
+    """Write a fine-tuned backbone atomically; `create_backbone(checkpoint=path)` rebuilds it with nothing else.
 
     With a `base` (base_record of the model training started from) and the state-dict keys that
     training changed (`trained`), only those are written; otherwise, or with `self_contained`, every
@@ -121,7 +120,7 @@ def is_finetuned(path: str | os.PathLike) -> bool:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip-format torch file: the loaders report what is wrong with it
         return False
-    return isinstance(raw, dict) and (raw.get("format") in FORMATS or ORIGINAL_KEY in raw)
+    return isinstance(raw, dict) and (raw.get("format") == FORMAT or ORIGINAL_KEY in raw)
 
 
 def read_finetuned(path: str | os.PathLike, model: str | None = None) -> tuple[Checkpoint, dict]:
@@ -137,20 +136,24 @@ def read_finetuned(path: str | os.PathLike, model: str | None = None) -> tuple[C
     if not isinstance(raw, dict) or "format" not in raw:
         raise CheckpointError(
             f"{path} is not a fine-tuned checkpoint (no 'format' tag): it holds plain weights. "
-            "Pass it as --weights (with --model), or load_backbone(name, weights=PATH) in Python."
+            "Pass it as --weights (with --model), or create_backbone(name, weights=PATH) in Python."
         )
-    if raw["format"] not in FORMATS or any(key not in raw for key in FIELDS):
+    if raw["format"] != FORMAT or any(key not in raw for key in FIELDS):
         raise CheckpointError(
-            f"{path} has format {raw['format']!r} with keys {sorted(raw)}; this version reads "
-            f"{' and '.join(map(repr, FORMATS))} with keys {sorted(['format', *FIELDS])}."
+            f"{path} has format {raw['format']!r} with keys {sorted(raw)}; this version reads {FORMAT!r} with keys "
+            f"{sorted(['format', *FIELDS])}."
         )
     spec = get_spec(raw["backbone"])
     state = as_state_dict(path, raw["state_dict"], spec)
     if raw.get("base"):
         state = {**_base_state(path, raw["base"], spec), **state}
     meta = {key: raw[key] for key in FIELDS if key != "state_dict"}
-    meta |= {"build": raw.get("build", "meta"), "base_origin": raw.get("base_origin", "unknown")}
-    meta |= {"base": raw.get("base"), "training": raw.get("training")}
+    meta |= {
+        "build": raw["build"],
+        "base_origin": raw["base_origin"],
+        "base": raw["base"],
+        "training": raw.get("training"),
+    }
     return convert_state(path, state, spec), meta
 
 
@@ -190,28 +193,37 @@ def _read_original(path: Path, raw: dict, model: str | None) -> tuple[Checkpoint
     return ckpt, meta | {"base": None, "training": None}
 
 
-def load_finetuned(
-    path: str | os.PathLike,
-    device: str | torch.device = "auto",
-    precision: str | Mapping[str, str] = "auto",
-    *,
-    model: str | None = None,
-    build: str | None = None,
-) -> Backbone:
-    """Rebuild a fine-tuned backbone: name, timm overrides, layer, build (unless `build` is given) and weights."""
-    ckpt, meta = read_finetuned(path, model)
-    bb = load_state(
-        get_spec(meta["backbone"]),
-        ckpt,
-        layer=meta["layer"],
-        device=device,
-        precision=precision,
-        build=build or meta["build"],
-        overrides=meta["timm_overrides"],
-    )
+def from_checkpoint(setting: BackboneSettings) -> Backbone:
+    """Rebuild a fine-tuned backbone from `setting.checkpoint`: its model, timm overrides, layer and weights;
+    built as `setting` says (build, precision, device). `setting.model` names the backbone of an
+    original-project checkpoint ("": read off its shapes)."""
+    ckpt, meta = read_finetuned(setting.checkpoint, setting.model or None)
+    layer = meta["layer"] if setting.layer is None else setting.layer
+    bb = load_weights(get_spec(meta["backbone"]), ckpt, replace(setting, layer=layer), meta["timm_overrides"])
     bb.extra = meta["extra"] or {}
     bb.base_origin, bb.base, bb.training_state = meta["base_origin"], meta["base"], meta["training"]
     return bb
+
+
+def checkpoint_header(path: str | os.PathLike, model: str | None = None) -> dict:
+    """What a fine-tuned checkpoint says of itself without building it: its backbone, layer and build, and the
+    image size and resize it was trained with ("trained", empty for the original project's checkpoints)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint file at {path}.")
+    raw = load_file(path, None, mmap=True)
+    if isinstance(raw, dict) and ORIGINAL_KEY in raw and "format" not in raw:
+        return {"backbone": _read_original(path, raw, model)[1]["backbone"], "layer": None, "build": "original",
+                "trained": {}}  # fmt: skip
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        read_finetuned(path, model)  # raises the error that says what the file is
+    trained = (raw.get("extra") or {}).get("finetune", {})
+    return {
+        "backbone": get_spec(raw["backbone"]).name,
+        "layer": raw["layer"],
+        "build": raw.get("build", "meta"),
+        "trained": {key: trained[key] for key in ("image_size", "resize") if key in trained},
+    }
 
 
 PLAIN = (type(None), bool, int, float, str, Tensor)

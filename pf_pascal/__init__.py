@@ -16,7 +16,7 @@ Pair CSVs have the header `source_image,target_image,class` plus `flip` (trn, va
   loads (boxes None, said in PairSet.notes).
 - `flip` goes to `flags["flip"]` as is: a training augmentation hint, nothing is flipped here.
 - Coordinates: the CSV and `.mat` values are MATLAB 1-based pixel coordinates; 1 is subtracted from
-  keypoints and boxes to get this project's 0-based pixel centres (`shift_one_based=False`, the
+  keypoints and boxes to get this project's 0-based pixel centres (`--no-pf-shift`, the
   original project's protocol, keeps them as stored). Public loaders (NCNet, DHPF, CATs,
   GeoAware-SC) use the values unchanged, i.e. 1 px right and down of the annotated pixel; at
   alpha = 0.1 of a 300-500 px image that is far below the PCK threshold, but it matters for drawing
@@ -34,8 +34,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import scipy.io
 
-from images import ImageRef, image_ref, orient_box, orient_points, stored_size
-from pairs import (
+from semcorr.config.settings import DataSettings
+from semcorr.data.images import ImageRef, image_ref, orient_box, orient_points, stored_size
+from semcorr.data.pairs import (
     DatasetError,
     PairRecord,
     PairSet,
@@ -67,17 +68,10 @@ EXPECTED_LAYOUT = """\
 Annotation = tuple[np.ndarray, tuple[float, float, float, float]]  # kps (N, 2) 1-based, bbox
 
 
-def load(
-    root: Path,
-    split: str = "test",
-    layout: str = "large",
-    limit: int | None = None,
-    *,
-    shift_one_based: bool = True,
-    clamp: bool = True,
-) -> PairSet:
-    """The pairs of `split`; `layout` is ignored (SPair-71k only). `shift_one_based` False keeps the
-    stored 1-based coordinates (the original project's protocol)."""
+def load(root: Path, data: DataSettings) -> PairSet:
+    """The pairs of `data.split`. `data.pf_shift` False keeps the stored 1-based coordinates (the original
+    project's protocol)."""
+    split = data.split
     check_split(NAME, split, CSV_NAMES)
     candidates = [folder / name for folder in (root, root / DATA_DIR) for name in CSV_NAMES[split]]
     csv_path = next((path for path in candidates if path.is_file()), None)
@@ -94,9 +88,9 @@ def load(
         )
     uneven: list[str] = []
     records = _records(
-        root, csv_path, rows, ann_dir=ann_dir, with_csv_kps=with_csv_kps, shift=int(shift_one_based), uneven=uneven
+        root, csv_path, rows, ann_dir=ann_dir, with_csv_kps=with_csv_kps, shift=int(data.pf_shift), uneven=uneven
     )
-    pairset = collect_pairs(NAME, split, root, records, limit=limit, clamp=clamp)
+    pairset = collect_pairs(NAME, split, root, records, limit=data.limit, clamp=data.clamp_keypoints)
     if uneven:
         pairset.notes.append(
             f"{len(uneven)} pairs have .mat keypoint lists of different lengths (first: {uneven[0]}); "

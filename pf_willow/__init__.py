@@ -12,7 +12,7 @@ is the class folder in the image path (`PF-dataset/car(G)/Cars_006a.png` -> `car
 target must agree. There are no boxes (trg_bbox None): PCK uses the keypoints' or the image's extent.
 
 Coordinates are MATLAB 1-based (the pairs come from the .mat annotations of the PF dataset); 1 is
-subtracted to get this project's 0-based pixel centres (`shift_one_based=False`, the original
+subtracted to get this project's 0-based pixel centres (`--no-pf-shift`, the original
 project's protocol, keeps them as stored). Public loaders (NCNet, DHPF, CATs,
 GeoAware-SC) use them unchanged, 1 px right and down; PCK thresholds are far larger than that.
 Images with an EXIF orientation get their keypoints turned with it.
@@ -31,8 +31,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from images import ImageRef, image_ref, orient_points, stored_size
-from pairs import (
+from semcorr.config.settings import DataSettings
+from semcorr.data.images import ImageRef, image_ref, orient_points, stored_size
+from semcorr.data.pairs import (
     DatasetError,
     PairRecord,
     PairSet,
@@ -55,17 +56,10 @@ EXPECTED_LAYOUT = """\
 """
 
 
-def load(
-    root: Path,
-    split: str = "test",
-    layout: str = "large",
-    limit: int | None = None,
-    *,
-    shift_one_based: bool = True,
-    clamp: bool = True,
-) -> PairSet:
-    """The test pairs; `layout` is ignored (SPair-71k only). `shift_one_based` False keeps the stored
-    1-based coordinates (the original project's protocol)."""
+def load(root: Path, data: DataSettings) -> PairSet:
+    """The test pairs. `data.pf_shift` False keeps the stored 1-based coordinates (the original project's
+    protocol)."""
+    split = data.split
     check_split(NAME, split, SPLITS)
     candidates = [root / "test_pairs.csv", root / DATA_DIR / "test_pairs.csv"]
     csv_path = next((path for path in candidates if path.is_file()), None)
@@ -76,9 +70,8 @@ def load(
         header = [h.strip() for h in next(reader, [])]
         rows = list(reader)
     columns = _coordinate_columns(header, csv_path)
-    return collect_pairs(
-        NAME, split, root, _records(root, csv_path, rows, columns, int(shift_one_based)), limit=limit, clamp=clamp
-    )
+    records = _records(root, csv_path, rows, columns, int(data.pf_shift))
+    return collect_pairs(NAME, split, root, records, limit=data.limit, clamp=data.clamp_keypoints)
 
 
 def _coordinate_columns(header: list[str], path: Path) -> dict[str, list[int]]:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from synthetic import colour_backbone, colour_config, write_colour_pairs
 
-from evaluation import evaluate
-from pairs import PairSet, load_pairs
-from settings import MatchConfig
+from semcorr.config.settings import MatchSettings
+from semcorr.data.datasets import load_pairs
+from semcorr.data.pairs import PairSet
+from semcorr.engine.evaluation import evaluate
 
 
 @pytest.fixture
@@ -27,6 +28,6 @@ def evaluation_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     pairset = load_pairs("custom", root=write_colour_pairs(tmp / "data"))
     backbone = colour_backbone(tmp, image_size=64)
     return [
-        evaluate(colour_config(tmp, match=MatchConfig(matcher, 3, 0.1)), pairset, backbone)
+        evaluate(colour_config(tmp, image_size=64, match=MatchSettings(matcher, 3, 0.1)), pairset, backbone)
         for matcher in ("argmax", "wsoftargmax")
     ]

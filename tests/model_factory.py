@@ -6,7 +6,7 @@ depth (TINY_OVERRIDES), so a forward pass takes milliseconds. The other sizes of
 (ViT-S/L/g, SAM L/H) are the ViT-B manifest rescaled to their width and head count.
 
     path = write_official_checkpoint(tmp_path, "dinov2_vitb14", tiny=True)
-    bb = load_backbone("dinov2_vitb14", weights=path, **TINY_OVERRIDES)
+    bb = create_backbone("dinov2_vitb14", weights=path, **TINY_OVERRIDES)
 
 Values are drawn so that mistakes show: LayerScale ~ N(0, 1), biases and tokens ~ N(0, 0.5),
 DINOv3's k bias non-zero (its mask must remove it) and RoPE periods off the formula.
@@ -133,12 +133,13 @@ def _swiglu(shapes: dict[str, tuple[int, ...]], width: int) -> dict[str, tuple[i
     return out
 
 
-def tiny_checkpoint(folder: Path, family: str = "dinov2", seed: int = 0) -> Path:
-    """A self-contained checkpoint of a TINY random backbone, as scripts take with --checkpoint."""
-    from models import load_backbone, save_finetuned
+def tiny_checkpoint(folder: Path, family: str = "dinov2", seed: int = 0, trained: dict | None = None) -> Path:
+    """A self-contained checkpoint of a TINY random backbone, as scripts take with --checkpoint (`trained`: the
+    image size and resize its training recorded)."""
+    from models import create_backbone, save_finetuned
 
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bb = load_backbone(family, weights="random", device="cpu", **TINY[family])
-    return save_finetuned(bb, folder / f"init_{family}.pt", {})
+        bb = create_backbone(family, weights="random", device="cpu", **TINY[family])
+    return save_finetuned(bb, folder / f"init_{family}.pt", {"finetune": trained} if trained else {})

@@ -12,10 +12,18 @@ import pandas as pd
 from dataset_factory import FakeImage, FakePair, make_spair
 from synthetic import BOXES, colour_backbone, colour_config, render_object
 
-import results
-from evaluation import evaluate
-from pairs import load_pairs
-from settings import MatchConfig
+from semcorr.config.settings import (
+    BackboneSettings,
+    DataSettings,
+    EvalSettings,
+    MatchSettings,
+    MemberSettings,
+    as_record,
+)
+from semcorr.data.datasets import load_pairs
+from semcorr.engine.evaluation import evaluate
+from semcorr.runs import folders
+from semcorr.runs.metrics import meaning
 
 FLAG_LEVELS = {"viewpoint_variation": 3, "scale_variation": 3, "truncation": 4, "occlusion": 4}
 
@@ -51,7 +59,7 @@ def spair_runs(tmp: Path) -> list[Path]:
     backbone = colour_backbone(tmp)
     return [
         evaluate(
-            colour_config(tmp, dataset="spair", match=MatchConfig(m, 3, 0.1), thresholds=[0.05, 0.1, 0.2]),
+            colour_config(tmp, dataset="spair", match=MatchSettings(m, 3, 0.1), thresholds=(0.05, 0.1, 0.2)),
             pairset,
             backbone,
         )
@@ -69,7 +77,7 @@ HAND_PAIRS = {
 
 
 def hand_run(folder: Path) -> Path:
-    """A results folder written with results.write_run from HAND_PAIRS (L = 100, distance 5 or 50)."""
+    """A results folder written with folders.write_run from HAND_PAIRS (L = 100, distance 5 or 50)."""
     keypoints = pd.DataFrame(
         [
             {"pair_id": pid, "category": "cat", "kp_id": str(k), "distance": 5.0 if ok else 50.0, "norm_L": 100.0,
@@ -102,11 +110,13 @@ def counted_run(folder: Path, correct: list[int], keypoints: list[int]) -> Path:
 
 def write_hand_run(folder: Path, keypoints: pd.DataFrame, pairs: pd.DataFrame) -> Path:
     """An evaluation's results folder holding these tables: an argmax run on SPair-71k test, bbox threshold."""
+    member = MemberSettings(BackboneSettings(model="hand"), (8, 8))
+    settings = EvalSettings(members=(member,), data=DataSettings(dataset="spair", split="test"))
+    resolved = {"model": "hand", "weights": "hand.pt", "weights_origin": "custom", "weight": 1.0, "image_size": [8, 8]}
     config = {
-        "args": {"match": {"matcher": "argmax"}, "checkpoint": None},
-        "resolved": {"model": "hand", "weights_origin": "custom", "image_size": [8, 8],
-                     "pairs_fingerprint": f"hand-{len(pairs)}"},
-    }  # fmt: skip
-    metrics = {"protocol": results.protocol("spair", "test", "bbox"), "counts": {"pairs": len(pairs)}}
+        "settings": as_record(settings),
+        "resolved": {"members": [resolved], "pairs_fingerprint": f"hand-{len(pairs)}"},
+    }
+    metrics = {"protocol": meaning("spair", "test", "bbox"), "counts": {"pairs": len(pairs)}}
     folder.mkdir(parents=True, exist_ok=True)
-    return results.write_run(folder, "evaluation", config, metrics=metrics, per_pair=pairs, per_keypoint=keypoints)
+    return folders.write_run(folder, "evaluation", config, metrics=metrics, per_pair=pairs, per_keypoint=keypoints)

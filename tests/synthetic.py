@@ -9,6 +9,7 @@ peaks where their object coordinates agree. Background and padding get a separat
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helper_functions import IMAGENET_MEAN, IMAGENET_STD
-from settings import EvalConfig
+from semcorr.cli.flags import MemberSpec
+from semcorr.cli.resolve import normalised_weights, resolve
+from semcorr.config.settings import BackboneSettings, EvalSettings, MatchSettings, MemberSettings
 
 BOXES = [(20, 30, 120, 110), (50, 10, 170, 140), (10, 60, 90, 150), (70, 40, 190, 130)]
 
@@ -67,7 +70,7 @@ def render_object(size: tuple[int, int], box: tuple[float, float, float, float])
 
 
 def write_colour_pairs(folder: Path, n_images: int = 4, kps: int = 5, seed: int = 0) -> Path:
-    """A custom pairs file (custom_pairs/ format) of colour-coded objects, with exact ground truth:
+    """A custom pairs file (semcorr/data/custom_pairs.py format) of colour-coded objects, with exact ground truth:
     every ordered pair of `n_images` images, `kps` keypoints each, categories 'a' and 'b'."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []
@@ -102,12 +105,28 @@ def colour_backbone(tmp_path: Path, patch_size: int = 8, image_size: int = 128) 
     return bb
 
 
-def colour_config(tmp_path: Path, **kw) -> EvalConfig:
-    """An EvalConfig for the colour-coded pairs: everything under tmp_path, no workers, bbox PCK at 0.05 and 0.1."""
-    settings = {"model": "colourcode", "dataset": "custom", "cache_dir": str(tmp_path / "cache"),
-                "output_dir": str(tmp_path / "results"), "num_workers": 0, "batch_size": 3, "progress": False,
-                "pck_norm": "bbox", "thresholds": [0.05, 0.1]}  # fmt: skip
-    return EvalConfig(**{**settings, **kw})
+def colour_config(
+    tmp_path: Path,
+    *,
+    image_size: int | tuple[int, int] = 128,
+    match: MatchSettings | None = None,
+    weights: list[float | None] | None = None,
+    **given,
+) -> EvalSettings:
+    """Settings for the colour-coded pairs, resolved from flags like a script's (`given`, e.g. protocol="original"):
+    everything under tmp_path, no workers, bbox PCK at 0.05 and 0.1; one colour-code member at `image_size`, or
+    one per ensemble weight in `weights` (normalised as the scripts do; None: equal)."""
+    flags = {"dataset": "custom", "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "results"),
+             "num_workers": 0, "batch_size": 3, "quiet": True, "pck_norm": "bbox", "thresholds": (0.05, 0.1)}  # fmt: skip
+    settings = resolve("evaluation", {**flags, **given})
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    specs = [MemberSpec("colourcode", weight=w) for w in weights or [None]]
+    members = tuple(
+        MemberSettings(BackboneSettings(model="colourcode"), size, settings.member.resize, w)
+        for w in normalised_weights(specs)
+    )
+    settings = replace(settings, members=members)
+    return replace(settings, match=replace(match, window_border=settings.match.window_border)) if match else settings
 
 
 SRC_BOX, TRG_BOX = (20, 30, 120, 110), (50, 10, 170, 140)  # the object in the source and target images

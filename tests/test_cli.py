@@ -1,4 +1,4 @@
-"""cli.py: argument types, the member and point syntaxes, what the parsed flags become, how scripts end."""
+"""semcorr/cli/: argument types, the member and point syntaxes, what the parsed flags become, how scripts end."""
 
 import argparse
 import subprocess
@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from model_factory import tiny_checkpoint
 
 import evaluate
-from cli import eval_config, evaluation_parser, image_size, odd_window, parse_member, run_main
-from settings import EvalConfig, MemberSpec
+from semcorr.cli.errors import run_main
+from semcorr.cli.flags import MemberSpec, evaluation_parser, given, image_size, odd_window, parse_member
+from semcorr.cli.resolve import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,8 +27,8 @@ def spec(text):
         ("dinov2:0.25", MemberSpec("dinov2", None, 0.25)),
         ("dinov3:ckpt.pt:0.65", MemberSpec("dinov3", "ckpt.pt", 0.65)),
         ("dinov3:runs/a b/best.pt", MemberSpec("dinov3", "runs/a b/best.pt")),
-        ("sam:0.1@1024", MemberSpec("sam", None, 0.1, [1024])),
-        ("dinov2_vitl14:random@448x336", MemberSpec("dinov2_vitl14", "random", None, [448, 336])),
+        ("sam:0.1@1024", MemberSpec("sam", None, 0.1, (1024,))),
+        ("dinov2_vitl14:random@448x336", MemberSpec("dinov2_vitl14", "random", None, (448, 336))),
         ("dinov2:C:/w/x.pt:0.5", MemberSpec("dinov2", "C:/w/x.pt", 0.5)),
         ("dinov2:0", MemberSpec("dinov2", None, 0.0)),
     ],
@@ -53,7 +55,7 @@ def test_member_syntax_errors(text, message):
 
 
 def test_image_size_and_window_types():
-    assert image_size("518") == [518] and image_size("448x336") == [448, 336]
+    assert image_size("518") == (518,) and image_size("448x336") == (448, 336)
     for bad in ("0", "a", "1x2x3", "-5"):
         with pytest.raises(argparse.ArgumentTypeError, match="N or HxW"):
             image_size(bad)
@@ -62,10 +64,16 @@ def test_image_size_and_window_types():
         odd_window("4")
 
 
-def test_checkpoint_names_its_own_model_and_excludes_weights(capsys):
+def test_checkpoint_names_its_own_model_and_excludes_weights(capsys, tmp_path):
     parser = evaluation_parser("test", checkpoint="either")
-    assert eval_config(parser.parse_args(["--checkpoint", "best.pt"])).model is None
-    assert eval_config(parser.parse_args(["--weights", "w.pth"])).model == EvalConfig.model
+    ckpt = tiny_checkpoint(tmp_path)
+    settings = resolve("evaluation", given(parser.parse_args(["--checkpoint", str(ckpt)])))
+    assert settings.member.backbone.model == "dinov2_vitb14" and settings.member.backbone.checkpoint == str(ckpt)
+    assert (
+        resolve("evaluation", given(parser.parse_args(["--weights", "w.pth"]))).member.backbone.model == "dinov2_vitb14"
+    )
+    with pytest.raises(ValueError, match="holds a fine-tuned dinov2_vitb14, not sam_vit_b: drop --model"):
+        resolve("evaluation", given(parser.parse_args(["--checkpoint", str(ckpt), "--model", "sam"])))
     for argv in (["--checkpoint", "a.pt", "--weights", "b.pth"], []):  # both, or neither
         with pytest.raises(SystemExit):
             parser.parse_args(argv)

@@ -7,7 +7,7 @@ import pytest
 from dataset_factory import UNDO_ORIENTATION, FakeImage, render, write_image
 from PIL import Image
 
-from images import ImageError, ImageRef, image_ref, load_image, orient_box, orient_points
+from semcorr.data.images import ImageError, ImageRef, image_ref, load_image, orient_box, orient_points
 
 WHITE, RED = (255, 255, 255), (255, 0, 0)
 

@@ -14,7 +14,7 @@ import scipy.io
 from PIL import Image
 
 import pf_pascal
-from pairs import load_pairs
+from semcorr.data.datasets import load_pairs
 from SPair71k import read_layout
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
@@ -78,7 +78,7 @@ def test_spair_loads_the_real_val_list_from_windows_named_annotations(tmp_path):
             path = root / "JPEGImages" / name.category / f"{image}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()  # listing pairs must not open images
-    ps = load_pairs("spair", root, "val")
+    ps = load_pairs("spair", root=root, split="val")
     assert len(ps.pairs) == 5_384 and len(ps.unique_images()) == 322
     assert ps.pairs[0].pair_id == layout.read_text().split()[0]
     assert Counter(p.flags["viewpoint_variation"] for p in ps.pairs) == Counter(n % 3 for n in range(1, 5_385))
@@ -103,7 +103,7 @@ def test_pf_pascal_loads_the_real_pair_lists(tmp_path, split, num_pairs, num_ima
         (tmp_path / image).write_bytes(jpeg.getvalue())
         mat = tmp_path / "PF-dataset-PASCAL" / "Annotations" / category / f"{Path(image).stem}.mat"
         scipy.io.savemat(str(mat), {"kps": kps, "bbox": np.array([[2, 3, 40, 30]])})
-    ps = load_pairs("pf-pascal", tmp_path, split)
+    ps = load_pairs("pf-pascal", root=tmp_path, split=split)
     assert len(ps.pairs) == num_pairs and len(ps.unique_images()) == num_images
     assert len({p.pair_id for p in ps.pairs}) == num_pairs  # rows repeat in train: ids use the row
     assert Counter(p.category for p in ps.pairs) == Counter(pf_pascal.CLASSES[int(r["class"]) - 1] for r in rows)

@@ -24,13 +24,16 @@ import pytest
 import torch
 from model_factory import official_shapes, random_official_state_dict
 
-import download
-from cli import run_main
-from download import MANIFEST, DownloadError, Item, Source, build_table, ensure, main
+from download import main
 from models.finetuned import FORMAT
 from models.registry import ALIASES, BACKBONES, get_spec
-from pairs import DEFAULT_ROOTS
-from settings import REPO_ROOT
+from semcorr.cli.errors import run_main
+from semcorr.config.settings import REPO_ROOT
+from semcorr.data.datasets import DEFAULT_ROOTS
+from semcorr.download import checks, transfer
+from semcorr.download.checks import MANIFEST, DownloadError
+from semcorr.download.fetch import ensure
+from semcorr.download.table import Item, Source, build_table
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
 
@@ -207,8 +210,8 @@ def test_rerun_skips_without_network_or_hashing(server, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a complete item must not be fetched or hashed again")
 
-    monkeypatch.setattr(download, "urlopen", forbidden)
-    monkeypatch.setattr(download, "hash_file", forbidden)
+    monkeypatch.setattr(transfer, "urlopen", forbidden)
+    monkeypatch.setattr(checks, "hash_file", forbidden)
     assert ensure(item) == (
         "already present: data.tar.gz (checked: size announced by the server), "
         "test_pairs.csv (checked: size announced by the server)"
@@ -539,7 +542,7 @@ def finetuned_file(path: Path, whose: str) -> Path:
         state = torch.load(full_layout_file(path, DINOV2.name), weights_only=True)
         torch.save({"model_state_dict": state, "epoch": 3}, path)
         return path
-    shapes = {key: meta.shape for key, meta in download.expected_state(DINOV2).items()}
+    shapes = {key: meta.shape for key, meta in checks.expected_state(DINOV2).items()}
     storage = torch.zeros(max(math.prod(shape) for shape in shapes.values()))
     state = {key: storage[: math.prod(shape)].view(shape) for key, shape in shapes.items()}
     payload = {"format": FORMAT, "backbone": DINOV2.name, "timm_overrides": {}, "layer": None, "base": None}
@@ -570,8 +573,8 @@ def test_weights_placed_by_hand_are_checked_for_every_key_once(tmp_path, dead_ur
 
     assert ensure(item) == f"found {DINOV2.official_file} (checked: {LOADS})"
 
-    monkeypatch.setattr(download, "layout_problem", forbidden)
-    monkeypatch.setattr(download, "hash_file", forbidden)
+    monkeypatch.setattr(checks, "layout_problem", forbidden)
+    monkeypatch.setattr(checks, "hash_file", forbidden)
     assert ensure(item) == f"already present: {DINOV2.official_file} (checked: {LOADS})"
 
 
@@ -671,7 +674,7 @@ def offline(*args, **kwargs):
 
 
 def test_dry_run_offline_shows_the_known_sizes_and_a_total(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(download, "urlopen", offline)
+    monkeypatch.setattr(transfer, "urlopen", offline)
 
     assert main(["--models", "sam", "sam_vit_l", "sam_vit_h", "dinov2", "--dry-run", "--root", str(tmp_path)]) == 0
 

@@ -10,13 +10,16 @@ import torch
 import torch.nn.functional as F
 from synthetic import ColourCodeBackbone, colour_backbone, colour_config, write_colour_pairs
 
-import ensemble as ens
 import ensemble_evaluate
-from cli import parse_member
-from evaluation import Member, build_member, evaluate, evaluation_set, predict_keypoints
 from helper_functions import FeatureSet
-from results import read_run
-from settings import EnsembleConfig, MatchConfig
+from semcorr.cli.flags import parse_member
+from semcorr.cli.resolve import normalised_weights
+from semcorr.config.settings import EnsembleSettings, MatchSettings, WeightSearchSettings
+from semcorr.engine import ensemble as ens
+from semcorr.engine.evaluation import evaluate, evaluation_set
+from semcorr.engine.matching import predict_keypoints
+from semcorr.engine.members import Member, build_member, engine_members
+from semcorr.runs.folders import read_run
 
 
 class NoiseBackbone(ColourCodeBackbone):
@@ -33,12 +36,13 @@ def spec(text):
 
 
 def test_weights_are_normalised_and_all_or_none():
-    assert ens.normalised_weights([spec("a"), spec("b")]) == [0.5, 0.5]
-    assert ens.normalised_weights([spec("a:3"), spec("b:1")]) == [0.75, 0.25]
+    assert normalised_weights([spec("a"), spec("b")]) == [0.5, 0.5]
+    assert normalised_weights([spec("a:3"), spec("b:1")]) == [0.75, 0.25]
+    assert normalised_weights([spec("a:1e308"), spec("b:1e308")]) == [0.5, 0.5]  # their sum would overflow
     with pytest.raises(ValueError, match="every member or to none"):
-        ens.normalised_weights([spec("a:3"), spec("b")])
+        normalised_weights([spec("a:3"), spec("b")])
     with pytest.raises(ValueError, match="sum to 0"):
-        ens.normalised_weights([spec("a:0"), spec("b:0")])
+        normalised_weights([spec("a:0"), spec("b:0")])
 
 
 def test_simplex_grid():
@@ -59,18 +63,18 @@ def predictions(run):
 
 def test_identical_members_equal_one_model_and_weights_are_normalised(tmp_path, colour_pairs):
     """Weights 3 and 7 on the same model: only normalised weights keep the soft-argmax temperature."""
-    cfg = colour_config(tmp_path, match=MatchConfig("wsoftargmax", 5, 0.1))
+    match = MatchSettings("wsoftargmax", 5, 0.1)
     bb = colour_backbone(tmp_path)
-    single = evaluate(cfg, colour_pairs, bb)
-    run = ens.evaluate_ensemble(cfg, EnsembleConfig([spec("cc:3"), spec("cc:7")]), colour_pairs, [bb, bb])
+    single = evaluate(colour_config(tmp_path, match=match), colour_pairs, bb)
+    run = evaluate(colour_config(tmp_path, match=match, weights=[3, 7]), colour_pairs, [bb, bb])
     np.testing.assert_allclose(predictions(run), predictions(single), atol=1e-9)
     assert run.name.endswith("_ensemble_custom_test_wsoftargmax")
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "per_keypoint.csv", "per_pair.csv"]
     config_json = json.loads((run / "config.json").read_text())
     members = config_json["resolved"]["members"]
     assert [m["weight"] for m in members] == pytest.approx([0.3, 0.7])
-    assert [m["spec"] for m in members] == ["cc:3", "cc:7"] and members[0]["grid"] == [16, 16]
-    assert config_json["args"]["model"] == "ensemble" and config_json["args"]["members"][1]["weight"] == 7
+    assert members[0]["grid"] == [16, 16]
+    assert config_json["settings"]["members"][1]["weight"] == pytest.approx(0.7)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["counts"]["pairs"] == 12 and len(metrics["timings"]["per_member"]) == 2
 
@@ -81,10 +85,8 @@ def test_identical_members_equal_one_model_and_weights_are_normalised(tmp_path, 
 def test_members_on_different_grids(tmp_path, colour_pairs, common_grid, grid, reference):
     """Patch 16 (8x8 grid) and patch 8 (16x16): maps meet on the chosen grid, pixels come from it."""
     coarse, fine = colour_backbone(tmp_path, patch_size=16), colour_backbone(tmp_path, patch_size=8)
-    cfg = colour_config(tmp_path, thresholds=[0.2])
-    run = ens.evaluate_ensemble(
-        cfg, EnsembleConfig([spec("coarse"), spec("fine")], common_grid), colour_pairs, [coarse, fine]
-    )
+    cfg = colour_config(tmp_path, thresholds=(0.2,), common_grid=common_grid, weights=[None, None])
+    run = evaluate(cfg, colour_pairs, [coarse, fine])
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert resolved["grid"] == grid and resolved["reference_member"] == reference
     metrics = json.loads((run / "metrics.json").read_text())
@@ -92,16 +94,13 @@ def test_members_on_different_grids(tmp_path, colour_pairs, common_grid, grid, r
 
 
 def test_zero_weight_member_changes_nothing_and_noise_hurts(tmp_path, colour_pairs):
-    cfg = colour_config(tmp_path, cache_dir=None)
     good = colour_backbone(tmp_path)
-    alone = evaluate(cfg, colour_pairs, good)
-    muted = ens.evaluate_ensemble(
-        cfg, EnsembleConfig([spec("good:1"), spec("noise:0")]), colour_pairs, [good, NoiseBackbone(8, 128)]
+    alone = evaluate(colour_config(tmp_path, no_cache=True), colour_pairs, good)
+    muted = evaluate(
+        colour_config(tmp_path, no_cache=True, weights=[1, 0]), colour_pairs, [good, NoiseBackbone(8, 128)]
     )
     np.testing.assert_array_equal(predictions(muted), predictions(alone))
-    loud = ens.evaluate_ensemble(
-        cfg, EnsembleConfig([spec("good:1"), spec("noise:3")]), colour_pairs, [good, NoiseBackbone(8, 128)]
-    )
+    loud = evaluate(colour_config(tmp_path, no_cache=True, weights=[1, 3]), colour_pairs, [good, NoiseBackbone(8, 128)])
     pck_of = lambda run: json.loads((run / "metrics.json").read_text())["pck@0.1"]["per_keypoint"]  # noqa: E731
     assert pck_of(loud) < pck_of(alone) - 20
 
@@ -109,11 +108,13 @@ def test_zero_weight_member_changes_nothing_and_noise_hurts(tmp_path, colour_pai
 def test_combine_features_is_the_weighted_concatenation(tmp_path, colour_pairs):
     """--combine features equals matching on [sqrt(w1) f1, sqrt(w2) f2] with f2 resized to f1's grid."""
     eval_set, _ = evaluation_set(colour_pairs)
-    fine, _ = build_member(colour_config(tmp_path), colour_backbone(tmp_path, 8), eval_set, weight=0.4)
-    coarse, _ = build_member(colour_config(tmp_path), colour_backbone(tmp_path, 16), eval_set, weight=0.6)
-    ordered, order = ens.engine_members([coarse, fine], "finest", "features")
+    cfg = colour_config(tmp_path, weights=[0.4, 0.6])
+    images = eval_set.unique_images()
+    fine, _ = build_member(cfg.members[0], cfg.extract, colour_backbone(tmp_path, 8), images, progress=False)
+    coarse, _ = build_member(cfg.members[1], cfg.extract, colour_backbone(tmp_path, 16), images, progress=False)
+    ordered, order = engine_members([coarse, fine], EnsembleSettings("finest", "features"))
     assert order == [1, 0] and ordered[1].features.feats.shape[-2:] == (16, 16)
-    cfg = MatchConfig("argmax")
+    cfg = MatchSettings("argmax")
     pred = predict_keypoints(eval_set.pairs, ordered, cfg, progress=False)
 
     up = F.normalize(F.interpolate(coarse.features.feats.float(), size=(16, 16), mode="bilinear"), dim=1)
@@ -122,32 +123,33 @@ def test_combine_features_is_the_weighted_concatenation(tmp_path, colour_pairs):
     concat = Member(FeatureSet(cat, fs.index, fs.prep, fs.geometries, fs.stats))
     np.testing.assert_allclose(pred, predict_keypoints(eval_set.pairs, [concat], cfg, progress=False), atol=1e-9)
     # and it differs from summing similarity maps resized after the fact
-    summed, _ = ens.engine_members([coarse, fine], "finest", "similarity")
-    assert not np.allclose(pred, predict_keypoints(eval_set.pairs, summed, MatchConfig("argmax"), progress=False))
+    summed, _ = engine_members([coarse, fine], EnsembleSettings("finest", "similarity"))
+    assert not np.allclose(pred, predict_keypoints(eval_set.pairs, summed, MatchSettings("argmax"), progress=False))
 
 
 def test_pad_members_need_one_aspect_ratio(tmp_path, colour_pairs):
-    eval_set, _ = evaluation_set(colour_pairs)
-    a, _ = build_member(colour_config(tmp_path, resize="pad"), colour_backbone(tmp_path), eval_set, image_size=[128])
-    b, _ = build_member(
-        colour_config(tmp_path, resize="pad"), colour_backbone(tmp_path), eval_set, image_size=[128, 64]
-    )
+    images = evaluation_set(colour_pairs)[0].unique_images()
+    square = colour_config(tmp_path, resize="pad")
+    wide = colour_config(tmp_path, resize="pad", image_size=(128, 64))
+    a, _ = build_member(square.member, square.extract, colour_backbone(tmp_path), images, progress=False)
+    b, _ = build_member(wide.member, wide.extract, colour_backbone(tmp_path), images, progress=False)
     with pytest.raises(ValueError, match="one aspect ratio"):
-        ens.engine_members([a, b], "finest", "similarity")
+        engine_members([a, b], EnsembleSettings("finest", "similarity"))
 
 
 def test_weight_search(tmp_path, colour_pairs):
-    cfg = colour_config(tmp_path, cache_dir=None)
+    cfg = colour_config(tmp_path, no_cache=True, weights=[None, None])
     good = colour_backbone(tmp_path)
-    ens_cfg = EnsembleConfig([spec("good"), spec("noise:0.9")], weight_step=0.25)
-    run = ens.search_weights(cfg, ens_cfg, colour_pairs, [good, NoiseBackbone(8, 128)])
+    run = ens.search_weights(cfg, WeightSearchSettings(step=0.25), colour_pairs, [good, NoiseBackbone(8, 128)])
     assert run.name.endswith("_ensemble_custom_test_weights")
     table = pd.read_csv(run / "weight_search_results.csv")
     assert table[["weight_0", "weight_1"]].values.tolist() == [[0, 1], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1, 0]]
-    single = json.loads((evaluate(cfg, colour_pairs, good) / "metrics.json").read_text())
+    single = json.loads(
+        (evaluate(colour_config(tmp_path, no_cache=True), colour_pairs, good) / "metrics.json").read_text()
+    )
     assert table.iloc[-1]["pck@0.1_per_image"] == pytest.approx(single["pck@0.1"]["per_image"])
     best = json.loads((run / "best_weights.json").read_text())
-    assert best["members"] == ["good", "noise"]
+    assert best["members"] == ["colourcode@128x128", "colourcode@128x128"]
     assert best["best"]["0.1"]["weights"][0] >= 0.75
     member_args = best["best"]["0.1"]["member_args"].split()
     assert member_args[::2] == ["--member", "--member"]
@@ -185,17 +187,29 @@ def test_command_line(tmp_path, capsys):
     assert "MODEL[:WEIGHTS][:WEIGHT][@SIZE]" in capsys.readouterr().out
     with pytest.raises(ValueError, match="every member or to none"):
         ensemble_evaluate.main(["--member", "dinov2_vits14:random:1", "--member", "dinov2_vits14:random", *common])
-    with pytest.raises(ValueError, match="must divide 1"):
+    with pytest.raises(ValueError, match="must divide 1"):  # before any model or data is read
         ensemble_evaluate.main(
-            ["--member", "no_such_model", "--member", "dinov2", "--search-weights", "--weight-step", "0.3", *common]
+            [
+                "--member",
+                "dinov2",
+                "--member",
+                "sam",
+                "--search-weights",
+                "--weight-step",
+                "0.3",
+                "--data-root",
+                "/nowhere",
+            ]
         )
+    with pytest.raises(ValueError, match="Unknown backbone 'no_such_model'"):
+        ensemble_evaluate.main(["--member", "no_such_model", "--member", "dinov2", "--data-root", "/nowhere"])
 
 
 def test_the_original_protocol_meets_on_the_coarsest_grid(tmp_path, colour_pairs):
     """The original resized every map to SAM's 32 x 32 grid and took pixels from its geometry."""
     coarse, fine = colour_backbone(tmp_path, patch_size=16), colour_backbone(tmp_path, patch_size=8)
-    cfg = colour_config(tmp_path, thresholds=[0.2], protocol="original", pck_norm=None)
-    run = ens.evaluate_ensemble(cfg, EnsembleConfig([spec("fine"), spec("coarse")]), colour_pairs, [fine, coarse])
+    cfg = colour_config(tmp_path, thresholds=(0.2,), protocol="original", pck_norm="bbox", weights=[None, None])
+    run = evaluate(cfg, colour_pairs, [fine, coarse])
     config_json = json.loads((run / "config.json").read_text())
     assert config_json["resolved"]["grid"] == [8, 8] and config_json["resolved"]["reference_member"] == 1
-    assert config_json["protocol"]["settings"]["common_grid"] == "coarsest"
+    assert config_json["settings"]["ensemble"]["common_grid"] == "coarsest"

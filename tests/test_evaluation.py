@@ -10,9 +10,9 @@ import torch
 from synthetic import colour_backbone, colour_config
 
 import pck
-from evaluation import evaluate
-from results import read_run
-from settings import MatchConfig
+from semcorr.config.settings import MatchSettings
+from semcorr.engine.evaluation import evaluate
+from semcorr.runs.folders import read_run
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def config(tmp_path, **kw):
 
 
 def test_run_folder_files_and_figures_recompute_from_csv(tmp_path, pairset, backbone):
-    run = evaluate(config(tmp_path, match=MatchConfig("wsoftargmax", 3, 0.05)), pairset, backbone)
+    run = evaluate(config(tmp_path, match=MatchSettings("wsoftargmax", 3, 0.05)), pairset, backbone)
     assert run.name.endswith("_colourcode_custom_test_wsoftargmax")
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "per_keypoint.csv", "per_pair.csv"]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -48,8 +48,9 @@ def test_run_folder_files_and_figures_recompute_from_csv(tmp_path, pairset, back
         (table.groupby("pair_id")["correct@0.1"].mean() * 100).to_dict()
     )
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["resolved"]["weights_sha256"] == hashlib.sha256(b"weights").hexdigest()
-    assert cfg["resolved"]["image_size"] == [128, 128] and cfg["args"]["match"]["window"] == 3
+    (member,) = cfg["resolved"]["members"]
+    assert member["weights_sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert member["image_size"] == [128, 128] and cfg["settings"]["match"]["window"] == 3
     assert torch.__version__.startswith(cfg["environment"]["packages"]["torch"])
 
 
@@ -89,13 +90,3 @@ def test_cache_is_keyed_by_preprocessing(tmp_path, pairset, backbone):
     backbone.calls = 0
     evaluate(config(tmp_path, resize="pad"), pairset, backbone)
     assert backbone.calls == 2
-
-
-def test_finetuned_checkpoint_defaults_to_its_training_preprocessing(tmp_path, pairset, backbone):
-    backbone.extra = {"finetune": {"image_size": [96], "resize": "pad"}}
-    run = evaluate(config(tmp_path), pairset, backbone)
-    resolved = json.loads((run / "config.json").read_text())["resolved"]
-    assert (resolved["image_size"], resolved["resize"]) == ([96, 96], "pad")
-    run = evaluate(config(tmp_path, image_size=[64], resize="squash"), pairset, backbone)
-    resolved = json.loads((run / "config.json").read_text())["resolved"]
-    assert (resolved["image_size"], resolved["resize"]) == ([64, 64], "squash")

@@ -1,4 +1,4 @@
-"""The match explorer (explorer.py, notebooks/explore_matches.ipynb): a click answers what match_pair.py
+"""The match explorer (semcorr/viz/explorer.py, notebooks/explore_matches.ipynb): a click answers what match_pair.py
 answers, from the evaluations' feature cache, and the notebook runs headlessly through its own callbacks."""
 
 import json
@@ -14,45 +14,51 @@ from nbclient import NotebookClient
 from synthetic import SRC_BOX, TRG_BOX, colour_backbone, colour_config, colour_images, write_colour_pairs
 
 import match_pair
-import pair_matching as mp
-import results
-from explorer import Explorer, ExplorerView, config_of_run, dataset_pairs, heatmap_in_pixels, pair_choices
-from geometry import Geometry
-from pairs import load_pairs
-from settings import MatchConfig
+from semcorr.config.settings import MatchSettings
+from semcorr.data.datasets import load_pairs
+from semcorr.data.geometry import Geometry
+from semcorr.engine import pair as mp
+from semcorr.runs import folders
+from semcorr.viz.explorer import Explorer, ExplorerView, dataset_pairs, heatmap_in_pixels, pair_choices, settings_of_run
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_matches.ipynb"
 
 
 def test_click_answers_what_match_pair_answers(tmp_path):
     src, trg = colour_images(tmp_path)
-    cfg = colour_config(tmp_path, match=MatchConfig("wsoftargmax", 3, 0.2))
+    cfg = colour_config(tmp_path, match=MatchSettings("wsoftargmax", 3, 0.2))
     explorer = Explorer(cfg, colour_backbone(tmp_path))
     explorer.open_images(src, trg)
     points = np.array([[40, 50], [100.3, 95.7], [0, 0], [199, 159], [119.4, 30.6]], np.float32)
     clicks = [explorer.click(x, y) for x, y in points]
-    for matcher, field in (("argmax", "argmax"), ("wsoftargmax", "soft_argmax")):
-        cfg_m = colour_config(tmp_path, match=MatchConfig(matcher, 3, 0.2))
-        expected = mp.match_pair(cfg_m, colour_backbone(tmp_path), src, trg, points=points)
-        np.testing.assert_array_equal(np.stack([getattr(c, field) for c in clicks]), expected.pred)
+    for matcher in ("argmax", "wsoftargmax"):
+        cfg_m = colour_config(tmp_path, match=MatchSettings(matcher, 3, 0.2))
+        expected, _ = mp.match_pair(cfg_m, colour_backbone(tmp_path), src, trg, points=points)
+        np.testing.assert_array_equal(np.stack([c.predictions[matcher] for c in clicks]), expected.pred)
         np.testing.assert_allclose([c.similarity for c in clicks], expected.peak, rtol=1e-6)
     # the colour-coded object: the same object coordinates, within a target patch
     s, t = np.array(SRC_BOX, float), np.array(TRG_BOX, float)
     truth = t[:2] + (points[:2] + 0.5 - s[:2]) / (s[2:] - s[:2]) * (t[2:] - t[:2]) - 0.5
-    assert (np.abs(np.stack([c.soft_argmax for c in clicks[:2]]) - truth) < np.array([230, 150]) / 16).all()
+    assert (
+        np.abs(np.stack([c.predictions["wsoftargmax"] for c in clicks[:2]]) - truth) < np.array([230, 150]) / 16
+    ).all()
     click = clicks[0]
     assert click.heatmap.shape == (150, 230) and click.extent == (-0.5, 229.5, 149.5, -0.5)
     peak = np.unravel_index(click.heatmap.argmax(), click.heatmap.shape)[::-1]
-    assert np.abs(np.array(peak) - click.argmax).max() < 230 / 16  # the heatmap peaks at the argmax patch
+    assert (
+        np.abs(np.array(peak) - click.predictions["argmax"]).max() < 230 / 16
+    )  # the heatmap peaks at the argmax patch
     assert click.keypoint is None and click.truth is None and "ground truth" not in click.describe()
-    assert json.loads(json.dumps(click.record()))["soft_argmax"] == click.soft_argmax.tolist()
+    assert (
+        json.loads(json.dumps(click.record()))["predictions"]["wsoftargmax"]
+        == click.predictions["wsoftargmax"].tolist()
+    )
 
     explorer.window, explorer.temperature = 5, 0.05
     wider = explorer.click(40, 50)
-    cfg_5 = colour_config(tmp_path, match=MatchConfig("wsoftargmax", 5, 0.05))
-    np.testing.assert_array_equal(
-        wider.soft_argmax, mp.match_pair(cfg_5, colour_backbone(tmp_path), src, trg, points=points[:1]).pred[0]
-    )
+    cfg_5 = colour_config(tmp_path, match=MatchSettings("wsoftargmax", 5, 0.05))
+    expected, _ = mp.match_pair(cfg_5, colour_backbone(tmp_path), src, trg, points=points[:1])
+    np.testing.assert_array_equal(wider.predictions["wsoftargmax"], expected.pred[0])
 
 
 def test_a_second_explorer_reads_the_features_from_the_cache(tmp_path):
@@ -85,23 +91,24 @@ def test_heatmap_is_the_similarity_map_at_pixel_centres():
 
 def test_dataset_pair_shows_the_nearest_keypoints_ground_truth(tmp_path, colour_pairs):
     pair = colour_pairs.pairs[3]
-    explorer = Explorer(colour_config(tmp_path, match=MatchConfig("wsoftargmax", 3, 0.1)), colour_backbone(tmp_path))
+    explorer = Explorer(colour_config(tmp_path, match=MatchSettings("wsoftargmax", 3, 0.1)), colour_backbone(tmp_path))
     explorer.open_pair(pair)
     x, y = pair.src_kps[2] + np.array([2.0, -1.0])
     click = explorer.click(x, y)
     assert click.keypoint == 2 and click.keypoint_id == pair.kp_ids[2]
     assert click.keypoint_distance == pytest.approx(np.sqrt(5), abs=1e-4)
     np.testing.assert_array_equal(click.truth, pair.trg_kps[2])
-    assert np.abs(explorer.click(*pair.src_kps[2]).soft_argmax - pair.trg_kps[2]).max() < 230 / 16
+    assert np.abs(explorer.click(*pair.src_kps[2]).predictions["wsoftargmax"] - pair.trg_kps[2]).max() < 230 / 16
     assert f"keypoint {pair.kp_ids[2]} (2.2 px from the click)" in click.describe()
     labels = pair_choices({p.pair_id: p for p in colour_pairs.pairs})
     assert next(iter(labels)) == f"{colour_pairs.pairs[0].pair_id} (a, 5 keypoints)"
 
 
 def test_a_results_folder_opens_with_the_runs_settings_and_features(tmp_path, evaluation_runs):
-    run = results.read_run(evaluation_runs[1])  # soft-argmax K3 T0.1, 64-pixel input
-    cfg = config_of_run(run, device="cpu")
-    assert (cfg.match.matcher, cfg.match.window, cfg.match.temperature, cfg.device) == ("wsoftargmax", 3, 0.1, "cpu")
+    run = folders.read_run(evaluation_runs[1])  # soft-argmax K3 T0.1, 64-pixel input
+    cfg = settings_of_run(run, device="cpu")
+    match, device = cfg.match, cfg.member.backbone.device
+    assert (match.matcher, match.window, match.temperature, device) == ("wsoftargmax", 3, 0.1, "cpu")
     pairs = dataset_pairs(cfg)
     table = run.keypoints()
     choices = pair_choices(pairs, table)
@@ -114,7 +121,9 @@ def test_a_results_folder_opens_with_the_runs_settings_and_features(tmp_path, ev
     explorer.open_pair(pairs[worst])
     assert backbone.calls == 0 and explorer.stats["images_from_cache"] == 2
     rows = table[table["pair_id"] == worst]
-    predicted = np.stack([explorer.click(x, y).soft_argmax for x, y in rows[["src_x", "src_y"]].to_numpy()])
+    predicted = np.stack(
+        [explorer.click(x, y).predictions["wsoftargmax"] for x, y in rows[["src_x", "src_y"]].to_numpy()]
+    )
     np.testing.assert_allclose(predicted, rows[["pred_x", "pred_y"]].to_numpy(), atol=1e-9)
 
 
@@ -125,10 +134,11 @@ def test_what_the_explorer_refuses(tmp_path, evaluation_runs):
     explorer.open_images(*colour_images(tmp_path))
     with pytest.raises(ValueError, match=r"\(200, 10\) lies outside the source image \(200 x 160 pixels\)"):
         explorer.click(200, 10)
-    run = results.read_run(evaluation_runs[0])
-    run.config = {**run.config, "args": {**run.config["args"], "members": [{"model": "dinov2"}]}}
+    run = folders.read_run(evaluation_runs[0])
+    settings = run.config["settings"]
+    run.config = {**run.config, "settings": {**settings, "members": settings["members"] * 2}}
     with pytest.raises(ValueError, match="an ensemble evaluation: explore one member"):
-        config_of_run(run)
+        settings_of_run(run)
 
 
 def test_view_draws_a_press_on_the_source_and_ignores_others(tmp_path, colour_pairs):
@@ -141,8 +151,8 @@ def test_view_draws_a_press_on_the_source_and_ignores_others(tmp_path, colour_pa
     x, y = pair.src_kps[1]
     click = view.on_click(SimpleNamespace(inaxes=view.src_ax, xdata=x, ydata=y))
     assert view.last is click and click.keypoint == 1
-    np.testing.assert_array_equal(view.marks["soft-argmax"].get_xydata()[0], click.soft_argmax)
-    np.testing.assert_array_equal(view.marks["argmax"].get_xydata()[0], click.argmax)
+    for name in ("argmax", "wsoftargmax"):
+        np.testing.assert_array_equal(view.marks[name].get_xydata()[0], click.predictions[name])
     np.testing.assert_array_equal(view.nearest.get_xydata()[0], pair.src_kps[1])
     np.testing.assert_array_equal(view.heat.get_array(), click.heatmap)
     assert view.heat.get_clim() == (click.heatmap.min(), click.heatmap.max())
@@ -182,10 +192,11 @@ def test_notebook_click_equals_match_pair(tmp_path, monkeypatch):
     common = ["--model", "dinov2_vits14", "--weights", str(weights), "--image-size", "112", "--device", "cpu",
               "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "results"), "--quiet",
               "--src", str(data.parent / "im0.png"), "--trg", str(data.parent / "im1.png"), "--points", "40,50"]  # fmt: skip
-    for matcher, field in (("argmax", "argmax"), ("wsoftargmax", "soft_argmax")):
-        folder = match_pair.main([*common, "--matcher", matcher, "--window", "3", "--temperature", "0.2"])
-        (match,) = results.read_run(folder).read("matches")["matches"]
-        assert click[field] == match["target"] and click["similarity"] == pytest.approx(match["similarity"])
+    for matcher, window in (("argmax", []), ("wsoftargmax", ["--window", "3", "--temperature", "0.2"])):
+        folder = match_pair.main([*common, "--matcher", matcher, *window])
+        (match,) = folders.read_run(folder).read("matches")["matches"]
+        assert click["predictions"][matcher] == match["target"]
+        assert click["similarity"] == pytest.approx(match["similarity"])
 
     pair = {p.pair_id: p for p in load_pairs("custom", root=data).pairs}["1-0"]
     assert widgets["pair"] == "1-0" and widgets["window"] == 5 and widgets["keypoint"] == pair.kp_ids[2]

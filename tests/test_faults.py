@@ -27,8 +27,8 @@ from dataset_factory import fake_images, fake_pairs, make_custom, make_pf_pascal
 from model_factory import tiny_checkpoint
 from PIL import Image
 
-from cli import run_main
-from results import read_run
+from semcorr.cli.errors import run_main
+from semcorr.runs.folders import read_run
 
 World = dict[str, Path]
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""feature_cache.py: one file per image, keyed by everything that changes features and by the image file."""
+"""semcorr/storage/feature_cache.py: one file per image, keyed by everything that changes features and by the image file."""
 
 import os
 import re
@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-from feature_cache import FeatureCache
-from images import ImageRef
+from semcorr.data.images import ImageRef
+from semcorr.storage.feature_cache import FeatureCache
 
 SHAPE = (8, 3, 4)
 SETTING = {"backbone": "dinov2_vitb14", "weights_sha256": "ab" * 32, "layer": None, "preprocess": "518x518-squash-p14"}

@@ -20,23 +20,26 @@ from dataset_factory import KP_COLOURS, fake_images, fake_pairs, make_custom, ma
 from model_factory import TINY, tiny_checkpoint
 from PIL import ImageOps
 
-from evaluation import load_model, run_evaluation
 from finetuning import FinetuneError
 from finetuning import training as training_module
 from finetuning.checkpoints import read_resume_folder
+from finetuning.command import main
 from finetuning.data import TrainingPairs, collate, epoch_batches, flip_keypoints
 from finetuning.distributed import Process, all_mean
-from finetuning.finetune import main
 from finetuning.loss import correspondence_loss, soft_targets
 from finetuning.model import warmup_cosine
 from finetuning.presets import PRESETS
 from finetuning.training import setup, train
-from geometry import Preprocess, patch_to_input
 from helper_functions import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
-from images import load_image
+from models import create_backbone
 from models.finetuned import read_finetuned
-from pairs import PairSet, load_pairs
-from settings import Augment, EvalConfig, TrainConfig
+from semcorr.cli.resolve import resolve
+from semcorr.config.settings import Augment, TrainSettings
+from semcorr.data.datasets import load_pairs
+from semcorr.data.geometry import Preprocess, patch_to_input
+from semcorr.data.images import load_image
+from semcorr.data.pairs import PairSet
+from semcorr.engine.evaluation import run_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = ["--image-size", "112", "--num-workers", "0", "--device", "cpu", "--quiet"]
@@ -66,12 +69,13 @@ def init(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("init"))
 
 
-def config(init: Path, spair: Path, out: Path, **kw) -> TrainConfig:
+def config(init: Path, spair: Path, out: Path, **flags) -> TrainSettings:
+    """The settings of `finetune.py --checkpoint init --data-root spair ...` with `flags` given too."""
     values = {
-        "model": None, "checkpoint": str(init), "data_root": str(spair), "image_size": [112], "batch_size": 4, "lr": 3e-2,
-        "warmup_steps": 2, "log_every": 1, "num_workers": 0, "device": "cpu", "output_dir": str(out), "progress": False,
+        "checkpoint": str(init), "data_root": str(spair), "image_size": (112,), "batch_size": 4, "lr": 3e-2,
+        "warmup_steps": 2, "log_every": 1, "num_workers": 0, "device": "cpu", "output_dir": str(out), "quiet": True,
     }  # fmt: skip
-    return TrainConfig(**(values | kw))
+    return resolve("finetune", values | flags)
 
 
 def state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -127,7 +131,7 @@ def test_each_preset_trains_its_last_blocks_and_head_only(family, spair, tmp_pat
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and changed <= trained
     assert any(k.startswith(head) for k in changed)
-    saved = json.loads((run / "config.json").read_text())["args"]
+    saved = json.loads((run / "config.json").read_text())["settings"]
     assert (saved["trainable_blocks"], saved["logit_scale"]) == (n, PRESETS[family].logit_scale)
 
 
@@ -192,7 +196,8 @@ def test_the_interval_is_reduced_in_one_collective_on_the_process_device(monkeyp
     log = SimpleNamespace(rows=[], add=lambda row: log.rows.append(row))
     training = SimpleNamespace(
         process=Process(0, 2, "cpu"), step=2, epoch=0, schedule=SimpleNamespace(get_last_lr=lambda: [0.5]),
-        cfg=SimpleNamespace(batch_size=1), log=log, run_dir=Path("run"), last_saved=None,
+        settings=SimpleNamespace(optimisation=SimpleNamespace(batch_size=1)), log=log, run_dir=Path("run"),
+        last_saved=None,
     )  # fmt: skip
     bar = SimpleNamespace(set_postfix=lambda **kw: None)
     interval = training_module.Interval(loss=torch.tensor(6.0), grad_norm=torch.tensor(2.0), steps=2)
@@ -251,17 +256,19 @@ def test_evaluate_loads_the_checkpoint_with_no_other_flag(init, spair, tmp_path)
     run = main(["--checkpoint", str(init), "--data-root", str(spair), *IMAGE, "--batch-size", "4",
                 "--output-dir", str(tmp_path), "--val-limit", "0"])  # fmt: skip
     best = run / "best.pt"
-    bb = load_model(EvalConfig(checkpoint=str(best), device="cpu"))
+    bb = create_backbone(checkpoint=str(best), device="cpu")
     saved = state_dict(best)
     assert all(torch.equal(v, saved[k]) for k, v in bb.state_dict().items())
-    assert bb.extra["finetune"]["model"] == "dinov2_vitb14" and bb.extra["step"] == 2
+    assert bb.extra["finetune"]["backbone"]["model"] == "dinov2_vitb14" and bb.extra["step"] == 2
     raw = torch.load(best, weights_only=True)
     assert raw["format"] == "semcorr-backbone/2" and raw["base"]["weights"] == str(init)
     assert set(raw["state_dict"]) == {k for k in saved if k.startswith(("model.blocks.", "model.norm."))}  # 2 of 2
 
-    cfg = EvalConfig(checkpoint=str(best), data_root=str(spair), split="val", image_size=[112], device="cpu",
-                     cache_dir=None, output_dir=str(tmp_path / "eval"), num_workers=0, progress=False)  # fmt: skip
-    metrics = json.loads((run_evaluation(cfg) / "metrics.json").read_text())
+    flags = {"checkpoint": str(best), "data_root": str(spair), "split": "val", "device": "cpu", "no_cache": True,
+             "output_dir": str(tmp_path / "eval"), "num_workers": 0, "quiet": True}  # fmt: skip
+    settings = resolve("evaluation", flags)
+    assert settings.member.image_size == (112, 112)  # the size it was trained at
+    metrics = json.loads((run_evaluation(settings) / "metrics.json").read_text())
     val = pd.read_csv(run / "train_log.csv").dropna(subset=["val_pck@0.1"]).set_index("step")
     assert metrics["pck@0.1"]["per_image"] == pytest.approx(val.loc[bb.extra["step"], "val_pck@0.1"])
 
@@ -408,9 +415,8 @@ def test_resume_refuses_another_model_changed_settings_and_incomplete_folders(in
 
 
 def test_cache_with_augmentation_is_refused(init, spair, tmp_path):
-    cfg = config(init, spair, tmp_path, cache_frozen=True, flip=True)
-    with pytest.raises(FinetuneError, match="--cache-frozen"):
-        train(cfg, load_pairs("spair", root=spair, split="trn"), None)
+    with pytest.raises(ValueError, match="--cache-frozen"):
+        config(init, spair, tmp_path, cache_frozen=True, flip=True)
 
 
 # --- the original protocol ------------------------------------------------------------------------
@@ -423,10 +429,10 @@ def test_original_protocol_trains_as_the_original_did(spair, tmp_path):
     run = main(["--checkpoint", str(init), "--protocol", "original", "--data-root", str(spair), *IMAGE,
                 "--output-dir", str(tmp_path / "out"), "--log-every", "1"])  # fmt: skip
     assert not (run / "best.pt").exists()
-    config_json = json.loads((run / "config.json").read_text())
-    assert config_json["protocol"]["name"] == "original" and config_json["protocol"]["overrides"] == {}
-    args = config_json["args"]
-    assert (args["batch_size"], args["schedule"], args["decay"], args["grad_clip"]) == (1, "constant", "all", 0.0)
+    settings = json.loads((run / "config.json").read_text())["settings"]
+    assert settings["protocol"] == {"name": "original", "overrides": {}}
+    opt = settings["optimisation"]
+    assert (opt["batch_size"], opt["schedule"], opt["decay"], opt["grad_clip"]) == (1, "constant", "all", 0.0)
     log = pd.read_csv(run / "train_log.csv").dropna(subset=["loss"])
     assert len(log) == 6 and (log["lr"] == 1e-4).all()  # 6 training pairs, one a step
     raw = torch.load(run / "last.pt", weights_only=True)

@@ -6,14 +6,15 @@ import pytest
 import torch
 from synthetic import ColourCodeBackbone, render_object
 
-import evaluation
 import pck
-from evaluation import Member, predict_keypoints
-from geometry import Preprocess, image_geometry
 from helper_functions import extract_features, preprocess_image
-from images import ImageRef
-from pairs import PairRecord
-from settings import MatchConfig
+from semcorr.config.settings import ExtractSettings, MatchSettings
+from semcorr.data.geometry import Preprocess, image_geometry
+from semcorr.data.images import ImageRef
+from semcorr.data.pairs import PairRecord
+from semcorr.engine import matching
+from semcorr.engine.matching import predict_keypoints
+from semcorr.engine.members import Member
 
 P, CANVAS, N = 14, 224, 8  # patch, input side, object size in patches
 SRC_SIZE, TRG_SIZE = (300, 200), (180, 300)  # (W, H): non-square, different sizes
@@ -70,8 +71,10 @@ def make_pair(tmp_path, resize):
 def evaluate_pair(tmp_path, resize, matcher):
     pair = make_pair(tmp_path, resize)
     prep = Preprocess.create(CANVAS, P, resize)
-    feats = extract_features(ColourCodeBackbone(P), [pair.src, pair.trg], prep, num_workers=0, progress=False)
-    cfg = MatchConfig(matcher=matcher, window=5, temperature=0.05)
+    feats = extract_features(
+        ColourCodeBackbone(P), [pair.src, pair.trg], prep, ExtractSettings(num_workers=0), progress=False
+    )
+    cfg = MatchSettings(matcher=matcher, window=5, temperature=0.05)
     pred = predict_keypoints([pair], [Member(feats)], cfg, progress=False)
     return pck.keypoint_table([pair], pred, [0.05], "bbox")
 
@@ -86,14 +89,14 @@ def test_known_correspondence_is_found_to_the_pixel(tmp_path, resize, matcher):
 
 @pytest.mark.parametrize("resize", ["squash", "pad"])
 def test_half_patch_error_in_back_projection_fails(tmp_path, monkeypatch, resize):
-    monkeypatch.setattr(evaluation, "patch_to_input", lambda pq, p: pq * p)  # forgets the patch centre
+    monkeypatch.setattr(matching, "patch_to_input", lambda pq, p: pq * p)  # forgets the patch centre
     table = evaluate_pair(tmp_path, resize, "argmax")
     assert not table["correct@0.05"].all()
 
 
 @pytest.mark.parametrize("resize", ["squash", "pad"])
 def test_half_patch_error_in_source_lookup_fails(tmp_path, monkeypatch, resize):
-    monkeypatch.setattr(evaluation, "input_to_patch", lambda uv, p: (uv + 0.5) / p)  # half a patch off
+    monkeypatch.setattr(matching, "input_to_patch", lambda uv, p: (uv + 0.5) / p)  # half a patch off
     table = evaluate_pair(tmp_path, resize, "argmax")
     assert not table["correct@0.05"].all()
 

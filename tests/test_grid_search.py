@@ -10,20 +10,32 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 from synthetic import colour_backbone, colour_config, write_colour_pairs
 
-import evaluation
-import grid_search as gs
 import grid_search_hyperparams
 import pck
-import plots
-from cli import eval_config, evaluation_parser, read_best_parameters
-from evaluation import build_member, evaluation_set, predict_keypoints
-from settings import MatchConfig
+from semcorr.cli.flags import evaluation_parser, given
+from semcorr.cli.resolve import read_best_parameters, resolve
+from semcorr.config.settings import GridSettings, MatchSettings
+from semcorr.engine import grid_search as gs
+from semcorr.engine import matching
+from semcorr.engine.evaluation import evaluation_set
+from semcorr.engine.matching import predict_keypoints
+from semcorr.engine.members import build_member
+from semcorr.viz import charts
+
+
+def grid(windows: list[int], temperatures: list[float]) -> GridSettings:
+    return GridSettings(tuple(windows), tuple(temperatures))
+
+
+def settings_of(argv: list[str]):
+    return resolve("evaluation", given(evaluation_parser("test").parse_args(argv)))
 
 
 def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, colour_pairs):
     backbone = colour_backbone(tmp_path)
     windows, temperatures = [3, 5], [0.02, 0.5, 2.0]
-    run = gs.grid_search(colour_config(tmp_path), colour_pairs, backbone, windows=windows, temperatures=temperatures)
+    settings = colour_config(tmp_path, matcher="wsoftargmax")
+    run = gs.grid_search(settings, grid(windows, temperatures), colour_pairs, backbone)
     assert backbone.calls == 2  # 4 images in batches of 3, once for the whole grid
     assert sorted(p.name for p in run.iterdir()) == [
         "best_parameters.json",
@@ -41,9 +53,9 @@ def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, c
     # each cell is what a single evaluation with that matcher gives
     eval_set, _ = evaluation_set(colour_pairs)
     norm = "bbox"
-    member, _ = build_member(colour_config(tmp_path, cache_dir=None), backbone, eval_set)
+    member, _ = build_member(settings.member, settings.extract, backbone, eval_set.unique_images(), progress=False)
     for row in table.itertuples():
-        cfg = MatchConfig(
+        cfg = MatchSettings(
             row.matcher,
             5 if row.matcher == "argmax" else int(row.window),
             0.1 if row.matcher == "argmax" else row.temperature,
@@ -63,6 +75,7 @@ def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, c
         )
         assert best["argmax"][alpha]["pck_per_image"] == table.loc[0, f"pck@{alpha}_per_image"]
     assert best["pck_norm"] == "bbox" and best["pairs"] == 12 and best["keypoints"] == 60
+    assert best["matcher"] == "wsoftargmax"
     assert Image.open(run / "grid_search_heatmap.png").size[0] > 400
 
 
@@ -86,7 +99,7 @@ def test_ties_go_to_the_first_cell_searched_and_the_heatmap_outlines_that_cell()
     best, argmax = gs.best_parameters(table, [0.1], "per_image")
     assert best["0.1"] == {"window": 9, "temperature": 0.2, "pck_per_image": 70.0, "pck_per_keypoint": 69.0}
     assert argmax == {"0.1": {"pck_per_image": 40.0, "pck_per_keypoint": 41.0}}
-    fig = plots.grid_heatmap(table, [0.1], "per_image", "ties", best)
+    fig = charts.grid_heatmap(table, [0.1], "per_image", "ties", best)
     (outline,) = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
     assert outline.get_xy() == (0.5, 0.5)  # row K=9 (of 3, 9), column T=0.2 (of 0.1, 0.2)
 
@@ -96,9 +109,9 @@ def test_grid_reaches_below_patch_resolution_and_low_temperature_is_argmax(tmp_p
     temperature beats argmax, and T -> 0 reduces to argmax."""
     table = gs.grid_table(
         *_member_setup(tmp_path, colour_pairs),
-        windows=[3, 11],
-        temperatures=[1e-4, 0.1],
-        thresholds=[0.05],
+        grid([3, 11], [1e-4, 0.1]),
+        MatchSettings("wsoftargmax"),
+        thresholds=(0.05,),
         norm="bbox",
         progress=False,
     )
@@ -109,35 +122,36 @@ def test_grid_reaches_below_patch_resolution_and_low_temperature_is_argmax(tmp_p
 
 def _member_setup(tmp_path, colour_pairs):
     eval_set, _ = evaluation_set(colour_pairs)
-    member, _ = build_member(colour_config(tmp_path, cache_dir=None), colour_backbone(tmp_path), eval_set)
+    settings = colour_config(tmp_path, no_cache=True)
+    member, _ = build_member(
+        settings.member, settings.extract, colour_backbone(tmp_path), eval_set.unique_images(), progress=False
+    )
     return eval_set.pairs, member
 
 
 def test_chunked_matching_changes_nothing(tmp_path, colour_pairs, monkeypatch):
-    assert evaluation.target_chunks([3, 3, 3, 10, 1], 7) == [[0, 1], [2], [3], [4]]
+    assert matching.target_chunks([3, 3, 3, 10, 1], 7) == [[0, 1], [2], [3], [4]]
     pairs, member = _member_setup(tmp_path, colour_pairs)
-    cfgs = [MatchConfig("argmax"), MatchConfig("wsoftargmax", 5, 0.1)]
-    whole = evaluation.predict_variants(pairs, [member], cfgs, progress=False, with_similarity=True)
-    monkeypatch.setattr(evaluation, "CHUNK_KEYPOINTS", 7)  # 5 keypoints per pair, 15 per target image
-    chunked = evaluation.predict_variants(pairs, [member], cfgs, progress=False, with_similarity=True)
+    cfgs = [MatchSettings("argmax"), MatchSettings("wsoftargmax", 5, 0.1)]
+    whole = matching.predict_variants(pairs, [member], cfgs, progress=False, with_similarity=True)
+    monkeypatch.setattr(matching, "CHUNK_KEYPOINTS", 7)  # 5 keypoints per pair, 15 per target image
+    chunked = matching.predict_variants(pairs, [member], cfgs, progress=False, with_similarity=True)
     for a, b in zip(whole, chunked, strict=True):
         np.testing.assert_array_equal(a.pixels, b.pixels)
         np.testing.assert_array_equal(a.similarity, b.similarity)
 
 
 def test_best_parameters_reach_evaluation_through_params(tmp_path, colour_pairs):
-    run = gs.grid_search(
-        colour_config(tmp_path), colour_pairs, colour_backbone(tmp_path), windows=[3, 7], temperatures=[0.05, 1.0]
-    )
+    settings = colour_config(tmp_path, matcher="wsoftargmax")
+    run = gs.grid_search(settings, grid([3, 7], [0.05, 1.0]), colour_pairs, colour_backbone(tmp_path))
     best = json.loads((run / "best_parameters.json").read_text())["best"]
-    parser = evaluation_parser("test")
-    args = parser.parse_args(["--params", str(run / "best_parameters.json"), "--params-alpha", "0.05"])
-    cfg = eval_config(args)
-    assert cfg.match == MatchConfig("wsoftargmax", best["0.05"]["window"], best["0.05"]["temperature"])
-    assert cfg.match_params.endswith("(best at PCK@0.05)")
+    path = str(run / "best_parameters.json")
+    resolved = settings_of(["--params", path, "--params-alpha", "0.05"])
+    assert resolved.match == MatchSettings("wsoftargmax", best["0.05"]["window"], best["0.05"]["temperature"])
     setting = {"model": "colourcode", "image_size": [128, 128], "grid": [16, 16]}
-    assert cfg.params_setting == setting
-    assert read_best_parameters(run / "best_parameters.json", 0.1) == (
+    assert (resolved.params.path, resolved.params.alpha, resolved.params.searched) == (path, 0.05, setting)
+    assert read_best_parameters(path, 0.1) == (
+        "wsoftargmax",
         best["0.1"]["window"],
         best["0.1"]["temperature"],
         setting,
@@ -145,20 +159,18 @@ def test_best_parameters_reach_evaluation_through_params(tmp_path, colour_pairs)
 
 
 def test_matcher_arguments_without_params_keep_their_defaults():
-    parser = evaluation_parser("test")
-    assert eval_config(parser.parse_args([])).match == MatchConfig("argmax", 5, 0.1, "nearest")
-    args = parser.parse_args(["--matcher", "wsoftargmax", "--window", "9", "--temperature", "0.2"])
-    assert eval_config(args).match == MatchConfig("wsoftargmax", 9, 0.2, "nearest")
+    assert settings_of([]).match == MatchSettings("argmax", 5, 0.1, "nearest")
+    argv = ["--matcher", "wsoftargmax", "--window", "9", "--temperature", "0.2"]
+    assert settings_of(argv).match == MatchSettings("wsoftargmax", 9, 0.2, "nearest")
 
 
 def test_params_errors_are_clear(tmp_path):
     good = tmp_path / "best_parameters.json"
-    good.write_text(json.dumps({"best": {"0.1": {"window": 7, "temperature": 0.2}}}))
-    parser = evaluation_parser("test")
+    good.write_text(json.dumps({"matcher": "wsoftargmax", "best": {"0.1": {"window": 7, "temperature": 0.2}}}))
     for extra in (["--window", "5"], ["--temperature", "0.3"], ["--matcher", "argmax"]):
-        with pytest.raises(ValueError, match="--params sets the soft-argmax window"):
-            eval_config(parser.parse_args(["--params", str(good), *extra]))
-    assert eval_config(parser.parse_args(["--params", str(good), "--matcher", "wsoftargmax"])).match.window == 7
+        with pytest.raises(ValueError, match="--params sets the matcher's window and temperature"):
+            settings_of(["--params", str(good), *extra])
+    assert settings_of(["--params", str(good), "--matcher", "wsoftargmax"]).match.window == 7
     with pytest.raises(ValueError, match=r"alpha 0.1, not 0.05; choose one of those with --params-alpha"):
         read_best_parameters(good, 0.05)
     with pytest.raises(FileNotFoundError, match=r"grid_search_hyperparams\.py"):
@@ -209,5 +221,6 @@ def test_command_line_grid_search(tmp_path, capsys):
     (run,) = (tmp_path / "results").iterdir()
     assert run.name.endswith("_dinov2_vits14_custom_val_grid")
     config_json = json.loads((run / "config.json").read_text())
-    assert config_json["args"]["windows"] == [3, 5] and config_json["resolved"]["image_size"] == [28, 28]
+    assert config_json["settings"]["grid"]["windows"] == [3, 5]
+    assert config_json["resolved"]["members"][0]["image_size"] == [28, 28]
     assert len(pd.read_csv(run / "grid_search_results.csv")) == 3

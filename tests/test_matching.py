@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geometry import nearest_patch
 from matching_strategies import argmax_match, match, sample_descriptors, window_soft_argmax
+from semcorr.config.settings import MatchSettings
+from semcorr.data.geometry import nearest_patch
 
 
 def reference_window_soft_argmax(sim: torch.Tensor, window: int, temperature: float) -> torch.Tensor:
@@ -38,6 +39,10 @@ def sims():
     return sim
 
 
+def soft(sims: torch.Tensor, window: int, temperature: float, border: str = "shrink") -> torch.Tensor:
+    return window_soft_argmax(sims, MatchSettings("wsoftargmax", window, temperature, window_border=border))
+
+
 def test_argmax_matches_reference(sims):
     pred = argmax_match(sims)
     for k, s in enumerate(sims):
@@ -47,7 +52,7 @@ def test_argmax_matches_reference(sims):
 
 @pytest.mark.parametrize("window,temperature", [(3, 0.5), (5, 0.1), (7, 1.0), (11, 0.2)])
 def test_window_soft_argmax_matches_reference(sims, window, temperature):
-    pred = window_soft_argmax(sims, window, temperature)
+    pred = soft(sims, window, temperature)
     ref = torch.stack([reference_window_soft_argmax(s, window, temperature) for s in sims])
     torch.testing.assert_close(pred, ref.float(), atol=1e-5, rtol=0)
 
@@ -55,30 +60,30 @@ def test_window_soft_argmax_matches_reference(sims, window, temperature):
 def test_border_window_stays_centred_on_the_peak():
     sim = torch.zeros(1, 5, 5)
     sim[0, 0, 2] = 1.0  # peak on the top edge, flat elsewhere
-    pred = window_soft_argmax(sim, window=5, temperature=1.0)
+    pred = soft(sim, window=5, temperature=1.0)
     assert pred[0, 1] == 0.0  # no pull toward the interior in y
     assert pred[0, 0] == pytest.approx(2.0)
 
 
 def test_soft_argmax_tends_to_argmax_as_temperature_vanishes(sims):
-    torch.testing.assert_close(window_soft_argmax(sims, 7, 1e-6), argmax_match(sims))
+    torch.testing.assert_close(soft(sims, 7, 1e-6), argmax_match(sims))
 
 
 def test_soft_argmax_interpolates_between_two_equal_peaks():
     sim = torch.full((1, 7, 7), -5.0)
     sim[0, 3, 3] = 1.0
     sim[0, 3, 4] = 1.0 - 1e-6
-    pred = window_soft_argmax(sim, 3, 0.01)
+    pred = soft(sim, 3, 0.01)
     assert pred[0, 0] == pytest.approx(3.5, abs=1e-3) and pred[0, 1] == pytest.approx(3.0)
 
 
 def test_bad_matcher_arguments_are_clear(sims):
     with pytest.raises(ValueError, match="odd"):
-        window_soft_argmax(sims, 4, 0.1)
+        soft(sims, 4, 0.1)
     with pytest.raises(ValueError, match="temperature"):
-        window_soft_argmax(sims, 5, 0.0)
+        soft(sims, 5, 0.0)
     with pytest.raises(ValueError, match="matcher"):
-        match(sims, "nearest")
+        match(sims, MatchSettings("nearest"))
 
 
 def test_descriptor_sampling():

@@ -1,4 +1,4 @@
-"""load_backbone: the files it accepts, the errors it gives, and the Backbone contract."""
+"""create_backbone: the files it accepts, the errors it gives, and the Backbone contract."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from model_factory import (
 )
 from safetensors.torch import save_file
 
-import fileio
 from models import (
     BACKBONES,
     Backbone,
@@ -24,11 +23,10 @@ from models import (
     create_backbone,
     get_spec,
     is_finetuned,
-    load_backbone,
-    load_finetuned,
     save_finetuned,
     weights_origin,
 )
+from semcorr.storage import files
 
 BASE_MODELS = ["dinov2_vitb14", "dinov2_vitb14_reg4", "dinov3_vitb16", "sam_vit_b"]
 OTHER_SIZES = [name for name in BACKBONES if name not in BASE_MODELS]
@@ -36,7 +34,7 @@ OTHER_SIZES = [name for name in BACKBONES if name not in BASE_MODELS]
 
 def _tiny(tmp_path, name: str, **kwargs) -> Backbone:
     path = write_official_checkpoint(tmp_path, name, tiny=True)
-    return load_backbone(name, weights=path, device="cpu", **TINY_OVERRIDES, **kwargs)
+    return create_backbone(name, weights=path, device="cpu", **TINY_OVERRIDES, **kwargs)
 
 
 def _images(bb: Backbone, h_patches: int, w_patches: int) -> torch.Tensor:
@@ -51,7 +49,7 @@ def _images(bb: Backbone, h_patches: int, w_patches: int) -> torch.Tensor:
 def test_official_vit_b_file_loads_strictly_with_right_shapes(tmp_path, name):
     """The full ViT-B file, every key of Meta's manifest, into the default architecture."""
     path = write_official_checkpoint(tmp_path, name)
-    bb = load_backbone(name, weights=path, device="cpu")
+    bb = create_backbone(name, weights=path, device="cpu")
     spec = get_spec(name)
     assert (bb.name, bb.patch_size, bb.feature_dim, bb.weights_path) == (
         name,
@@ -68,7 +66,7 @@ def test_official_vit_b_file_loads_strictly_with_right_shapes(tmp_path, name):
 def test_loaded_values_are_the_files(tmp_path):
     path = write_official_checkpoint(tmp_path, "sam_vit_b", tiny=True)
     sd = torch.load(path, weights_only=True)
-    bb = load_backbone("sam_vit_b", weights=path, device="cpu", **TINY_OVERRIDES)
+    bb = create_backbone("sam_vit_b", weights=path, device="cpu", **TINY_OVERRIDES)
     assert torch.equal(bb.model.blocks[2].attn.rel_pos_h, sd["image_encoder.blocks.2.attn.rel_pos_h"])
     assert torch.equal(bb.model.blocks[0].mlp.fc1.weight, sd["image_encoder.blocks.0.mlp.lin1.weight"])
 
@@ -77,7 +75,7 @@ def test_loaded_values_are_the_files(tmp_path):
 def test_other_sizes_load_their_official_format(tmp_path, name):
     """ViT-S/L/g and SAM L/H: the ViT-B manifest rescaled, one block deep to stay fast."""
     path = write_official_checkpoint(tmp_path, name, depth=1)
-    bb = load_backbone(name, weights=path, device="cpu", depth=1)
+    bb = create_backbone(name, weights=path, device="cpu", depth=1)
     with torch.no_grad():
         assert bb(_images(bb, 2, 3)).shape == (2, get_spec(name).feature_dim, 2, 3)
 
@@ -108,7 +106,7 @@ def test_timm_format_and_safetensors_give_the_same_features(tmp_path, name, suff
     timm_state = {k: v.contiguous() for k, v in bb.model.state_dict().items()}
     path = tmp_path / f"timm_format{suffix}"
     save_file(timm_state, path) if suffix == ".safetensors" else torch.save(timm_state, path)
-    again = load_backbone(name, weights=path, device="cpu", **TINY_OVERRIDES)
+    again = create_backbone(name, weights=path, device="cpu", **TINY_OVERRIDES)
     images = _images(bb, 3, 4)
     with torch.no_grad():
         same = torch.equal(again(images), bb(images))
@@ -120,7 +118,7 @@ def test_backbone_state_dict_loads_back(tmp_path):
     bb = _tiny(tmp_path, "dinov3_vitb16")
     path = tmp_path / "backbone.safetensors"
     save_file(bb.state_dict(), path)
-    again = load_backbone("dinov3", weights=path, device="cpu", **TINY_OVERRIDES)
+    again = create_backbone("dinov3", weights=path, device="cpu", **TINY_OVERRIDES)
     images = _images(bb, 3, 4)
     with torch.no_grad():
         assert torch.equal(again(images), bb(images))
@@ -133,7 +131,7 @@ def test_finetuned_checkpoint_round_trip(tmp_path, name):
         bb.model.blocks[1].norm1.weight.add_(1.0)  # "fine-tuned"
     path = save_finetuned(bb, tmp_path / "run" / "best.pt", extra={"epoch": 3, "pck": [0.5, 0.25], "note": None})
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # atomic write, nothing left over
-    again = load_finetuned(path, device="cpu")
+    again = create_backbone(checkpoint=str(path), device="cpu")
     assert (again.name, again.layer, again.timm_overrides, again.extra) == (
         bb.name,
         1,
@@ -145,7 +143,7 @@ def test_finetuned_checkpoint_round_trip(tmp_path, name):
         assert torch.equal(again(images), bb(images))
     for model in (name, "dinov3_vitb16"):  # a fine-tuned file is no weights file, whichever model is asked for
         with pytest.raises(CheckpointError, match=r"fine-tuned checkpoint of this project.*pass it as --checkpoint"):
-            load_backbone(model, weights=path)
+            create_backbone(model, weights=path)
 
 
 def test_finetuned_extra_must_be_plain_data(tmp_path):
@@ -157,15 +155,15 @@ def test_finetuned_extra_must_be_plain_data(tmp_path):
 
 def test_unknown_finetuned_format_version(tmp_path):
     path = tmp_path / "future.pt"
-    torch.save({"format": "semcorr-backbone/2", "state_dict": {}}, path)
-    with pytest.raises(CheckpointError, match="this version reads 'semcorr-backbone/1'"):
-        load_finetuned(path)
+    torch.save({"format": "semcorr-backbone/3", "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="this version reads 'semcorr-backbone/2'"):
+        create_backbone(checkpoint=str(path))
 
 
-def test_load_finetuned_rejects_plain_weights(tmp_path):
+def test_a_checkpoint_must_be_a_finetuned_one(tmp_path):
     path = write_official_checkpoint(tmp_path, "dinov2_vitb14", tiny=True)
     with pytest.raises(CheckpointError, match="not a fine-tuned checkpoint"):
-        load_finetuned(path)
+        create_backbone(checkpoint=str(path))
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -173,7 +171,7 @@ def test_load_finetuned_rejects_plain_weights(tmp_path):
 
 def test_missing_file_says_where_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        load_backbone("dinov2", weights=tmp_path / "nope.pth")
+        create_backbone("dinov2", weights=tmp_path / "nope.pth")
     message = str(err.value)
     spec = get_spec("dinov2")
     assert "nope.pth" in message and spec.url in message and "download.py --models dinov2_vitb14" in message
@@ -181,7 +179,7 @@ def test_missing_file_says_where_to_get_it(tmp_path):
 
 def test_missing_licence_gated_file_says_where_to_request_it(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        load_backbone("dinov3", weights=tmp_path / "nope.pth")
+        create_backbone("dinov3", weights=tmp_path / "nope.pth")
     spec = get_spec("dinov3")
     assert spec.request_url in str(err.value) and spec.official_file in str(err.value)
 
@@ -189,14 +187,14 @@ def test_missing_licence_gated_file_says_where_to_request_it(tmp_path):
 def test_default_weights_location_is_in_the_message(monkeypatch, tmp_path):
     monkeypatch.setattr("models.registry.WEIGHTS_ROOT", tmp_path)
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "sam" / "weights" / "sam_vit_b_01ec64.pth")):
-        load_backbone("sam")
+        create_backbone("sam")
 
 
 def test_truncated_file(tmp_path):
     path = write_official_checkpoint(tmp_path, "dinov2_vitb14", tiny=True)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError) as err:
-        load_backbone("dinov2", weights=path, **TINY_OVERRIDES)
+        create_backbone("dinov2", weights=path, **TINY_OVERRIDES)
     message = str(err.value)
     assert str(path) in message and "truncated" in message and get_spec("dinov2").url in message
 
@@ -207,7 +205,7 @@ def test_partial_state_dict_lists_missing_keys(tmp_path):
     path = tmp_path / "partial.pth"
     torch.save(sd, path)
     with pytest.raises(CheckpointError) as err:
-        load_backbone("dinov2", weights=path, depth=2)
+        create_backbone("dinov2", weights=path, depth=2)
     message = str(err.value)
     assert "missing keys" in message and "model.blocks.1.attn.qkv.weight" in message
     assert "depth 1" in message and "like dinov2_vitb14" in message
@@ -216,16 +214,16 @@ def test_partial_state_dict_lists_missing_keys(tmp_path):
 def test_wrong_variant_says_what_the_file_looks_like(tmp_path):
     path = write_official_checkpoint(tmp_path, "dinov2_vitb14_reg4", depth=1)
     with pytest.raises(CheckpointError) as err:
-        load_backbone("dinov2", weights=path, depth=1)
+        create_backbone("dinov2", weights=path, depth=1)
     message = str(err.value)
     assert "like dinov2_vitb14_reg4" in message and "not dinov2_vitb14" in message
-    assert "load_backbone('dinov2_vitb14_reg4'" in message
+    assert "create_backbone('dinov2_vitb14_reg4'" in message
 
 
 def test_wrong_size_says_what_the_file_looks_like(tmp_path):
     path = write_official_checkpoint(tmp_path, "dinov3_vits16", depth=1)
     with pytest.raises(CheckpointError, match="like dinov3_vits16"):
-        load_backbone("dinov3", weights=path)
+        create_backbone("dinov3", weights=path)
 
 
 @pytest.mark.parametrize(
@@ -234,7 +232,7 @@ def test_wrong_size_says_what_the_file_looks_like(tmp_path):
 def test_wrong_family(tmp_path, requested, file_of):
     path = write_official_checkpoint(tmp_path, file_of, depth=1)
     with pytest.raises(CheckpointError) as err:
-        load_backbone(requested, weights=path)
+        create_backbone(requested, weights=path)
     message = str(err.value)
     assert f"like {file_of}" in message and get_spec(requested).name in message
 
@@ -243,7 +241,7 @@ def test_unrecognised_state_dict(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 64)}, path)
     with pytest.raises(CheckpointError, match="not a checkpoint of any supported backbone"):
-        load_backbone("dinov2", weights=path)
+        create_backbone("dinov2", weights=path)
 
 
 def test_unmasked_k_bias_is_rejected(tmp_path):
@@ -252,7 +250,7 @@ def test_unmasked_k_bias_is_rejected(tmp_path):
     path = tmp_path / "bad_mask.pth"
     torch.save(sd, path)
     with pytest.raises(CheckpointError, match=r"blocks\.0\.attn\.qkv\.bias"):
-        load_backbone("dinov3", weights=path, **TINY_OVERRIDES)
+        create_backbone("dinov3", weights=path, **TINY_OVERRIDES)
 
 
 def test_image_size_must_be_a_multiple_of_the_patch(tmp_path):
@@ -265,20 +263,20 @@ def test_image_size_must_be_a_multiple_of_the_patch(tmp_path):
 
 def test_random_weights_warn_loudly():
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        bb = load_backbone("dinov2", weights="random", device="cpu", depth=2, embed_dim=48, num_heads=2)
+        bb = create_backbone("dinov2", weights="random", device="cpu", depth=2, embed_dim=48, num_heads=2)
     assert bb.weights_path == "random" and bb.feature_dim == 48
 
 
 @pytest.mark.filterwarnings("ignore:.*RANDOM weights")
 def test_bad_arguments():
     with pytest.raises(ValueError, match="Unknown backbone"):
-        load_backbone("dinov4", weights="random")
+        create_backbone("dinov4", weights="random")
     with pytest.raises(ValueError, match="precision"):
-        load_backbone("dinov2", weights="random", precision="fp64", depth=1)
+        create_backbone("dinov2", weights="random", precision="fp64", depth=1)
     with pytest.raises(ValueError, match="layer"):
-        load_backbone("dinov2", weights="random", layer=2, depth=2)
+        create_backbone("dinov2", weights="random", layer=2, depth=2)
     with pytest.raises(ValueError, match="rejected the overrides"):
-        load_backbone("dinov2", weights="random", not_an_argument=1)
+        create_backbone("dinov2", weights="random", not_an_argument=1)
 
 
 # --- the Backbone contract -------------------------------------------------------------------------
@@ -287,14 +285,14 @@ def test_bad_arguments():
 def test_names_are_case_insensitive_and_unknown_ones_list_the_choices():
     assert [get_spec(a.upper()).name for a in ("dinov2", "dinov2_reg", "dinov3", "sam")] == BASE_MODELS
     with pytest.raises(ValueError, match=r"Unknown backbone 'dinov9'\. Choose one of: dinov2, dinov2_reg") as err:
-        load_backbone("dinov9")
+        create_backbone("dinov9")
     assert all(name in str(err.value) for name in BACKBONES)
 
 
 def test_cpu_defaults_to_fp32_and_bf16_is_optional(tmp_path):
     bb = _tiny(tmp_path, "sam_vit_b")
     assert bb.device == torch.device("cpu") and bb.autocast_dtype is None
-    bf16 = load_backbone("sam", weights=bb.weights_path, precision="bf16", **TINY_OVERRIDES)
+    bf16 = create_backbone("sam", weights=bb.weights_path, precision="bf16", **TINY_OVERRIDES)
     images = _images(bb, 4, 4)
     with torch.no_grad():
         exact, approx = bb(images), bf16(images)
@@ -416,20 +414,20 @@ def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
         opened.append(file)
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(fileio, "open", counting_open, raising=False)
+    monkeypatch.setattr(files, "open", counting_open, raising=False)
     digest = hashlib.sha256(b"weights").hexdigest()
-    assert fileio.file_sha256(path) == digest
-    assert fileio.file_sha256(str(path)) == digest
+    assert files.file_sha256(path) == digest
+    assert files.file_sha256(str(path)) == digest
     link = tmp_path / "link.pth"
     link.symlink_to(path)
-    assert fileio.file_sha256(link) == digest
+    assert files.file_sha256(link) == digest
     assert len(opened) == 1
-    assert fileio.file_sha256(path, algorithm="md5") == hashlib.md5(b"weights").hexdigest()
+    assert files.file_sha256(path, algorithm="md5") == hashlib.md5(b"weights").hexdigest()
     assert len(opened) == 2
 
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # touched: read again
-    assert fileio.file_sha256(path) == digest and len(opened) == 3
+    assert files.file_sha256(path) == digest and len(opened) == 3
     path.write_bytes(b"other weights")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime as first, other size
-    assert fileio.file_sha256(path) == hashlib.sha256(b"other weights").hexdigest() and len(opened) == 4
+    assert files.file_sha256(path) == hashlib.sha256(b"other weights").hexdigest() and len(opened) == 4

@@ -20,7 +20,7 @@ from model_factory import TINY_OVERRIDES, num_heads, random_official_state_dict,
 from segment_anything.modeling import ImageEncoderViT
 from timm.layers import resample_abs_pos_embed
 
-from models import load_backbone
+from models import create_backbone
 
 TOLERANCE = 1e-4
 CONFIGS = ["tiny", "base"] if os.environ.get("SEMCORR_FULL_CHECK") else ["tiny"]
@@ -35,7 +35,7 @@ def _load(tmp_path, name: str, config: str, **kwargs):
     state = torch.load(path, weights_only=True)
     overrides = TINY_OVERRIDES if tiny else {}
     heads = TINY_OVERRIDES["num_heads"] if tiny else num_heads(name)
-    return load_backbone(name, weights=path, device="cpu", **overrides, **kwargs), state, heads
+    return create_backbone(name, weights=path, device="cpu", **overrides, **kwargs), state, heads
 
 
 def _images(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -327,7 +327,7 @@ def test_sam_layernorm_eps_shows_on_small_activations(tmp_path):
         sd[key] = sd[key] * 1e-3
     path = tmp_path / "sam_small_activations.pth"
     torch.save(sd, path)
-    bb = load_backbone("sam_vit_b", weights=path, device="cpu", **TINY_OVERRIDES)
+    bb = create_backbone("sam_vit_b", weights=path, device="cpu", **TINY_OVERRIDES)
     encoder = meta_sam_encoder(sd, "tiny")
     images = _images(224, 224)
     with torch.no_grad():
@@ -346,6 +346,6 @@ def test_sam_layernorm_eps_shows_on_small_activations(tmp_path):
 @pytest.mark.parametrize(("name", "eps"), [("dinov2_vitb14", 1e-6), ("dinov3_vitb16", 1e-5), ("sam_vit_b", 1e-6)])
 def test_layernorm_eps_is_metas(name, eps):
     with pytest.warns(UserWarning, match="RANDOM"):
-        bb = load_backbone(name, weights="random", device="cpu", **TINY_OVERRIDES)
+        bb = create_backbone(name, weights="random", device="cpu", **TINY_OVERRIDES)
     norms = [m for m in bb.model.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert norms and all(m.eps == eps for m in norms)

@@ -1,4 +1,4 @@
-"""paper.py and comparison.py: every number of the paper tables recomputes from the runs' CSV files,
+"""semcorr/report/paper.py and comparison.py: every number of the paper tables recomputes from the runs' CSV files,
 the SPair-71k difficulty breakdown equals hand-computed values, the LaTeX is well formed, and two runs
 are compared with a reproducible paired bootstrap."""
 
@@ -14,12 +14,9 @@ import pandas as pd
 import pytest
 from paper_runs import counted_run, hand_run, spair_runs
 
-import analysis
-import comparison
-import paper
 import pck
-import summary
-from results import read_run
+from semcorr.report import comparison, paper, summary, tables
+from semcorr.runs.folders import read_run
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +75,7 @@ def test_custom_pairs_have_no_difficulty_breakdown(evaluation_runs):
 
 
 def test_group_tables_equal_the_metrics(runs):
-    labels = analysis.unique_labels(runs)
+    labels = tables.unique_labels(runs)
     assert labels == ["colourcode custom weights, argmax", "colourcode custom weights, wsoftargmax K3 T0.1"]
     overall, per_category, difficulty = paper.group_tables(runs, labels, (0.05, 0.1, 0.2), alpha=0.1)
     for run, label in zip(runs, labels, strict=True):
@@ -114,7 +111,7 @@ def test_run_tables_recompute_from_per_keypoint_csv(runs):
     for category, row in sensitivity.frame.iterrows():
         subset = table[table["category"] == category]
         reached = row["alpha for 50%"]
-        curve = analysis.pck_curve(subset, [reached - 0.01, reached, 0.05, 0.2]).set_index("alpha")["per_image"]
+        curve = pck.pck_curve(subset, [reached - 0.01, reached, 0.05, 0.2]).set_index("alpha")["per_image"]
         assert curve.iloc[1] >= 50 > curve.iloc[0]  # the first alpha (0.01 steps) that reaches 50%
         assert row["PCK@0.2 - PCK@0.05"] == pytest.approx(curve.loc[0.2] - curve.loc[0.05])
     for category, row in extremes.frame.iterrows():
@@ -130,9 +127,9 @@ def test_run_tables_recompute_from_per_keypoint_csv(runs):
 
 
 def test_latex_tables_are_booktabs_with_bold_best_and_a_full_caption(runs, tmp_path):
-    labels = analysis.unique_labels(runs)
-    tables = paper.group_tables(runs, labels) + paper.run_tables(runs[0], labels[0])
-    for table in tables:
+    labels = tables.unique_labels(runs)
+    written = paper.group_tables(runs, labels) + paper.run_tables(runs[0], labels[0])
+    for table in written:
         tex, csv, md = paper.write_table(table, tmp_path, table.name)
         latex = tex.read_text()
         assert latex.count(r"\toprule") == latex.count(r"\midrule") == latex.count(r"\bottomrule") == 1
@@ -152,14 +149,14 @@ def test_latex_tables_are_booktabs_with_bold_best_and_a_full_caption(runs, tmp_p
         assert (
             md.read_text().startswith(table.caption) and md.read_text().count("**") == 2 * table.bold.to_numpy().sum()
         )
-    overall = tables[0]
+    overall = written[0]
     best = overall.frame["PCK@0.05"].max()
     assert rf"\textbf{{{best:.2f}}}" in paper.to_latex(overall)
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
 def test_latex_tables_compile(runs, tmp_path):
-    labels = analysis.unique_labels(runs)
+    labels = tables.unique_labels(runs)
     for table in paper.group_tables(runs, labels):
         paper.write_table(table, tmp_path)
     inputs = "".join(f"\\input{{{t}}}\n" for t in ("overall", "per_category", "difficulty"))

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import pck
-import results
-from images import ImageRef
-from pairs import PairRecord
+from semcorr.data.images import ImageRef
+from semcorr.data.pairs import PairRecord
+from semcorr.runs import folders
 
 
 def pair(pair_id, category, trg_kps, trg_size=(200, 100), bbox=None, kp_ids=None):
@@ -70,5 +70,5 @@ def test_summary_is_recomputable_from_the_csv(tmp_path):
     ]
     pred = np.concatenate([p.trg_kps + rng.normal(0, 6, p.trg_kps.shape) for p in pairs])
     table = pck.keypoint_table(pairs, pred, [0.05, 0.1, 0.2], "bbox")
-    results.write_run(tmp_path, "evaluation", {}, per_keypoint=table)
-    assert pck.summarize(results.read_run(tmp_path).keypoints()) == pck.summarize(table)
+    folders.write_run(tmp_path, "evaluation", {}, per_keypoint=table)
+    assert pck.summarize(folders.read_run(tmp_path).keypoints()) == pck.summarize(table)

@@ -11,7 +11,7 @@ import pytest
 from original_protocol import GOLDEN_DIR, RUNS, build_pf_pascal, build_spair, weights_digest, write_weights
 
 import training_free_evaluation
-from results import read_run
+from semcorr.runs.folders import read_run
 
 PIXELS, POINTS, SHARE = 0.01, 0.01, 0.99
 
@@ -42,7 +42,7 @@ def test_original_protocol_reproduces_the_original_code(scenario, run):
     (folder,) = (tmp / "results" / run).iterdir()
     ours = read_run(folder)
     table, pairs = ours.keypoints(), ours.pairs()
-    assert ours.config["protocol"]["name"] == "original"
+    assert ours.config["settings"]["protocol"]["name"] == "original"
 
     expected = np.array([p for pair in golden["pairs"] for p in pair["pred"]])
     predicted = table[["pred_x", "pred_y"]].to_numpy()

@@ -15,65 +15,65 @@ from dataset_factory import FakeImage, fake_pairs, make_pf_pascal, make_pf_willo
 from model_factory import TINY_OVERRIDES, random_official_state_dict
 from PIL import Image
 
-from cli import eval_config, evaluation_parser
-from geometry import Preprocess, image_geometry
 from helper_functions import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
 from matching_strategies import window_soft_argmax
-from models import CheckpointError, create_backbone, load_backbone, weights_origin
-from pairs import load_pairs
-from settings import EVAL_CONVENTIONS, PROTOCOLS, EvalConfig, MatchConfig, resolve_protocol
+from models import CheckpointError, create_backbone, weights_origin
+from semcorr.cli.flags import evaluation_parser, given
+from semcorr.cli.resolve import resolve
+from semcorr.config.protocols import PROTOCOLS
+from semcorr.config.settings import EvalSettings, MatchSettings
+from semcorr.data.datasets import load_pairs
+from semcorr.data.geometry import Preprocess, image_geometry
 
 
-def resolved(**kw) -> tuple[EvalConfig, dict]:
-    return resolve_protocol(EvalConfig(**kw), EVAL_CONVENTIONS)
+def resolved(**flags) -> EvalSettings:
+    return resolve("evaluation", flags)
 
 
 # --- the table and its resolution -------------------------------------------------------------------
 
 
 def test_a_protocol_sets_every_convention_and_a_flag_overrides_one_part():
-    cfg, record = resolved(protocol="original", dataset="pf-willow")
-    assert (cfg.resample, cfg.coordinates, cfg.pf_shift, cfg.clamp_keypoints) == (
-        "torch-bilinear",
-        "corner",
-        False,
-        False,
-    )
-    assert (cfg.match.window_border, cfg.pck_norm, cfg.feature_dtype, cfg.build) == (
-        "clip",
-        "image",
-        "fp32",
-        "original",
-    )
-    assert record["settings"]["precision"] == {"dinov2": "fp32", "dinov3": "fp32", "sam": "fp16"}
-    assert record["overrides"] == {}
-    cfg, record = resolved(dataset="pf-willow")
-    assert (cfg.resample, cfg.coordinates, cfg.pck_norm, cfg.match.window_border) == (
-        "pil-bicubic",
-        "centre",
-        "kpbox",
-        "shrink",
-    )
+    cfg = resolved(protocol="original", dataset="pf-willow")
+    extract, data = cfg.extract, cfg.data
+    assert (extract.resample, extract.coordinates, data.pf_shift, data.clamp_keypoints) == (
+        "torch-bilinear", "corner", False, False
+    )  # fmt: skip
+    assert (cfg.match.window_border, data.pck_norm, extract.feature_dtype, cfg.member.backbone.build) == (
+        "clip", "image", "fp32", "original"
+    )  # fmt: skip
+    assert cfg.member.backbone.precision == "fp32" and cfg.protocol.overrides == {}
+    assert resolved(protocol="original", model="sam").member.backbone.precision == "fp16"
+    cfg = resolved(dataset="pf-willow")
+    assert (cfg.extract.resample, cfg.extract.coordinates, cfg.data.pck_norm, cfg.match.window_border) == (
+        "pil-bicubic", "centre", "kpbox", "shrink"
+    )  # fmt: skip
     with pytest.warns(UserWarning, match=r"coordinates='centre' leaves the original protocol \(it used 'corner'\)"):
-        cfg, record = resolved(protocol="original", coordinates="centre")
-    assert (
-        cfg.coordinates == "centre"
-        and cfg.resample == "torch-bilinear"
-        and record["overrides"] == {"coordinates": "centre"}
-    )
+        cfg = resolved(protocol="original", coordinates="centre")
+    assert (cfg.extract.coordinates, cfg.extract.resample, cfg.protocol.overrides) == (
+        "centre", "torch-bilinear", {"coordinates": "centre"}
+    )  # fmt: skip
     with pytest.warns(UserWarning, match=r"resize='pad' leaves the original protocol \(it used 'squash'\)"):
-        _, record = resolved(protocol="original", resize="pad")
-    assert record["overrides"] == {"resize": "pad"}
+        cfg = resolved(protocol="original", resize="pad")
+    assert cfg.protocol.overrides == {"resize": "pad"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the default protocol takes overrides without a word
-        _, record = resolved(coordinates="corner")
-    assert record["overrides"] == {"coordinates": "corner"}
+        assert resolved(coordinates="corner").protocol.overrides == {"coordinates": "corner"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the original's own precision for the model is no override
-        _, record = resolved(protocol="original", model="dinov2", precision="fp32")
-    assert record["overrides"] == {}
+        assert resolved(protocol="original", model="dinov2", precision="fp32").protocol.overrides == {}
     with pytest.raises(ValueError, match="unknown protocol 'paper': choose one of default, original"):
         resolved(protocol="paper")
+
+
+def test_every_override_is_warned_about_once_even_when_every_convention_is_given():
+    conventions = {"resample": "pil-bicubic", "coordinates": "centre", "pf_shift": True, "clamp_keypoints": True,
+                   "window_border": "shrink", "feature_dtype": "fp16", "build": "meta", "precision": "fp32"}  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = resolved(protocol="original", **conventions)
+    leaving = sorted(str(w.message).split("=")[0] for w in caught if "leaves the original protocol" in str(w.message))
+    assert leaving == sorted(set(conventions) - {"precision"}) == sorted(cfg.protocol.overrides)
 
 
 def test_the_command_line_refuses_an_unknown_protocol_and_records_the_flags(capsys):
@@ -81,14 +81,20 @@ def test_the_command_line_refuses_an_unknown_protocol_and_records_the_flags(caps
     with pytest.raises(SystemExit):
         parser.parse_args(["--protocol", "paper"])
     assert "invalid choice: 'paper'" in capsys.readouterr().err
-    cfg = eval_config(parser.parse_args(["--protocol", "original", "--no-pf-shift", "--window-border", "shrink"]))
-    assert (cfg.protocol, cfg.pf_shift, cfg.match.window_border, cfg.coordinates) == ("original", False, "shrink", None)
+    argv = ["--protocol", "original", "--no-pf-shift", "--window-border", "shrink"]
+    with pytest.warns(UserWarning, match="window_border='shrink' leaves the original protocol"):
+        cfg = resolve("evaluation", given(parser.parse_args(argv)))
+    assert (cfg.protocol.name, cfg.data.pf_shift, cfg.match.window_border, cfg.extract.coordinates) == (
+        "original", False, "shrink", "corner"
+    )  # fmt: skip
+    assert cfg.protocol.overrides == {"window_border": "shrink"}  # --no-pf-shift is the original's own
 
 
 def test_each_protocol_fixes_the_same_conventions():
     default, original = (PROTOCOLS[name] for name in ("default", "original"))
     assert set(vars(default.conventions)) == set(vars(original.conventions))
-    assert original.training.batch_size == 1 and original.training.select == "last" and not original.training.train_neck
+    opt = original.optimisation
+    assert opt.batch_size == 1 and opt.select == "last" and not opt.train_neck
 
 
 # --- the original's conventions, each against a formula written from its code ------------------------
@@ -133,8 +139,9 @@ def test_a_clipped_window_keeps_its_inner_side():
     weights = (sim[0, 0:3, 0:4] / t).flatten().softmax(0).view(3, 4)
     ys, xs = torch.meshgrid(torch.arange(3.0), torch.arange(4.0), indexing="ij")
     expected = torch.stack([(weights * xs).sum(), (weights * ys).sum()])
-    torch.testing.assert_close(window_soft_argmax(sim, k, t, border="clip")[0], expected)
-    shrunk = window_soft_argmax(sim, k, t, border="shrink")[0]  # radius 0 in y, 1 in x around (1, 0)
+    clipped = window_soft_argmax(sim, MatchSettings("wsoftargmax", k, t, window_border="clip"))[0]
+    torch.testing.assert_close(clipped, expected)
+    shrunk = window_soft_argmax(sim, MatchSettings("wsoftargmax", k, t))[0]  # radius 0 in y, 1 in x around (1, 0)
     w = (sim[0, 0, 0:3] / t).softmax(0)
     torch.testing.assert_close(shrunk, torch.stack([(w * torch.arange(3.0)).sum(), torch.tensor(0.0)]))
 
@@ -148,15 +155,18 @@ def _pf_images() -> list[FakeImage]:
 
 def test_pf_coordinates_as_stored_and_unclamped_under_the_original_protocol(tmp_path):
     root = make_pf_pascal(tmp_path / "pascal", fake_pairs(_pf_images(), "test"))
-    shifted = load_pairs("pf-pascal", root)
-    stored = load_pairs("pf-pascal", root, shift_one_based=False, clamp=False)
+    shifted = load_pairs("pf-pascal", root=root)
+    stored = load_pairs("pf-pascal", root=root, pf_shift=False, clamp_keypoints=False)
     np.testing.assert_array_equal(stored.pairs[0].src_kps, shifted.pairs[0].src_kps + 1)  # MATLAB's 1-based values
     assert stored.clamped_keypoints == 4 and "kept unclamped" in stored.notes[0]  # x = W, y = H: outside, 2 a pair
     assert stored.pairs[0].src_kps.max(axis=0).tolist() == [60, 40]
     willow = make_pf_willow(tmp_path / "willow", fake_pairs(_pf_images(), "test"), path_prefix="PF-dataset")
-    cfg, _ = resolved(protocol="original", dataset="pf-willow")
-    assert cfg.pck_norm == "image"  # the original's threshold: the target image's max side, not the keypoint box
-    assert load_pairs("pf-willow", willow, shift_one_based=False, clamp=False).pairs[0].trg_kps[2].tolist() == [50, 45]
+    cfg = resolved(protocol="original", dataset="pf-willow")
+    assert cfg.data.pck_norm == "image"  # the original's threshold: the target image's max side, not the keypoint box
+    assert load_pairs("pf-willow", root=willow, pf_shift=False, clamp_keypoints=False).pairs[0].trg_kps[2].tolist() == [
+        50,
+        45,
+    ]
 
 
 # --- backbones built as the original did ------------------------------------------------------------
@@ -210,8 +220,8 @@ def test_dinov3_built_as_the_original_has_bf16_rope_and_eps_1e6(tmp_path):
     images = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     heads = TINY_OVERRIDES["num_heads"]
     with torch.no_grad():
-        original = load_backbone("dinov3", weights=tmp_path / "dinov3.pth", build="original", **TINY_OVERRIDES)
-        meta = load_backbone("dinov3", weights=tmp_path / "dinov3.pth", **TINY_OVERRIDES)
+        original = create_backbone("dinov3", weights=tmp_path / "dinov3.pth", build="original", **TINY_OVERRIDES)
+        meta = create_backbone("dinov3", weights=tmp_path / "dinov3.pth", **TINY_OVERRIDES)
         reference = original_dinov3(sd, images, heads, 1e-6, torch.bfloat16)
         assert (original(images) - reference).abs().max() < 1e-4
         assert (meta(images) - original_dinov3(sd, images, heads, 1e-5, torch.float32)).abs().max() < 1e-4
@@ -227,7 +237,7 @@ def test_sam_built_as_the_original_resizes_its_position_table_without_antialias(
         images, sd["image_encoder.patch_embed.proj.weight"], sd["image_encoder.patch_embed.proj.bias"], stride=16
     ).permute(0, 2, 3, 1)
     for build, antialias in (("original", False), ("meta", True)):
-        bb = load_backbone("sam", weights=tmp_path / "sam.pth", build=build, **TINY_OVERRIDES)
+        bb = create_backbone("sam", weights=tmp_path / "sam.pth", build=build, **TINY_OVERRIDES)
         expected = patches + F.interpolate(pos, size=(32, 32), mode="bicubic", antialias=antialias).permute(0, 2, 3, 1)
         with torch.no_grad():
             assert (bb.embed(images).tokens - expected).abs().max() < 1e-5, build
@@ -244,34 +254,31 @@ def test_the_originals_checkpoint_format_loads_with_checkpoint(tmp_path):
     original = {"epoch": 1, "model_state_dict": sd, "optimizer_state_dict": {}, "n_blocks": 3, "temperature": 15}
     torch.save(original, tmp_path / "epoch_1.pth")
     bb = create_backbone(checkpoint=str(tmp_path / "epoch_1.pth"), device="cpu", build="original")
-    plain = load_backbone("dinov3_vits16", weights=tmp_path / "official.pth", build="original")
+    plain = create_backbone("dinov3_vits16", weights=tmp_path / "official.pth", build="original")
     images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(bb(images), plain(images))
     assert bb.name == "dinov3_vits16" and weights_origin(bb) == "fine-tuned"
     assert bb.extra["original_checkpoint"] == {"epoch": 1, "n_blocks": 3, "temperature": 15}
     with pytest.raises(CheckpointError, match="of the original project, not a weights file: pass it as --checkpoint"):
-        load_backbone("dinov3_vits16", weights=tmp_path / "epoch_1.pth")
+        create_backbone("dinov3_vits16", weights=tmp_path / "epoch_1.pth")
     torch.save({"model_state_dict": {k: v for k, v in list(sd.items())[:-3]}}, tmp_path / "cut.pth")
     with pytest.raises(CheckpointError, match="missing keys"):
         create_backbone(checkpoint=str(tmp_path / "cut.pth"), device="cpu")
 
 
-def test_match_config_border_is_the_protocols_when_not_given():
-    assert resolved(protocol="original", match=MatchConfig("wsoftargmax"))[0].match.window_border == "clip"
-    assert resolved(match=MatchConfig("wsoftargmax", window_border="clip"))[0].match.window_border == "clip"
+def test_the_window_border_is_the_protocols_when_not_given():
+    assert resolved(protocol="original", matcher="wsoftargmax").match.window_border == "clip"
+    assert resolved(matcher="wsoftargmax", window_border="clip").match.window_border == "clip"
 
 
-def test_an_override_is_warned_about_once_per_run(colour_pairs, tmp_path):
-    """The flow resolves its config at several steps; the warning comes from the first only."""
-    from synthetic import colour_backbone, colour_config
-
-    from evaluation import evaluate
-
-    cfg = colour_config(tmp_path, protocol="original", resample="pil-bicubic", coordinates="centre")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        evaluate(cfg, colour_pairs, colour_backbone(tmp_path, image_size=64))
-    leaving = [str(w.message) for w in caught if "leaves the original protocol" in str(w.message)]
-    names = [m.split("=")[0] for m in leaving]
-    assert "resample" in names and "coordinates" in names and len(names) == len(set(names))
+def test_settings_given_and_unused_are_said():
+    with pytest.warns(UserWarning, match="--window, --temperature ignored: --matcher argmax does not use it"):
+        cfg = resolved(window=7, temperature=0.05)
+    assert cfg.match.matcher == "argmax"
+    with pytest.warns(UserWarning, match="--layout small is ignored: pf-pascal has no layouts"):
+        assert resolved(dataset="pf-pascal", layout="small").data.layout == "large"
+    with pytest.warns(UserWarning, match="--image-size 57 is not a multiple of dinov2_vitb14's 14-pixel patch: 56x56"):
+        assert resolved(image_size=(57,)).member.image_size == (56, 56)
+    with pytest.raises(ValueError, match=r"--thresholds: 0\.1 given more than once"):
+        resolved(thresholds=(0.1, 0.1))

@@ -7,19 +7,24 @@ from __future__ import annotations
 import importlib
 import re
 import shlex
+import warnings
 from pathlib import Path
 
 import pytest
+from model_factory import tiny_checkpoint
 
-from settings import EVAL_CONVENTIONS, TRAIN_CONVENTIONS, resolve_protocol
+from semcorr.config.settings import EnsembleSettings, EvalSettings, TrainSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-FLOWS = {  # script -> (module, function) its main hands the parsed settings to
-    "training_free_evaluation": ("evaluation", "run_evaluation"),
-    "evaluate": ("evaluation", "run_evaluation"),
-    "grid_search_hyperparams": ("grid_search", "run_grid_search"),
-    "ensemble_evaluate": ("ensemble", "run_ensemble"),
-    "finetuning.finetune": ("finetuning.training", "run"),
+FLOWS = {  # script -> (module, function) its main hands the resolved settings to
+    "training_free_evaluation": [("semcorr.engine.evaluation", "run_evaluation")],
+    "evaluate": [("semcorr.engine.evaluation", "run_evaluation")],
+    "grid_search_hyperparams": [("semcorr.engine.grid_search", "run_grid_search")],
+    "ensemble_evaluate": [
+        ("semcorr.engine.evaluation", "run_evaluation"),
+        ("semcorr.engine.ensemble", "run_weight_search"),
+    ],
+    "finetuning.finetune": [("finetuning.training", "run")],
 }
 
 
@@ -39,16 +44,29 @@ def test_the_readme_lists_a_command_for_every_kind_of_row():
     assert any("--limit" in argv and "264" in argv for argv in reproduction_commands())  # the truncated PF-Pascal row
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """A folder holding the fine-tuned checkpoints the commands name (<dinov2 run>/last.pt, ...)."""
+    folder = tmp_path_factory.mktemp("readme")
+    for family in ("dinov2", "dinov3", "sam"):
+        tiny_checkpoint(folder / f"{family}_run", family).rename(folder / f"{family}_run" / "last.pt")
+    return folder
+
+
 @pytest.mark.parametrize("argv", reproduction_commands(), ids=lambda argv: " ".join(argv[:4]))
-def test_each_reproduction_command_runs_the_original_protocol_without_override(argv, monkeypatch):
+def test_each_reproduction_command_runs_the_original_protocol_without_override(argv, runs, monkeypatch):
+    monkeypatch.chdir(runs)
     script = argv[0].removesuffix(".py").replace("/", ".")
-    module, flow = FLOWS[script]
     calls = []
-    monkeypatch.setattr(importlib.import_module(module), flow, lambda *args, **kw: calls.append(args))
-    importlib.import_module(script).main(argv[1:])
+    for module, flow in FLOWS[script]:
+        monkeypatch.setattr(importlib.import_module(module), flow, lambda *args, **kw: calls.append(args))
+    main = importlib.import_module(script.replace("finetuning.finetune", "finetuning.command")).main
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no override is warned about
+        main(argv[1:])
     (args,) = calls
-    cfg = args[0]
-    _, record = resolve_protocol(cfg, TRAIN_CONVENTIONS if script.startswith("finetuning") else EVAL_CONVENTIONS)
-    assert record["name"] == "original" and record["overrides"] == {}
+    settings = args[0]
+    assert isinstance(settings, EvalSettings | TrainSettings)
+    assert settings.protocol.name == "original" and settings.protocol.overrides == {}
     if script == "ensemble_evaluate":
-        assert args[1].common_grid is None  # the protocol's coarsest grid
+        assert settings.ensemble == EnsembleSettings(common_grid="coarsest")  # SAM's 32 x 32 grid

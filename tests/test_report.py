@@ -1,4 +1,4 @@
-"""report.py and analysis.py: the runs found (damaged ones skipped), evaluations beside the published numbers,
+"""report.py and semcorr/report/: the runs found (damaged ones skipped), evaluations beside the published numbers,
 fine-tuning runs and grid searches, PCK at any threshold, and the paper tables and figures written per group."""
 
 import json
@@ -12,12 +12,14 @@ from dataset_factory import make_pf_pascal
 from model_factory import tiny_checkpoint
 from paper_runs import spair_runs
 
-import analysis
-import paper
-import published
+import pck
 import report
-import results
-import viz2d
+from semcorr.cli.resolve import resolve
+from semcorr.config.settings import TrainSettings, as_record
+from semcorr.report import paper, published, tables
+from semcorr.runs import folders
+from semcorr.runs.record import pairs_of_run
+from semcorr.viz import viz2d
 
 
 def test_report_table_and_markdown(evaluation_runs, tmp_path):
@@ -41,32 +43,32 @@ def test_report_table_and_markdown(evaluation_runs, tmp_path):
 
 def as_original_dinov2_run(run) -> None:
     """Edit a run's files in memory into a zero-shot DINOv2-B run of the original protocol on SPair test."""
-    run.config["resolved"].update(model="dinov2_vitb14", weights_origin="official", image_size=[518, 518])
-    run.config["protocol"] = {"name": "original", "overrides": {}}
+    run.config["resolved"]["members"][0].update(model="dinov2_vitb14", weights_origin="official", image_size=[518, 518])
+    run.config["settings"]["protocol"] = {"name": "original", "overrides": {}}
     run.metrics["protocol"].update(dataset="spair", split="test", pck_norm="bbox")
     run.metrics["counts"]["pairs"] = 12234
 
 
 def test_published_numbers_only_for_the_whole_protocol(evaluation_runs):
-    run = results.read_run(evaluation_runs[0])
+    run = folders.read_run(evaluation_runs[0])
     as_original_dinov2_run(run)
     assert published.published_for(run).per_image == (35.61, 51.90, 67.64)
     assert published.published_for(run).per_keypoint == (38.12, 54.61, 70.41)
     changes = [
-        ("protocol", lambda r: r.config.update(protocol={"name": "default", "overrides": {}})),
-        ("an override", lambda r: r.config["protocol"]["overrides"].update(resize="pad")),
+        ("protocol", lambda r: r.config["settings"].update(protocol={"name": "default", "overrides": {}})),
+        ("an override", lambda r: r.config["settings"]["protocol"]["overrides"].update(resize="pad")),
         ("threshold", lambda r: r.metrics["protocol"].update(pck_norm="image")),
         ("pair count", lambda r: r.metrics["counts"].update(pairs=100)),
-        ("image size", lambda r: r.config["resolved"].update(image_size=[448, 448])),
-        ("weights origin", lambda r: r.config["resolved"].update(weights_origin="random")),
-        ("matcher", lambda r: r.config["args"]["match"].update(matcher="wsoftargmax")),
+        ("image size", lambda r: r.config["resolved"]["members"][0].update(image_size=[448, 448])),
+        ("weights origin", lambda r: r.config["resolved"]["members"][0].update(weights_origin="random")),
+        ("matcher", lambda r: r.config["settings"]["match"].update(matcher="wsoftargmax")),
     ]
     for what, change in changes:
-        run = results.read_run(evaluation_runs[0])
+        run = folders.read_run(evaluation_runs[0])
         as_original_dinov2_run(run)
         change(run)
         assert published.published_for(run) is None, what
-    run = results.read_run(evaluation_runs[0])
+    run = folders.read_run(evaluation_runs[0])
     as_original_dinov2_run(run)
     run.metrics["protocol"].update(dataset="pf-willow", pck_norm="image")
     run.metrics["counts"]["pairs"] = 900
@@ -77,15 +79,15 @@ def test_published_numbers_only_for_the_whole_protocol(evaluation_runs):
 
 
 def test_an_ensemble_matches_only_with_every_member_and_weight(evaluation_runs):
-    run = results.read_run(evaluation_runs[1])
+    run = folders.read_run(evaluation_runs[1])
     members = [("dinov2_vitb14", 0.25, 518), ("dinov3_vitb16", 0.65, 512), ("sam_vit_b", 0.10, 512)]
     run.config["resolved"] = {
         "members": [
             {"model": m, "weight": w, "weights_origin": "fine-tuned", "image_size": [s, s]} for m, w, s in members
         ]
     }
-    run.config["args"]["match"].update(matcher="wsoftargmax", window=5, temperature=0.2)
-    run.config["protocol"] = {"name": "original", "overrides": {}}
+    run.config["settings"]["match"].update(matcher="wsoftargmax", window=5, temperature=0.2)
+    run.config["settings"]["protocol"] = {"name": "original", "overrides": {}}
     run.metrics["protocol"].update(dataset="spair", split="test", pck_norm="bbox")
     run.metrics["counts"]["pairs"] = 12234
     assert published.published_for(run).per_image == (57.75, 70.08, 79.32)
@@ -94,18 +96,18 @@ def test_an_ensemble_matches_only_with_every_member_and_weight(evaluation_runs):
 
 
 def test_pck_curve_agrees_with_the_metrics(evaluation_runs):
-    run = results.read_run(evaluation_runs[1])
-    curve = analysis.pck_curve(run.keypoints(), [0.05, 0.1])
+    run = folders.read_run(evaluation_runs[1])
+    curve = pck.pck_curve(run.keypoints(), [0.05, 0.1])
     for alpha, row in zip(("0.05", "0.1"), curve.itertuples(), strict=True):
         assert row.per_image == run.metrics[f"pck@{alpha}"]["per_image"]
         assert row.per_keypoint == run.metrics[f"pck@{alpha}"]["per_keypoint"]
-    assert analysis.pck_curve(run.keypoints(), [1e-9])["per_keypoint"].iloc[0] == 0
+    assert pck.pck_curve(run.keypoints(), [1e-9])["per_keypoint"].iloc[0] == 0
 
 
 def test_report_errors(tmp_path, evaluation_runs):
     with pytest.raises(FileNotFoundError, match="no evaluation, fine-tuning or grid-search results under"):
         report.main([str(tmp_path)])
-    with pytest.raises(results.RunFolderError, match="no such results folder"):
+    with pytest.raises(folders.RunFolderError, match="no such results folder"):
         report.main([str(tmp_path / "typo")])
     with pytest.raises(ValueError, match="--names gives 1 names for 2 evaluations"):
         report.main([str(evaluation_runs[0].parent), "--latex", str(tmp_path / "tex"), "--names", "a"])
@@ -124,14 +126,14 @@ def test_names_follow_the_order_of_the_paths_given(evaluation_runs, tmp_path):
 
 def write_finetune(folder):
     """A fine-tuning run's folder as finetuning/training.py writes it: validated at steps 0, 10, 20, 30."""
-    args = {"model": "dinov2_vitb14", "checkpoint": None, "dataset": "spair", "train_split": "trn", "val_split": "val",
-            "val_alpha": 0.1, "trainable_blocks": 2, "lr": 3e-5, "batch_size": 8, "schedule": "warmup-cosine",
-            "select": "best", "protocol": "default"}  # fmt: skip
+    settings = resolve("finetune", {"model": "dinov2_vitb14", "lr": 3e-5, "device": "cpu"})
+    assert isinstance(settings, TrainSettings) and settings.trainable_blocks == 2
     resolved = {"weights_origin": "official", "train_pairs": 100, "val_pairs": 50, "steps": 40, "global_batch": 8}
     log = pd.DataFrame({"step": [0, 5, 10, 15, 20, 25, 30], "loss": [np.nan, 2.0, np.nan, 1.5, np.nan, 1.2, np.nan],
                         "val_pck@0.1": [61.5, np.nan, 40.0, np.nan, 55.123, np.nan, 50.25]})  # fmt: skip
     folder.mkdir(parents=True)
-    return results.write_run(folder, "finetune", {"args": args, "resolved": resolved}, train_log=log)
+    config = {"settings": as_record(settings), "resolved": resolved}
+    return folders.write_run(folder, "finetune", config, train_log=log)
 
 
 def write_grid(folder):
@@ -141,14 +143,15 @@ def write_grid(folder):
                  "dataset": "spair", "split": "val", "pck_norm": "bbox", "pairs": 100}  # fmt: skip
     folder.mkdir(parents=True)
     grid = pd.DataFrame({"matcher": ["argmax"], "window": pd.array([None], dtype="Int64")})
-    return results.write_run(folder, "grid", {"args": {"model": "dinov3"}}, best_parameters=best_file, grid=grid)
+    config = {"settings": {}, "resolved": {"members": []}}
+    return folders.write_run(folder, "grid", config, best_parameters=best_file, grid=grid)
 
 
 def test_report_counts_kinds_and_summarises_finetuning_and_grid_runs(evaluation_runs, tmp_path, capsys):
     write_finetune(tmp_path / "finetune" / "20260101-000000_dinov2_vitb14")
     write_grid(tmp_path / "20260101-000000_dinov3_vitb16_spair_val_grid")
     (tmp_path / "match").mkdir()
-    results.write_run(tmp_path / "match", "match", {}, matches={"points": []})
+    folders.write_run(tmp_path / "match", "match", {"settings": {}, "resolved": {}}, matches={"points": []})
     report.main([str(evaluation_runs[0].parent), str(tmp_path)])
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "found 5 results folders: 2 evaluation, 1 finetune, 1 grid, 1 match"
@@ -161,7 +164,7 @@ def test_report_counts_kinds_and_summarises_finetuning_and_grid_runs(evaluation_
 
 
 def test_damaged_or_incomplete_folders_are_skipped_with_a_warning_naming_the_file(evaluation_runs, tmp_path, capsys):
-    folders = [shutil.copytree(run, tmp_path / run.name) for run in evaluation_runs]
+    copies = [shutil.copytree(run, tmp_path / run.name) for run in evaluation_runs]
     broken = shutil.copytree(evaluation_runs[0], tmp_path / "20990101-000000_broken")
     (broken / "metrics.json").write_text('{"protocol": ')
     partial = shutil.copytree(evaluation_runs[0], tmp_path / "20990101-000001_partial")
@@ -175,7 +178,7 @@ def test_damaged_or_incomplete_folders_are_skipped_with_a_warning_naming_the_fil
     listed = shutil.copytree(evaluation_runs[0], tmp_path / "20990101-000005_list")
     (listed / "config.json").write_text("[1, 2]")
     table = report.main([str(tmp_path), "--latex", str(tmp_path / "tex")])
-    assert table["path"].tolist() == [str(f) for f in folders]
+    assert table["path"].tolist() == [str(f) for f in copies]
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 6 and all(line.startswith("warning: skipped ") for line in err)
     expected = [
@@ -184,7 +187,7 @@ def test_damaged_or_incomplete_folders_are_skipped_with_a_warning_naming_the_fil
         f"{foreign / 'metrics.json'}: no protocol, counts",
         f"{bad_config / 'config.json'}: unreadable JSON",
         "20990101-000004_finetune/train_log.csv: missing",
-        f"{listed / 'config.json'}: not a JSON object",
+        f"{listed / 'config.json'}: not the config.json of a run",
     ]
     for needle in expected:
         assert any(needle in line for line in err), needle
@@ -230,7 +233,7 @@ def test_report_writes_latex_figures_and_a_comparison_per_group(evaluation_runs,
     assert [ax.get_title().split(":")[0] for ax in curves.axes] == ["per image", "per keypoint"]
     assert [len(ax.get_lines()) for ax in curves.axes] == [2, 2]  # one curve per run
     assert [t.get_text() for t in curves.legends[0].get_texts()] == labels
-    id_a, id_b = (paper.keypoint_id_pck(results.read_run(run).keypoints(), 0.1)["pck"] for run in spair)
+    id_a, id_b = (paper.keypoint_id_pck(folders.read_run(run).keypoints(), 0.1)["pck"] for run in spair)
     assert [t.get_text() for t in ids.legends[0].get_texts()] == labels
     panels = [ax for ax in ids.axes if ax.patches]
     assert [ax.get_title() for ax in panels] == [
@@ -250,17 +253,17 @@ def test_report_writes_latex_figures_and_a_comparison_per_group(evaluation_runs,
 def test_paths_resolve_from_the_given_bases_and_labels_name_the_setup(evaluation_runs, tmp_path):
     started = evaluation_runs[0].parents[1]
     relative = evaluation_runs[0].relative_to(started)
-    assert analysis.resolve_path(relative, [tmp_path, started]) == evaluation_runs[0].resolve()
-    assert analysis.resolve_path(evaluation_runs[0], [tmp_path]) == evaluation_runs[0].resolve()
+    assert folders.resolve_path(relative, [tmp_path, started]) == evaluation_runs[0].resolve()
+    assert folders.resolve_path(evaluation_runs[0], [tmp_path]) == evaluation_runs[0].resolve()
     with pytest.raises(FileNotFoundError, match=f"no results folder {relative}; tried {tmp_path / relative}, /nowhere"):
-        analysis.resolve_path(relative, [tmp_path, "/nowhere", ""])
-    run = results.read_run(evaluation_runs[1])
-    run.config["args"]["checkpoint"] = "results/finetune/x/best.pt"
-    assert analysis.run_label(run) == (
+        folders.resolve_path(relative, [tmp_path, "/nowhere", ""])
+    run = folders.read_run(evaluation_runs[1])
+    run.config["settings"]["members"][0]["backbone"]["checkpoint"] = "results/finetune/x/best.pt"
+    assert tables.run_label(run) == (
         "colourcode custom weights, wsoftargmax K3 T0.1, 64x64, checkpoint results/finetune/x/best.pt, "
         "protocol default (pck_norm=bbox)"
     )
-    assert analysis.run_label(run, detail=False) == "colourcode custom weights, wsoftargmax K3 T0.1"
+    assert tables.run_label(run, detail=False) == "colourcode custom weights, wsoftargmax K3 T0.1"
 
 
 @pytest.mark.parametrize("protocol", ["default", "original"])
@@ -273,7 +276,7 @@ def test_a_runs_pairs_reload_with_its_keypoint_conventions(tmp_path, protocol):
     argv += ["--protocol", protocol, "--image-size", "56", "--device", "cpu", "--num-workers", "0", "--quiet"]
     evaluate.main([*argv, "--no-cache", "--output-dir", str(tmp_path / "runs")])
     (folder,) = (tmp_path / "runs").iterdir()
-    run = results.read_run(folder)
-    table, pairs = run.keypoints(), analysis.run_pairs(run)
+    run = folders.read_run(folder)
+    table, pairs = run.keypoints(), pairs_of_run(run)
     reloaded = np.concatenate([pairs[p].src_kps for p in table["pair_id"].unique()])
     np.testing.assert_allclose(reloaded, table[["src_x", "src_y"]].to_numpy(), atol=1e-4)

@@ -1,4 +1,4 @@
-"""results.py: every kind of run folder reads back exactly what was written, and says what it is."""
+"""semcorr/runs/folders.py: every kind of run folder reads back exactly what was written, and says what it is."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import results
+from semcorr.runs import folders
 
 
 def sample_files(kind: str) -> dict:
@@ -21,72 +21,65 @@ def sample_files(kind: str) -> dict:
         "train_log": pd.DataFrame({"step": [0, 10], "loss": [np.nan, 1.5]}),
     }
     return {
-        name: tables.get(name, {"value": 1 / 3, "nested": {"alpha": [0.05, 0.1]}}) for name in results.RUN_FILES[kind]
+        name: tables.get(name, {"value": 1 / 3, "nested": {"alpha": [0.05, 0.1]}}) for name in folders.RUN_FILES[kind]
     }
 
 
-@pytest.mark.parametrize("kind", list(results.RUN_FILES))
+@pytest.mark.parametrize("kind", list(folders.RUN_FILES))
 def test_every_kind_reads_back_what_was_written(tmp_path, kind):
-    run_dir = results.new_run_dir(tmp_path, ["model", kind])
+    run_dir = folders.new_run_dir(tmp_path, ["model", kind])
     files = sample_files(kind)
-    results.write_run(run_dir, kind, {"args": {"x": 1}, "kind": "ignored"}, **files)
+    folders.write_run(run_dir, kind, {"args": {"x": 1}, "kind": "ignored"}, **files)
     assert json.loads((run_dir / "config.json").read_text()) == {"kind": kind, "args": {"x": 1}}
-    run = results.read_run(run_dir)
+    run = folders.read_run(run_dir)
     assert run.kind == kind and run.config["args"] == {"x": 1}
     for name, written in files.items():
         read = run.read(name)
         if isinstance(written, pd.DataFrame):
-            pd.testing.assert_frame_equal(read, written, check_dtype=name in results.TEXT_COLUMNS)
+            pd.testing.assert_frame_equal(read, written, check_dtype=name in folders.TEXT_COLUMNS)
         else:
             assert read == written
-    assert results.find_runs([tmp_path]) == [run_dir]
-    assert results.find_runs([tmp_path], kinds=("nothing",)) == []
+    assert folders.find_runs([tmp_path]) == [run_dir]
+    assert folders.find_runs([tmp_path], kinds=("nothing",)) == []
 
 
 def test_run_folders_are_new_and_never_reused(tmp_path):
-    first = results.new_run_dir(tmp_path, ["a", "b/c"], started=0)
-    second = results.new_run_dir(tmp_path, ["a", "b/c"], started=0)
+    first = folders.new_run_dir(tmp_path, ["a", "b/c"], started=0)
+    second = folders.new_run_dir(tmp_path, ["a", "b/c"], started=0)
     assert first != second and first.name.endswith("_a_b-c") and second.name.endswith("_a_b-c-2")
 
 
-def test_folders_from_before_the_kind_are_recognised_by_their_files(tmp_path):
-    legacy = {"evaluation": "metrics.json", "grid": "best_parameters.json", "weight_search": "best_weights.json"}
-    for kind, marker in legacy.items():
-        (tmp_path / kind).mkdir()
-        (tmp_path / kind / "config.json").write_text('{"args": {}}')
-        (tmp_path / kind / marker).write_text("{}")
-    (tmp_path / "finetune").mkdir()
-    (tmp_path / "finetune" / "config.json").write_text('{"config": {}}')
-    (tmp_path / "finetune" / "last.pt").write_bytes(b"")
-    (tmp_path / "match").mkdir()
-    (tmp_path / "match" / "matches.json").write_text("{}")  # match folders had no config.json
-    for kind in [*legacy, "finetune", "match"]:
-        assert results.read_run(tmp_path / kind).kind == kind
-    assert len(results.find_runs([tmp_path])) == 5
-    assert results.find_runs([tmp_path], kinds=("evaluation",)) == [tmp_path / "evaluation"]
+def test_a_folder_whose_config_names_no_kind_is_not_a_run(tmp_path):
+    """Only the released format is read: config.json names the run's kind."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text('{"args": {}}')
+    (tmp_path / "old" / "metrics.json").write_text("{}")
+    with pytest.raises(folders.RunFolderError, match="no known 'kind'"):
+        folders.read_run(tmp_path / "old")
+    assert folders.find_runs([tmp_path]) == []
 
 
 def test_bad_folders_are_clear_errors(tmp_path):
-    with pytest.raises(results.RunFolderError, match="no such results folder"):
-        results.read_run(tmp_path / "missing")
-    with pytest.raises(results.RunFolderError, match="not a results folder"):
-        results.read_run(tmp_path)
-    run_dir = results.write_run(tmp_path, "grid", {})
-    with pytest.raises(results.RunFolderError, match="holds a grid run, not evaluation"):
-        results.read_run(run_dir, kinds=("evaluation",))
-    with pytest.raises(results.RunFolderError, match=r"no grid_search_results\.csv"):
-        results.read_run(run_dir).read("grid")
+    with pytest.raises(folders.RunFolderError, match="no such results folder"):
+        folders.read_run(tmp_path / "missing")
+    with pytest.raises(folders.RunFolderError, match="not a results folder"):
+        folders.read_run(tmp_path)
+    run_dir = folders.write_run(tmp_path, "grid", {})
+    with pytest.raises(folders.RunFolderError, match="holds a grid run, not evaluation"):
+        folders.read_run(run_dir, kinds=("evaluation",))
+    with pytest.raises(folders.RunFolderError, match=r"no grid_search_results\.csv"):
+        folders.read_run(run_dir).read("grid")
     with pytest.raises(ValueError, match="a grid run has no file 'metrics'"):
-        results.write_file(run_dir, "grid", "metrics", {})
+        folders.write_file(run_dir, "grid", "metrics", {})
     with pytest.raises(ValueError, match="unknown run kind"):
-        results.write_config(run_dir, "nope", {})
+        folders.write_config(run_dir, "nope", {})
     (run_dir / "best_parameters.json").write_text("{")
-    with pytest.raises(results.RunFolderError, match="unreadable JSON"):
-        results.read_run(run_dir).read("best_parameters")
+    with pytest.raises(folders.RunFolderError, match="unreadable JSON"):
+        folders.read_run(run_dir).read("best_parameters")
 
 
 def test_a_file_is_read_once_and_each_caller_gets_its_own_table(evaluation_runs, monkeypatch):
-    run = results.read_run(evaluation_runs[0])
+    run = folders.read_run(evaluation_runs[0])
     reads = []
     read_csv = pd.read_csv
     monkeypatch.setattr(pd, "read_csv", lambda *a, **kw: reads.append(a[0]) or read_csv(*a, **kw))

@@ -8,13 +8,13 @@ from matplotlib.patches import ConnectionPatch
 from PIL import Image
 from synthetic import colour_backbone, colour_config, write_colour_pairs
 
-import plots
-import viz2d
-from cli import eval_config, evaluation_parser
-from evaluation import evaluate
-from geometry import Preprocess, image_geometry
-from pairs import load_pairs
-from results import read_run
+from semcorr.cli.flags import evaluation_parser, given
+from semcorr.cli.resolve import resolve
+from semcorr.data.datasets import load_pairs
+from semcorr.data.geometry import Preprocess, image_geometry
+from semcorr.engine.evaluation import evaluate
+from semcorr.runs.folders import read_run
+from semcorr.viz import charts, figures, viz2d
 
 
 def lines(fig):
@@ -44,7 +44,7 @@ def pair_rows(correct):
 
 def test_matches_are_coloured_by_correctness_with_ground_truth():
     img = Image.new("RGB", (60, 40))
-    fig = viz2d.draw_pair_rows(pair_rows([True, False, True]), img, img, alpha=0.1)
+    fig = figures.draw_pair_rows(pair_rows([True, False, True]), img, img, alpha=0.1)
     drawn = lines(fig)
     assert len(drawn) == 3
     assert [to_rgba(line.get_edgecolor(), 1) for line in drawn] == [to_rgba(c) for c in ("lime", "red", "lime")]
@@ -67,7 +67,7 @@ def test_heatmap_spans_the_patch_grid_in_image_pixels(resize):
     size = (300, 200)
     prep = Preprocess.create(224, 14, resize)
     geom = image_geometry(size, prep)
-    left, right, bottom, top = viz2d.grid_extent(geom, prep)
+    left, right, bottom, top = figures.grid_extent(geom, prep)
     # the grid's outer edges are the network input's edges, mapped back to the image
     np.testing.assert_allclose(
         geom.to_input(np.array([[left, top], [right, bottom]])), [[-0.5, -0.5], [223.5, 223.5]], atol=1e-9
@@ -79,7 +79,7 @@ def test_heatmap_spans_the_patch_grid_in_image_pixels(resize):
     heat = np.zeros(prep.grid)
     heat[3, 5] = 1
     img = Image.new("RGB", size)
-    fig = viz2d.draw_similarity(img, img, np.array([10.0, 10.0]), heat, (left, right, bottom, top))
+    fig = figures.draw_similarity(img, img, np.array([10.0, 10.0]), heat, (left, right, bottom, top))
     trg_ax = fig.axes[1]
     assert trg_ax.images[-1].get_extent() == [left, right, bottom, top]
     assert trg_ax.get_xlim() == (-0.5, 299.5) and trg_ax.get_ylim() == (199.5, -0.5)  # still the image
@@ -110,8 +110,12 @@ def test_best_and_worst_pairs_are_drawn(tmp_path):
                 }
             )
     table = pd.DataFrame(rows)
-    assert viz2d.pair_ranking(table, 0.1)["pair_id"].tolist() == [pairs[1].pair_id, pairs[0].pair_id, pairs[2].pair_id]
-    written = viz2d.save_best_worst(tmp_path / "vis", pairs, table, n=2)
+    assert figures.pair_ranking(table, 0.1)["pair_id"].tolist() == [
+        pairs[1].pair_id,
+        pairs[0].pair_id,
+        pairs[2].pair_id,
+    ]
+    written = figures.save_best_worst(tmp_path / "vis", pairs, table, n=2)
     assert [p.name for p in written] == [
         f"best_01_{pairs[1].pair_id}.png",
         f"best_02_{pairs[0].pair_id}.png",
@@ -122,10 +126,12 @@ def test_best_and_worst_pairs_are_drawn(tmp_path):
 
 def test_evaluation_saves_pictures_of_its_best_and_worst_pairs(tmp_path):
     pairset = load_pairs("custom", root=write_colour_pairs(tmp_path / "data"))
-    run = evaluate(colour_config(tmp_path, save_vis=1), pairset, colour_backbone(tmp_path, image_size=64))
+    run = evaluate(
+        colour_config(tmp_path, save_vis=1, image_size=64), pairset, colour_backbone(tmp_path, image_size=64)
+    )
     per_pair = pd.read_csv(run / "per_pair.csv", dtype={"pair_id": str})
     table = read_run(run).keypoints()
-    ranking = viz2d.pair_ranking(table, 0.1)["pair_id"]
+    ranking = figures.pair_ranking(table, 0.1)["pair_id"]
     assert per_pair.set_index("pair_id").loc[ranking.iloc[0], "pck@0.1"] == per_pair["pck@0.1"].max()
     assert sorted(p.name for p in (run / "vis").iterdir()) == [
         f"best_01_{ranking.iloc[0]}.png",
@@ -135,8 +141,8 @@ def test_evaluation_saves_pictures_of_its_best_and_worst_pairs(tmp_path):
 
 def test_save_vis_argument():
     parser = evaluation_parser("test")
-    assert eval_config(parser.parse_args(["--save-vis", "3"])).save_vis == 3
-    assert eval_config(parser.parse_args([])).save_vis == 0
+    assert resolve("evaluation", given(parser.parse_args(["--save-vis", "3"]))).output.save_vis == 3
+    assert resolve("evaluation", given(parser.parse_args([]))).output.save_vis == 0
     with pytest.raises(SystemExit):
         parser.parse_args(["--save-vis", "-1"])
 
@@ -147,7 +153,7 @@ def legend_labels(fig) -> list[str]:
 
 def test_evaluation_pictures_and_heatmaps_explain_their_marks():
     img = Image.new("RGB", (60, 40))
-    fig = viz2d.draw_pair_rows(pair_rows([True, False]), img, img, alpha=0.1)
+    fig = figures.draw_pair_rows(pair_rows([True, False]), img, img, alpha=0.1)
     assert legend_labels(fig) == [
         "correct at PCK@0.1",
         "wrong at PCK@0.1",
@@ -155,7 +161,7 @@ def test_evaluation_pictures_and_heatmaps_explain_their_marks():
         "wrong prediction -> ground truth",
     ]
     heat = np.linspace(0.2, 0.9, 12).reshape(3, 4)
-    fig = viz2d.draw_similarity(img, img, np.array([5.0, 5.0]), heat, (-0.5, 59.5, 39.5, -0.5), pred_xy=[9.0, 9.0])
+    fig = figures.draw_similarity(img, img, np.array([5.0, 5.0]), heat, (-0.5, 59.5, 39.5, -0.5), pred_xy=[9.0, 9.0])
     assert legend_labels(fig) == ["source point", "prediction"]
     (bar,) = [ax for ax in fig.axes[2:] if ax.get_ylabel() == "cosine similarity"]
     assert bar.get_ylim() == pytest.approx((0.2, 0.9))
@@ -172,7 +178,7 @@ def test_grid_heatmap_text_stays_readable_on_bright_cells():
     rows += [{"matcher": "wsoftargmax", "window": k, "temperature": t, "pck@0.1_per_image": 10.0 * k + t}
              for k in (3, 5) for t in (0.1, 0.5)]  # fmt: skip
     table = pd.DataFrame(rows).astype({"window": "Int64"})
-    fig = plots.grid_heatmap(table, [0.1], "per_image", "", {"0.1": {"window": 5, "temperature": 0.5}})
+    fig = charts.grid_heatmap(table, [0.1], "per_image", "", {"0.1": {"window": 5, "temperature": 0.5}})
     ink = {t.get_text(): t.get_color() for t in fig.axes[0].texts}
     assert ink["30.1"] == "white" and ink["50.5"] == "black"  # viridis: dark purple lowest, bright yellow highest
 
@@ -180,9 +186,9 @@ def test_grid_heatmap_text_stays_readable_on_bright_cells():
 def test_two_member_weight_search_is_one_panel_with_both_weights():
     w = np.linspace(0, 1, 5)
     table = pd.DataFrame({"weight_0": w, "weight_1": 1 - w, "pck@0.1_per_image": 10 * w})
-    fig = plots.weight_profiles(table, ["dinov2@518", "sam@512"], [0.1], "per_image")
+    fig = charts.weight_profiles(table, ["dinov2@518", "sam@512"], [0.1], "per_image")
     (ax,) = [a for a in fig.axes if a.get_xlabel()]
     assert ax.get_xlabel() == "weight of dinov2@518"
     assert [c.get_xlabel() for c in ax.child_axes] == ["weight of sam@512"]
     three = pd.DataFrame({"weight_0": w, "weight_1": 1 - w, "weight_2": 0 * w, "pck@0.1_per_image": w})
-    assert len(plots.weight_profiles(three, ["a", "b", "c"], [0.1], "per_image").axes) == 3
+    assert len(charts.weight_profiles(three, ["a", "b", "c"], [0.1], "per_image").axes) == 3

@@ -1,0 +1,460 @@
+"""Where arguments become settings, once: the settings' defaults, then the protocol's conventions, then
+the flags given, laid over each other in one step; what that leaves of the protocol is recorded and
+warned about once; the result is frozen, complete settings (semcorr/config/settings.py) that the
+library receives and never resolves again.
+
+    settings = resolve("evaluation", {"model": "dinov3", "dataset": "pf-pascal", "protocol": "original"})
+
+`given` holds only the flags that were given (the parsers use argparse.SUPPRESS), by flag name; ensemble
+members come as MemberSpec values under "members". Everything that depends on a file (a checkpoint's
+model, trained image size and resize; --params' window and temperature) or on the machine ("auto"
+device and precision) is read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from semcorr.cli.flags import MemberSpec
+from semcorr.config.protocols import ORIGINAL_FIXED, Protocol, get_protocol
+from semcorr.config.settings import (
+    AVERAGINGS,
+    DEFAULT_MODEL,
+    FAMILIES,
+    Augment,
+    BackboneSettings,
+    DataSettings,
+    EnsembleSettings,
+    EvalSettings,
+    ExtractSettings,
+    GridSettings,
+    MatchSettings,
+    MemberSettings,
+    Optimisation,
+    OutputSettings,
+    PairSettings,
+    ParamsRecord,
+    ProtocolRecord,
+    TrainSettings,
+    WeightSearchSettings,
+)
+
+# --- which flag sets which setting ----------------------------------------------------------------------
+
+# flag -> where its value goes in the settings (the same path gives its default)
+PATHS = {
+    "dataset": "data.dataset", "data_root": "data.root", "split": "data.split", "layout": "data.layout",
+    "limit": "data.limit", "pf_shift": "data.pf_shift", "clamp_keypoints": "data.clamp_keypoints",
+    "rescale_annotations": "data.rescale_annotations", "pck_norm": "data.pck_norm", "thresholds": "data.thresholds",
+    "resample": "extract.resample", "coordinates": "extract.coordinates", "feature_dtype": "extract.feature_dtype",
+    "batch_size": "extract.batch_size", "num_workers": "extract.num_workers", "cache_dir": "extract.cache_dir",
+    "matcher": "match.matcher", "window": "match.window", "temperature": "match.temperature",
+    "descriptor": "match.descriptor", "window_border": "match.window_border",
+    "output_dir": "output.output_dir", "save_vis": "output.save_vis", "seed": "output.seed",
+    "progress": "output.progress", "common_grid": "ensemble.common_grid", "combine": "ensemble.combine",
+    "model": "backbone.model", "weights": "backbone.weights", "checkpoint": "backbone.checkpoint",
+    "layer": "backbone.layer", "build": "backbone.build", "device": "backbone.device", "resize": "member.resize",
+}  # fmt: skip
+TRAIN_PATHS = {
+    **{k: v for k, v in PATHS.items() if not v.startswith(("match.", "ensemble."))},
+    "train_split": "data.split", "batch_size": "optimisation.batch_size", "resize": "resize",
+    **{f.name: f"optimisation.{f.name}" for f in dataclasses.fields(Optimisation)},
+    **{name: name for name in ("trainable_blocks", "logit_scale", "soft_sigma", "val_split", "val_limit", "val_every",
+                               "val_alpha", "cache_frozen", "self_contained", "log_every", "stop_after")},
+    "val_data": "val_root", "flip": "augment.flip", "jitter": "augment.jitter",
+}  # fmt: skip
+GRID_FLAGS = {"windows": "windows", "temperatures": "temperatures", "select_by": "select_by"}
+WEIGHT_FLAGS = {"weight_step": "step", "select_by": "select_by"}
+PAIR_FLAGS = {"src": "src", "trg": "trg", "points": "points", "grid": "grid", "mutual": "mutual", "heatmap": "heatmaps"}
+KINDS = ("evaluation", "grid", "ensemble", "weight_search", "match", "finetune")
+
+
+def default(root: type, path: str) -> object:
+    """The default of the setting at `path` ("extract.batch_size") under dataclass `root`: each default is
+    written once, in settings.py (a group without a default of its own takes its class's defaults)."""
+    head, _, rest = path.partition(".")
+    for f in dataclasses.fields(root):
+        if f.name != head:
+            continue
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            return default(typing.get_type_hints(root)[head], rest)
+        for part in rest.split(".") if rest else ():
+            value = getattr(value, part)
+        return value
+    raise KeyError(f"{root.__name__} has no setting {path}")
+
+
+# --- the one resolution ------------------------------------------------------------------------------------
+
+
+def resolve(kind: str, given: dict) -> object:
+    """The settings of a run of `kind` (KINDS) from the flags `given`: defaults, then the protocol, then the flags.
+
+    evaluation, ensemble: EvalSettings; grid: (EvalSettings, GridSettings); weight_search: (EvalSettings,
+    WeightSearchSettings); match: (EvalSettings, PairSettings); finetune: TrainSettings.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of run {kind!r}: one of {', '.join(KINDS)}")
+    protocol = get_protocol(given.get("protocol") or "default")
+    dataset = given.get("dataset") or default(TrainSettings if kind == "finetune" else EvalSettings, "data.dataset")
+    presets = protocol.values(dataset, training=kind == "finetune")
+    values = {**presets, **given}
+    overrides = {name: value for name, value in given.items() if name in presets and value != presets[name]}
+    if "precision" in given:  # one precision for every family: no override where it is the protocol's own
+        overrides.pop("precision", None)
+        if any(presets["precision"][family] != given["precision"] for family in families_of(given)):
+            overrides["precision"] = given["precision"]
+    if protocol.name == "original":
+        left = {
+            name: value for name, value in given.items() if name in ORIGINAL_FIXED and value != ORIGINAL_FIXED[name]
+        }
+        overrides |= left
+        for name, value in overrides.items():  # once, here: nothing below resolves again
+            used = presets.get(name, ORIGINAL_FIXED.get(name))
+            warnings.warn(
+                f"{name}={value!r} leaves the original protocol (it used {used!r}): the run is recorded as the original "
+                "protocol with this override, and no published number stands beside it",
+                stacklevel=2,
+            )
+    record = ProtocolRecord(protocol.name, dict(overrides))
+    device = concrete_device(values.get("device", "auto"))
+    precision = concrete_precision(values["precision"], device)
+    if kind == "finetune":
+        return training_settings(values, protocol, record, device, precision)
+    return evaluation_settings(kind, values, given, record, device, precision)
+
+
+def families_of(given: dict) -> list[str]:
+    """The backbone families a run uses (for whether one --precision is the protocol's own)."""
+    from models import get_spec
+
+    models = [m.model for m in given.get("members", [])] or [given.get("model") or DEFAULT_MODEL]
+    return [get_spec(model).family for model in models if not given.get("checkpoint")] or list(FAMILIES)
+
+
+def concrete_device(name: str) -> str:
+    """ "auto": CUDA when there is one, else the CPU; a device that is not here is refused."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here; use --device auto or cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 ..)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: Apple's MPS is not available here; use --device auto or cpu")
+    return name
+
+
+def concrete_precision(precision: str | dict, device: str) -> dict[str, str]:
+    """The autocast precision of each backbone family ("auto": bf16 on CUDA, fp32 elsewhere)."""
+    table = precision if isinstance(precision, dict) else dict.fromkeys(FAMILIES, precision)
+    return {
+        family: ("bf16" if device.startswith("cuda") else "fp32") if p == "auto" else p for family, p in table.items()
+    }
+
+
+def nested(root: type, values: dict, paths: dict[str, str], prefix: str) -> dict:
+    """The fields of the group `prefix` ("data", "extract", ...) of `root`: each flag's value, else its default."""
+    fields = {}
+    for flag, path in paths.items():
+        group, _, name = path.rpartition(".")
+        if group == prefix:
+            fields[name] = values[flag] if flag in values else default(root, path)
+    return fields
+
+
+# --- evaluations -----------------------------------------------------------------------------------------
+
+
+def evaluation_settings(
+    kind: str, values: dict, given: dict, record: ProtocolRecord, device: str, precision: dict
+) -> object:
+    """EvalSettings (and the kind's own settings) from the layered values."""
+    data = None
+    if kind != "match" or "pairs" in values:
+        data = DataSettings(**nested(EvalSettings, values, PATHS, "data"))
+        if kind == "match":
+            data = replace(data, dataset="custom", root=values["pairs"], split="pairs", thresholds=())
+        data = check_data(data, values)
+    extract = ExtractSettings(**nested(EvalSettings, values, PATHS, "extract"))
+    if values.get("no_cache"):
+        extract = replace(extract, cache_dir=None)
+    output = OutputSettings(**nested(EvalSettings, values, PATHS, "output"))
+    if values.get("quiet"):
+        output = replace(output, progress=False)
+    match, params = match_settings(kind, values)
+    members = member_settings(kind, values, device, precision)
+    ensemble = EnsembleSettings(**nested(EvalSettings, values, PATHS, "ensemble"))
+    settings = EvalSettings(members, data, extract, match, output, ensemble, record, params)
+    warn_unused(settings, given)
+    if kind == "grid":
+        return settings, grid_settings(values, settings)
+    if kind == "weight_search":
+        return settings, WeightSearchSettings(
+            **{name: values[flag] for flag, name in WEIGHT_FLAGS.items() if flag in values}
+        )
+    if kind == "match":
+        return settings, PairSettings(**{name: values[flag] for flag, name in PAIR_FLAGS.items() if flag in values})
+    return settings
+
+
+def check_data(data: DataSettings, values: dict) -> DataSettings:
+    """Thresholds given once each; a layout given for a dataset without layouts is said."""
+    from semcorr.data.datasets import LAYOUT_DATASETS
+
+    twice = sorted({f"{t:g}" for t in data.thresholds if data.thresholds.count(t) > 1})
+    if twice:
+        raise ValueError(f"--thresholds: {', '.join(twice)} given more than once; give each alpha once")
+    if "layout" in values and data.dataset not in LAYOUT_DATASETS:
+        warnings.warn(f"--layout {data.layout} is ignored: {data.dataset} has no layouts (SPair-71k has)", stacklevel=3)
+        data = replace(data, layout=default(DataSettings, "layout"))
+    return replace(data, thresholds=tuple(data.thresholds))
+
+
+def match_settings(kind: str, values: dict) -> tuple[MatchSettings, ParamsRecord | None]:
+    """The matcher, its K and T (from --params: a grid search's best, and the setting it searched with)."""
+    import matching_strategies
+
+    fields = nested(EvalSettings, values, PATHS, "match")
+    params = None
+    if "params" in values:
+        if values.get("matcher") == "argmax" or "window" in values or "temperature" in values:
+            raise ValueError(
+                "--params sets the matcher's window and temperature: drop --matcher argmax, --window and "
+                "--temperature, or drop --params"
+            )
+        alpha = values.get("params_alpha", default(ParamsRecord, "alpha"))
+        matcher, window, temperature, searched = read_best_parameters(values["params"], alpha)
+        fields |= {"matcher": values.get("matcher", matcher), "window": window, "temperature": temperature}
+        params = ParamsRecord(values["params"], alpha, searched)
+    elif kind == "grid":
+        fields["matcher"] = values.get("matcher", "wsoftargmax")
+    if fields["matcher"] not in matching_strategies.MATCHERS:
+        raise ValueError(
+            f"--matcher {fields['matcher']!r} is not a matcher: choose one of {', '.join(matching_strategies.MATCHERS)}"
+        )
+    return MatchSettings(**fields), params
+
+
+def read_best_parameters(path: str, alpha: float) -> tuple[str, int, float, dict]:
+    """The matcher, window and temperature a grid search found best at PCK@alpha (its best_parameters.json),
+    and the setting it searched with."""
+    import json
+
+    what = "a best_parameters.json written by grid_search_hyperparams.py"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        found = {key: (int(entry["window"]), float(entry["temperature"])) for key, entry in data["best"].items()}
+        matcher = str(data["matcher"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--params: no file {path} (expected {what})") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"--params: {path} is not {what} ({type(err).__name__}: {err})") from None
+    if f"{alpha:g}" not in found:
+        raise ValueError(
+            f"--params: {path} has best parameters for alpha {', '.join(found)}, not {alpha:g}; "
+            "choose one of those with --params-alpha"
+        )
+    searched = {key: data[key] for key in ("model", "image_size", "grid") if key in data}
+    return matcher, *found[f"{alpha:g}"], searched
+
+
+def member_settings(kind: str, values: dict, device: str, precision: dict) -> tuple[MemberSettings, ...]:
+    """Each member: its backbone (a checkpoint's own model), input size and resize, and normalised weight."""
+    from models import is_finetuned
+
+    specs = values.get("members") or [MemberSpec(values.get("model") or DEFAULT_MODEL, values.get("weights"))]
+    if kind == "weight_search":  # the search sets the weights
+        specs = [replace(spec, weight=None) for spec in specs]
+    weights = normalised_weights(specs)
+    members = []
+    for spec, weight in zip(specs, weights, strict=True):
+        single = not values.get("members")
+        checkpoint = (
+            values.get("checkpoint")
+            if single
+            else spec.weights
+            if spec.weights and is_finetuned(spec.weights)
+            else None
+        )
+        backbone = BackboneSettings(
+            model=spec.model if not (single and checkpoint and "model" not in values) else "",
+            weights=None if checkpoint else spec.weights,
+            checkpoint=checkpoint,
+            layer=values.get("layer") if single else None,
+            build=values["build"],
+            precision="fp32",
+            device=device,
+        )
+        size = spec.image_size or values.get("image_size")
+        members.append(member(backbone, size, values.get("resize"), weight, precision))
+    return tuple(members)
+
+
+def member(backbone: BackboneSettings, size: tuple[int, ...] | None, resize: str | None, weight: float,
+           precision: dict) -> MemberSettings:  # fmt: skip
+    """A member with everything filled: the checkpoint's model, trained size and resize where not given, the
+    family's precision, the size rounded to the patch grid (said when it changes)."""
+    from models import checkpoint_header, get_spec
+
+    trained = {}
+    if backbone.checkpoint:
+        header = checkpoint_header(backbone.checkpoint, backbone.model or None)
+        if backbone.model and get_spec(backbone.model).name != header["backbone"]:
+            raise ValueError(
+                f"--checkpoint {backbone.checkpoint} holds a fine-tuned {header['backbone']}, not "
+                f"{get_spec(backbone.model).name}: drop --model (a checkpoint names its own model), or give a checkpoint of that model."
+            )
+        backbone = replace(backbone, model=header["backbone"])
+        trained = header["trained"]
+    spec = get_spec(backbone.model)
+    backbone = replace(backbone, model=spec.name, precision=precision[spec.family])
+    sides = tuple(size or trained.get("image_size") or (spec.default_image_size,))
+    sides = sides * 2 if len(sides) == 1 else sides
+    rounded = tuple(max(spec.patch_size, round(s / spec.patch_size) * spec.patch_size) for s in sides)
+    if size and rounded != sides:
+        warnings.warn(
+            f"--image-size {'x'.join(map(str, size))} is not a multiple of {spec.name}'s {spec.patch_size}-pixel patch: "
+            f"{rounded[0]}x{rounded[1]} is used",
+            stacklevel=3,
+        )
+    if min(rounded) < 2 * spec.patch_size:
+        raise ValueError(
+            f"--image-size {'x'.join(map(str, sides))} gives a {rounded[0] // spec.patch_size}x"
+            f"{rounded[1] // spec.patch_size} patch grid with {spec.patch_size}-pixel patches: at least 2 patches "
+            f"per side are needed (>= {2 * spec.patch_size})"
+        )
+    resize = resize or trained.get("resize") or default(MemberSettings, "resize")
+    return MemberSettings(backbone, rounded, resize, weight)
+
+
+def normalised_weights(specs: list[MemberSpec]) -> list[float]:
+    """The members' weights divided by their sum (equal weights when none is given); any weight can be huge."""
+    given = [s.weight for s in specs]
+    if all(w is None for w in given):
+        return [1.0 / len(specs)] * len(specs)
+    if any(w is None for w in given):
+        missing = ", ".join(str(s) for s in specs if s.weight is None)
+        raise ValueError(f"give an ensemble weight to every member or to none; {missing} has none (e.g. dinov2:0.3)")
+    if not all(math.isfinite(w) and w >= 0 for w in given):
+        raise ValueError(f"ensemble weights must be finite numbers >= 0, got {', '.join(map(str, given))}")
+    largest = max(given)
+    if largest <= 0:
+        raise ValueError("the ensemble weights sum to 0: give at least one member a positive weight")
+    scaled = [w / largest for w in given]  # 1e308 + 1e308 would overflow
+    return [w / sum(scaled) for w in scaled]
+
+
+def weight_search_settings(values: dict, settings: EvalSettings) -> WeightSearchSettings:
+    """The simplex grid's step (one that divides 1); the members' own weights are set aside (said)."""
+    from semcorr.engine.ensemble import simplex_weights
+
+    search = WeightSearchSettings(**{name: values[flag] for flag, name in WEIGHT_FLAGS.items() if flag in values})
+    simplex_weights(len(settings.members), search.step)
+    if any(spec.weight is not None for spec in values["members"]):
+        warnings.warn("the members' weights are ignored: --search-weights searches them", stacklevel=3)
+    return search
+
+
+def grid_settings(values: dict, settings: EvalSettings) -> GridSettings:
+    """The grid's windows and temperatures (each once), the averaging that picks the best cell; a search on the
+    test split is said."""
+    import matching_strategies
+
+    grid = GridSettings(**{name: tuple(values[flag]) if isinstance(values[flag], list) else values[flag]
+                           for flag, name in GRID_FLAGS.items() if flag in values})  # fmt: skip
+    for flag, cells in (("--windows", grid.windows), ("--temperatures", grid.temperatures)):
+        twice = sorted({f"{c:g}" for c in cells if cells.count(c) > 1})
+        if twice:
+            raise ValueError(f"{flag}: {', '.join(twice)} given more than once; give each value once")
+    if grid.select_by not in AVERAGINGS:
+        raise ValueError(f"--select-by must be one of {', '.join(AVERAGINGS)}, got {grid.select_by!r}")
+    uses = matching_strategies.MATCHERS[settings.match.matcher].uses
+    if not {"window", "temperature"} <= set(uses):
+        raise ValueError(
+            f"--matcher {settings.match.matcher} has no window and temperature to search; choose one of "
+            + ", ".join(n for n, m in matching_strategies.MATCHERS.items() if {"window", "temperature"} <= set(m.uses))
+        )
+    if settings.data.split == "test":
+        warnings.warn(
+            "the grid search tunes K and T on the test split: numbers evaluated on it with these K and T are "
+            "optimistic; search on --split val and evaluate on test",
+            stacklevel=3,
+        )
+    return grid
+
+
+def warn_unused(settings: EvalSettings, given: dict) -> None:
+    """A matcher parameter given for a matcher that does not use it is said (config.json records what ran)."""
+    import matching_strategies
+
+    uses = matching_strategies.MATCHERS[settings.match.matcher].uses
+    unused = [name for name in ("window", "temperature", "window_border") if name in given and name not in uses]
+    if unused:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in unused)
+        warnings.warn(f"{flags} ignored: --matcher {settings.match.matcher} does not use it", stacklevel=3)
+
+
+# --- fine-tuning -----------------------------------------------------------------------------------------
+
+
+def training_settings(
+    values: dict, protocol: Protocol, record: ProtocolRecord, device: str, precision: dict
+) -> TrainSettings:
+    """TrainSettings from the layered values: the model's preset where not given, the protocol's optimisation."""
+    from finetuning.presets import preset_for
+
+    if values.get("cache_frozen") and (values.get("flip") or values.get("jitter", 0) > 0):
+        raise ValueError(
+            "--cache-frozen keeps each image's frozen-block output, which flipping or photometric jitter "
+            "would change: drop --flip / --jitter, or drop --cache-frozen."
+        )
+    backbone = BackboneSettings(
+        model=values.get("model") or ("" if values.get("checkpoint") else DEFAULT_MODEL),
+        weights=values.get("weights"),
+        checkpoint=values.get("checkpoint"),
+        build=values["build"],
+        device=device,
+    )
+    first = member(backbone, values.get("image_size"), values.get("resize"), 1.0, precision)
+    preset = preset_for(first.backbone.model)
+    fields = {
+        path: values[flag] if flag in values else default(TrainSettings, path)
+        for flag, path in TRAIN_PATHS.items()
+        if "." not in path and path != "resize"
+    }
+    fields |= {"trainable_blocks": values.get("trainable_blocks", preset.trainable_blocks),
+               "logit_scale": values.get("logit_scale", preset.logit_scale)}  # fmt: skip
+    data = DataSettings(**nested(TrainSettings, values, TRAIN_PATHS, "data"))
+    data = replace(check_data(data, values), thresholds=tuple(sorted({*data.thresholds, fields["val_alpha"]})))
+    optimisation = {
+        **dataclasses.asdict(protocol.optimisation),
+        **nested(TrainSettings, values, TRAIN_PATHS, "optimisation"),
+    }
+    extract = ExtractSettings(**nested(TrainSettings, values, TRAIN_PATHS, "extract"))
+    output = OutputSettings(**nested(TrainSettings, values, TRAIN_PATHS, "output"))
+    if values.get("quiet"):
+        output = replace(output, progress=False)
+    return TrainSettings(
+        backbone=first.backbone,
+        image_size=first.image_size,
+        resize=first.resize,
+        data=data,
+        augment=Augment(**nested(TrainSettings, values, TRAIN_PATHS, "augment")),
+        optimisation=Optimisation(**optimisation),
+        extract=extract,
+        output=output,
+        protocol=record,
+        **fields,
+    )

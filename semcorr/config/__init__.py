@@ -1,0 +1,1 @@
+"""Settings as frozen, plain data, and the protocols table."""

@@ -1,0 +1,1 @@
+"""The flow every experiment reuses: features, matching, evaluation, searches, single pairs."""

@@ -1,0 +1,1 @@
+"""What is shown of runs: printed summaries, tables, published numbers, paper tables, comparisons."""

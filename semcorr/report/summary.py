@@ -1,0 +1,154 @@
+"""What a run prints when it ends: short, readable summaries of its results files (config.json and
+metrics.json as semcorr/runs/ writes them), every number with one format: PCK with 2 decimals in %."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+PCK = "{:.2f}"
+
+
+def plural(n: int, word: str) -> str:
+    """'1 pair', '2 pairs', '12,234 pairs'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def matcher_text(match: dict, params: dict | None = None) -> str:
+    """'argmax', or 'wsoftargmax K5 T0.2' for a windowed matcher (with where K and T came from)."""
+    if match["matcher"] == "argmax":
+        return match["matcher"]
+    text = f"{match['matcher']} K{match['window']} T{match['temperature']:g}"
+    if match.get("window_border") == "clip":
+        text += " (window clipped at the border)"
+    return text + (f" from {params['path']} (best at PCK@{params['alpha']:g})" if params else "")
+
+
+def protocol_text(protocol: dict) -> str:
+    """'protocol original', with the settings that left it."""
+    overrides = ", ".join(f"{k}={v}" for k, v in protocol["overrides"].items())
+    return f"protocol {protocol['name']}" + (f" with {overrides}" if overrides else "")
+
+
+def model_text(member: dict, checkpoint: str | None = None) -> str:
+    """'dinov2_vitb14 (official weights models/.../file.pth) at 518x518, 37x37 patches, squash'."""
+    origin = member["weights_origin"]
+    where = member["weights"] if member["weights"] != "random" else "random init"
+    what = f"{member['model']} ({origin} weights {where})" if origin != "random" else f"{member['model']} (RANDOM)"
+    if checkpoint:
+        what = f"{member['model']} (checkpoint {checkpoint}, {origin})"
+    h, w = member["image_size"]
+    gh, gw = member["grid"]
+    return f"{what} at {h}x{w}, {gh}x{gw} patches, {member['resize']}"
+
+
+def setup_line(config: dict) -> str:
+    """One line: model (or ensemble members with weights), input, matcher, protocol."""
+    settings, resolved = config["settings"], config["resolved"]
+    checkpoints = [m["backbone"]["checkpoint"] for m in settings["members"]]
+    if len(resolved["members"]) > 1:
+        members = " + ".join(f"{m['weight']:.2f} x {model_text(m)}" for m in resolved["members"])
+        models = f"ensemble of {members}; maps on a {'x'.join(map(str, resolved['grid']))} grid"
+    else:
+        models = model_text(resolved["members"][0], checkpoints[0])
+    return f"{models} | {matcher_text(settings['match'], settings['params'])} | {protocol_text(settings['protocol'])}"
+
+
+def pck_table(scores: dict) -> pd.DataFrame:
+    """PCK at each alpha (rows) per image and per keypoint (columns), formatted."""
+    rows = {k.removeprefix("pck@"): v for k, v in scores.items() if k.startswith("pck@")}
+    frame = pd.DataFrame(rows).T[["per_image", "per_keypoint"]]
+    frame.index = [f"PCK@{alpha}" for alpha in frame.index]
+    frame.columns = ["per image", "per keypoint"]
+    return frame.map(PCK.format)
+
+
+def category_table(metrics: dict, alpha: str) -> pd.DataFrame:
+    """PCK@alpha per category (per image, per keypoint, pairs), then the mean over categories."""
+    key = f"pck@{alpha}"
+    rows = {
+        cat: {"per image": m[key]["per_image"], "per keypoint": m[key]["per_keypoint"], "pairs": m["pairs"]}
+        for cat, m in metrics["per_category"].items()
+    }
+    frame = pd.DataFrame(rows).T
+    mean = frame[["per image", "per keypoint"]].mean()
+    frame.loc[f"mean of {len(rows)} categories"] = [*mean, float("nan")]
+    out = frame[["per image", "per keypoint"]].map(PCK.format)
+    out["pairs"] = [f"{int(n):,}" if n == n else "" for n in frame["pairs"]]
+    return out
+
+
+def difficulty_summary(difficulty: dict, alpha: str) -> pd.DataFrame:
+    """PCK@alpha per image at each level (columns 0..3) of each difficulty flag (rows): 'easy 55.00 (120)'."""
+    from pck import DIFFICULTY_LEVELS
+
+    rows = {
+        flag.replace("_", " "): {
+            DIFFICULTY_LEVELS[flag].index(name): f"{name} {PCK.format(level[f'pck@{alpha}']['per_image'])} "
+            f"({level['pairs']:,})"
+            for name, level in levels.items()
+        }
+        for flag, levels in difficulty.items()
+    }
+    frame = pd.DataFrame(rows).T.sort_index(axis=1).fillna("")
+    return frame.apply(lambda cells: cells.str.ljust(cells.str.len().max()))  # aligned on the level's name
+
+
+def evaluation_summary(config: dict, metrics: dict) -> str:
+    """The setup, PCK at each alpha, PCK per category (when the dataset has several) and per difficulty
+    level (SPair-71k), what was skipped, and the time."""
+    proto, counts = metrics["protocol"], metrics["counts"]
+    lines = [
+        setup_line(config),
+        f"{proto['dataset']} {proto['split']}: {plural(counts['pairs'], 'pair')}, {plural(counts['keypoints'], 'keypoint')}; "
+        f"threshold = {proto['threshold']}; PCK in %",
+        pck_table(metrics).to_string(),
+    ]
+    alphas = [k.removeprefix("pck@") for k in metrics if k.startswith("pck@")]
+    alpha = "0.1" if "0.1" in alphas else alphas[len(alphas) // 2]
+    if len(metrics["per_category"]) > 1:
+        lines += [f"per category, PCK@{alpha}:", category_table(metrics, alpha).to_string()]
+    if "difficulty" in metrics:
+        table = difficulty_summary(metrics["difficulty"], alpha).to_string(header=False)
+        lines += [f"per difficulty level, PCK@{alpha} per image (pairs):", table]
+    skipped = counts.get("pairs_skipped") or {}
+    if skipped:
+        lines.append("skipped: " + ", ".join(f"{plural(n, 'pair')} ({why})" for why, n in skipped.items()))
+    lines += [f"note: {note}" for note in counts.get("notes", [])]
+    timings = metrics["timings"]
+    lines.append(
+        f"time: {timings['total_s']:.1f} s (features {timings['extraction_s']:.1f} s for "
+        f"{plural(timings['images_extracted'], 'image')}, {timings['images_from_cache']:,} from the cache; "
+        f"matching and PCK {timings['matching_s']:.1f} s)"
+    )
+    return "\n".join(lines)
+
+
+def grid_summary(table: pd.DataFrame, best: dict, argmax: dict, select_by: str, grid: tuple[int, int]) -> str:
+    """The grid's table, then the best window and temperature at each alpha beside argmax, and which
+    windows cover the whole patch grid from every position (they all give the same predictions)."""
+    shown = table.drop(columns="time_s")
+    shown[[c for c in shown if c.startswith("pck@")]] = shown[[c for c in shown if c.startswith("pck@")]].map(
+        PCK.format
+    )
+    lines = [shown.to_string(index=False)]
+    for alpha, entry in best.items():
+        lines.append(
+            f"best at PCK@{alpha} ({select_by}): K={entry['window']} T={entry['temperature']:g} -> "
+            f"{PCK.format(entry[f'pck_{select_by}'])} (argmax {PCK.format(argmax[alpha][f'pck_{select_by}'])})"
+        )
+    whole = 2 * max(grid) - 1
+    same = sorted(int(k) for k in table["window"].dropna().unique() if k >= whole)
+    if len(same) > 1:
+        lines.append(
+            f"note: windows {', '.join(map(str, same))} give identical results: on the {grid[0]}x{grid[1]} patch grid "
+            f"any K >= {whole} covers the whole map from every keypoint"
+        )
+    return "\n".join(lines)
+
+
+def weight_search_summary(best: dict, select_by: str) -> str:
+    """The best member weights at each alpha, as --member arguments."""
+    return "\n".join(
+        f"best at PCK@{alpha} ({select_by}): {PCK.format(entry[f'pck_{select_by}'])} with {entry['member_args']}"
+        for alpha, entry in best.items()
+    )

@@ -1,0 +1,75 @@
+"""An evaluation's metrics.json: what every figure means (dataset, split, threshold, averagings, units),
+the PCK summary (pck.summarize, and per SPair-71k difficulty level), counts and timings."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+
+import pck
+from semcorr.config.settings import AVERAGINGS
+from semcorr.data.pairs import PairSet
+
+UNITS = {
+    "metrics.json": "PCK in % (pck@alpha: per_image and per_keypoint, see averaging)",
+    "per_pair.csv": "pck@alpha in %; norm_L (the threshold length L) and the sizes in pixels",
+    "per_keypoint.csv": "src/gt/pred x, y, distance and norm_L in pixels of the original image; similarity is the "
+    "cosine similarity at the matched patch (-1..1); correct@alpha is distance <= alpha * norm_L",
+}
+
+
+def meaning(dataset: str, split: str, norm: str, coordinates: str = "centre") -> dict[str, object]:
+    """What every figure of the run's files means: dataset, split, threshold, averagings and units."""
+    origin = "pixel centres" if coordinates == "centre" else "0 at the image's edge (the original's convention)"
+    return {
+        "dataset": dataset,
+        "split": split,
+        "pck_norm": norm,
+        "threshold": pck.NORM_DESCRIPTIONS[norm],
+        "averaging": AVERAGINGS,
+        "unit": "%",
+        "units": {**UNITS, "coordinates": f"x right, y down, integer values at {origin}"},
+    }
+
+
+def feature_timings(stats: list[dict]) -> dict[str, float | None]:
+    """Extraction figures of one or more feature sets, summed."""
+    keys = ("extraction_s", "cache_read_s", "images_extracted", "images_from_cache")
+    total = {k: sum(s[k] for s in stats) for k in keys}
+    rate = total["images_extracted"] / total["extraction_s"] if total["extraction_s"] > 0 else None
+    return {**total, "images_per_s": rate}
+
+
+def evaluation_metrics(
+    eval_set: PairSet,
+    *,
+    norm: str,
+    coordinates: str = "centre",
+    table: pd.DataFrame,
+    summary: dict,
+    skipped: dict[str, int],
+    feature_stats: list[dict],
+    matching_s: float,
+    started: float,
+) -> dict:
+    """metrics.json: protocol, PCK summary (and PCK per difficulty level where pairs carry SPair-71k's flags),
+    counts and timings (extraction summed over members)."""
+    timings = feature_timings(feature_stats)
+    if len(feature_stats) > 1:
+        timings["per_member"] = [feature_timings([s]) for s in feature_stats]
+    flags = pd.DataFrame([{"pair_id": p.pair_id, **p.flags} for p in eval_set.pairs])
+    if pck.has_difficulty_flags(flags):  # SPair-71k: PCK by viewpoint, scale, truncation and occlusion level
+        summary = {**summary, "difficulty": pck.difficulty(table, flags)}
+    return {
+        "protocol": meaning(eval_set.dataset, eval_set.split, norm, coordinates),
+        **summary,
+        "counts": {
+            "pairs": len(eval_set.pairs),
+            "keypoints": len(table),
+            "images": feature_stats[0]["images"],
+            "pairs_skipped": skipped,
+            "notes": eval_set.notes,
+        },
+        "timings": {**timings, "matching_s": matching_s, "total_s": time.time() - started},
+    }

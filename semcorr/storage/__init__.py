@@ -1,0 +1,1 @@
+"""Atomic file writes, hashing, and the on-disk feature cache."""

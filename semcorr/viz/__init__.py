@@ -1,0 +1,1 @@
+"""Pictures: drawing primitives, figures of matches, charts, and the interactive match explorer."""
