@@ -35,6 +35,7 @@ from semcorr.cli.errors import run_main
 from semcorr.cli.flags import (
     add_data_args,
     add_extraction_args,
+    add_flip_args,
     add_matcher_args,
     add_output_args,
     add_protocol_args,
@@ -79,6 +80,7 @@ def arguments() -> argparse.ArgumentParser:
     add_extraction_args(g)
     add_data_args(p)
     add_matcher_args(p)
+    add_flip_args(p)
     s = p.add_argument_group("weight search")
     s.add_argument(
         "--search-weights",

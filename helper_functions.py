@@ -23,16 +23,18 @@ from semcorr.storage.feature_cache import FeatureCache
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PIL_FILTERS = {"pil-bicubic": Image.Resampling.BICUBIC, "pil-lanczos": Image.Resampling.LANCZOS}
 
 
 def member_preprocess(
     image_size: tuple[int, int], resize: str, extract: ExtractSettings, patch_size: int
 ) -> Preprocess:
     """The network input of a backbone with `patch_size`: `image_size` (H, W) and `resize`, with the run's
-    resampling and coordinate convention."""
+    resampling, coordinate convention and padding fill."""
     return Preprocess.create(
-        tuple(image_size), patch_size, resize, resample=extract.resample, coordinates=extract.coordinates
-    )
+        tuple(image_size), patch_size, resize, resample=extract.resample, coordinates=extract.coordinates,
+        fill=extract.pad_fill,
+    )  # fmt: skip
 
 
 def preprocess_image(image: Image.Image, prep: Preprocess) -> torch.Tensor:
@@ -45,10 +47,12 @@ def preprocess_image(image: Image.Image, prep: Preprocess) -> torch.Tensor:
         content = F.interpolate(
             ((pixels - mean) / std)[None], geom.content[::-1], mode="bilinear", align_corners=False
         )[0]
-    else:  # "pil-bicubic" (Preprocess.create checks the name)
-        resized = image.resize(geom.content, Image.Resampling.BICUBIC)
+    else:  # "pil-bicubic" or "pil-lanczos" (Preprocess.create checks the name)
+        resized = image.resize(geom.content, PIL_FILTERS[prep.resample])
         content = (torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1) - mean) / std
-    canvas = torch.zeros(3, prep.height, prep.width)
+    black = prep.resize == "pad" and prep.fill == "black"  # else the mean colour: zero once normalised
+    canvas = ((torch.zeros(3, 1, 1) - mean) / std if black else torch.zeros(3, 1, 1)).expand(3, prep.height, prep.width)
+    canvas = canvas.clone()
     ox, oy = int(geom.offset[0]), int(geom.offset[1])
     canvas[:, oy : oy + geom.content[1], ox : ox + geom.content[0]] = content
     return canvas

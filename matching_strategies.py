@@ -89,6 +89,44 @@ def window_soft_argmax(sim: torch.Tensor, match: MatchSettings) -> torch.Tensor:
     return peak.float() + torch.stack([dx, dy], dim=1)
 
 
+def geoaware_soft_argmax(sim: torch.Tensor, match: MatchSettings) -> torch.Tensor:
+    """GeoAware-SC's window soft-argmax (utils_correspondence.get_flow with a positive window): the similarities
+    outside a window x window square around the argmax (clamped at the grid's edge) are set to 0 - not removed -
+    then a softmax with temperature T over the whole grid, and the expected position, clamped to the grid. The
+    zeros weigh exp(-peak / T) each, which pulls a weak peak (below about 0.3 at T = 0.02) toward the centre."""
+    return _soft_argmax(_peak_window(sim, match.window) * sim.float(), match.temperature)
+
+
+def geoaware_gaussian(sim: torch.Tensor, match: MatchSettings) -> torch.Tensor:
+    """GeoAware-SC's Gaussian variant (get_flow with a negative window, apply_gaussian_kernel): the similarities
+    times exp(-d^2 / 2 sigma^2), d the distance to the argmax in patches, then its soft-argmax."""
+    _, h, w = sim.shape
+    peak = argmax_match(sim)
+    xs = torch.arange(w, device=sim.device, dtype=torch.float32)
+    ys = torch.arange(h, device=sim.device, dtype=torch.float32)
+    d2 = (ys[None, :, None] - peak[:, 1, None, None]) ** 2 + (xs[None, None, :] - peak[:, 0, None, None]) ** 2
+    return _soft_argmax(sim.float() * torch.exp(-d2 / (2 * match.sigma**2)), match.temperature)
+
+
+def _peak_window(sim: torch.Tensor, window: int) -> torch.Tensor:
+    """(K, h, w) 1.0 on the window x window square around each map's argmax (clamped at the edge), 0.0 elsewhere."""
+    _, h, w = sim.shape
+    peak = argmax_match(sim).long()
+    r = window // 2
+    rows = torch.arange(h, device=sim.device)[None, :] - peak[:, 1:2]
+    cols = torch.arange(w, device=sim.device)[None, :] - peak[:, 0:1]
+    return ((rows.abs() <= r)[:, :, None] & (cols.abs() <= r)[:, None, :]).float()
+
+
+def _soft_argmax(sim: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The expected (x, y) of softmax(sim / temperature) over each (h, w) map, clamped to the grid."""
+    k, h, w = sim.shape
+    prob = (sim.flatten(1) / temperature).softmax(dim=1).view(k, h, w)
+    x = (prob.sum(dim=1) * torch.arange(w, device=sim.device)).sum(dim=1)
+    y = (prob.sum(dim=2) * torch.arange(h, device=sim.device)).sum(dim=1)
+    return torch.stack([x.clamp(0, w - 1), y.clamp(0, h - 1)], dim=1)
+
+
 @dataclass(frozen=True)
 class Matcher:
     """A matcher: (K, h, w) similarity maps and the run's MatchSettings -> (K, 2) patch coordinates (x, y)."""
@@ -104,6 +142,12 @@ MATCHERS: dict[str, Matcher] = {
     "argmax": Matcher(argmax_match, (), "the most similar target patch"),
     "wsoftargmax": Matcher(
         window_soft_argmax, ("window", "temperature", "window_border"), "soft-argmax in a window around the argmax"
+    ),
+    "geoaware-softargmax": Matcher(
+        geoaware_soft_argmax, ("window", "temperature"), "GeoAware-SC's: the window's outside zeroed, softmax over all"
+    ),
+    "geoaware-gaussian": Matcher(
+        geoaware_gaussian, ("sigma", "temperature"), "GeoAware-SC's Gaussian-weighted soft-argmax around the argmax"
     ),
 }
 

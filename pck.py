@@ -1,6 +1,7 @@
 """PCK: the per-keypoint table, and every summary figure computed from that table alone.
 
-A keypoint is correct at alpha when its distance to the ground truth is <= alpha * L, with L:
+A keypoint is correct at alpha when its distance to the ground truth is <= alpha * L (< alpha * L under a
+strict protocol, GeoAware-SC's: the table's attrs["strict"]), with L:
   bbox   max side of the target bounding box (SPair-71k's protocol)
   image  max side of the target image (PF-Pascal's usual protocol)
   kpbox  max side of the box spanned by the target keypoints (PF-Willow's usual protocol)
@@ -29,9 +30,16 @@ def correct_column(alpha: float) -> str:
     return f"correct@{alpha:g}"
 
 
-def is_correct(distance: np.ndarray | pd.Series, norm_l: np.ndarray | pd.Series, alpha: float) -> np.ndarray:
-    """The rule that marks a keypoint correct at alpha: its distance to the ground truth is <= alpha * L."""
-    return np.asarray(distance <= alpha * norm_l)
+STRICT = "strict"  # a keypoint table's attrs key: correct when distance < alpha * L (else <=)
+KEYPOINT_SUBSETS = {"geo_aware": "geometry-aware keypoints (GeoAware-SC's subset of SPair-71k)"}
+
+
+def is_correct(
+    distance: np.ndarray | pd.Series, norm_l: np.ndarray | pd.Series, alpha: float, strict: bool = False
+) -> np.ndarray:
+    """The rule that marks a keypoint correct at alpha: its distance to the ground truth is <= alpha * L
+    (strict: < alpha * L)."""
+    return np.asarray(distance < alpha * norm_l if strict else distance <= alpha * norm_l)
 
 
 def normaliser(pair: PairRecord, norm: str) -> float:
@@ -53,10 +61,16 @@ def normaliser(pair: PairRecord, norm: str) -> float:
 
 
 def keypoint_table(
-    pairs: list[PairRecord], pred: np.ndarray, alphas: list[float], norm: str, similarity: np.ndarray | None = None
+    pairs: list[PairRecord],
+    pred: np.ndarray,
+    alphas: list[float],
+    norm: str,
+    similarity: np.ndarray | None = None,
+    strict: bool = False,
 ) -> pd.DataFrame:
-    """One row per keypoint: ids, source / ground-truth / predicted pixels, distance, L, correctness,
-    and (when given) the similarity the prediction matched at.
+    """One row per keypoint: ids, source / ground-truth / predicted pixels, distance, L, correctness (by the
+    strict rule or not), the pairs' per-keypoint flags (e.g. geo_aware) and (when given) the similarity the
+    prediction matched at.
 
     `pred` is (K, 2), the predictions of all pairs' keypoints concatenated in pair order.
     """
@@ -80,20 +94,26 @@ def keypoint_table(
             "norm_L": norms,
         }
     )
+    for name in sorted({name for p in pairs for name in p.kp_flags}):
+        table[name] = np.concatenate([p.kp_flags.get(name, [False] * p.num_keypoints) for p in pairs]).astype(bool)
     if similarity is not None:
         table["similarity"] = similarity
+    table.attrs[STRICT] = strict
     return mark_correct(table, alphas)
 
 
 def mark_correct(table: pd.DataFrame, alphas: Iterable[float]) -> pd.DataFrame:
-    """The per-keypoint table with a correct@alpha column for each alpha by `is_correct`: scores a table at
-    thresholds it was not evaluated at (a column it has is replaced in place)."""
-    alphas = list(alphas)
-    correct = pd.DataFrame({correct_column(a): is_correct(table["distance"], table["norm_L"], a) for a in alphas},
-                           index=table.index)  # fmt: skip
+    """The per-keypoint table with a correct@alpha column for each alpha by `is_correct` (strict as the table's
+    attrs say): scores a table at thresholds it was not evaluated at (a column it has is replaced in place)."""
+    alphas, strict = list(alphas), table.attrs.get(STRICT, False)
+    correct = pd.DataFrame(
+        {correct_column(a): is_correct(table["distance"], table["norm_L"], a, strict) for a in alphas},
+        index=table.index,
+    )
     present = [column for column in correct if column in table]
     scored = pd.concat([table, correct.drop(columns=present)], axis="columns")
     scored[present] = correct[present]
+    scored.attrs[STRICT] = strict
     return scored
 
 
@@ -136,12 +156,19 @@ def summarize(table: pd.DataFrame) -> dict[str, object]:
     per_kp_id: dict[str, dict[str, dict]] = {}
     for (cat, kp), row in zip(id_pck.index, id_pck.to_dict("records"), strict=True):
         per_kp_id.setdefault(cat, {})[kp] = {**row, "keypoints": int(row["keypoints"])}
+    subsets = {
+        name: {**overall(table[table[name]], alphas), "pairs": int(table.loc[table[name], "pair_id"].nunique()),
+               "keypoints": int(table[name].sum()), "description": description}
+        for name, description in KEYPOINT_SUBSETS.items()
+        if name in table and table[name].any()
+    }  # fmt: skip
     return {
         **overall(table, alphas),
         "pairs": int(table["pair_id"].nunique()),
         "keypoints": len(table),
         "per_category": per_category,
         "per_keypoint_id": per_kp_id,
+        **({"subsets": subsets} if subsets else {}),
     }
 
 
@@ -176,18 +203,26 @@ def pair_table(table: pd.DataFrame, pairs: list[PairRecord]) -> pd.DataFrame:
     )
 
 
-# SPair-71k's difficulty flags (pair annotations) and the names of their levels, as the devkit names them
+# SPair-71k's difficulty flags (pair annotations) and the names of their levels, as the devkit names them; and the
+# difference of the two images' viewpoint bins (image annotations; GeoAware-SC's azimuth breakdown)
 DIFFICULTY_LEVELS = {
     "viewpoint_variation": ("easy", "medium", "hard"),
     "scale_variation": ("easy", "medium", "hard"),
     "truncation": ("none", "source", "target", "both"),
     "occlusion": ("none", "source", "target", "both"),
+    "azimuth_difference": ("0", "1", "2", "3", "4"),
 }
+SPAIR_FLAGS = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
 
 
 def has_difficulty_flags(pairs: pd.DataFrame) -> bool:
     """Whether every pair of a per-pair table carries SPair-71k's difficulty flags."""
-    return all(flag in pairs and pairs[flag].notna().all() for flag in DIFFICULTY_LEVELS)
+    return all(flag in pairs and pairs[flag].notna().all() for flag in SPAIR_FLAGS)
+
+
+def difficulty_flags(pairs: pd.DataFrame) -> list[str]:
+    """The difficulty flags every pair of a per-pair table carries."""
+    return [flag for flag in DIFFICULTY_LEVELS if flag in pairs and pairs[flag].notna().all()]
 
 
 def level_name(flag: str, level: int) -> str:
@@ -198,8 +233,8 @@ def level_name(flag: str, level: int) -> str:
 def difficulty(table: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, dict[str, dict]]:
     """PCK (both averagings) at each level of each difficulty flag present: flag -> level name -> PCK
     at each alpha, pairs, keypoints. `pairs` is the per-pair table (pair_id and the flag columns)."""
-    alphas = alphas_of(table)
-    flags = pairs[["pair_id", *DIFFICULTY_LEVELS]].astype({flag: int for flag in DIFFICULTY_LEVELS})
+    alphas, present = alphas_of(table), difficulty_flags(pairs)
+    flags = pairs[["pair_id", *present]].astype(dict.fromkeys(present, int))
     levels = table.merge(flags, on="pair_id", how="left", validate="many_to_one")
     return {
         flag: {
@@ -210,5 +245,5 @@ def difficulty(table: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, dict[str, 
             }
             for level, group in levels.groupby(flag, sort=True)
         }
-        for flag in DIFFICULTY_LEVELS
+        for flag in present
     }

@@ -20,6 +20,13 @@ opened (sizes come from `src_imsize`/`trg_imsize` = [W, H, C]), only checked to 
 - boxes `src_bndbox`/`trg_bndbox` = [x1, y1, x2, y2] as they are (VOC-style, they may reach W or H),
 - flags `viewpoint_variation`, `scale_variation`, `truncation`, `occlusion`, `mirror`.
 
+From the two images' ImageAnnotation (read once per image, when the folder is there; else a note says what
+is missing): the flag `azimuth_difference`, min(|a - b|, 8 - |a - b|) of the images' `azimuth_id` (SPair's
+8 viewpoint bins); and per keypoint, with keypoint_groups.json (GeoAware-SC's tables, in slot ids): its
+left-right partner (`kp_mirror`, for --flip-align), and whether it is geometry-aware (`kp_flags["geo_aware"]`:
+a member of a group of which at least 2 keypoints are visible in the target image and at least 1 in both,
+GeoAware-SC's utils/eval_spair.py rule; a keypoint on its own never is).
+
 An image is identified by category and name together (`spair/<category>/<imname>`): a few file
 names occur in two category folders (large test: 481 image files, 479 distinct names).
 SPair images carry no EXIF orientation, so none is applied.
@@ -98,6 +105,18 @@ def read_layout(path: Path) -> list[PairName]:
     return names
 
 
+KEYPOINT_GROUPS = json.loads((Path(__file__).parent / "keypoint_groups.json").read_text())
+AZIMUTH_BINS = 8
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a pair needs of an image's ImageAnnotation: its viewpoint bin and the keypoint slots visible in it."""
+
+    azimuth: int
+    visible: frozenset[str]
+
+
 def load(root: Path, data: DataSettings) -> PairSet:
     """The pairs of `data.split` in `Layout/<data.layout>`, keypoints and flags from the pair annotations
     (0-based already: `data.pf_shift` changes nothing here)."""
@@ -111,14 +130,20 @@ def load(root: Path, data: DataSettings) -> PairSet:
     if missing:
         raise missing_root_error(NAME, root, EXPECTED_LAYOUT, missing)
     names = read_layout(layout_file)
-    return collect_pairs(
-        NAME, split, root, _records(root, ann_dir, names), limit=data.limit, clamp=data.clamp_keypoints
-    )
+    with_images = (root / "ImageAnnotation").is_dir()
+    records = _records(root, ann_dir, names, with_images)
+    pairset = collect_pairs(NAME, split, root, records, limit=data.limit, clamp=data.clamp_keypoints)
+    if not with_images:
+        pairset.notes.append(
+            f"no {root / 'ImageAnnotation'}: no azimuth difference, geometry-aware subset or left-right partners"
+        )
+    return pairset
 
 
-def _records(root: Path, ann_dir: Path, names: list[PairName]) -> Iterator[PairRecord]:
+def _records(root: Path, ann_dir: Path, names: list[PairName], with_images: bool) -> Iterator[PairRecord]:
     available = set(os.listdir(ann_dir))
     images: dict[str, ImageRef] = {}
+    infos: dict[str, ImageInfo] = {}
     checked: set[str] = set()
     for name in names:
         found = [f for f in name.file_names() if f in available]
@@ -131,6 +156,9 @@ def _records(root: Path, ann_dir: Path, names: list[PairName]) -> Iterator[PairR
             if ref.key not in checked and not os.path.isfile(ref.path):
                 raise DatasetError(f"image not found: {ref.path} (used by {path})")
             checked.add(ref.key)
+        if with_images:
+            src, trg = (_image_info(root, name.category, ref, infos) for ref in (record.src, record.trg))
+            record = _with_groups(record, src, trg)
         yield record
 
 
@@ -181,3 +209,40 @@ def _image(root: str, category: str, imname: str, imsize: list, images: dict[str
         path = os.path.join(root, "JPEGImages", category, imname)
         images[key] = ImageRef(key, path, (int(imsize[0]), int(imsize[1])))
     return images[key]
+
+
+def _image_info(root: Path, category: str, ref: ImageRef, infos: dict[str, ImageInfo]) -> ImageInfo:
+    """The ImageAnnotation of an image, read once."""
+    if ref.key not in infos:
+        path = root / "ImageAnnotation" / category / f"{Path(ref.path).stem}.json"
+        try:
+            ann = json.loads(path.read_bytes())
+            kps = ann["kps"]
+            infos[ref.key] = ImageInfo(
+                int(ann["azimuth_id"]), frozenset(str(k) for k, xy in kps.items() if xy is not None)
+            )
+        except OSError as exc:
+            raise DatasetError(f"cannot read image annotation {path}: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DatasetError(f"{path}: malformed image annotation ({type(exc).__name__}: {exc})") from None
+    return infos[ref.key]
+
+
+def _with_groups(record: PairRecord, src: ImageInfo, trg: ImageInfo) -> PairRecord:
+    """The pair with its azimuth difference, its keypoints' left-right partners and geometry-aware flags."""
+    difference = abs(src.azimuth - trg.azimuth)
+    record.flags["azimuth_difference"] = min(difference, AZIMUTH_BINS - difference)
+    partner = {}
+    for group in KEYPOINT_GROUPS["mirror"].get(record.category, []):
+        if isinstance(group, list):
+            a, b = map(str, group)
+            partner |= {a: b, b: a}
+    record.kp_mirror = [partner.get(kp, kp) for kp in record.kp_ids]
+    both = set(record.kp_ids)
+    geo_aware = set()
+    for group in KEYPOINT_GROUPS["geo_aware"].get(record.category, []):
+        members = {str(k) for k in group} if isinstance(group, list) else set()
+        if len(members & trg.visible) >= 2 and members & both:
+            geo_aware |= members & both
+    record.kp_flags["geo_aware"] = [kp in geo_aware for kp in record.kp_ids]
+    return record

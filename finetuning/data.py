@@ -37,7 +37,7 @@ def jitter_image(image: Image.Image, strength: float, rng: np.random.Generator) 
 def keypoints_to_patches(kps: np.ndarray, size: tuple[int, int], prep: Preprocess) -> torch.Tensor:
     """(K, 2) original pixels of an image of `size` (W, H) -> continuous patch positions (x, y)."""
     uv = image_geometry(size, prep).to_input(kps)
-    return torch.from_numpy(input_to_patch(uv, prep.patch_size)).float()
+    return torch.from_numpy(input_to_patch(uv, prep.patch_size, prep.coordinates)).float()
 
 
 class TrainingPairs(Dataset):

@@ -289,7 +289,8 @@ def validate(backbone: Backbone, val_set: PairSet, settings: TrainSettings) -> d
     evaluation = validation_settings(settings, val_set)
     member, _ = build_member(evaluation.member, evaluation.extract, backbone, val_set.unique_images(), progress=False)
     pred = predict_keypoints(val_set.pairs, [member], evaluation.match, progress=False)
-    table = pck.keypoint_table(val_set.pairs, pred, evaluation.data.thresholds, evaluation.data.pck_norm)
+    data = evaluation.data
+    table = pck.keypoint_table(val_set.pairs, pred, data.thresholds, data.pck_norm, strict=data.strict)
     scores = pck.overall(table, evaluation.data.thresholds)
     out = {}
     for alpha in evaluation.data.thresholds:

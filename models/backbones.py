@@ -60,6 +60,7 @@ class Backbone(nn.Module):
         self.variant = BUILD_VARIANTS[setting.build].get(spec.family, {})  # where this build departs from Meta's
         self.timm_overrides = dict(timm_overrides)
         self.layer = normalise_layer(setting.layer, len(model.blocks))
+        self.final_norm = setting.final_norm  # DINO: the features pass the final LayerNorm
         self.autocast_dtype = AUTOCAST_DTYPES[setting.precision]
         self.weights_path = "random"
         self.extra: dict = {}  # what a fine-tuned checkpoint recorded (its training settings, step, ...)
@@ -187,15 +188,17 @@ class Backbone(nn.Module):
 
 
 class DinoBackbone(Backbone):
-    """What DINOv2 and DINOv3 share: prefix tokens in front, final norm, patch tokens out."""
+    """What DINOv2 and DINOv3 share: prefix tokens in front, the final norm (unless final_norm is off, as
+    GeoAware-SC takes the block's raw output), patch tokens out."""
 
     def _feature_map(self, state: TokenState) -> Tensor:
-        x = self.model.norm(state.tokens[:, self.model.num_prefix_tokens :])  # per-token norm
+        x = state.tokens[:, self.model.num_prefix_tokens :]
+        x = self.model.norm(x) if self.final_norm else x  # per-token norm
         h, w = state.grid
         return x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
 
     def _head_modules(self, neck: bool) -> list[nn.Module]:
-        return [self.model.norm]
+        return [self.model.norm] if self.final_norm else []
 
 
 class DinoV2Backbone(DinoBackbone):

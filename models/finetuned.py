@@ -38,6 +38,7 @@ from semcorr.storage.files import atomic_torch_save, file_sha256
 
 FORMAT = "semcorr-backbone/2"  # the trained weights on top of a base file (or every weight)
 FIELDS = ("backbone", "timm_overrides", "layer", "build", "base", "base_origin", "state_dict", "extra")
+ADDED = {"final_norm": True}  # keys written since; files without one were made with this value
 ORIGINAL_KEY = "model_state_dict"  # the original project's checkpoints: {"model_state_dict": ..., "epoch": ...}
 ORIGINAL_INFO = ("epoch", "n_blocks", "temperature", "learning_rate", "val_pck@0.05", "val_pck@0.10", "val_pck@0.20")
 
@@ -97,6 +98,7 @@ def save_finetuned(
         "backbone": bb.name,
         "timm_overrides": dict(bb.timm_overrides),
         "layer": bb.layer,
+        "final_norm": bb.final_norm,
         "build": bb.build,
         "base": None if full else base,
         "state_dict": state,
@@ -148,6 +150,7 @@ def read_finetuned(path: str | os.PathLike, model: str | None = None) -> tuple[C
     if raw.get("base"):
         state = {**_base_state(path, raw["base"], spec), **state}
     meta = {key: raw[key] for key in FIELDS if key != "state_dict"}
+    meta |= {key: raw.get(key, value) for key, value in ADDED.items()}
     meta |= {
         "build": raw["build"],
         "base_origin": raw["base_origin"],
@@ -188,7 +191,8 @@ def _read_original(path: Path, raw: dict, model: str | None) -> tuple[Checkpoint
     if spec is None:
         raise CheckpointError(f"{path}: cannot tell which backbone its model_state_dict is; give --model.")
     info = {key: raw[key] for key in ORIGINAL_INFO if isinstance(raw.get(key), int | float | str)}
-    meta = {"backbone": spec.name, "timm_overrides": {}, "layer": None, "build": "original", "base_origin": "official"}
+    meta = {"backbone": spec.name, "timm_overrides": {}, "layer": None, "final_norm": True, "build": "original",
+            "base_origin": "official"}  # fmt: skip
     meta["extra"] = {"original_checkpoint": info}
     return ckpt, meta | {"base": None, "training": None}
 
@@ -199,7 +203,8 @@ def from_checkpoint(setting: BackboneSettings) -> Backbone:
     original-project checkpoint ("": read off its shapes)."""
     ckpt, meta = read_finetuned(setting.checkpoint, setting.model or None)
     layer = meta["layer"] if setting.layer is None else setting.layer
-    bb = load_weights(get_spec(meta["backbone"]), ckpt, replace(setting, layer=layer), meta["timm_overrides"])
+    setting = replace(setting, layer=layer, final_norm=meta["final_norm"])
+    bb = load_weights(get_spec(meta["backbone"]), ckpt, setting, meta["timm_overrides"])
     bb.extra = meta["extra"] or {}
     bb.base_origin, bb.base, bb.training_state = meta["base_origin"], meta["base"], meta["training"]
     return bb
@@ -213,15 +218,16 @@ def checkpoint_header(path: str | os.PathLike, model: str | None = None) -> dict
         raise FileNotFoundError(f"No checkpoint file at {path}.")
     raw = load_file(path, None, mmap=True)
     if isinstance(raw, dict) and ORIGINAL_KEY in raw and "format" not in raw:
-        return {"backbone": _read_original(path, raw, model)[1]["backbone"], "layer": None, "build": "original",
-                "trained": {}}  # fmt: skip
+        return {"backbone": _read_original(path, raw, model)[1]["backbone"], "layer": None, "final_norm": True,
+                "build": "original", "trained": {}}  # fmt: skip
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         read_finetuned(path, model)  # raises the error that says what the file is
     trained = (raw.get("extra") or {}).get("finetune", {})
     return {
         "backbone": get_spec(raw["backbone"]).name,
         "layer": raw["layer"],
-        "build": raw.get("build", "meta"),
+        "final_norm": raw.get("final_norm", ADDED["final_norm"]),
+        "build": raw["build"],
         "trained": {key: trained[key] for key in ("image_size", "resize") if key in trained},
     }
 

@@ -58,6 +58,7 @@ class FakeImage:
     bbox: tuple[float, float, float, float] | None = None  # default: around the keypoints
     orientation: int = 1  # EXIF orientation of the file written (not for SPair)
     pixels: Image.Image | None = None  # content instead of the colour ramp with markers
+    azimuth: int = 0  # SPair's viewpoint bin (0-7, ImageAnnotation azimuth_id)
 
     def box(self) -> tuple[float, float, float, float]:
         if self.bbox is not None:
@@ -191,7 +192,7 @@ def make_spair(
         _write_json(root / "ImageAnnotation" / image.category / f"{image.name}.json", {
             "filename": f"{image.name}.jpg", "image_width": image.size[0], "image_height": image.size[1],
             "image_depth": 3, "category": image.category, "pose": "Unspecified", "truncated": 0,
-            "occluded": 0, "difficult": 0, "bndbox": list(image.box()), "azimuth_id": 0, "kps": kps,
+            "occluded": 0, "difficult": 0, "bndbox": list(image.box()), "azimuth_id": image.azimuth, "kps": kps,
         })  # fmt: skip
     for split in ("trn", "val", "test"):
         names = []

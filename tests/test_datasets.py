@@ -62,7 +62,7 @@ def test_spair_every_split_and_layout(tmp_path, windows_names):
     ps = load_pairs("spair", root=root, split="train")  # alias of trn
     assert ps.split == "trn" and ps.pairs[0].pair_id == f"000001-{pairs[0].src.name}-{pairs[0].trg.name}:cat"
     assert ps.pairs[0].flags == {
-        "viewpoint_variation": 2, "scale_variation": 0, "truncation": 0, "occlusion": 0, "mirror": 1,
+        "viewpoint_variation": 2, "scale_variation": 0, "truncation": 0, "occlusion": 0, "mirror": 1, "azimuth_difference": 0,
     }  # fmt: skip
     assert ps.pairs[1].flags["truncation"] == 1
     first = ps.pairs[0].src
@@ -397,3 +397,21 @@ def test_rescaled_keypoints_stay_inside_their_image(tmp_path):
     rescaled = load_pairs("spair", root=root, rescale_annotations=True)
     np.testing.assert_allclose(rescaled.pairs[0].trg_kps, [[9.5, 14.0]])  # (29 + 0.5) / 2 - 0.5 = 14.25 -> 14
     assert rescaled.clamped_keypoints == 1 and "1 rescaled keypoints lie outside their image: clamped" in rescaled.notes
+
+
+def test_spair_image_annotations_give_azimuth_partners_and_the_geometry_aware_keypoints(tmp_path):
+    """GeoAware-SC's rule (utils/eval_spair.py): a keypoint of a group of which >= 2 members are visible in the
+    target and >= 1 in both; for cat, groups [2, 3] and [9, 10, 11, 12]; 13 is on its own (never)."""
+    src = FakeImage("src", "cat", (60, 40), {2: (5.0, 5.0), 9: (9.0, 9.0), 13: (20.0, 20.0)}, azimuth=1)
+    trg = FakeImage("trg", "cat", (60, 40), {2: (6.0, 6.0), 3: (7.0, 7.0), 9: (9.0, 8.0), 10: (3.0, 3.0),
+                                             13: (9.0, 20.0)}, azimuth=7)  # fmt: skip
+    root = make_spair(tmp_path / "SPair-71k", [FakePair(src, trg, "test")])
+    (pair,) = load_pairs("spair", root=root, split="test").pairs
+    assert pair.kp_ids == ["2", "9", "13"]
+    assert pair.kp_flags["geo_aware"] == [True, True, False]
+    assert pair.kp_mirror == ["3", "10", "13"]  # SPAIR_FLIP_TRN's partners; 13 lies on the mirror axis
+    assert pair.flags["azimuth_difference"] == 2  # bins 1 and 7 of 8: two apart the short way round
+    shutil.rmtree(root / "ImageAnnotation")
+    pairset = load_pairs("spair", root=root, split="test")
+    assert pairset.pairs[0].kp_mirror is None and "azimuth_difference" not in pairset.pairs[0].flags
+    assert any("ImageAnnotation: no azimuth difference" in note for note in pairset.notes)

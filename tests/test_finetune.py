@@ -430,7 +430,7 @@ def test_original_protocol_trains_as_the_original_did(spair, tmp_path):
                 "--output-dir", str(tmp_path / "out"), "--log-every", "1"])  # fmt: skip
     assert not (run / "best.pt").exists()
     settings = json.loads((run / "config.json").read_text())["settings"]
-    assert settings["protocol"] == {"name": "original", "overrides": {}}
+    assert settings["protocol"] == {"name": "original", "overrides": {"image_size": [112, 112]}}  # tiny images
     opt = settings["optimisation"]
     assert (opt["batch_size"], opt["schedule"], opt["decay"], opt["grad_clip"]) == (1, "constant", "all", 0.0)
     log = pd.read_csv(run / "train_log.csv").dropna(subset=["loss"])

@@ -96,7 +96,7 @@ def test_half_patch_error_in_back_projection_fails(tmp_path, monkeypatch, resize
 
 @pytest.mark.parametrize("resize", ["squash", "pad"])
 def test_half_patch_error_in_source_lookup_fails(tmp_path, monkeypatch, resize):
-    monkeypatch.setattr(matching, "input_to_patch", lambda uv, p: (uv + 0.5) / p)  # half a patch off
+    monkeypatch.setattr(matching, "input_to_patch", lambda uv, p, convention: (uv + 0.5) / p)  # half a patch off
     table = evaluate_pair(tmp_path, resize, "argmax")
     assert not table["correct@0.05"].all()
 
@@ -130,7 +130,9 @@ def test_preprocess_pads_with_zero_and_rounds_to_patch():
 
 
 def test_preprocess_names_are_checked_where_it_is_made():
-    with pytest.raises(ValueError, match="resample must be one of pil-bicubic, torch-bilinear, got 'nearest'"):
+    with pytest.raises(
+        ValueError, match="resample must be one of pil-bicubic, pil-lanczos, torch-bilinear, got 'nearest'"
+    ):
         Preprocess.create(224, 14, "squash", resample="nearest")
     with pytest.raises(ValueError, match="resize must be one of squash, pad"):
         Preprocess.create(224, 14, "crop")

@@ -14,7 +14,7 @@ import grid_search_hyperparams
 import pck
 from semcorr.cli.flags import evaluation_parser, given
 from semcorr.cli.resolve import read_best_parameters, resolve
-from semcorr.config.settings import GridSettings, MatchSettings
+from semcorr.config.settings import DataSettings, GridSettings, MatchSettings
 from semcorr.engine import grid_search as gs
 from semcorr.engine import matching
 from semcorr.engine.evaluation import evaluation_set
@@ -111,8 +111,7 @@ def test_grid_reaches_below_patch_resolution_and_low_temperature_is_argmax(tmp_p
         *_member_setup(tmp_path, colour_pairs),
         grid([3, 11], [1e-4, 0.1]),
         MatchSettings("wsoftargmax"),
-        thresholds=(0.05,),
-        norm="bbox",
+        DataSettings(thresholds=(0.05,), pck_norm="bbox"),
         progress=False,
     )
     col = table["pck@0.05_per_keypoint"]

@@ -56,7 +56,7 @@ def test_a_registered_matcher_runs_everywhere(registered, tmp_path, colour_pairs
 
     explorer = Explorer(colour_config(tmp_path, window=3), bb)
     explorer.open_images(*colour_images(tmp_path))
-    assert list(explorer.click(40, 50).predictions) == ["argmax", "wsoftargmax", "clipped"]
+    assert list(explorer.click(40, 50).predictions) == [*matching_strategies.MATCHERS]
 
 
 def test_an_unknown_matcher_names_the_registered_ones():

@@ -91,9 +91,8 @@ def test_the_command_line_refuses_an_unknown_protocol_and_records_the_flags(caps
 
 
 def test_each_protocol_fixes_the_same_conventions():
-    default, original = (PROTOCOLS[name] for name in ("default", "original"))
-    assert set(vars(default.conventions)) == set(vars(original.conventions))
-    opt = original.optimisation
+    assert len({frozenset(vars(p.conventions)) for p in PROTOCOLS.values()}) == 1
+    opt = PROTOCOLS["original"].optimisation
     assert opt.batch_size == 1 and opt.select == "last" and not opt.train_neck
 
 
@@ -282,3 +281,68 @@ def test_settings_given_and_unused_are_said():
         assert resolved(image_size=(57,)).member.image_size == (56, 56)
     with pytest.raises(ValueError, match=r"--thresholds: 0\.1 given more than once"):
         resolved(thresholds=(0.1, 0.1))
+
+
+# --- GeoAware-SC's protocol: resolution and the pieces its goldens (tests/test_protocol_geoaware.py) rely on ----
+
+
+def test_geoaware_starts_from_its_matcher_and_thresholds_and_fixes_its_conventions():
+    cfg = resolved(protocol="geoaware")
+    assert (cfg.member.image_size, cfg.member.resize, cfg.extract.resample, cfg.extract.pad_fill) == (
+        (840, 840), "pad", "pil-lanczos", "black"
+    )  # fmt: skip
+    assert (cfg.extract.coordinates, cfg.member.backbone.final_norm, cfg.data.strict, cfg.data.pf_shift) == (
+        "canvas", False, True, False
+    )  # fmt: skip
+    assert (cfg.match.matcher, cfg.match.window, cfg.match.temperature, cfg.data.thresholds) == (
+        "geoaware-softargmax", 11, 0.02, (0.01, 0.05, 0.1)
+    )  # fmt: skip
+    pascal = resolved(protocol="geoaware", dataset="pf-pascal")
+    assert (pascal.match.window, pascal.data.thresholds, pascal.data.pck_norm) == (15, (0.05, 0.1, 0.15), "image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # what the protocol starts from, a flag changes without leaving it
+        assert resolved(protocol="geoaware", matcher="argmax", thresholds=(0.1,)).protocol.overrides == {}
+    with pytest.warns(UserWarning, match=r"strict=False leaves the geoaware protocol \(it used True\)"):
+        assert resolved(protocol="geoaware", strict=False).protocol.overrides == {"strict": False}
+    with pytest.warns(UserWarning, match=r"image_size=\[518, 518\] leaves the geoaware protocol"):
+        resolved(protocol="geoaware", image_size=(518,))
+    with pytest.raises(ValueError, match="--no-final-norm applies to DINO backbones"):
+        resolved(model="sam", final_norm=False)
+
+
+def test_a_strict_rule_counts_a_keypoint_at_exactly_alpha_l_as_wrong():
+    import pck
+
+    distance, norm_l = np.array([9.0, 10.0, 11.0]), np.array([100.0] * 3)
+    assert pck.is_correct(distance, norm_l, 0.1).tolist() == [True, True, False]
+    assert pck.is_correct(distance, norm_l, 0.1, strict=True).tolist() == [True, False, False]
+
+
+def test_without_the_final_norm_dino_gives_its_last_blocks_raw_output():
+    torch.manual_seed(0)
+    normed = create_backbone("dinov2", weights="random", **TINY_OVERRIDES).eval()
+    raw = create_backbone("dinov2", weights="random", final_norm=False, **TINY_OVERRIDES).eval()
+    raw.load_state_dict(normed.state_dict())
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        before, after = raw(x), normed(x)
+        renormed = normed.model.norm(before.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(after, renormed)  # the same tokens, the norm left out
+    assert not torch.allclose(before, after, atol=1e-2)
+
+
+def test_canvas_coordinates_are_geoawares_float32_products():
+    """A keypoint's canvas coordinate is float32 x * float32(840 / l) + offset, its patch float32(60 / 840) times
+    that, truncated (utils_dataset.preprocess_kps_pad, utils_correspondence.kpts_to_patch_idx)."""
+    from semcorr.data.geometry import input_to_patch
+
+    prep = Preprocess.create(840, 14, "pad", resample="pil-lanczos", coordinates="canvas", fill="black")
+    for w, h in ((100, 61), (333, 500), (500, 375), (210, 211)):
+        geom = image_geometry((w, h), prep)
+        xy = np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=-1).reshape(-1, 2).astype(np.float64)
+        scale = np.float32(840 / max(w, h))
+        theirs = xy.astype(np.float32) * scale + np.array(geom.offset, np.float32)
+        patch = (np.float32(60 / 840) * theirs).astype(np.int32)
+        uv = geom.to_input(xy)
+        np.testing.assert_array_equal(uv + 0.5, theirs.astype(np.float64))
+        np.testing.assert_array_equal(np.floor(input_to_patch(uv, 14, "canvas") + 0.5), patch)

@@ -20,6 +20,8 @@ from semcorr.config.settings import (
     COORDINATE_CONVENTIONS,
     DESCRIPTORS,
     FEATURE_DTYPE_NAMES,
+    FLIP_ALIGN_MODES,
+    PAD_FILLS,
     PCK_NORMS,
     PRECISION_NAMES,
     RESAMPLE_METHODS,
@@ -336,6 +338,12 @@ def add_matcher_args(p: argparse.ArgumentParser, *, grid: bool = False) -> None:
         g.add_argument(
             "--params-alpha", type=alpha, help="use the K and T that were best at this PCK alpha (default: 0.1)"
         )
+    if not grid:
+        g.add_argument(
+            "--sigma",
+            type=positive_float,
+            help="the Gaussian matcher's width, in patches" + default_text("match.sigma"),
+        )
     g.add_argument(
         "--descriptor",
         choices=DESCRIPTORS,
@@ -346,6 +354,24 @@ def add_matcher_args(p: argparse.ArgumentParser, *, grid: bool = False) -> None:
         "--window-border",
         choices=WINDOW_BORDERS,
         help="soft-argmax window at the image border: shrink symmetrically or clip" + protocol_default("window_border"),
+    )
+
+
+def add_flip_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pose alignment")
+    g.add_argument(
+        "--flip-align",
+        choices=FLIP_ALIGN_MODES,
+        help="match the mirrored source too, and keep its predictions where its distance to the target is lower "
+        "(GeoAware-SC's ADAPT_FLIP): by mutual nearest neighbours (mutual-nn), or within masks (mask, --flip-masks)"
+        + default_text("flip_align"),
+    )
+    g.add_argument(
+        "--flip-masks",
+        type=path,
+        metavar="DIR",
+        help="--flip-align mask: the source images' masks, DIR/<category>/<image>_mask.png and _mask_flip.png (the "
+        "layout GeoAware-SC's preprocess_mask_sam.py writes)",
     )
 
 
@@ -379,13 +405,31 @@ def add_protocol_args(p: argparse.ArgumentParser, *, evaluation: bool = True) ->
         "--protocol",
         choices=tuple(PROTOCOLS),
         help="default: this toolkit's corrected conventions; original: the original project's, to reproduce its "
-        "numbers (default: default)",
+        "numbers; geoaware: GeoAware-SC's evaluation, the field's (default: default)",
     )
     g.add_argument("--resample", choices=RESAMPLE_METHODS, help="how images are resized" + protocol_default("resample"))
     g.add_argument(
+        "--pad-fill",
+        choices=PAD_FILLS,
+        help="--resize pad: the ImageNet mean around the image, or black" + protocol_default("pad_fill"),
+    )
+    g.add_argument(
+        "--final-norm",
+        action=argparse.BooleanOptionalAction,
+        help="DINO features through the final LayerNorm (--no-final-norm: the block's raw output)"
+        + protocol_default("final_norm"),
+    )
+    g.add_argument(
+        "--strict",
+        action=argparse.BooleanOptionalAction,
+        help="a keypoint is correct when its distance is < alpha L (--strict) or <= alpha L"
+        + protocol_default("strict"),
+    )
+    g.add_argument(
         "--coordinates",
         choices=COORDINATE_CONVENTIONS,
-        help="pixel 0 at the pixel's centre or at its edge" + protocol_default("coordinates"),
+        help="pixel 0 at the pixel's centre, or at its edge; canvas: scaled onto the padded canvas in float32 as "
+        "GeoAware-SC does" + protocol_default("coordinates"),
     )
     g.add_argument(
         "--pf-shift",
@@ -401,7 +445,7 @@ def add_protocol_args(p: argparse.ArgumentParser, *, evaluation: bool = True) ->
         "--precision",
         choices=PRECISION_NAMES,
         help="autocast dtype of every backbone; auto = bf16 on CUDA, fp32 elsewhere (default: per protocol: default "
-        "auto; original fp32 for DINO, fp16 for SAM)",
+        "auto; original fp32 for DINO, fp16 for SAM; geoaware fp32)",
     )
     g.add_argument(
         "--build",
@@ -421,6 +465,7 @@ def evaluation_parser(description: str, checkpoint: CheckpointFlag = "none") -> 
     add_backbone_args(p, checkpoint)
     add_data_args(p)
     add_matcher_args(p)
+    add_flip_args(p)
     add_protocol_args(p)
     add_output_args(p)
     return p

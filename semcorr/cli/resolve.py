@@ -17,11 +17,11 @@ import dataclasses
 import math
 import typing
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from semcorr.cli.flags import MemberSpec
-from semcorr.config.protocols import ORIGINAL_FIXED, Protocol, get_protocol
+from semcorr.config.protocols import Protocol, get_protocol
 from semcorr.config.settings import (
     AVERAGINGS,
     DEFAULT_MODEL,
@@ -52,6 +52,7 @@ PATHS = {
     "limit": "data.limit", "pf_shift": "data.pf_shift", "clamp_keypoints": "data.clamp_keypoints",
     "rescale_annotations": "data.rescale_annotations", "pck_norm": "data.pck_norm", "thresholds": "data.thresholds",
     "resample": "extract.resample", "coordinates": "extract.coordinates", "feature_dtype": "extract.feature_dtype",
+    "pad_fill": "extract.pad_fill", "strict": "data.strict", "sigma": "match.sigma", "final_norm": "backbone.final_norm",
     "batch_size": "extract.batch_size", "num_workers": "extract.num_workers", "cache_dir": "extract.cache_dir",
     "matcher": "match.matcher", "window": "match.window", "temperature": "match.temperature",
     "descriptor": "match.descriptor", "window_border": "match.window_border",
@@ -97,7 +98,8 @@ def default(root: type, path: str) -> object:
 
 
 def resolve(kind: str, given: dict) -> object:
-    """The settings of a run of `kind` (KINDS) from the flags `given`: defaults, then the protocol, then the flags.
+    """The settings of a run of `kind` (KINDS) from the flags `given`: defaults, then the protocol (what it starts
+    from, then its conventions), then the flags.
 
     evaluation, ensemble: EvalSettings; grid: (EvalSettings, GridSettings); weight_search: (EvalSettings,
     WeightSearchSettings); match: (EvalSettings, PairSettings); finetune: TrainSettings.
@@ -107,30 +109,65 @@ def resolve(kind: str, given: dict) -> object:
     protocol = get_protocol(given.get("protocol") or "default")
     dataset = given.get("dataset") or default(TrainSettings if kind == "finetune" else EvalSettings, "data.dataset")
     presets = protocol.values(dataset, training=kind == "finetune")
-    values = {**presets, **given}
-    overrides = {name: value for name, value in given.items() if name in presets and value != presets[name]}
+    layers = Layers(protocol, presets, given, {**protocol.start(dataset), **presets, **given})
+    if kind == "finetune":
+        return training_settings(layers)
+    return evaluation_settings(kind, layers)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The flags given, laid over the protocol's values (and those over the defaults), with what it needs from the
+    machine: the device, and each backbone family's precision."""
+
+    protocol: Protocol
+    presets: dict  # every convention the protocol fixes, by flag name
+    given: dict
+    values: dict  # the protocol's starting values, its conventions, then the flags given
+
+    @property
+    def device(self) -> str:
+        return concrete_device(self.values.get("device", "auto"))
+
+    def precision(self, device: str) -> dict[str, str]:
+        return concrete_precision(self.values["precision"], device)
+
+
+def protocol_record(layers: Layers, members: tuple[MemberSettings, ...]) -> ProtocolRecord:
+    """The protocol and every setting that left it: a flag given that differs from its convention, a value it
+    never ran, an input size or resize other than its own. Warned about once here, under a protocol that
+    reproduces another project's numbers (nothing below resolves again)."""
+    protocol, presets, given = layers.protocol, layers.presets, layers.given
+    used = {name: presets[name] for name in given if name in presets and name not in ("image_size", "resize")}
+    used |= {name: value for name, value in protocol.fixed.items() if name in given}
+    overrides = {name: given[name] for name in used if given[name] != used[name]}
     if "precision" in given:  # one precision for every family: no override where it is the protocol's own
         overrides.pop("precision", None)
         if any(presets["precision"][family] != given["precision"] for family in families_of(given)):
             overrides["precision"] = given["precision"]
-    if protocol.name == "original":
-        left = {
-            name: value for name, value in given.items() if name in ORIGINAL_FIXED and value != ORIGINAL_FIXED[name]
-        }
-        overrides |= left
-        for name, value in overrides.items():  # once, here: nothing below resolves again
-            used = presets.get(name, ORIGINAL_FIXED.get(name))
-            warnings.warn(
-                f"{name}={value!r} leaves the original protocol (it used {used!r}): the run is recorded as the original "
-                "protocol with this override, and no published number stands beside it",
-                stacklevel=2,
-            )
-    record = ProtocolRecord(protocol.name, dict(overrides))
-    device = concrete_device(values.get("device", "auto"))
-    precision = concrete_precision(values["precision"], device)
-    if kind == "finetune":
-        return training_settings(values, protocol, record, device, precision)
-    return evaluation_settings(kind, values, given, record, device, precision)
+    for member in members if "image_size" in given or "resize" in given or protocol.reproduces else ():
+        own_size = protocol_size(member.backbone.model, protocol)
+        if member.image_size != own_size:
+            overrides["image_size"], used["image_size"] = list(member.image_size), list(own_size)
+        if member.resize != protocol.conventions.resize:
+            overrides["resize"], used["resize"] = member.resize, protocol.conventions.resize
+    for name, value in overrides.items() if protocol.reproduces else ():
+        warnings.warn(
+            f"{name}={value!r} leaves the {protocol.name} protocol (it used {used[name]!r}): the run is recorded as "
+            f"the {protocol.name} protocol with this override, and no published number stands beside it",
+            stacklevel=3,
+        )
+    return ProtocolRecord(protocol.name, overrides)
+
+
+def protocol_size(model: str, protocol: Protocol) -> tuple[int, int]:
+    """The input size a protocol runs `model` at: its own size, else the model's default, on the patch grid."""
+    from models import get_spec
+
+    spec = get_spec(model)
+    side = protocol.conventions.image_size or spec.default_image_size
+    side = max(spec.patch_size, round(side / spec.patch_size) * spec.patch_size)
+    return (side, side)
 
 
 def families_of(given: dict) -> list[str]:
@@ -177,10 +214,10 @@ def nested(root: type, values: dict, paths: dict[str, str], prefix: str) -> dict
 # --- evaluations -----------------------------------------------------------------------------------------
 
 
-def evaluation_settings(
-    kind: str, values: dict, given: dict, record: ProtocolRecord, device: str, precision: dict
-) -> object:
+def evaluation_settings(kind: str, layers: Layers) -> object:
     """EvalSettings (and the kind's own settings) from the layered values."""
+    values, given = layers.values, layers.given
+    device = layers.device
     data = None
     if kind != "match" or "pairs" in values:
         data = DataSettings(**nested(EvalSettings, values, PATHS, "data"))
@@ -194,9 +231,11 @@ def evaluation_settings(
     if values.get("quiet"):
         output = replace(output, progress=False)
     match, params = match_settings(kind, values)
-    members = member_settings(kind, values, device, precision)
+    members = member_settings(kind, layers, device)
     ensemble = EnsembleSettings(**nested(EvalSettings, values, PATHS, "ensemble"))
-    settings = EvalSettings(members, data, extract, match, output, ensemble, record, params)
+    flip = flip_settings(values, data)
+    record = protocol_record(layers, members)
+    settings = EvalSettings(members, data, extract, match, output, ensemble, record, params, **flip)
     warn_unused(settings, given)
     if kind == "grid":
         return settings, grid_settings(values, settings)
@@ -207,6 +246,20 @@ def evaluation_settings(
     if kind == "match":
         return settings, PairSettings(**{name: values[flag] for flag, name in PAIR_FLAGS.items() if flag in values})
     return settings
+
+
+def flip_settings(values: dict, data: DataSettings | None) -> dict[str, str | None]:
+    """--flip-align and, for "mask", the masks' folder (default: the dataset's features/, where GeoAware-SC's
+    preprocess_mask_sam.py writes them)."""
+    from semcorr.data.datasets import default_root
+
+    mode = values.get("flip_align", default(EvalSettings, "flip_align"))
+    if mode != "mask":
+        if "flip_masks" in values:
+            warnings.warn("--flip-masks is ignored: it is for --flip-align mask", stacklevel=4)
+        return {"flip_align": mode, "flip_masks": None}
+    root = Path(data.root) if data.root is not None else default_root(data.dataset)
+    return {"flip_align": mode, "flip_masks": values.get("flip_masks") or str(root / "features")}
 
 
 def check_data(data: DataSettings, values: dict) -> DataSettings:
@@ -256,7 +309,7 @@ def read_best_parameters(path: str, alpha: float) -> tuple[str, int, float, dict
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
         found = {key: (int(entry["window"]), float(entry["temperature"])) for key, entry in data["best"].items()}
-        matcher = str(data["matcher"])
+        matcher = str(data.get("matcher", "wsoftargmax"))  # files from before the matcher registry searched it
     except FileNotFoundError:
         raise FileNotFoundError(f"--params: no file {path} (expected {what})") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -270,42 +323,40 @@ def read_best_parameters(path: str, alpha: float) -> tuple[str, int, float, dict
     return matcher, *found[f"{alpha:g}"], searched
 
 
-def member_settings(kind: str, values: dict, device: str, precision: dict) -> tuple[MemberSettings, ...]:
+def member_settings(kind: str, layers: Layers, device: str) -> tuple[MemberSettings, ...]:
     """Each member: its backbone (a checkpoint's own model), input size and resize, and normalised weight."""
     from models import is_finetuned
 
+    values = layers.values
     specs = values.get("members") or [MemberSpec(values.get("model") or DEFAULT_MODEL, values.get("weights"))]
     if kind == "weight_search":  # the search sets the weights
         specs = [replace(spec, weight=None) for spec in specs]
-    weights = normalised_weights(specs)
+    single = not values.get("members")
     members = []
-    for spec, weight in zip(specs, weights, strict=True):
-        single = not values.get("members")
-        checkpoint = (
-            values.get("checkpoint")
-            if single
-            else spec.weights
-            if spec.weights and is_finetuned(spec.weights)
-            else None
-        )
+    for spec, weight in zip(specs, normalised_weights(specs), strict=True):
+        if single:
+            checkpoint = values.get("checkpoint")
+        else:
+            checkpoint = spec.weights if spec.weights and is_finetuned(spec.weights) else None
         backbone = BackboneSettings(
             model=spec.model if not (single and checkpoint and "model" not in values) else "",
             weights=None if checkpoint else spec.weights,
             checkpoint=checkpoint,
             layer=values.get("layer") if single else None,
             build=values["build"],
-            precision="fp32",
             device=device,
         )
-        size = spec.image_size or values.get("image_size")
-        members.append(member(backbone, size, values.get("resize"), weight, precision))
+        members.append(member(backbone, spec.image_size or layers.given.get("image_size"), weight, layers, device))
     return tuple(members)
 
 
-def member(backbone: BackboneSettings, size: tuple[int, ...] | None, resize: str | None, weight: float,
-           precision: dict) -> MemberSettings:  # fmt: skip
-    """A member with everything filled: the checkpoint's model, trained size and resize where not given, the
-    family's precision, the size rounded to the patch grid (said when it changes)."""
+def member(
+    backbone: BackboneSettings, size: tuple[int, ...] | None, weight: float, layers: Layers, device: str
+) -> MemberSettings:
+    """A member with everything filled: the checkpoint's model, the family's precision and final norm, the input
+    size (given, else the protocol's, else the checkpoint's trained one, else the model's default) rounded to the
+    patch grid (said when it changes), and the resize (given, else the checkpoint's unless a protocol that
+    reproduces numbers fixes it, else the protocol's)."""
     from models import checkpoint_header, get_spec
 
     trained = {}
@@ -314,13 +365,27 @@ def member(backbone: BackboneSettings, size: tuple[int, ...] | None, resize: str
         if backbone.model and get_spec(backbone.model).name != header["backbone"]:
             raise ValueError(
                 f"--checkpoint {backbone.checkpoint} holds a fine-tuned {header['backbone']}, not "
-                f"{get_spec(backbone.model).name}: drop --model (a checkpoint names its own model), or give a checkpoint of that model."
+                f"{get_spec(backbone.model).name}: drop --model (a checkpoint names its own model), or give a "
+                "checkpoint of that model."
             )
         backbone = replace(backbone, model=header["backbone"])
         trained = header["trained"]
     spec = get_spec(backbone.model)
-    backbone = replace(backbone, model=spec.name, precision=precision[spec.family])
-    sides = tuple(size or trained.get("image_size") or (spec.default_image_size,))
+    norm = final_norm(spec.family, layers)
+    if backbone.checkpoint and layers.given.get("final_norm", header["final_norm"]) != header["final_norm"]:
+        raise ValueError(
+            f"--checkpoint {backbone.checkpoint} was fine-tuned on features {'with' if header['final_norm'] else 'without'}"
+            " the final norm; drop --final-norm / --no-final-norm (a checkpoint evaluates as it was trained)"
+        )
+    backbone = replace(
+        backbone,
+        model=spec.name,
+        precision=layers.precision(device)[spec.family],
+        final_norm=header["final_norm"] if backbone.checkpoint else norm,
+    )
+    conventions = layers.protocol.conventions
+    own_size = [conventions.image_size] if conventions.image_size else None
+    sides = tuple(size or own_size or trained.get("image_size") or (spec.default_image_size,))
     sides = sides * 2 if len(sides) == 1 else sides
     rounded = tuple(max(spec.patch_size, round(s / spec.patch_size) * spec.patch_size) for s in sides)
     if size and rounded != sides:
@@ -335,8 +400,20 @@ def member(backbone: BackboneSettings, size: tuple[int, ...] | None, resize: str
             f"{rounded[1] // spec.patch_size} patch grid with {spec.patch_size}-pixel patches: at least 2 patches "
             f"per side are needed (>= {2 * spec.patch_size})"
         )
-    resize = resize or trained.get("resize") or default(MemberSettings, "resize")
+    trained_resize = None if layers.protocol.reproduces else trained.get("resize")
+    resize = layers.given.get("resize") or trained_resize or conventions.resize
     return MemberSettings(backbone, rounded, resize, weight)
+
+
+def final_norm(family: str, layers: Layers) -> bool:
+    """Whether a family's features pass its final LayerNorm: the protocol's choice for DINO; SAM's features come
+    from its neck (--layer takes a block's raw output)."""
+    if family != "sam":
+        return layers.values["final_norm"]
+    if layers.given.get("final_norm") is False:
+        raise ValueError("--no-final-norm applies to DINO backbones; SAM's features come from its neck (--layer N "
+                         "takes block N's raw output)")  # fmt: skip
+    return True
 
 
 def normalised_weights(specs: list[MemberSpec]) -> list[float]:
@@ -409,12 +486,11 @@ def warn_unused(settings: EvalSettings, given: dict) -> None:
 # --- fine-tuning -----------------------------------------------------------------------------------------
 
 
-def training_settings(
-    values: dict, protocol: Protocol, record: ProtocolRecord, device: str, precision: dict
-) -> TrainSettings:
+def training_settings(layers: Layers) -> TrainSettings:
     """TrainSettings from the layered values: the model's preset where not given, the protocol's optimisation."""
     from finetuning.presets import preset_for
 
+    values, device = layers.values, layers.device
     if values.get("cache_frozen") and (values.get("flip") or values.get("jitter", 0) > 0):
         raise ValueError(
             "--cache-frozen keeps each image's frozen-block output, which flipping or photometric jitter "
@@ -427,7 +503,7 @@ def training_settings(
         build=values["build"],
         device=device,
     )
-    first = member(backbone, values.get("image_size"), values.get("resize"), 1.0, precision)
+    first = member(backbone, layers.given.get("image_size"), 1.0, layers, device)
     preset = preset_for(first.backbone.model)
     fields = {
         path: values[flag] if flag in values else default(TrainSettings, path)
@@ -438,10 +514,7 @@ def training_settings(
                "logit_scale": values.get("logit_scale", preset.logit_scale)}  # fmt: skip
     data = DataSettings(**nested(TrainSettings, values, TRAIN_PATHS, "data"))
     data = replace(check_data(data, values), thresholds=tuple(sorted({*data.thresholds, fields["val_alpha"]})))
-    optimisation = {
-        **dataclasses.asdict(protocol.optimisation),
-        **nested(TrainSettings, values, TRAIN_PATHS, "optimisation"),
-    }
+    optimisation = nested(TrainSettings, values, TRAIN_PATHS, "optimisation")
     extract = ExtractSettings(**nested(TrainSettings, values, TRAIN_PATHS, "extract"))
     output = OutputSettings(**nested(TrainSettings, values, TRAIN_PATHS, "output"))
     if values.get("quiet"):
@@ -455,6 +528,6 @@ def training_settings(
         optimisation=Optimisation(**optimisation),
         extract=extract,
         output=output,
-        protocol=record,
+        protocol=protocol_record(layers, (first,)),
         **fields,
     )

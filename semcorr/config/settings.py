@@ -24,8 +24,10 @@ AVERAGINGS = {
 }
 DESCRIPTORS = ("nearest", "bilinear")
 RESIZE_MODES = ("squash", "pad")
-RESAMPLE_METHODS = ("pil-bicubic", "torch-bilinear")
-COORDINATE_CONVENTIONS = ("centre", "corner")
+RESAMPLE_METHODS = ("pil-bicubic", "pil-lanczos", "torch-bilinear")
+COORDINATE_CONVENTIONS = ("centre", "corner", "canvas")
+PAD_FILLS = ("mean", "black")  # what surrounds a padded image: the ImageNet mean (zero once normalised), or black
+FLIP_ALIGN_MODES = ("off", "mutual-nn", "mask")
 WINDOW_BORDERS = ("shrink", "clip")
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")
 FEATURE_DTYPE_NAMES = ("fp16", "fp32")
@@ -54,6 +56,7 @@ class MatchSettings:
     temperature: float = 0.1  # soft-argmax temperature T
     descriptor: str = "nearest"  # source descriptor: the keypoint's patch, or bilinear between patch centres
     window_border: str = "shrink"  # a window at the grid's border: "shrink" symmetrically, or "clip"
+    sigma: float = 5.0  # the Gaussian matcher's kernel width, in patches
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class BackboneSettings:
     build: str = "meta"  # as Meta's hub builds it, or as the original project did ("original")
     precision: str = "fp32"  # autocast: fp32 (none), bf16 or fp16
     device: str = "cpu"
+    final_norm: bool = True  # DINO: the features pass the final LayerNorm (False: the block's raw output)
 
 
 @dataclass(frozen=True)
@@ -93,14 +97,16 @@ class DataSettings:
     rescale_annotations: bool = False  # annotations scaled to image files of another size (else: an error)
     pck_norm: str = "bbox"  # the threshold length L (pck.NORM_DESCRIPTIONS)
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS  # PCK alphas
+    strict: bool = False  # a keypoint is correct when its distance is < alpha L (True), or <= alpha L
 
 
 @dataclass(frozen=True)
 class ExtractSettings:
     """How every member's images are read, resized and stored as features."""
 
-    resample: str = "pil-bicubic"  # PIL bicubic on the 8-bit image, or the original's torch bilinear on the tensor
-    coordinates: str = "centre"  # integer pixel coordinates are pixel centres, or 0 is the image's edge
+    resample: str = "pil-bicubic"  # PIL bicubic or Lanczos on the 8-bit image, or the original's torch bilinear
+    coordinates: str = "centre"  # integer pixel coordinates are pixel centres, 0 is the image's edge, or "canvas"
+    pad_fill: str = "mean"  # resize "pad": the ImageNet mean (zero once normalised) around the image, or black
     feature_dtype: str = "fp16"  # features in memory and in the cache
     batch_size: int = 16  # images per backbone forward pass
     num_workers: int = 2  # image decoding processes
@@ -154,6 +160,8 @@ class EvalSettings:
     ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
     protocol: ProtocolRecord = field(default_factory=ProtocolRecord)
     params: ParamsRecord | None = None
+    flip_align: str = "off"  # pose alignment: match a mirrored source too, keep it where its distance is lower
+    flip_masks: str | None = None  # --flip-align mask: the folder of the source images' masks
 
     @property
     def member(self) -> MemberSettings:

@@ -8,7 +8,7 @@ it. `orient_points` / `orient_box` turn annotations made on the stored pixels th
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +41,18 @@ def apply_pixel_limit() -> None:
 class ImageRef:
     """One image file. `key` identifies it across pairs (dataset/category/name), `size` is (W, H).
 
-    `orientation` is the file's EXIF orientation (1 = none); `size` is already after it.
+    `orientation` is the file's EXIF orientation (1 = none); `size` is already after it, and after a mirror.
     """
 
     key: str
     path: str
     size: tuple[int, int]
     orientation: int = 1
+    mirrored: bool = False  # the image mirrored left-right (after its EXIF orientation)
+
+    def mirror(self) -> ImageRef:
+        """The left-right mirror of this image (its own key: its features are cached like any image's)."""
+        return replace(self, key=f"{self.key}#mirrored", mirrored=not self.mirrored)
 
 
 _HEADERS: dict[tuple[str, int, int], tuple[tuple[int, int], int]] = {}
@@ -96,6 +101,8 @@ def load_image(image: ImageRef | str | Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             rgb = _to_rgb8(ImageOps.exif_transpose(im))
+        if isinstance(image, ImageRef) and image.mirrored:
+            rgb = ImageOps.mirror(rgb)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise _unreadable(path, exc) from exc
     if isinstance(image, ImageRef) and rgb.size != image.size:

@@ -56,10 +56,24 @@ class PairRecord:
     src_bbox: tuple[float, float, float, float] | None = None
     trg_bbox: tuple[float, float, float, float] | None = None
     flags: dict[str, int] = field(default_factory=dict)
+    kp_mirror: list[str] | None = None  # each keypoint's left-right partner id (its own id: on the mirror axis)
+    kp_flags: dict[str, list[bool]] = field(default_factory=dict)  # per keypoint (e.g. "geo_aware"), in kp_ids order
 
     @property
     def num_keypoints(self) -> int:
         return len(self.kp_ids)
+
+
+def mirror_partners(pair: PairRecord) -> tuple[np.ndarray, np.ndarray]:
+    """Each keypoint's left-right partner among the pair's keypoints, as an index (its own where it lies on the
+    mirror axis, or where its partner is not among them), and whether it has its partner there (a keypoint on
+    the axis has): GeoAware-SC's permutation of visible groups, and the keypoints that take a flipped match."""
+    if pair.kp_mirror is None:
+        raise DatasetError(f"pair {pair.pair_id} of {pair.dataset} has no left-right keypoint partners")
+    index = {kp: i for i, kp in enumerate(pair.kp_ids)}
+    partner = [index.get(kp, -1) for kp in pair.kp_mirror]
+    has = np.array([i >= 0 for i in partner], dtype=bool)
+    return np.where(has, partner, np.arange(len(partner))), has
 
 
 @dataclass

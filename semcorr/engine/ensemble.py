@@ -91,8 +91,7 @@ def search_weights(
         eval_set.pairs,
         ordered,
         [settings.match] * len(combos),
-        thresholds=data.thresholds,
-        norm=data.pck_norm,
+        data,
         member_weights=[[w[i] for i in order] for w in combos],
         progress=settings.output.progress,
     )
@@ -106,7 +105,7 @@ def search_weights(
     config = run_record(
         "weight_search",
         settings,
-        resolved=run_resolved(resolved, order, ordered, eval_set),
+        resolved=run_resolved(resolved, order, ordered, eval_set, settings.match),
         context=context,
         device=ordered[0].features.feats.device,
         search=search,

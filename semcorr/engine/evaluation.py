@@ -19,9 +19,11 @@ import pandas as pd
 
 import pck
 from models import Backbone, create_backbone
-from semcorr.config.settings import EvalSettings
+from semcorr.config.settings import EvalSettings, MatchSettings
 from semcorr.data.datasets import load_pairs
+from semcorr.data.images import ImageRef
 from semcorr.data.pairs import NO_KEYPOINTS, DatasetError, PairRecord, PairSet
+from semcorr.engine import flip
 from semcorr.engine.matching import predict_variants
 from semcorr.engine.members import Member, build_member, engine_members
 from semcorr.report import summary
@@ -47,47 +49,62 @@ def evaluate(
     backbones = backbones if isinstance(backbones, list) else [backbones]
     context = context or RunContext()
     eval_set, skipped = evaluation_set(pairset)
-    members, resolved = build_members(settings, eval_set, backbones)
+    extra = []
+    if settings.flip_align != "off":
+        flip.check_flip_pairs(eval_set.pairs, eval_set.dataset)
+        extra = flip.mirrored_sources(eval_set.pairs)
+    members, resolved = build_members(settings, eval_set, backbones, extra)
     stats = [m.features.stats for m in members]
     ordered, order = engine_members(members, settings.ensemble)
     del members  # with combine="features", the unresized maps are no longer needed
     config = run_record(
         "evaluation",
         settings,
-        resolved=run_resolved(resolved, order, ordered, eval_set),
+        resolved=run_resolved(resolved, order, ordered, eval_set, settings.match),
         context=context,
         device=ordered[0].features.feats.device,
     )
     for warning in matcher_warnings(settings, resolved, ordered[0].features.prep.grid):
         warnings.warn(warning, stacklevel=2)
     t0 = time.perf_counter()
-    (prediction,) = predict_variants(
-        eval_set.pairs, ordered, [settings.match], progress=settings.output.progress, with_similarity=True
-    )
+    progress = settings.output.progress
+    (prediction,) = predict_variants(eval_set.pairs, ordered, [settings.match], progress=progress, with_similarity=True)
+    flipped = None
+    if settings.flip_align != "off":
+        prediction, flipped = flip.align_by_flip(
+            eval_set.pairs, ordered, settings.match, prediction, settings.flip_align, settings.flip_masks, progress
+        )
+    data = settings.data
     table = pck.keypoint_table(
-        eval_set.pairs, prediction.pixels, settings.data.thresholds, settings.data.pck_norm, prediction.similarity
+        eval_set.pairs, prediction.pixels, data.thresholds, data.pck_norm, prediction.similarity, strict=data.strict
     )
+    if flipped is not None:
+        table["flipped"] = flipped.taken
     run_metrics = metrics.evaluation_metrics(
         eval_set,
-        norm=settings.data.pck_norm,
+        norm=data.pck_norm,
         coordinates=settings.extract.coordinates,
+        strict=data.strict,
         table=table,
         summary=pck.summarize(table),
         skipped=skipped,
         feature_stats=stats,
         matching_s=time.perf_counter() - t0,
         started=context.started,
+        flip=flipped.summary(settings.flip_align) if flipped else None,
     )
     name = backbones[0].name if len(backbones) == 1 else "ensemble"
     parts = [name, eval_set.dataset, eval_set.split, settings.match.matcher]
-    return save_evaluation(settings, parts, config, run_metrics, table, eval_set.pairs, context)
+    pair_columns = flipped.pair_columns() if flipped else {}
+    return save_evaluation(settings, parts, config, run_metrics, table, eval_set.pairs, context, pair_columns)
 
 
 def build_members(
-    settings: EvalSettings, eval_set: PairSet, backbones: list[Backbone]
+    settings: EvalSettings, eval_set: PairSet, backbones: list[Backbone], extra: list[ImageRef] = ()
 ) -> tuple[list[Member], list[dict]]:
-    """Each member's features of the pairs' images (cached like any evaluation's), and what they resolved to."""
-    images = eval_set.unique_images()
+    """Each member's features of the pairs' images and the `extra` ones (cached like any evaluation's), and what
+    they resolved to."""
+    images = [*eval_set.unique_images(), *extra]
     built = [
         build_member(member, settings.extract, backbone, images, progress=settings.output.progress)
         for member, backbone in zip(settings.members, backbones, strict=True)
@@ -95,10 +112,16 @@ def build_members(
     return [member for member, _ in built], [resolved for _, resolved in built]
 
 
-def run_resolved(resolved: list[dict], order: list[int], ordered: list[Member], eval_set: PairSet) -> dict:
-    """config.json's "resolved" of an evaluation: each member's, whose grid they meet on, the pairs."""
+def run_resolved(
+    resolved: list[dict], order: list[int], ordered: list[Member], eval_set: PairSet, match: MatchSettings
+) -> dict:
+    """config.json's "resolved" of an evaluation: each member's, whose grid they meet on, the settings its matcher
+    uses, the pairs."""
+    import matching_strategies
+
     return {
         "members": resolved,
+        "matcher_uses": list(matching_strategies.MATCHERS[match.matcher].uses),
         "reference_member": order[0],
         "grid": list(ordered[0].features.prep.grid),
         "data_root": eval_set.root,
@@ -143,10 +166,12 @@ def save_evaluation(
     table: pd.DataFrame,
     pairs: list[PairRecord],
     context: RunContext,
+    pair_columns: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """A new results folder with the run's files (and pictures of its N best and worst pairs); prints the summary."""
+    """A new results folder with the run's files (and pictures of its N best and worst pairs); prints the summary.
+    `pair_columns`: more per-pair values for per_pair.csv, in pair order."""
     run_dir = folders.new_run_dir(settings.output.output_dir, parts, context.started)
-    per_pair = pck.pair_table(table, pairs)
+    per_pair = pck.pair_table(table, pairs).assign(**(pair_columns or {}))
     folders.write_run(run_dir, "evaluation", config, per_keypoint=table, per_pair=per_pair, metrics=run_metrics)
     if settings.output.save_vis:
         from semcorr.viz import figures  # matplotlib loads only when pictures are asked for

@@ -15,7 +15,7 @@ import pandas as pd
 
 import pck
 from models import Backbone
-from semcorr.config.settings import AVERAGINGS, EvalSettings, GridSettings, MatchSettings
+from semcorr.config.settings import AVERAGINGS, DataSettings, EvalSettings, GridSettings, MatchSettings
 from semcorr.data.datasets import load_pairs
 from semcorr.data.pairs import PairRecord, PairSet
 from semcorr.engine.evaluation import build_members, evaluation_set, load_backbones, pairs_fingerprint
@@ -33,21 +33,21 @@ def score_variants(
     pairs: list[PairRecord],
     members: list[Member],
     variants: list[MatchSettings],
+    data: DataSettings,
     *,
-    thresholds: tuple[float, ...],
-    norm: str,
     member_weights: list[list[float]] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per variant (see matching.predict_variants): PCK at each alpha and averaging, and
+    """One row per variant (see matching.predict_variants): PCK at each of `data`'s alphas and each averaging, and
     time_s, the seconds of the variant's own matching and scoring (shared similarity maps excluded)."""
     rows = []
     for prediction in predict_variants(pairs, members, variants, member_weights, progress):
         t0 = time.perf_counter()
         # the overall figures of pck.summarize, without its per-category and per-keypoint-id
         # breakdown, which would cost more than the matching
-        overall = pck.overall(pck.keypoint_table(pairs, prediction.pixels, thresholds, norm), thresholds)
-        row = {pck_column(a, avg): overall[f"pck@{a:g}"][avg] for a in thresholds for avg in AVERAGINGS}
+        table = pck.keypoint_table(pairs, prediction.pixels, data.thresholds, data.pck_norm, strict=data.strict)
+        overall = pck.overall(table, data.thresholds)
+        row = {pck_column(a, avg): overall[f"pck@{a:g}"][avg] for a in data.thresholds for avg in AVERAGINGS}
         rows.append({**row, "time_s": prediction.seconds + time.perf_counter() - t0})
     return pd.DataFrame(rows)
 
@@ -71,9 +71,8 @@ def grid_table(
     member: Member,
     grid: GridSettings,
     match: MatchSettings,
+    data: DataSettings,
     *,
-    thresholds: tuple[float, ...],
-    norm: str,
     progress: bool = True,
 ) -> pd.DataFrame:
     """The scores of argmax and of every (window, temperature) cell of `match`'s matcher, in grid order
@@ -90,7 +89,7 @@ def grid_table(
             for v in variants
         ]
     )
-    scores = score_variants(pairs, [member], variants, thresholds=thresholds, norm=norm, progress=progress)
+    scores = score_variants(pairs, [member], variants, data, progress=progress)
     return pd.concat([cells, scores], axis=1).astype({"window": "Int64"})
 
 
@@ -120,10 +119,7 @@ def grid_search(
     eval_set, skipped = evaluation_set(pairset)
     members, resolved = build_members(settings, eval_set, [backbone])
     t0 = time.perf_counter()
-    table = grid_table(
-        eval_set.pairs, members[0], grid, settings.match, thresholds=data.thresholds, norm=data.pck_norm,
-        progress=settings.output.progress,
-    )  # fmt: skip
+    table = grid_table(eval_set.pairs, members[0], grid, settings.match, data, progress=settings.output.progress)
     grid_s = time.perf_counter() - t0
     best, argmax = best_parameters(table, data.thresholds, grid.select_by)
     run_dir = folders.new_run_dir(

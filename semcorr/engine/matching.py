@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from helper_functions import FeatureSet
 from matching_strategies import match, sample_descriptors
 from semcorr.config.settings import MatchSettings
-from semcorr.data.geometry import ORIGINS, input_to_patch, input_to_pixels, patch_to_input, pixels_to_input
-from semcorr.data.pairs import PairRecord
+from semcorr.data.geometry import input_to_patch, input_to_pixels, mirror_input, patch_to_input, pixels_to_input
+from semcorr.data.pairs import PairRecord, mirror_partners
 from semcorr.engine.members import Member
 
 CHUNK_KEYPOINTS = 8192  # similarity maps matched in one call (bounds memory, amortises kernel launches)
@@ -44,16 +44,26 @@ def _stacked_geometry(fs: FeatureSet, keys: list[str]) -> tuple[torch.Tensor, to
     )
 
 
-def source_descriptors(fs: FeatureSet, pairs: list[PairRecord], descriptor: str) -> torch.Tensor:
-    """(K, C) descriptors of every source keypoint of `pairs`, in pair order."""
+def source_descriptors(
+    fs: FeatureSet, pairs: list[PairRecord], descriptor: str, mirrored: bool = False
+) -> torch.Tensor:
+    """(K, C) descriptors of every source keypoint of `pairs`, in pair order.
+
+    mirrored: sampled on each source's mirror image, keypoint i at the mirrored position of its left-right
+    partner (pairs.mirror_partners), so that a left eye asks for what the mirror image has as a left eye.
+    """
     counts = torch.tensor([p.num_keypoints for p in pairs])
-    keys = [p.src.key for p in pairs]
+    keys = [p.src.mirror().key if mirrored else p.src.key for p in pairs]
     kp_pair = torch.repeat_interleave(torch.arange(len(pairs)), counts)
-    content, size, offset = _stacked_geometry(fs, keys)
-    xy = torch.from_numpy(np.concatenate([p.src_kps for p in pairs]).astype(np.float64))
-    origin = ORIGINS[fs.prep.coordinates]
-    uv = pixels_to_input(xy, content[kp_pair], size[kp_pair], offset[kp_pair], origin)
-    pq = input_to_patch(uv, fs.prep.patch_size)
+    content, size, offset = (t[kp_pair] for t in _stacked_geometry(fs, keys))
+    kps = [p.src_kps[mirror_partners(p)[0]] if mirrored else p.src_kps for p in pairs]
+    xy = torch.from_numpy(np.concatenate(kps).astype(np.float64))
+    convention = fs.prep.coordinates
+    uv = pixels_to_input(xy, content, size, offset, convention)
+    if mirrored:
+        u = mirror_input(uv[:, 0], content[:, 0], offset[:, 0], fs.prep.width, convention)
+        uv = torch.stack([u, uv[:, 1]], dim=1)
+    pq = input_to_patch(uv, fs.prep.patch_size, convention)
     device = fs.feats.device
     rows = fs.rows(keys)[kp_pair].to(device)
     return sample_descriptors(fs.feats, rows, pq.float().to(device), descriptor)
@@ -119,12 +129,14 @@ def predict_variants(
     member_weights: list[list[float]] | None = None,
     progress: bool = True,
     with_similarity: bool = False,
+    mirrored: bool = False,
 ) -> list[Prediction]:
     """Predictions of several matcher settings at the cost of one similarity computation.
 
     Variant v matches with variants[v] the similarity maps weighted by member_weights[v] (default: the
     members' own weights). All variants share one descriptor sampling. `with_similarity`: also each
-    keypoint's peak similarity (for per_keypoint.csv; searches over many variants leave it out).
+    keypoint's peak similarity (for per_keypoint.csv; searches over many variants leave it out). `mirrored`: the
+    queries come from the mirrored sources (source_descriptors).
     """
     weights = member_weights or [[m.weight for m in members]] * len(variants)
     if len(weights) != len(variants) or any(len(w) != len(members) for w in weights):
@@ -135,11 +147,11 @@ def predict_variants(
     out = [Prediction(np.empty((total, 2)), np.empty(total) if with_similarity else None) for _ in variants]
     if not pairs:
         return out
-    descs = [source_descriptors(m.features, pairs, variants[0].descriptor) for m in members]
+    descs = [source_descriptors(m.features, pairs, variants[0].descriptor, mirrored) for m in members]
     ref = members[0].features
     keys, kp_group, order, starts, bounds = target_groups(pairs)
     content, size, offset = _stacked_geometry(ref, keys)
-    origin, device = ORIGINS[ref.prep.coordinates], ref.feats.device
+    convention, device = ref.prep.coordinates, ref.feats.device
     bar = tqdm(total=len(keys), desc="matching", unit="img", disable=not progress)
     for chunk in target_chunks([b - a for a, b in zip(starts, bounds, strict=True)], CHUNK_KEYPOINTS):
         per_target = [
@@ -153,7 +165,7 @@ def predict_variants(
             combined = weighted_sum(sims, weights[v])
             pq = match(combined, variant)
             uv = patch_to_input(pq.cpu().double(), ref.prep.patch_size)
-            out[v].pixels[ks.numpy()] = input_to_pixels(uv, content[g], size[g], offset[g], origin).numpy()
+            out[v].pixels[ks.numpy()] = input_to_pixels(uv, content[g], size[g], offset[g], convention).numpy()
             if with_similarity:
                 out[v].similarity[ks.numpy()] = combined.flatten(1).amax(dim=1).float().cpu().numpy()
             out[v].seconds += time.perf_counter() - t0

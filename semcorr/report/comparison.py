@@ -62,8 +62,9 @@ def paired_counts(a: Run, b: Run, alpha: float) -> pd.DataFrame:
         )
     both = counts[0].join(counts[1][["correct_b"]], how="inner")
     pairs = a.pairs().set_index("pair_id")
-    if pck.has_difficulty_flags(pairs):
-        both = both.join(pairs[list(pck.DIFFICULTY_LEVELS)].astype(int))
+    flags = pck.difficulty_flags(pairs)
+    if flags:
+        both = both.join(pairs[flags].astype(int))
     return both
 
 

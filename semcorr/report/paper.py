@@ -208,7 +208,8 @@ def difficulty_table(runs: list[Run], labels: list[str], alpha: float = 0.1, ave
     fingerprints = {run.config["resolved"].get("pairs_fingerprint") for run in runs}
     caption = (
         f"PCK@{alpha:g} by SPair-71k difficulty level: viewpoint and scale variation (easy, medium, hard), "
-        "truncation and occlusion (none, source, target, both); pairs: the pairs at that level"
+        "truncation and occlusion (none, source, target, both), and the difference of the images' viewpoint bins "
+        "(azimuth difference, 0-4 of SPair's 8 bins); pairs: the pairs at that level"
         + (" (of the first run: the runs evaluated different pairs)" if len(fingerprints) > 1 else "")
         + f". {caption_protocol(runs, averaging)} Best run per row in bold."
     )

@@ -13,12 +13,19 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def matcher_text(match: dict, params: dict | None = None) -> str:
-    """'argmax', or 'wsoftargmax K5 T0.2' for a windowed matcher (with where K and T came from)."""
+MATCHER_SYMBOLS = {"window": "K", "sigma": "sigma", "temperature": "T"}  # in the order they are shown
+
+
+def matcher_text(match: dict, params: dict | None = None, uses: list[str] | None = None) -> str:
+    """'argmax', 'wsoftargmax K5 T0.2' or 'geoaware-gaussian sigma5 T0.02': the matcher and the settings it uses
+    (config.json's resolved matcher_uses; runs that predate it: window and temperature), and where K and T came
+    from."""
     if match["matcher"] == "argmax":
         return match["matcher"]
-    text = f"{match['matcher']} K{match['window']} T{match['temperature']:g}"
-    if match.get("window_border") == "clip":
+    uses = uses or ["window", "temperature", "window_border"]
+    shown = [f"{symbol}{match[name]:g}" for name, symbol in MATCHER_SYMBOLS.items() if name in uses]
+    text = " ".join([match["matcher"], *shown])
+    if "window_border" in uses and match.get("window_border") == "clip":
         text += " (window clipped at the border)"
     return text + (f" from {params['path']} (best at PCK@{params['alpha']:g})" if params else "")
 
@@ -50,7 +57,8 @@ def setup_line(config: dict) -> str:
         models = f"ensemble of {members}; maps on a {'x'.join(map(str, resolved['grid']))} grid"
     else:
         models = model_text(resolved["members"][0], checkpoints[0])
-    return f"{models} | {matcher_text(settings['match'], settings['params'])} | {protocol_text(settings['protocol'])}"
+    matcher = matcher_text(settings["match"], settings["params"], resolved.get("matcher_uses"))
+    return f"{models} | {matcher} | {protocol_text(settings['protocol'])}"
 
 
 def pck_table(scores: dict) -> pd.DataFrame:
@@ -94,15 +102,28 @@ def difficulty_summary(difficulty: dict, alpha: str) -> pd.DataFrame:
 
 
 def evaluation_summary(config: dict, metrics: dict) -> str:
-    """The setup, PCK at each alpha, PCK per category (when the dataset has several) and per difficulty
-    level (SPair-71k), what was skipped, and the time."""
+    """The setup, PCK at each alpha (and on keypoint subsets, e.g. the geometry-aware ones), the flip decisions,
+    PCK per category (when the dataset has several) and per difficulty level (SPair-71k), what was skipped, and
+    the time."""
     proto, counts = metrics["protocol"], metrics["counts"]
     lines = [
         setup_line(config),
         f"{proto['dataset']} {proto['split']}: {plural(counts['pairs'], 'pair')}, {plural(counts['keypoints'], 'keypoint')}; "
-        f"threshold = {proto['threshold']}; PCK in %",
+        f"threshold = {proto['threshold']}{' (correct below it, strictly)' if proto.get('strict') else ''}; PCK in %",
         pck_table(metrics).to_string(),
     ]
+    for subset in metrics.get("subsets", {}).values():
+        lines += [
+            f"{subset['description']}: {plural(subset['pairs'], 'pair')}, {plural(subset['keypoints'], 'keypoint')}",
+            pck_table(subset).to_string(),
+        ]
+    if "flip" in metrics:
+        flip = metrics["flip"]
+        lines.append(
+            f"pose alignment by flip ({flip['mode']}): the mirrored source was closer for {flip['pairs_flipped']:,} of "
+            f"{plural(flip['pairs'], 'pair')}; {flip['keypoints_flipped']:,} of {plural(flip['keypoints'], 'keypoint')} "
+            "took its prediction"
+        )
     alphas = [k.removeprefix("pck@") for k in metrics if k.startswith("pck@")]
     alpha = "0.1" if "0.1" in alphas else alphas[len(alphas) // 2]
     if len(metrics["per_category"]) > 1:

@@ -40,8 +40,8 @@ def run_settings(run: Run) -> dict[str, object]:
         "setting": setting,
         "dataset": proto["dataset"],
         "split": proto["split"],
-        "pck_norm": proto["pck_norm"],
-        "matcher": matcher_text(run.config["settings"]["match"]),
+        "pck_norm": proto["pck_norm"] + (" (<)" if proto.get("strict") else ""),
+        "matcher": matcher_text(run.config["settings"]["match"], uses=run.config["resolved"].get("matcher_uses")),
         "image_size": ", ".join("x".join(map(str, m["image_size"])) for m in members),
         "protocol": protocol["name"] + (f" ({overrides})" if overrides else ""),
         "pairs": run.metrics["counts"]["pairs"],
@@ -73,15 +73,18 @@ def unique_labels(runs: list[Run]) -> list[str]:
 
 
 def report_table(runs: list[Run], alphas: tuple[float, ...] = DEFAULT_THRESHOLDS) -> pd.DataFrame:
-    """One row per evaluation run: description, PCK and the published PCK."""
+    """One row per evaluation run: description, PCK, PCK of the geometry-aware keypoints (where the run has them)
+    and the published PCK."""
     rows = []
     for run in runs:
         row = run_settings(run)
         entry = published_for(run)
+        geo_aware = run.metrics.get("subsets", {}).get("geo_aware", {})
         for alpha in alphas:
             key = f"pck@{alpha:g}"
             for avg in AVERAGINGS:
                 row[f"{key}_{avg}"] = run.metrics.get(key, {}).get(avg, np.nan)
+                row[f"geo_aware@{alpha:g}_{avg}"] = geo_aware.get(key, {}).get(avg, np.nan)
             i = PUBLISHED_ALPHAS.index(alpha) if alpha in PUBLISHED_ALPHAS else None
             row[f"published@{alpha:g}_per_image"] = entry.per_image[i] if entry and i is not None else np.nan
             row[f"published@{alpha:g}_per_keypoint"] = (
@@ -100,10 +103,14 @@ def _both(image: float, keypoint: float) -> str:
 
 
 def report_markdown(table: pd.DataFrame, alphas: tuple[float, ...] = DEFAULT_THRESHOLDS) -> str:
-    """A markdown table: PCK 'per image (per keypoint)', ours beside the published one."""
+    """A markdown table: PCK 'per image (per keypoint)', ours beside the published one; PCK of the
+    geometry-aware keypoints at the middle alpha when a run has them."""
     head = ["model", "setting", "dataset", "split", "threshold", "matcher", "image size", "protocol", "pairs"]
     for alpha in alphas:
         head += [f"PCK@{alpha:g}", f"published@{alpha:g}"]
+    geo = f"{alphas[len(alphas) // 2]:g}"
+    with_geo = table.get(f"geo_aware@{geo}_per_image", pd.Series(dtype=float)).notna().any()
+    head += [f"geo-aware PCK@{geo}"] if with_geo else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.to_dict("records"):
         cells = [
@@ -121,12 +128,22 @@ def report_markdown(table: pd.DataFrame, alphas: tuple[float, ...] = DEFAULT_THR
             a = f"{alpha:g}"
             cells.append(_both(row[f"pck@{a}_per_image"], row[f"pck@{a}_per_keypoint"]))
             cells.append(_both(row[f"published@{a}_per_image"], row[f"published@{a}_per_keypoint"]))
+        if with_geo:
+            cells.append(_both(row[f"geo_aware@{geo}_per_image"], row[f"geo_aware@{geo}_per_keypoint"]))
         lines.append("| " + " | ".join(cells) + " |")
     notes = sorted({n for n in table.get("published_note", []) if n})
     legend = [
         "",
         "PCK in %, per image (per keypoint). threshold: bbox = alpha x max side of the target bounding box, "
-        "image = of the target image, kpbox = of the target keypoints' box.",
+        "image = of the target image, kpbox = of the target keypoints' box; (<): correct below it, strictly.",
+        *(
+            [
+                "geo-aware: the geometry-aware keypoints (GeoAware-SC's subset of SPair-71k: left-right groups with 2 "
+                "members visible in the target), over the pairs that have any."
+            ]
+            if with_geo
+            else []
+        ),
         "published: the original project's number, shown only beside a run of its whole protocol: --protocol "
         "original without overrides, the same backbones (and ensemble weights), weights origin, matcher with K and T, "
         "image size, dataset, split, number of pairs and threshold.",

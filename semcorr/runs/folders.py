@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import pck
 from semcorr.storage.files import write_csv, write_json
 
 CONFIG = "config.json"
@@ -171,7 +172,11 @@ class Run:
         return self.read("metrics")
 
     def keypoints(self) -> pd.DataFrame:
-        return self.read("per_keypoint")
+        """per_keypoint.csv, with the run's rule for a correct keypoint (pck.STRICT) for scoring it again."""
+        table = self.read("per_keypoint")
+        recorded = file_path(self.path, self.kind, "metrics").is_file()
+        table.attrs[pck.STRICT] = bool(recorded and self.metrics.get("protocol", {}).get("strict", False))
+        return table
 
     def pairs(self) -> pd.DataFrame:
         return self.read("per_pair")

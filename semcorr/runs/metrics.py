@@ -15,21 +15,30 @@ UNITS = {
     "metrics.json": "PCK in % (pck@alpha: per_image and per_keypoint, see averaging)",
     "per_pair.csv": "pck@alpha in %; norm_L (the threshold length L) and the sizes in pixels",
     "per_keypoint.csv": "src/gt/pred x, y, distance and norm_L in pixels of the original image; similarity is the "
-    "cosine similarity at the matched patch (-1..1); correct@alpha is distance <= alpha * norm_L",
+    "cosine similarity at the matched patch (-1..1); correct@alpha is distance <= alpha * norm_L (< under a strict "
+    "rule: see strict)",
+}
+ORIGINS = {
+    "centre": "pixel centres",
+    "corner": "0 at the image's edge (the original project's convention)",
+    "canvas": "0 at the image's edge (GeoAware-SC's convention)",
 }
 
 
-def meaning(dataset: str, split: str, norm: str, coordinates: str = "centre") -> dict[str, object]:
-    """What every figure of the run's files means: dataset, split, threshold, averagings and units."""
-    origin = "pixel centres" if coordinates == "centre" else "0 at the image's edge (the original's convention)"
+def meaning(
+    dataset: str, split: str, norm: str, coordinates: str = "centre", strict: bool = False
+) -> dict[str, object]:
+    """What every figure of the run's files means: dataset, split, threshold and its rule, averagings and units."""
     return {
         "dataset": dataset,
         "split": split,
         "pck_norm": norm,
         "threshold": pck.NORM_DESCRIPTIONS[norm],
+        "strict": strict,
+        "rule": f"correct when distance {'<' if strict else '<='} alpha * L",
         "averaging": AVERAGINGS,
         "unit": "%",
-        "units": {**UNITS, "coordinates": f"x right, y down, integer values at {origin}"},
+        "units": {**UNITS, "coordinates": f"x right, y down, integer values at {ORIGINS[coordinates]}"},
     }
 
 
@@ -46,24 +55,28 @@ def evaluation_metrics(
     *,
     norm: str,
     coordinates: str = "centre",
+    strict: bool = False,
     table: pd.DataFrame,
     summary: dict,
     skipped: dict[str, int],
     feature_stats: list[dict],
     matching_s: float,
     started: float,
+    flip: dict | None = None,
 ) -> dict:
-    """metrics.json: protocol, PCK summary (and PCK per difficulty level where pairs carry SPair-71k's flags),
-    counts and timings (extraction summed over members)."""
+    """metrics.json: protocol, PCK summary (and PCK per difficulty level where the pairs carry SPair-71k's flags or
+    azimuth differences), the flip decisions (`flip`, with --flip-align), counts and timings (extraction summed
+    over members)."""
     timings = feature_timings(feature_stats)
     if len(feature_stats) > 1:
         timings["per_member"] = [feature_timings([s]) for s in feature_stats]
     flags = pd.DataFrame([{"pair_id": p.pair_id, **p.flags} for p in eval_set.pairs])
-    if pck.has_difficulty_flags(flags):  # SPair-71k: PCK by viewpoint, scale, truncation and occlusion level
+    if pck.difficulty_flags(flags):  # SPair-71k: PCK by viewpoint, scale, truncation, occlusion level, azimuth
         summary = {**summary, "difficulty": pck.difficulty(table, flags)}
     return {
-        "protocol": meaning(eval_set.dataset, eval_set.split, norm, coordinates),
+        "protocol": meaning(eval_set.dataset, eval_set.split, norm, coordinates, strict),
         **summary,
+        **({"flip": flip} if flip else {}),
         "counts": {
             "pairs": len(eval_set.pairs),
             "keypoints": len(table),
