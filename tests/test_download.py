@@ -24,6 +24,7 @@ import pytest
 import torch
 from model_factory import official_shapes, random_official_state_dict
 
+from ap10k import CROWD_LIST
 from download import main
 from models.finetuned import FORMAT
 from models.registry import ALIASES, BACKBONES, get_spec
@@ -491,7 +492,7 @@ def test_cli_accepts_aliases_and_rejects_unknown_names(tmp_path, capsys):
 def test_table_follows_registry_and_loader_layout_under_any_root(tmp_path):
     table = build_table(tmp_path)
 
-    assert set(BACKBONES) | {"spair", "pf-pascal", "pf-willow"} == set(table)
+    assert set(BACKBONES) | {"spair", "pf-pascal", "pf-willow", "ap10k"} == set(table)
     for name, spec in BACKBONES.items():
         (source,) = table[name].sources
         assert table[name].folder / source.name == tmp_path / spec.default_weights.relative_to(REPO_ROOT)
@@ -515,6 +516,13 @@ def test_table_follows_registry_and_loader_layout_under_any_root(tmp_path):
     }
     assert willow.folder == tmp_path / DEFAULT_ROOTS["pf-willow"].relative_to(REPO_ROOT)
     assert {s.name for s in willow.sources} == {"PF-dataset.zip", "test_pairs.csv"}
+    ap10k = table["ap10k"]
+    archive, crowd = ap10k.sources
+    assert {ap10k.folder / p for p in archive.unpacks_to} == {
+        tmp_path / DEFAULT_ROOTS["ap10k"].relative_to(REPO_ROOT) / p for p in ("annotations", "data")
+    }
+    assert ap10k.folder / crowd.name == tmp_path / DEFAULT_ROOTS["ap10k"].parent.relative_to(REPO_ROOT) / CROWD_LIST
+    assert crowd.sha256 and crowd.size and "GeoAware-SC" in crowd.urls[0]
 
 
 # --- what is checked, and said -------------------------------------------------------------------

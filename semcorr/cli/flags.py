@@ -33,7 +33,7 @@ from semcorr.config.settings import (
 
 CheckpointFlag = Literal["none", "optional", "either"]
 # semcorr/data/datasets.py's LOADERS (checked there too)
-DATASETS = ("spair", "pf-pascal", "pf-willow", "custom")
+DATASETS = ("spair", "pf-pascal", "pf-willow", "ap10k", "custom")
 
 
 @dataclass(frozen=True)

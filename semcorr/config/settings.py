@@ -41,7 +41,7 @@ GRID_WINDOWS = (3, 5, 7, 9, 11)  # the soft-argmax grid search's default windows
 GRID_TEMPERATURES = (0.05, 0.1, 0.2, 0.5, 1.0)  # and temperatures T
 DEFAULT_MODEL = "dinov2"
 # The datasets with several pair lists (--layout), each dataset's default first; the others have one.
-LAYOUTS = {"spair": ("large", "small")}
+LAYOUTS = {"spair": ("large", "small"), "ap10k": ("intra-species", "cross-species", "cross-family")}
 
 
 # --- an evaluation ---------------------------------------------------------------------------------

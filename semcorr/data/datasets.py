@@ -26,6 +26,7 @@ DEFAULT_ROOTS: dict[str, Path] = {
     "spair": REPO_ROOT / "SPair71k" / "SPair-71k",  # holds JPEGImages/, PairAnnotation/, Layout/, ...
     "pf-pascal": REPO_ROOT / "pf_pascal",  # holds PF-dataset-PASCAL/ and {trn,val,test}_pairs.csv
     "pf-willow": REPO_ROOT / "pf_willow",  # holds PF-dataset/ and test_pairs.csv
+    "ap10k": REPO_ROOT / "ap10k" / "ap-10k",  # the official release: annotations/, data/
 }
 
 # Dataset name -> the module with its `load(root, data)` (imported when needed).
@@ -33,6 +34,7 @@ LOADERS: dict[str, str] = {
     "spair": "SPair71k",
     "pf-pascal": "pf_pascal",
     "pf-willow": "pf_willow",
+    "ap10k": "ap10k",
     "custom": "semcorr.data.custom_pairs",
 }
 SPLIT_ALIASES = {"train": "trn"}
