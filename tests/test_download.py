@@ -396,6 +396,20 @@ def test_zip_archives_unpack_without_macos_litter(server, tmp_path):
     assert not (tmp_path / "Data/.DS_Store").exists()
 
 
+def test_a_web_page_instead_of_the_archive_is_deleted_and_the_manual_route_named(server, tmp_path):
+    item = dataset_item(server, tmp_path, b"<html>Google Drive can't scan this file for viruses</html>")
+
+    with pytest.raises(DownloadError) as failure:
+        ensure(item)
+    message = str(failure.value)
+    assert "cannot read" in message and not (tmp_path / "data.tar.gz").exists()
+    assert (
+        f"download data.tar.gz in a browser from {server.url}/data.tar.gz, put it at\n  {tmp_path / 'data.tar.gz'}"
+        in message
+    )
+    assert "re-run `python download.py --datasets pf-willow` to check and unpack it" in message
+
+
 # --- offline, manual placement, licence-gated weights --------------------------------------------
 
 
