@@ -90,7 +90,7 @@ def test_the_synthetic_set_has_the_cases_it_claims(built):
 
 
 def animals() -> list[FakeAnimal]:
-    """Two families; keypoints of visibility 1 decide which pairs are possible (see the comments)."""
+    """Two families, three species; keypoints of visibility 1 decide which pairs are possible."""
     return [
         FakeAnimal(11, "Felidae", "cat", {0: (5, 6, 2), 1: (20, 8, 2), 2: (30, 20, 1), 3: (10, 30, 2), 4: (40, 10, 2)}),
         FakeAnimal(
