@@ -1,6 +1,6 @@
 """Fetch model weights and benchmark datasets into the folders the code reads by default.
 
-    python download.py --models dinov2 dinov3 sam --datasets spair pf-pascal pf-willow
+    python download.py --models dinov2 dinov3 sam --datasets spair pf-pascal pf-willow ap10k
     python download.py --models dinov2 --datasets pf-willow --dry-run
 
 Every file streams to `<dest>.part` (resumed with an HTTP range request after an interruption; a

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from semcorr.config.settings import DataSettings
+from semcorr.config.settings import LAYOUTS, DataSettings
 from semcorr.data.images import ImageRef
 from semcorr.data.pairs import (
     DatasetError,
@@ -55,7 +55,6 @@ from semcorr.data.pairs import (
 
 NAME = "spair"
 SPLITS = ("trn", "val", "test")
-LAYOUTS = ("large", "small")
 FLAGS = ("viewpoint_variation", "scale_variation", "truncation", "occlusion", "mirror")
 EXPECTED_LAYOUT = """\
   SPair-71k/
@@ -122,8 +121,8 @@ def load(root: Path, data: DataSettings) -> PairSet:
     (0-based already: `data.pf_shift` changes nothing here)."""
     split, layout = data.split, data.layout
     check_split(NAME, split, SPLITS)
-    if layout not in LAYOUTS:
-        raise DatasetError(f"SPair-71k has no layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    if layout not in LAYOUTS[NAME]:
+        raise DatasetError(f"SPair-71k has no layout {layout!r}: choose one of {', '.join(LAYOUTS[NAME])}")
     layout_file = root / "Layout" / layout / f"{split}.txt"
     ann_dir = root / "PairAnnotation" / split
     missing = [path for path in (root / "JPEGImages", layout_file, ann_dir) if not path.exists()]

@@ -12,6 +12,7 @@ from finetuning import FinetuneError
 from finetuning.presets import PRESETS
 from semcorr.cli.flags import (
     DATASETS,
+    add_layout_arg,
     add_protocol_args,
     add_rescale_arg,
     alpha,
@@ -82,7 +83,7 @@ def model_flags(g: argparse._ArgumentGroup) -> None:
 def data_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--dataset", choices=DATASETS, help="benchmark to train on" + train_default("data.dataset"))
     g.add_argument("--data-root", type=path, help="dataset folder (default: the folder download.py fills)")
-    g.add_argument("--layout", choices=("large", "small"), help="SPair-71k's pair list" + train_default("data.layout"))
+    add_layout_arg(g)
     add_rescale_arg(g)
     g.add_argument("--train-split", help="split to train on" + train_default("data.split"))
     g.add_argument("--val-split", type=optional_split, help="'none': no validation" + train_default("val_split"))

@@ -1,5 +1,5 @@
 """Tiny datasets written at test time in the exact on-disk formats of SPair-71k, PF-Pascal,
-PF-Willow and custom pairs files, from a description of images and pairs.
+PF-Willow, AP-10K and custom pairs files, from a description of images and pairs.
 
     images = fake_images("cat", 3, size=(48, 36), num_kps=5)
     root = make_spair(tmp_path / "SPair-71k", fake_pairs(images, split="test"))
@@ -294,6 +294,143 @@ def make_pf_willow(
         rows.append(row)
     _write_csv(root / "test_pairs.csv", header, rows)
     return root
+
+
+# ---- AP-10K -----------------------------------------------------------------------------------
+
+AP10K_KEYPOINTS = (
+    "left_eye", "right_eye", "nose", "neck", "root_of_tail", "left_shoulder", "left_elbow", "left_front_paw",
+    "right_shoulder", "right_elbow", "right_front_paw", "left_hip", "left_knee", "left_back_paw", "right_hip",
+    "right_knee", "right_back_paw",
+)  # fmt: skip
+
+
+@dataclass
+class FakeAnimal:
+    """One AP-10K image and its animal: keypoint id (0..16) -> (x, y, visibility 1 or 2) of the loaded image."""
+
+    image_id: int
+    family: str
+    species: str
+    kps: dict[int, tuple[float, float, int]] = field(default_factory=dict)
+    size: tuple[int, int] = (48, 36)
+    bbox: tuple[float, float, float, float] | None = None  # COCO x, y, w, h; default: around the keypoints
+    split: str = "train"  # the annotation file it is in
+    num_keypoints: int | None = None  # the stored field (default: the labelled keypoints)
+    iscrowd: int = 0
+    orientation: int = 1
+
+    @property
+    def stem(self) -> str:
+        return f"{self.image_id:012d}"
+
+    def image(self) -> FakeImage:
+        kps = {i: (x, y) for i, (x, y, _) in self.kps.items()}
+        return FakeImage(self.stem, self.species, self.size, kps, orientation=self.orientation)
+
+    def coco_bbox(self) -> tuple[float, float, float, float]:
+        if self.bbox is not None:
+            return self.bbox
+        x1, y1, x2, y2 = self.image().box()
+        return (x1, y1, x2 - x1, y2 - y1)
+
+    def annotation(self, category_id: int) -> dict:
+        """Its COCO annotation, on the stored pixels."""
+        image = self.image()
+        keypoints = [0.0] * 3 * len(AP10K_KEYPOINTS)
+        for i, (x, y, v) in self.kps.items():
+            keypoints[3 * i : 3 * i + 3] = [*image.stored_point(x, y), v]
+        x, y, w, h = self.coco_bbox()
+        (ax, ay), (bx, by) = image.stored_point(x, y), image.stored_point(x + w, y + h)
+        labelled = len(self.kps) if self.num_keypoints is None else self.num_keypoints
+        return {
+            "id": 10_000_000 + self.image_id, "image_id": self.image_id, "category_id": category_id,
+            "bbox": [min(ax, bx), min(ay, by), abs(bx - ax), abs(by - ay)], "area": w * h,
+            "iscrowd": self.iscrowd, "num_keypoints": labelled, "keypoints": keypoints,
+        }  # fmt: skip
+
+
+def ap10k_files(animals: list[FakeAnimal]) -> dict[str, dict]:
+    """The content of ap10k-{train,val,test}-split1.json: each animal's image and annotation in its file;
+    categories numbered in (family, species) order, listed in every file."""
+    kinds = sorted({(a.family, a.species) for a in animals})
+    ids = {kind: n for n, kind in enumerate(kinds, 1)}
+    categories = [{"id": ids[(f, s)], "name": s, "supercategory": f, "keypoints": list(AP10K_KEYPOINTS),
+                   "skeleton": []} for f, s in kinds]  # fmt: skip
+    files = {split: {"info": {"description": "AP-10k"}, "images": [], "annotations": [], "categories": categories}
+             for split in ("train", "val", "test")}  # fmt: skip
+    for a in animals:
+        w, h = a.image().stored_size()
+        files[a.split]["images"].append({"license": 1, "id": a.image_id, "file_name": f"{a.stem}.jpg", "width": w,
+                                         "height": h, "background": 1})  # fmt: skip
+        files[a.split]["annotations"].append(a.annotation(ids[(a.family, a.species)]))
+    return files
+
+
+def make_ap10k(
+    root: Path,
+    animals: list[FakeAnimal] = (),
+    crowd: tuple[int, ...] = (),
+    files: dict[str, dict] | None = None,
+    images: bool = True,
+) -> Path:
+    """AP-10K as released at `root` (annotations/, data/) with GeoAware-SC's crowd list `crowd` (image ids)
+    in it; `files`: the annotation files' content instead of ap10k_files(animals)."""
+    for split, content in (files or ap10k_files(animals)).items():
+        _write_json(root / "annotations" / f"ap10k-{split}-split1.json", content)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    for animal in animals if images else ():
+        write_image(root / "data" / f"{animal.stem}.jpg", animal.image())
+    (root / "ap-10k_is_crowd.txt").write_text("".join(f"{i:012d}\n" for i in crowd))
+    return root
+
+
+def fake_animals(family: str, species: str, ids: list[int], rng: np.random.Generator) -> list[FakeAnimal]:
+    """Animals of images `ids` with random sizes (landscape, portrait, square), files and labelled keypoints
+    (each with probability 0.8, one in ten of visibility 1)."""
+    animals = []
+    for image_id in ids:
+        w, h = (int(v) for v in rng.choice([(64, 40), (40, 64), (48, 48), (72, 50)]))
+        labelled = np.flatnonzero(rng.random(len(AP10K_KEYPOINTS)) < 0.8)
+        kps = {int(i): (float(rng.integers(1, w - 1)), float(rng.integers(1, h - 1)), 1 if rng.random() < 0.1 else 2)
+               for i in labelled}  # fmt: skip
+        split = str(rng.choice(["train", "val", "test"], p=[0.7, 0.1, 0.2]))
+        animals.append(FakeAnimal(image_id, family, species, kps, (w, h), split=split))
+    return animals
+
+
+def synthetic_ap10k(seed: int = 0) -> tuple[dict[str, dict], tuple[int, ...]]:
+    """An AP-10K annotation set (the three files' content) and crowd list on which every rule of GeoAware-SC's
+    benchmark has a case: a species with more training images than its 50-per-image pair cap allows, the caps
+    of the cross sets reached, families of one species, a species whose images are all left out, images with
+    two animals (in one file, and across files), annotations of unknown images and categories, crowd-listed
+    images, `iscrowd` without the list, stored `num_keypoints` disagreeing with the keypoints, visibility 1."""
+    rng = np.random.default_rng(seed)
+    counts = {("Felidae", "cat"): 185, ("Felidae", "king cheetah"): 13, ("Felidae", "lion"): 42,
+              ("Canidae", "dog"): 55, ("Canidae", "fox"): 53, ("Canidae", "wolf"): 51, ("Bovidae", "antelope"): 9,
+              ("Ursidae", "black bear"): 7, ("Ursidae", "polar bear"): 4, ("Cervidae", "deer"): 12}  # fmt: skip
+    ids = iter(rng.choice(np.arange(1, 90_000), sum(counts.values()), replace=False).tolist())
+    animals = {kind: fake_animals(*kind, [next(ids) for _ in range(count)], rng) for kind, count in counts.items()}
+    cats, dogs, bears = animals[("Felidae", "cat")], animals[("Canidae", "dog")], animals[("Ursidae", "polar bear")]
+    for few in animals[("Cervidae", "deer")][:4]:  # 3 or 4 keypoints: few pairs share three
+        few.kps = dict(list(few.kps.items())[: 3 + few.image_id % 2])
+    cats[5].num_keypoints, cats[6].num_keypoints = 2, 5  # the stored field decides, not the keypoints
+    cats[6].kps = dict(list(cats[6].kps.items())[:2])
+    bears[0].num_keypoints = bears[1].num_keypoints = 1
+    cats[7].iscrowd = 1  # COCO's field is not read
+    crowd = tuple(a.image_id for a in (*cats[8:11], *bears[2:4], dogs[3]))
+    dogs[13].split = "val"
+    files = ap10k_files([a for group in animals.values() for a in group])
+    category = {(c["supercategory"], c["name"]): c["id"] for c in files["train"]["categories"]}
+    cat, dog = category[("Felidae", "cat")], category[("Canidae", "dog")]
+    # a second animal in an image: after its first in the same file (the first is kept), or in a file read
+    # before the image's own (files are read train, test, val: the test file's is kept for a val image)
+    files[cats[12].split]["annotations"].append({**dogs[12].annotation(dog), "image_id": cats[12].image_id})
+    files["test"]["annotations"].insert(0, {**cats[13].annotation(cat), "image_id": dogs[13].image_id})
+    files["val"]["annotations"].append({**cats[14].annotation(999), "image_id": 95_001})  # an unknown category
+    files["train"]["images"].append({"id": 95_001, "file_name": "000000095001.jpg", "width": 40, "height": 40})
+    files["test"]["annotations"].append({**cats[15].annotation(cat), "image_id": 95_002})  # an unknown image
+    return files, crowd
 
 
 # ---- custom pairs ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import pytest
 import torch
 from model_factory import official_shapes, random_official_state_dict
 
+from ap10k import CROWD_LIST
 from download import main
 from models.finetuned import FORMAT
 from models.registry import ALIASES, BACKBONES, get_spec
@@ -395,6 +396,20 @@ def test_zip_archives_unpack_without_macos_litter(server, tmp_path):
     assert not (tmp_path / "Data/.DS_Store").exists()
 
 
+def test_a_web_page_instead_of_the_archive_is_deleted_and_the_manual_route_named(server, tmp_path):
+    item = dataset_item(server, tmp_path, b"<html>Google Drive can't scan this file for viruses</html>")
+
+    with pytest.raises(DownloadError) as failure:
+        ensure(item)
+    message = str(failure.value)
+    assert "cannot read" in message and not (tmp_path / "data.tar.gz").exists()
+    assert (
+        f"download data.tar.gz in a browser from {server.url}/data.tar.gz, put it at\n  {tmp_path / 'data.tar.gz'}"
+        in message
+    )
+    assert "re-run `python download.py --datasets pf-willow` to check and unpack it" in message
+
+
 # --- offline, manual placement, licence-gated weights --------------------------------------------
 
 
@@ -491,7 +506,7 @@ def test_cli_accepts_aliases_and_rejects_unknown_names(tmp_path, capsys):
 def test_table_follows_registry_and_loader_layout_under_any_root(tmp_path):
     table = build_table(tmp_path)
 
-    assert set(BACKBONES) | {"spair", "pf-pascal", "pf-willow"} == set(table)
+    assert set(BACKBONES) | {"spair", "pf-pascal", "pf-willow", "ap10k"} == set(table)
     for name, spec in BACKBONES.items():
         (source,) = table[name].sources
         assert table[name].folder / source.name == tmp_path / spec.default_weights.relative_to(REPO_ROOT)
@@ -515,6 +530,13 @@ def test_table_follows_registry_and_loader_layout_under_any_root(tmp_path):
     }
     assert willow.folder == tmp_path / DEFAULT_ROOTS["pf-willow"].relative_to(REPO_ROOT)
     assert {s.name for s in willow.sources} == {"PF-dataset.zip", "test_pairs.csv"}
+    ap10k = table["ap10k"]
+    archive, crowd = ap10k.sources
+    assert {ap10k.folder / p for p in archive.unpacks_to} == {
+        tmp_path / DEFAULT_ROOTS["ap10k"].relative_to(REPO_ROOT) / p for p in ("annotations", "data")
+    }
+    assert ap10k.folder / crowd.name == tmp_path / DEFAULT_ROOTS["ap10k"].parent.relative_to(REPO_ROOT) / CROWD_LIST
+    assert crowd.sha256 and crowd.size and "GeoAware-SC" in crowd.urls[0]
 
 
 # --- what is checked, and said -------------------------------------------------------------------

@@ -276,7 +276,7 @@ def test_settings_given_and_unused_are_said():
         cfg = resolved(window=7, temperature=0.05)
     assert cfg.match.matcher == "argmax"
     with pytest.warns(UserWarning, match="--layout small is ignored: pf-pascal has no layouts"):
-        assert resolved(dataset="pf-pascal", layout="small").data.layout == "large"
+        assert resolved(dataset="pf-pascal", layout="small").data.layout is None
     with pytest.warns(UserWarning, match="--image-size 57 is not a multiple of dinov2_vitb14's 14-pixel patch: 56x56"):
         assert resolved(image_size=(57,)).member.image_size == (56, 56)
     with pytest.raises(ValueError, match=r"--thresholds: 0\.1 given more than once"):

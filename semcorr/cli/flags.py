@@ -21,6 +21,7 @@ from semcorr.config.settings import (
     DESCRIPTORS,
     FEATURE_DTYPE_NAMES,
     FLIP_ALIGN_MODES,
+    LAYOUTS,
     PAD_FILLS,
     PCK_NORMS,
     PRECISION_NAMES,
@@ -33,7 +34,8 @@ from semcorr.config.settings import (
 )
 
 CheckpointFlag = Literal["none", "optional", "either"]
-DATASETS = ("spair", "pf-pascal", "pf-willow", "custom")  # semcorr/data/datasets.py's LOADERS (checked there too)
+# semcorr/data/datasets.py's LOADERS (checked there too)
+DATASETS = ("spair", "pf-pascal", "pf-willow", "ap10k", "custom")
 
 
 @dataclass(frozen=True)
@@ -235,18 +237,26 @@ def add_data_args(p: argparse.ArgumentParser, *, split: str = "test", root: type
         help="dataset folder (default: the folder download.py fills); for custom, the pairs file",
     )
     g.add_argument("--split", help=f"trn | val | test (default: {split})")
-    g.add_argument(
-        "--layout", choices=("large", "small"), help="SPair-71k's pair list" + default_text("data.layout", root)
-    )
+    add_layout_arg(g)
     add_rescale_arg(g)
     g.add_argument("--limit", type=positive_int, help="evaluate only the first N pairs")
     g.add_argument("--thresholds", type=alpha, nargs="+", help="PCK alphas" + default_text("data.thresholds", root))
+    norms = ", ".join(f"{dataset} {norm}" for dataset, norm in PROTOCOLS["default"].conventions.pck_norms.items())
     g.add_argument(
         "--pck-norm",
         choices=PCK_NORMS,
         help="PCK threshold length L: bbox = target bbox max side, image = target image max side, kpbox = target "
-        "keypoint box max side (default: per protocol and dataset; default protocol: spair bbox, pf-pascal image, "
-        "pf-willow kpbox, custom image)",
+        f"keypoint box max side (default: per protocol and dataset; default protocol: {norms})",
+    )
+
+
+def add_layout_arg(g: argparse._ArgumentGroup) -> None:
+    """--layout: the pair list of a dataset that has several (config/settings.py:LAYOUTS)."""
+    lists = "; ".join(f"{dataset} {' | '.join(layouts)}" for dataset, layouts in LAYOUTS.items())
+    g.add_argument(
+        "--layout",
+        choices=[layout for layouts in LAYOUTS.values() for layout in layouts],
+        help=f"the dataset's pair list: {lists} (default: the first)",
     )
 
 

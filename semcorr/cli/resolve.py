@@ -26,6 +26,7 @@ from semcorr.config.settings import (
     AVERAGINGS,
     DEFAULT_MODEL,
     FAMILIES,
+    LAYOUTS,
     Augment,
     BackboneSettings,
     DataSettings,
@@ -42,6 +43,7 @@ from semcorr.config.settings import (
     ProtocolRecord,
     TrainSettings,
     WeightSearchSettings,
+    dataset_layout,
 )
 
 # --- which flag sets which setting ----------------------------------------------------------------------
@@ -263,16 +265,19 @@ def flip_settings(values: dict, data: DataSettings | None) -> dict[str, str | No
 
 
 def check_data(data: DataSettings, values: dict) -> DataSettings:
-    """Thresholds given once each; a layout given for a dataset without layouts is said."""
-    from semcorr.data.datasets import LAYOUT_DATASETS
-
+    """Thresholds given once each; the layout one of the dataset's, its default where none is given (one given
+    for a dataset without layouts is said and dropped)."""
     twice = sorted({f"{t:g}" for t in data.thresholds if data.thresholds.count(t) > 1})
     if twice:
         raise ValueError(f"--thresholds: {', '.join(twice)} given more than once; give each alpha once")
-    if "layout" in values and data.dataset not in LAYOUT_DATASETS:
-        warnings.warn(f"--layout {data.layout} is ignored: {data.dataset} has no layouts (SPair-71k has)", stacklevel=3)
-        data = replace(data, layout=default(DataSettings, "layout"))
-    return replace(data, thresholds=tuple(data.thresholds))
+    layouts = LAYOUTS.get(data.dataset, ())
+    if "layout" in values and data.layout not in layouts:
+        if layouts:
+            raise ValueError(f"--layout {data.layout}: {data.dataset} has the layouts {', '.join(layouts)}")
+        has = ", ".join(LAYOUTS)
+        warnings.warn(f"--layout {data.layout} is ignored: {data.dataset} has no layouts ({has} have)", stacklevel=3)
+    layout = data.layout if data.layout in layouts else dataset_layout(data.dataset)
+    return replace(data, thresholds=tuple(data.thresholds), layout=layout)
 
 
 def match_settings(kind: str, values: dict) -> tuple[MatchSettings, ParamsRecord | None]:

@@ -42,6 +42,8 @@ DEFAULT_THRESHOLDS = (0.05, 0.1, 0.2)
 GRID_WINDOWS = (3, 5, 7, 9, 11)  # the soft-argmax grid search's default windows K
 GRID_TEMPERATURES = (0.05, 0.1, 0.2, 0.5, 1.0)  # and temperatures T
 DEFAULT_MODEL = "dinov2"
+# The datasets with several pair lists (--layout), each dataset's default first; the others have one.
+LAYOUTS = {"spair": ("large", "small"), "ap10k": ("intra-species", "cross-species", "cross-family")}
 
 
 # --- an evaluation ---------------------------------------------------------------------------------
@@ -90,7 +92,7 @@ class DataSettings:
     dataset: str = "spair"
     root: str | None = None  # None: the folder download.py fills; for custom, the pairs file
     split: str = "test"
-    layout: str = "large"  # SPair-71k's pair list
+    layout: str | None = None  # the dataset's pair list (LAYOUTS); None: its default (none if it has one list)
     limit: int | None = None  # the first N pairs only
     pf_shift: bool = True  # PF-Pascal / PF-Willow 1-based (MATLAB) coordinates shifted by -1
     clamp_keypoints: bool = True  # keypoints outside their image moved into it
@@ -263,6 +265,11 @@ class TrainSettings:
     stop_after: int | None = None  # stop (saving last.pt) after this global step; the schedule is unchanged
     output: OutputSettings = field(default_factory=lambda: OutputSettings(output_dir="results/finetune"))
     protocol: ProtocolRecord = field(default_factory=ProtocolRecord)
+
+
+def dataset_layout(dataset: str, layout: str | None = None) -> str | None:
+    """`layout`, else the default pair list of `dataset` (None for a dataset with one list)."""
+    return layout or next(iter(LAYOUTS.get(dataset, ())), None)
 
 
 # --- settings as JSON and back ----------------------------------------------------------------------------

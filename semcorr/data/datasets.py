@@ -4,8 +4,9 @@ A loader is a module with
 
     load(root: Path, data: DataSettings) -> PairSet
 
-that reads `data.split` (and `data.layout`, `data.limit`, `data.pf_shift`, `data.clamp_keypoints`
-where they apply) from the dataset at `root` and builds PairRecords with pairs.collect_pairs.
+that reads `data.split` (and `data.layout`, one of the dataset's config/settings.py:LAYOUTS, `data.limit`,
+`data.pf_shift`, `data.clamp_keypoints` where they apply) from the dataset at `root` and builds PairRecords
+with pairs.collect_pairs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semcorr.config.settings import REPO_ROOT, DataSettings
+from semcorr.config.settings import LAYOUTS, REPO_ROOT, DataSettings, dataset_layout
 from semcorr.data.images import image_ref
 from semcorr.data.pairs import DatasetError, PairSet, clamp_keypoints
 
@@ -25,6 +26,7 @@ DEFAULT_ROOTS: dict[str, Path] = {
     "spair": REPO_ROOT / "SPair71k" / "SPair-71k",  # holds JPEGImages/, PairAnnotation/, Layout/, ...
     "pf-pascal": REPO_ROOT / "pf_pascal",  # holds PF-dataset-PASCAL/ and {trn,val,test}_pairs.csv
     "pf-willow": REPO_ROOT / "pf_willow",  # holds PF-dataset/ and test_pairs.csv
+    "ap10k": REPO_ROOT / "ap10k" / "ap-10k",  # the official release: annotations/, data/
 }
 
 # Dataset name -> the module with its `load(root, data)` (imported when needed).
@@ -32,9 +34,9 @@ LOADERS: dict[str, str] = {
     "spair": "SPair71k",
     "pf-pascal": "pf_pascal",
     "pf-willow": "pf_willow",
+    "ap10k": "ap10k",
     "custom": "semcorr.data.custom_pairs",
 }
-LAYOUT_DATASETS = ("spair",)  # the datasets whose pair list has layouts (--layout)
 SPLIT_ALIASES = {"train": "trn"}
 
 
@@ -52,10 +54,11 @@ def load_pairs(data: DataSettings | str, **fields) -> PairSet:
     if data.limit is not None and data.limit < 0:
         raise DatasetError(f"limit must be >= 0 or None, got {data.limit}")
     root = Path(data.root).expanduser() if data.root is not None else default_root(data.dataset)
-    data = replace(data, split=SPLIT_ALIASES.get(data.split.lower(), data.split.lower()))
+    split = SPLIT_ALIASES.get(data.split.lower(), data.split.lower())
+    data = replace(data, split=split, layout=dataset_layout(data.dataset, data.layout))
     pairset = importlib.import_module(LOADERS[data.dataset]).load(root, data)
     if not pairset.pairs and not pairset.skipped and data.limit != 0:
-        where = f"layout {data.layout}, " if data.dataset in LAYOUT_DATASETS else ""
+        where = f"layout {data.layout}, " if data.dataset in LAYOUTS else ""
         raise DatasetError(f"no pairs in {root} ({data.dataset} {where}split {data.split}): its pair list is empty")
     return rescale_to_files(pairset, data.clamp_keypoints) if data.rescale_annotations else pairset
 

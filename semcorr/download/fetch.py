@@ -88,7 +88,12 @@ def ensure_source(
             unpack(path, folder)
         except DownloadError as error:
             path.unlink()
-            raise DownloadError(f"{error}\nThe archive {path} was deleted.") from None
+            where = f" from {source.urls[0]}" if source.urls else ""
+            raise DownloadError(
+                f"{error}\nThe archive {path} was deleted. If the server sent a web page instead (as Google Drive "
+                f"may), download {source.name} in a browser{where}, put it at\n  {path}\nand re-run `{hint}` to "
+                "check and unpack it."
+            ) from None
         missing = [p for p in source.unpacks_to if not (folder / p).exists()]
         if missing:
             raise DownloadError(

@@ -7,6 +7,9 @@ Sources relied on for the dataset URLs:
 - pair lists: the ones NCNet ships (github.com/ignacio-rocco/ncnet, datasets/pf-pascal/image_pairs;
   train_pairs.csv is used by NCNet/DHPF/GeoAware-SC as trn_pairs.csv) and the CNNGeometric /
   WeakAlign ones on www.di.ens.fr (test_pairs_pf.csv is PF-Willow's test list).
+- AP-10K: the Google Drive file the AP-10K README links to (github.com/AlexTheBad/AP-10K, "Download"; the
+  same id GeoAware-SC's data/prepare_ap10k.sh fetches), and GeoAware-SC's crowd list at a pinned commit
+  (its sha256 and size are of that file). The correspondence pair lists are built from them on first use.
 Model URLs come from models/registry.py. The SAM sizes and sha256 below are the ones that several
 public projects record for Meta's files (Meta publishes none; its SAM file names end in the md5
 prefix, not a sha256 one).
@@ -17,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ap10k import CROWD_LIST, CROWD_LIST_URL
 from models.registry import BACKBONES, BackboneSpec
 from semcorr.config.settings import REPO_ROOT
 from semcorr.data.datasets import DEFAULT_ROOTS
@@ -61,6 +65,11 @@ CNNGEOMETRIC = "https://www.di.ens.fr/willow/research/cnngeometric/other_resourc
 NCNET_COMMIT = "8f6839c6738d6c51a06c78810ecbbfe21dcd87ac"  # pinned: the hashes below are of this version
 NCNET_PAIRS = f"https://raw.githubusercontent.com/ignacio-rocco/ncnet/{NCNET_COMMIT}/datasets/pf-pascal/image_pairs/"
 SPAIR = "cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
+AP10K_DRIVE_ID = "1-FNNGcdtAQRehYYkGY1y4wzFNg4iWNad"
+AP10K = (
+    f"https://drive.usercontent.google.com/download?id={AP10K_DRIVE_ID}&export=download&confirm=t",
+    f"https://drive.google.com/uc?id={AP10K_DRIVE_ID}&export=download&confirm=t",
+)
 
 # Official weights files whose size and full sha256 are known, by file name (see the module docstring).
 # The others: no size is published, and only DINOv3's file names carry a sha256 prefix.
@@ -118,6 +127,20 @@ DATASET_ITEMS: dict[str, Item] = {
         (
             Source("PF-dataset.zip", (PROPOSAL_FLOW + "PF-dataset.zip",), unpacks_to=("PF-dataset",)),
             Source("test_pairs.csv", (CNNGEOMETRIC + "test_pairs_pf.csv",)),
+        ),
+    ),
+    "ap10k": Item(
+        "ap10k",
+        "datasets",
+        DEFAULT_ROOTS["ap10k"].parent,  # the zip unpacks to ap-10k/; the crowd list goes beside it, as in GeoAware-SC
+        (
+            Source("ap-10k.zip", AP10K, unpacks_to=("ap-10k/annotations", "ap-10k/data")),
+            Source(
+                CROWD_LIST,
+                (CROWD_LIST_URL,),
+                sha256="64444a59008ec9402b9409dce6234af946a2f480a8348d1751d22af10c812ee6",
+                size=24_011,
+            ),
         ),
     ),
 }
