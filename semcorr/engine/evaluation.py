@@ -144,14 +144,18 @@ def save_evaluation(
     pairs: list[PairRecord],
     context: RunContext,
 ) -> Path:
-    """A new results folder with the run's files (and pictures of its N best and worst pairs); prints the summary."""
-    run_dir = folders.new_run_dir(settings.output.output_dir, parts, context.started)
+    """A new results folder with the run's files (and pictures of its N best and worst pairs); prints the summary.
+    A folder that cannot be completed (a full disk) is not left behind; the features are in the cache."""
     per_pair = pck.pair_table(table, pairs)
-    folders.write_run(run_dir, "evaluation", config, per_keypoint=table, per_pair=per_pair, metrics=run_metrics)
-    if settings.output.save_vis:
-        from semcorr.viz import figures  # matplotlib loads only when pictures are asked for
 
-        figures.save_best_worst(run_dir / "vis", pairs, table, settings.output.save_vis)
+    def write(run_dir: Path) -> None:
+        folders.write_run(run_dir, "evaluation", config, per_keypoint=table, per_pair=per_pair, metrics=run_metrics)
+        if settings.output.save_vis:
+            from semcorr.viz import figures  # matplotlib loads only when pictures are asked for
+
+            figures.save_best_worst(run_dir / "vis", pairs, table, settings.output.save_vis)
+
+    run_dir = folders.write_new_run(settings.output.output_dir, parts, context.started, write)
     print(summary.evaluation_summary(config, run_metrics))
     print(f"results: {run_dir}")
     return run_dir
