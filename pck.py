@@ -5,7 +5,8 @@ A keypoint is correct at alpha when its distance to the ground truth is <= alpha
   image  max side of the target image (PF-Pascal's usual protocol)
   kpbox  max side of the box spanned by the target keypoints (PF-Willow's usual protocol)
 Two averagings are reported: per_image (mean over pairs of each pair's PCK) and per_keypoint
-(pooled over all keypoints). Figures are percentages.
+(pooled over all keypoints). Figures are percentages. No pair enters them with an L that cannot be (a
+box without width or height, keypoints at one point, more than twice its image: semcorr/data/pairs.py).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from semcorr.config.settings import PCK_NORMS
-from semcorr.data.pairs import PairRecord
+from semcorr.data.pairs import DIFFICULTY_LEVELS, PairRecord, threshold_lengths, threshold_problems
 
 NORM_DESCRIPTIONS = {
     "bbox": "alpha * max side of the target bounding box",
@@ -34,36 +34,26 @@ def is_correct(distance: np.ndarray | pd.Series, norm_l: np.ndarray | pd.Series,
     return np.asarray(distance <= alpha * norm_l)
 
 
-def normaliser(pair: PairRecord, norm: str) -> float:
-    """The length L that alpha multiplies for this pair."""
-    if norm == "bbox":
-        if pair.trg_bbox is None:
-            raise ValueError(
-                f"pck-norm 'bbox' needs a target bounding box, but pair {pair.pair_id} of "
-                f"{pair.dataset} has none: use --pck-norm image or kpbox."
-            )
-        x1, y1, x2, y2 = pair.trg_bbox
-        return float(max(x2 - x1, y2 - y1))
-    if norm == "image":
-        return float(max(pair.trg.size))
-    if norm == "kpbox":
-        span = pair.trg_kps.max(axis=0) - pair.trg_kps.min(axis=0)
-        return float(span.max())
-    raise ValueError(f"pck-norm must be one of {PCK_NORMS}, got {norm!r}")
-
-
 def keypoint_table(
     pairs: list[PairRecord], pred: np.ndarray, alphas: list[float], norm: str, similarity: np.ndarray | None = None
 ) -> pd.DataFrame:
     """One row per keypoint: ids, source / ground-truth / predicted pixels, distance, L, correctness,
     and (when given) the similarity the prediction matched at.
 
-    `pred` is (K, 2), the predictions of all pairs' keypoints concatenated in pair order.
+    `pred` is (K, 2), the predictions of all pairs' keypoints concatenated in pair order. A pair whose threshold
+    length L cannot be (semcorr/data/pairs.threshold_problems; the loaders leave such pairs out) is an error.
     """
+    problems = threshold_problems(pairs, norm)
+    if problems:
+        i, problem = next(iter(problems.items()))
+        raise ValueError(
+            f"pair {pairs[i].pair_id} has no usable PCK threshold length L (--pck-norm {norm}): {problem}; "
+            f"{len(problems)} such pairs in all"
+        )
     counts = [p.num_keypoints for p in pairs]
     gt = np.concatenate([p.trg_kps for p in pairs]).astype(np.float64)
     src = np.concatenate([p.src_kps for p in pairs]).astype(np.float64)
-    norms = np.repeat([normaliser(p, norm) for p in pairs], counts)
+    norms = np.repeat(threshold_lengths(pairs, norm), counts)
     dist = np.linalg.norm(pred.astype(np.float64) - gt, axis=1)
     table = pd.DataFrame(
         {
@@ -174,15 +164,6 @@ def pair_table(table: pd.DataFrame, pairs: list[PairRecord]) -> pd.DataFrame:
     return rows.merge(lengths, left_on="pair_id", right_index=True, how="left").merge(
         scores, left_on="pair_id", right_index=True, how="left"
     )
-
-
-# SPair-71k's difficulty flags (pair annotations) and the names of their levels, as the devkit names them
-DIFFICULTY_LEVELS = {
-    "viewpoint_variation": ("easy", "medium", "hard"),
-    "scale_variation": ("easy", "medium", "hard"),
-    "truncation": ("none", "source", "target", "both"),
-    "occlusion": ("none", "source", "target", "both"),
-}
 
 
 def has_difficulty_flags(pairs: pd.DataFrame) -> bool:

@@ -35,6 +35,7 @@ LOADERS: dict[str, str] = {
     "custom": "semcorr.data.custom_pairs",
 }
 LAYOUT_DATASETS = ("spair",)  # the datasets whose pair list has layouts (--layout)
+ONE_BASED_DATASETS = ("pf-pascal", "pf-willow")  # the datasets stored in 1-based coordinates (--pf-shift)
 SPLIT_ALIASES = {"train": "trn"}
 
 
