@@ -13,14 +13,17 @@ device and precision) is read here.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import typing
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from semcorr.cli.flags import MemberSpec
+from semcorr.cli.flags import MemberSpec, odd_window, shown
+from semcorr.cli.flags import temperature as flag_temperature
 from semcorr.config.protocols import ORIGINAL_FIXED, Protocol, get_protocol
 from semcorr.config.settings import (
     AVERAGINGS,
@@ -106,6 +109,7 @@ def resolve(kind: str, given: dict) -> object:
         raise ValueError(f"unknown kind of run {kind!r}: one of {', '.join(KINDS)}")
     protocol = get_protocol(given.get("protocol") or "default")
     dataset = given.get("dataset") or default(TrainSettings if kind == "finetune" else EvalSettings, "data.dataset")
+    given = without_unused(kind, dataset, given)
     presets = protocol.values(dataset, training=kind == "finetune")
     values = {**presets, **given}
     overrides = {name: value for name, value in given.items() if name in presets and value != presets[name]}
@@ -130,7 +134,7 @@ def resolve(kind: str, given: dict) -> object:
     precision = concrete_precision(values["precision"], device)
     if kind == "finetune":
         return training_settings(values, protocol, record, device, precision)
-    return evaluation_settings(kind, values, given, record, device, precision)
+    return evaluation_settings(kind, values, record, device, precision)
 
 
 def families_of(given: dict) -> list[str]:
@@ -177,16 +181,14 @@ def nested(root: type, values: dict, paths: dict[str, str], prefix: str) -> dict
 # --- evaluations -----------------------------------------------------------------------------------------
 
 
-def evaluation_settings(
-    kind: str, values: dict, given: dict, record: ProtocolRecord, device: str, precision: dict
-) -> object:
+def evaluation_settings(kind: str, values: dict, record: ProtocolRecord, device: str, precision: dict) -> object:
     """EvalSettings (and the kind's own settings) from the layered values."""
     data = None
     if kind != "match" or "pairs" in values:
         data = DataSettings(**nested(EvalSettings, values, PATHS, "data"))
         if kind == "match":
             data = replace(data, dataset="custom", root=values["pairs"], split="pairs", thresholds=())
-        data = check_data(data, values)
+        data = check_data(data)
     extract = ExtractSettings(**nested(EvalSettings, values, PATHS, "extract"))
     if values.get("no_cache"):
         extract = replace(extract, cache_dir=None)
@@ -197,7 +199,6 @@ def evaluation_settings(
     members = member_settings(kind, values, device, precision)
     ensemble = EnsembleSettings(**nested(EvalSettings, values, PATHS, "ensemble"))
     settings = EvalSettings(members, data, extract, match, output, ensemble, record, params)
-    warn_unused(settings, given)
     if kind == "grid":
         return settings, grid_settings(values, settings)
     if kind == "weight_search":
@@ -209,16 +210,11 @@ def evaluation_settings(
     return settings
 
 
-def check_data(data: DataSettings, values: dict) -> DataSettings:
-    """Thresholds given once each; a layout given for a dataset without layouts is said."""
-    from semcorr.data.datasets import LAYOUT_DATASETS
-
+def check_data(data: DataSettings) -> DataSettings:
+    """Thresholds given once each."""
     twice = sorted({f"{t:g}" for t in data.thresholds if data.thresholds.count(t) > 1})
     if twice:
         raise ValueError(f"--thresholds: {', '.join(twice)} given more than once; give each alpha once")
-    if "layout" in values and data.dataset not in LAYOUT_DATASETS:
-        warnings.warn(f"--layout {data.layout} is ignored: {data.dataset} has no layouts (SPair-71k has)", stacklevel=3)
-        data = replace(data, layout=default(DataSettings, "layout"))
     return replace(data, thresholds=tuple(data.thresholds))
 
 
@@ -255,8 +251,8 @@ def read_best_parameters(path: str, alpha: float) -> tuple[str, int, float, dict
     what = "a best_parameters.json written by grid_search_hyperparams.py"
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-        found = {key: (int(entry["window"]), float(entry["temperature"])) for key, entry in data["best"].items()}
-        matcher = str(data["matcher"])
+        found = {key: (entry["window"], entry["temperature"]) for key, entry in data["best"].items()}
+        matcher = str(data.get("matcher", "wsoftargmax"))  # the only windowed matcher of older searches
     except FileNotFoundError:
         raise FileNotFoundError(f"--params: no file {path} (expected {what})") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -267,7 +263,20 @@ def read_best_parameters(path: str, alpha: float) -> tuple[str, int, float, dict
             "choose one of those with --params-alpha"
         )
     searched = {key: data[key] for key in ("model", "image_size", "grid") if key in data}
-    return matcher, *found[f"{alpha:g}"], searched
+    window, temperature = found[f"{alpha:g}"]
+    window = params_value(window, odd_window, f"{path}, best.{alpha:g}.window")
+    return matcher, window, params_value(temperature, flag_temperature, f"{path}, best.{alpha:g}.temperature"), searched
+
+
+def params_value(value: object, check: Callable[[str], object], where: str) -> object:
+    """A --params file's window or temperature held to its flag's rule (an odd whole window, a temperature >= 1e-4):
+    a window of 3.7 is refused, not truncated."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise argparse.ArgumentTypeError(f"must be a number, got {value!r}")
+        return check(str(int(value)) if isinstance(value, float) and value.is_integer() else str(value))
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--params: {where}: {err}") from None
 
 
 def member_settings(kind: str, values: dict, device: str, precision: dict) -> tuple[MemberSettings, ...]:
@@ -395,15 +404,45 @@ def grid_settings(values: dict, settings: EvalSettings) -> GridSettings:
     return grid
 
 
-def warn_unused(settings: EvalSettings, given: dict) -> None:
-    """A matcher parameter given for a matcher that does not use it is said (config.json records what ran)."""
+def without_unused(kind: str, dataset: str, given: dict) -> dict:
+    """The flags given, less those this run would not use, each said in one warning line: config.json then records
+    what the run used (and no protocol override is recorded for them)."""
+    from semcorr.data.datasets import LAYOUT_DATASETS, ONE_BASED_DATASETS
+
+    unused = unused_matcher_flags(kind, given)
+    if "layout" in given and dataset not in LAYOUT_DATASETS:
+        unused["layout"] = f"{dataset} has no layouts (SPair-71k has)"
+    if "pf_shift" in given and dataset not in ONE_BASED_DATASETS:
+        unused["pf_shift"] = (
+            f"{dataset}'s coordinates are 0-based already (it applies to {', '.join(ONE_BASED_DATASETS)})"
+        )
+    if "params_alpha" in given and "params" not in given:
+        unused["params_alpha"] = "it picks the K and T of a --params file, and none is given"
+    if "cache_dir" in given and given.get("no_cache"):
+        unused["cache_dir"] = "--no-cache turns the feature cache off"
+    for name, why in unused.items():
+        value = given[name]
+        flag = f"--{'no-' if value is False else ''}{name.replace('_', '-')}" + (
+            "" if isinstance(value, bool) else f" {shown(value)}"
+        )
+        warnings.warn(f"{flag} ignored: {why}", stacklevel=3)
+    return {name: value for name, value in given.items() if name not in unused}
+
+
+def unused_matcher_flags(kind: str, given: dict) -> dict[str, str]:
+    """The matcher parameters given that the run's matcher does not use, and why."""
     import matching_strategies
 
-    uses = matching_strategies.MATCHERS[settings.match.matcher].uses
-    unused = [name for name in ("window", "temperature", "window_border") if name in given and name not in uses]
-    if unused:
-        flags = ", ".join(f"--{name.replace('_', '-')}" for name in unused)
-        warnings.warn(f"{flags} ignored: --matcher {settings.match.matcher} does not use it", stacklevel=3)
+    windowed = kind == "grid" or "params" in given  # a grid search's, or --params' window soft-argmax
+    matcher = given.get("matcher") or ("wsoftargmax" if windowed else default(EvalSettings, "match.matcher"))
+    if matcher not in matching_strategies.MATCHERS:
+        return {}  # refused with the list of matchers (match_settings)
+    uses = matching_strategies.MATCHERS[matcher].uses
+    return {
+        name: f"--matcher {matcher} does not use it"
+        for name in ("window", "temperature", "window_border")
+        if name in given and name not in uses
+    }
 
 
 # --- fine-tuning -----------------------------------------------------------------------------------------
@@ -437,7 +476,7 @@ def training_settings(
     fields |= {"trainable_blocks": values.get("trainable_blocks", preset.trainable_blocks),
                "logit_scale": values.get("logit_scale", preset.logit_scale)}  # fmt: skip
     data = DataSettings(**nested(TrainSettings, values, TRAIN_PATHS, "data"))
-    data = replace(check_data(data, values), thresholds=tuple(sorted({*data.thresholds, fields["val_alpha"]})))
+    data = replace(check_data(data), thresholds=tuple(sorted({*data.thresholds, fields["val_alpha"]})))
     optimisation = {
         **dataclasses.asdict(protocol.optimisation),
         **nested(TrainSettings, values, TRAIN_PATHS, "optimisation"),
