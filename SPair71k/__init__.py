@@ -144,7 +144,7 @@ def _pair_record(path: str, name: PairName, root: str, images: dict[str, tuple[I
     except OSError as exc:
         raise DatasetError(f"cannot read pair annotation {path}: {exc}") from None
     try:
-        ann = json.loads(data.decode("utf-8-sig"))  # a byte-order mark is fine
+        ann = json.loads(data)  # bytes: a UTF-8 byte-order mark is fine
         src_kps = points_array(ann["src_kps"], "src_kps")
         trg_kps = points_array(ann["trg_kps"], "trg_kps")
         kp_ids = keypoint_ids(ann["kps_ids"], "kps_ids")
