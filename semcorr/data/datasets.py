@@ -5,7 +5,8 @@ A loader is a module with
     load(root: Path, data: DataSettings) -> PairSet
 
 that reads `data.split` (and `data.layout`, `data.limit`, `data.pf_shift`, `data.clamp_keypoints`
-where they apply) from the dataset at `root` and builds PairRecords with pairs.collect_pairs.
+where they apply) from the dataset at `root` and builds PairRecords with pairs.collect_pairs (given
+`data.pck_norm`: pairs whose PCK threshold length cannot be are skipped and counted there).
 """
 
 from __future__ import annotations

@@ -163,17 +163,18 @@ def collect_pairs(
     root: str | Path,
     records: Iterable[PairRecord],
     *,
+    pck_norm: str,
     limit: int | None = None,
     keep_empty: bool = False,
     clamp: bool = True,
-    pck_norm: str | None = None,
     threshold_fields: dict[str, str] | None = None,
 ) -> PairSet:
     """Gather records into a PairSet: skip (and count) pairs with no keypoints unless `keep_empty`,
     stop after `limit` kept pairs (records are read lazily), clamp keypoints into their images
     (`clamp` False: count them only, as the original project used them unclamped), and keep no pair whose
-    threshold length under `pck_norm` cannot be (threshold_problems): skipped and counted, or, with
-    `threshold_fields` (norm -> the file's field that gives L), refused naming the file, the pair and the field."""
+    threshold length under `pck_norm` (the run's, DataSettings.pck_norm: every loader passes it) cannot be
+    (threshold_problems): skipped and counted, or, with `threshold_fields` (norm -> the file's field that gives
+    L), refused naming the file, the pair and the field."""
     pairset = PairSet(dataset=dataset, split=split, root=str(root), pairs=[])
     records = iter(records if limit != 0 else ())
     clamped_pairs, bad = 0, []
@@ -182,7 +183,7 @@ def collect_pairs(
         if not batch:
             break
         moved = [clamp_keypoints(batch, side, apply=clamp) for side in ("src", "trg")]
-        problems = threshold_problems(batch, pck_norm) if pck_norm else {}
+        problems = threshold_problems(batch, pck_norm)
         if problems and threshold_fields is not None:
             i, problem = next(iter(problems.items()))
             raise DatasetError(
