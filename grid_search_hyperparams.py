@@ -30,7 +30,7 @@ from semcorr.cli.flags import (
     given,
     odd_window,
     parser,
-    positive_float,
+    temperature,
 )
 from semcorr.cli.resolve import default, resolve
 from semcorr.config.settings import AVERAGINGS, GridSettings
@@ -46,9 +46,9 @@ def arguments() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--temperatures",
-        type=positive_float,
+        type=temperature,
         nargs="+",
-        help=f"temperatures T (default: {default_list('temperatures')})",
+        help=f"temperatures T, each >= 1e-4 (default: {default_list('temperatures')})",
     )
     g.add_argument(
         "--select-by",

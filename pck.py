@@ -6,7 +6,8 @@ strict protocol, GeoAware-SC's: the table's attrs["strict"]), with L:
   image  max side of the target image (PF-Pascal's usual protocol)
   kpbox  max side of the box spanned by the target keypoints (PF-Willow's usual protocol)
 Two averagings are reported: per_image (mean over pairs of each pair's PCK) and per_keypoint
-(pooled over all keypoints). Figures are percentages.
+(pooled over all keypoints). Figures are percentages. No pair enters them with an L that cannot be (a
+box without width or height, keypoints at one point, more than twice its image: semcorr/data/pairs.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from semcorr.config.settings import PCK_NORMS
-from semcorr.data.pairs import PairRecord
+from semcorr.data.pairs import DIFFICULTY_LEVELS, PairRecord, threshold_lengths, threshold_problems
 
 NORM_DESCRIPTIONS = {
     "bbox": "alpha * max side of the target bounding box",
@@ -42,24 +42,6 @@ def is_correct(
     return np.asarray(distance < alpha * norm_l if strict else distance <= alpha * norm_l)
 
 
-def normaliser(pair: PairRecord, norm: str) -> float:
-    """The length L that alpha multiplies for this pair."""
-    if norm == "bbox":
-        if pair.trg_bbox is None:
-            raise ValueError(
-                f"pck-norm 'bbox' needs a target bounding box, but pair {pair.pair_id} of "
-                f"{pair.dataset} has none: use --pck-norm image or kpbox."
-            )
-        x1, y1, x2, y2 = pair.trg_bbox
-        return float(max(x2 - x1, y2 - y1))
-    if norm == "image":
-        return float(max(pair.trg.size))
-    if norm == "kpbox":
-        span = pair.trg_kps.max(axis=0) - pair.trg_kps.min(axis=0)
-        return float(span.max())
-    raise ValueError(f"pck-norm must be one of {PCK_NORMS}, got {norm!r}")
-
-
 def keypoint_table(
     pairs: list[PairRecord],
     pred: np.ndarray,
@@ -72,12 +54,20 @@ def keypoint_table(
     strict rule or not), the pairs' per-keypoint flags (e.g. geo_aware) and (when given) the similarity the
     prediction matched at.
 
-    `pred` is (K, 2), the predictions of all pairs' keypoints concatenated in pair order.
+    `pred` is (K, 2), the predictions of all pairs' keypoints concatenated in pair order. A pair whose threshold
+    length L cannot be (semcorr/data/pairs.threshold_problems; the loaders leave such pairs out) is an error.
     """
+    problems = threshold_problems(pairs, norm)
+    if problems:
+        i, problem = next(iter(problems.items()))
+        raise ValueError(
+            f"pair {pairs[i].pair_id} has no usable PCK threshold length L (--pck-norm {norm}): {problem}; "
+            f"{len(problems)} such pairs in all"
+        )
     counts = [p.num_keypoints for p in pairs]
     gt = np.concatenate([p.trg_kps for p in pairs]).astype(np.float64)
     src = np.concatenate([p.src_kps for p in pairs]).astype(np.float64)
-    norms = np.repeat([normaliser(p, norm) for p in pairs], counts)
+    norms = np.repeat(threshold_lengths(pairs, norm), counts)
     dist = np.linalg.norm(pred.astype(np.float64) - gt, axis=1)
     table = pd.DataFrame(
         {
@@ -203,16 +193,7 @@ def pair_table(table: pd.DataFrame, pairs: list[PairRecord]) -> pd.DataFrame:
     )
 
 
-# SPair-71k's difficulty flags (pair annotations) and the names of their levels, as the devkit names them; and the
-# difference of the two images' viewpoint bins (image annotations; GeoAware-SC's azimuth breakdown)
-DIFFICULTY_LEVELS = {
-    "viewpoint_variation": ("easy", "medium", "hard"),
-    "scale_variation": ("easy", "medium", "hard"),
-    "truncation": ("none", "source", "target", "both"),
-    "occlusion": ("none", "source", "target", "both"),
-    "azimuth_difference": ("0", "1", "2", "3", "4"),
-}
-SPAIR_FLAGS = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
+SPAIR_FLAGS = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")  # the pair annotations'
 
 
 def has_difficulty_flags(pairs: pd.DataFrame) -> bool:

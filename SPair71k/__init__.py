@@ -43,12 +43,14 @@ from pathlib import Path
 from semcorr.config.settings import LAYOUTS, DataSettings
 from semcorr.data.images import ImageRef
 from semcorr.data.pairs import (
+    DIFFICULTY_LEVELS,
     DatasetError,
     PairRecord,
     PairSet,
     box_tuple,
     check_split,
     collect_pairs,
+    keypoint_ids,
     missing_root_error,
     points_array,
 )
@@ -95,7 +97,7 @@ def parse_pair_name(text: str) -> PairName:
 def read_layout(path: Path) -> list[PairName]:
     """The pair names of one layout file, in order (blank lines ignored)."""
     names = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):  # a byte-order mark is fine
         if line.strip():
             try:
                 names.append(parse_pair_name(line.strip()))
@@ -131,7 +133,9 @@ def load(root: Path, data: DataSettings) -> PairSet:
     names = read_layout(layout_file)
     with_images = (root / "ImageAnnotation").is_dir()
     records = _records(root, ann_dir, names, with_images)
-    pairset = collect_pairs(NAME, split, root, records, limit=data.limit, clamp=data.clamp_keypoints)
+    pairset = collect_pairs(
+        NAME, split, root, records, limit=data.limit, clamp=data.clamp_keypoints, pck_norm=data.pck_norm
+    )
     if not with_images:
         pairset.notes.append(
             f"no {root / 'ImageAnnotation'}: no azimuth difference, geometry-aware subset or left-right partners"
@@ -141,7 +145,7 @@ def load(root: Path, data: DataSettings) -> PairSet:
 
 def _records(root: Path, ann_dir: Path, names: list[PairName], with_images: bool) -> Iterator[PairRecord]:
     available = set(os.listdir(ann_dir))
-    images: dict[str, ImageRef] = {}
+    images: dict[str, tuple[ImageRef, str]] = {}  # key -> the image, and the annotation that gave its size
     infos: dict[str, ImageInfo] = {}
     checked: set[str] = set()
     for name in names:
@@ -161,25 +165,24 @@ def _records(root: Path, ann_dir: Path, names: list[PairName], with_images: bool
         yield record
 
 
-def _pair_record(path: str, name: PairName, root: str, images: dict[str, ImageRef]) -> PairRecord:
+def _pair_record(path: str, name: PairName, root: str, images: dict[str, tuple[ImageRef, str]]) -> PairRecord:
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         raise DatasetError(f"cannot read pair annotation {path}: {exc}") from None
     try:
-        ann = json.loads(data)
+        ann = json.loads(data)  # bytes: a UTF-8 byte-order mark is fine
         src_kps = points_array(ann["src_kps"], "src_kps")
         trg_kps = points_array(ann["trg_kps"], "trg_kps")
-        kp_ids = [str(i) for i in ann["kps_ids"]]
+        kp_ids = keypoint_ids(ann["kps_ids"], "kps_ids")
         if not len(src_kps) == len(trg_kps) == len(kp_ids):
             raise ValueError(
                 f"src_kps, trg_kps and kps_ids differ in length ({len(src_kps)}, {len(trg_kps)}, {len(kp_ids)})"
             )
         if ann["category"] != name.category:
             raise ValueError(f"category {ann['category']!r} but the pair name says {name.category!r}")
-        src = _image(root, name.category, ann["src_imname"], ann["src_imsize"], images)
-        trg = _image(root, name.category, ann["trg_imname"], ann["trg_imsize"], images)
+        src, trg = (_image(root, name.category, ann, side, path, images) for side in ("src", "trg"))
         record = PairRecord(
             pair_id=name.name,
             dataset=NAME,
@@ -191,7 +194,7 @@ def _pair_record(path: str, name: PairName, root: str, images: dict[str, ImageRe
             kp_ids=kp_ids,
             src_bbox=box_tuple(ann["src_bndbox"], "src_bndbox"),
             trg_bbox=box_tuple(ann["trg_bndbox"], "trg_bndbox"),
-            flags={flag: int(ann[flag]) for flag in FLAGS},
+            flags={flag: _flag(ann, flag) for flag in FLAGS},
         )
     except KeyError as exc:
         raise DatasetError(f"{path}: malformed pair annotation, missing field {exc}") from None
@@ -200,14 +203,33 @@ def _pair_record(path: str, name: PairName, root: str, images: dict[str, ImageRe
     return record
 
 
-def _image(root: str, category: str, imname: str, imsize: list, images: dict[str, ImageRef]) -> ImageRef:
+def _image(
+    root: str, category: str, ann: dict, side: str, path: str, images: dict[str, tuple[ImageRef, str]]
+) -> ImageRef:
+    """The ImageRef of the pair's `side` ("src" or "trg"); an image that two annotations give two sizes is an error."""
+    imname, imsize = ann[f"{side}_imname"], ann[f"{side}_imsize"]
     key = f"{NAME}/{category}/{os.path.splitext(imname)[0]}"
+    if len(imsize) < 2 or any(isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 for v in imsize[:2]):
+        raise ValueError(f"{side}_imsize of {imname} must be [W, H, C] in pixels, got {imsize}")
+    size = (int(imsize[0]), int(imsize[1]))
     if key not in images:
-        if len(imsize) < 2 or int(imsize[0]) <= 0 or int(imsize[1]) <= 0:
-            raise ValueError(f"image size of {imname} must be [W, H, C], got {imsize}")
-        path = os.path.join(root, "JPEGImages", category, imname)
-        images[key] = ImageRef(key, path, (int(imsize[0]), int(imsize[1])))
-    return images[key]
+        images[key] = (ImageRef(key, os.path.join(root, "JPEGImages", category, imname), size), path)
+    ref, first = images[key]
+    if ref.size != size:
+        raise ValueError(
+            f"{side}_imsize says {imname} is {size[0]}x{size[1]}, but {first} says {ref.size[0]}x{ref.size[1]}: "
+            "one of the two annotations is wrong (a pair annotation of an edited copy?)"
+        )
+    return ref
+
+
+def _flag(ann: dict, flag: str) -> int:
+    """A difficulty flag of the annotation, one of its levels (pairs.DIFFICULTY_LEVELS; mirror: 0 or 1)."""
+    levels = len(DIFFICULTY_LEVELS.get(flag, ("no", "yes")))
+    value = ann[flag]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value not in range(levels):
+        raise ValueError(f"field {flag} must be a level 0..{levels - 1}, got {value!r}")
+    return int(value)
 
 
 def _image_info(root: Path, category: str, ref: ImageRef, infos: dict[str, ImageInfo]) -> ImageInfo:

@@ -67,7 +67,9 @@ def load(root: Path, data: DataSettings) -> PairSet:
     animals = read_animals(root / "annotations")
     lists, note = kept_pair_lists(root, animals)
     records = _records(root, lists["pairs"][layout][split], animals)
-    pairset = collect_pairs(NAME, split, root, records, limit=data.limit, clamp=data.clamp_keypoints)
+    pairset = collect_pairs(
+        NAME, split, root, records, limit=data.limit, clamp=data.clamp_keypoints, pck_norm=data.pck_norm
+    )
     pairset.notes[:0] = [note] if note else []
     return pairset
 

@@ -40,6 +40,7 @@ from semcorr.data.pairs import PairRecord, PairSet
 from semcorr.engine.evaluation import evaluate, load_backbones
 from semcorr.engine.matching import predict_keypoints
 from semcorr.engine.members import Member
+from semcorr.storage import files
 
 CATEGORIES = 18
 
@@ -201,8 +202,9 @@ def main() -> None:
         t_total = time.perf_counter() - t0
         t_forward = (t_forward + time_forward_only(backbone, images, prep, args.batch_size)) / 2  # before and after
         calls.clear()
+        files._DIGESTS.clear()  # a re-run is a new process: it hashes the weights and images again
         t0 = time.perf_counter()
-        evaluate(settings, pairset, backbone)
+        warm = json.loads((evaluate(settings, pairset, backbone) / "metrics.json").read_text())["timings"]
         t_warm = time.perf_counter() - t0
         warm_calls = len(calls)
         t_match = time_matching(pairs, images, device)
@@ -219,7 +221,10 @@ def main() -> None:
         f"  of which: features {cold['extraction_s']:.2f} s, matching + PCK {cold['matching_s']:.2f} s, "
         f"the rest (weights hash, results files) {t_total - cold['extraction_s'] - cold['matching_s']:.2f} s"
     )
-    print(f"full evaluation, warm cache:                      {t_warm:8.2f} s   backbone calls {warm_calls} (target 0)")
+    print(
+        f"full evaluation, warm cache:                      {t_warm:8.2f} s   backbone calls {warm_calls} (target 0); "
+        f"reading the cache (image hashes included) {warm['cache_read_s']:.2f} s"
+    )
     for matcher, seconds in t_match.items():
         print(f"matching + PCK, 37x37 grid, {matcher:<11}:          {seconds:8.2f} s   (target < 10 s on 2 CPU cores)")
     print(

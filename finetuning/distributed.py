@@ -24,16 +24,33 @@ class Process:
 
 def setup_distributed(device: str) -> Process:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, else gloo."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = environment_count("WORLD_SIZE", 1, least=1)
     if world == 1:
         return Process(0, 1, device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = environment_count("LOCAL_RANK", 0, least=0)
     cuda = device != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     if cuda:
         torch.cuda.set_device(local_rank)
     return Process(dist.get_rank(), world, f"cuda:{local_rank}" if cuda else "cpu")
+
+
+def environment_count(name: str, unset: int, *, least: int) -> int:
+    """A whole number torchrun puts in the environment variable `name` (`unset` when it is not set); anything else
+    is a ValueError naming the variable."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return unset
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise ValueError(
+            f"{name}={text!r} is not a whole number >= {least}: torchrun sets it; unset it to train in one process"
+        )
+    return value
 
 
 def all_mean(values: list[float], process: Process) -> list[float]:

@@ -55,6 +55,7 @@ from semcorr.engine.matching import predict_keypoints
 from semcorr.engine.members import build_member
 from semcorr.runs import folders
 from semcorr.runs.record import RunContext, run_record, start_run
+from semcorr.storage.files import WriteError
 
 # --- setting up -----------------------------------------------------------------------------------
 
@@ -377,6 +378,8 @@ def train(
         loop(training, bar)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_message(training)) from None
+    except WriteError as err:  # a full disk while checkpointing: the previous last.pt is intact
+        raise FinetuneError(f"{err}. {resume_hint(training)}") from None
     finally:
         bar.close()
     if main:
@@ -519,7 +522,14 @@ def diverged_message(training: TrainingRun, first_step: int) -> str:
 def interrupted_message(training: TrainingRun) -> str:
     if training.last_saved is None:
         return f"interrupted at step {training.step}, before the first checkpoint: nothing to resume"
+    return f"interrupted at step {training.step}. {resume_hint(training)}"
+
+
+def resume_hint(training: TrainingRun) -> str:
+    """Where the last complete checkpoint is and the command that continues from it."""
+    if training.last_saved is None:
+        return "No checkpoint was complete yet: start the run again."
     return (
-        f"interrupted at step {training.step}; the last checkpoint is {training.run_dir / LAST} (step "
-        f"{training.last_saved}). Continue with: python finetuning/finetune.py --resume {training.run_dir}"
+        f"The last complete checkpoint is {training.run_dir / LAST} (step {training.last_saved}). Continue with: "
+        f"python finetuning/finetune.py --resume {training.run_dir}"
     )

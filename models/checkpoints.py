@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from models.registry import BACKBONES, BackboneSpec
+from semcorr.storage.files import code_on_load, code_on_load_message
 
 SHOWN_KEYS = 5  # how many offending keys an error message lists
 
@@ -203,6 +204,9 @@ def load_file(path: Path, spec: BackboneSpec | None, mmap: bool = False) -> obje
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
+        asks = code_on_load(err)
+        if asks:  # refused before anything ran: say what it is, not torch's advice to load it unsafely
+            raise CheckpointError(code_on_load_message(path, asks)) from None
         raise CheckpointError(
             f"Could not read {path} ({path.stat().st_size:,} bytes): {type(err).__name__}: {err}. "
             "The file is truncated or corrupt (an interrupted download?) or not a PyTorch / "

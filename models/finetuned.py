@@ -34,7 +34,7 @@ from models.checkpoints import (
 )
 from models.registry import BackboneSpec, get_spec
 from semcorr.config.settings import BackboneSettings
-from semcorr.storage.files import atomic_torch_save, file_sha256
+from semcorr.storage.files import atomic_torch_save, file_sha256, make_folder
 
 FORMAT = "semcorr-backbone/2"  # the trained weights on top of a base file (or every weight)
 FIELDS = ("backbone", "timm_overrides", "layer", "build", "base", "base_origin", "state_dict", "extra")
@@ -108,7 +108,7 @@ def save_finetuned(
     if training is not None:
         payload["training"] = training
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     atomic_torch_save(payload, path)
     return path
 

@@ -90,7 +90,9 @@ def load(root: Path, data: DataSettings) -> PairSet:
     records = _records(
         root, csv_path, rows, ann_dir=ann_dir, with_csv_kps=with_csv_kps, shift=int(data.pf_shift), uneven=uneven
     )
-    pairset = collect_pairs(NAME, split, root, records, limit=data.limit, clamp=data.clamp_keypoints)
+    pairset = collect_pairs(
+        NAME, split, root, records, limit=data.limit, clamp=data.clamp_keypoints, pck_norm=data.pck_norm
+    )
     if uneven:
         pairset.notes.append(
             f"{len(uneven)} pairs have .mat keypoint lists of different lengths (first: {uneven[0]}); "
@@ -206,9 +208,9 @@ def _annotation(path: Path, cache: dict[Path, Annotation]) -> Annotation:
             raise DatasetError(f"cannot read annotation {path}: {exc}") from exc
         if "kps" not in mat or "bbox" not in mat:
             raise DatasetError(f"{path}: malformed annotation, expected arrays 'kps' (N x 2) and 'bbox' (1 x 4)")
-        kps = np.asarray(mat["kps"], dtype=np.float64)
+        kps, bbox = (_numbers(mat[field], field, path) for field in ("kps", "bbox"))
         kps = kps.reshape(0, 2) if kps.size == 0 else kps
-        bbox = np.asarray(mat["bbox"], dtype=np.float64).ravel()
+        bbox = bbox.ravel()
         if kps.ndim != 2 or kps.shape[1] != 2 or bbox.size != 4:
             raise DatasetError(
                 f"{path}: malformed annotation, 'kps' must be N x 2 and 'bbox' have 4 values, "
@@ -216,6 +218,14 @@ def _annotation(path: Path, cache: dict[Path, Annotation]) -> Annotation:
             )
         cache[path] = (kps, box_tuple(bbox, "bbox"))
     return cache[path]
+
+
+def _numbers(value: object, field: str, path: Path) -> np.ndarray:
+    """A .mat field as a float64 array; DatasetError naming the file and the field if it holds no numbers."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}: malformed annotation, field {field!r} must hold numbers") from None
 
 
 def _csv_keypoints(row: dict[str, str], where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -71,7 +71,9 @@ def load(root: Path, data: DataSettings) -> PairSet:
         rows = list(reader)
     columns = _coordinate_columns(header, csv_path)
     records = _records(root, csv_path, rows, columns, int(data.pf_shift))
-    return collect_pairs(NAME, split, root, records, limit=data.limit, clamp=data.clamp_keypoints)
+    return collect_pairs(
+        NAME, split, root, records, limit=data.limit, clamp=data.clamp_keypoints, pck_norm=data.pck_norm
+    )
 
 
 def _coordinate_columns(header: list[str], path: Path) -> dict[str, list[int]]:

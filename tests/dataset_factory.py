@@ -55,7 +55,7 @@ class FakeImage:
     category: str
     size: tuple[int, int] = (48, 36)
     kps: dict[int, tuple[float, float]] = field(default_factory=dict)
-    bbox: tuple[float, float, float, float] | None = None  # default: around the keypoints
+    bbox: tuple[float, float, float, float] | None = None  # default: around the keypoints (or the image: see box)
     orientation: int = 1  # EXIF orientation of the file written (not for SPair)
     pixels: Image.Image | None = None  # content instead of the colour ramp with markers
     azimuth: int = 0  # SPair's viewpoint bin (0-7, ImageAnnotation azimuth_id)
@@ -63,10 +63,11 @@ class FakeImage:
     def box(self) -> tuple[float, float, float, float]:
         if self.bbox is not None:
             return self.bbox
-        if not self.kps:
+        xy = np.array(list(self.kps.values()) or [(0.0, 0.0)])
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+        if (hi <= lo).any():  # no keypoints, or a box without width or height around them: the whole image
             return (0.0, 0.0, self.size[0] - 1.0, self.size[1] - 1.0)
-        xy = np.array(list(self.kps.values()))
-        return (*map(float, xy.min(axis=0)), *map(float, xy.max(axis=0)))
+        return (*map(float, lo), *map(float, hi))
 
     def stored_size(self) -> tuple[int, int]:
         w, h = self.size

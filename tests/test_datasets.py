@@ -23,7 +23,7 @@ from PIL import Image
 
 from semcorr.data.datasets import load_pairs
 from semcorr.data.images import ImageError, load_image
-from semcorr.data.pairs import DatasetError
+from semcorr.data.pairs import BAD_THRESHOLD, DatasetError
 
 
 def assert_matches(pairset, pairs, positional_ids=False, boxes=True):
@@ -116,6 +116,18 @@ def test_spair_limit_clamping_and_empty_pairs(tmp_path):
     assert "skipped 1 (no keypoints)" in ps.summary()
     assert len(load_pairs("spair", root=root, split="test", limit=1).pairs) == 1
     assert load_pairs("spair", root=root, split="test", limit=0).pairs == []
+
+
+def test_a_pair_without_a_threshold_length_is_skipped_and_limit_still_counts_usable_pairs(tmp_path):
+    flat = FakeImage("flat", "cat", (40, 30), {0: (5.0, 5.0), 1: (9.0, 7.0)}, bbox=(6.0, 6.0, 6.0, 6.0))
+    images = [FakeImage(n, "cat", (40, 30), {0: (5.0 + i, 5.0), 1: (20.0, 9.0 + i)}) for i, n in enumerate("ab")]
+    pairs = [FakePair(images[0], flat), FakePair(images[0], images[1]), FakePair(images[1], images[0])]
+    root = make_spair(tmp_path, pairs)
+    ps = load_pairs("spair", root=root, split="test", limit=2)
+    assert [p.trg.key for p in ps.pairs] == ["spair/cat/b", "spair/cat/a"]  # the first pair's place is refilled
+    assert ps.skipped == {BAD_THRESHOLD: 1}
+    assert "first: pair 000001-a-flat:cat: the target box [6, 6, 6, 6] has no width or no height" in ps.notes[0]
+    assert load_pairs("spair", root=root, split="test", pck_norm="kpbox").skipped == {}  # its keypoints span 4 px
 
 
 def test_spair_missing_root_says_how_to_download(tmp_path):

@@ -68,7 +68,7 @@ def test_spair_loads_the_real_val_list_from_windows_named_annotations(tmp_path):
         kps = [[number % 7, 3], [5, 5]]
         ann = {
             "pair_id": number, "category": name.category, "src_imname": f"{name.src}.jpg",
-            "trg_imname": f"{name.trg}.jpg", "src_imsize": [500, 375, 3], "trg_imsize": [375, 500, 3],
+            "trg_imname": f"{name.trg}.jpg", "src_imsize": [500, 375, 3], "trg_imsize": [500, 375, 3],
             "src_bndbox": [1, 2, 300, 200], "trg_bndbox": [3, 4, 100, 400], "src_kps": kps,
             "trg_kps": kps, "kps_ids": ["0", "4"], "mirror": 0, "viewpoint_variation": number % 3,
             "scale_variation": 0, "truncation": 0, "occlusion": 1,

@@ -1,20 +1,24 @@
 """The fault campaign: bad input, damaged files and interruptions, each through a real script.
 
 Every case is one row: the script, its arguments, the exit code it must end with (0 done, 1 a
-one-line error, 2 a usage error), a fragment its output must hold, and the files that must come
-through untouched (or exist, or never appear). A case's `fault` damages a private copy of the tiny
-world (datasets in their on-disk formats, a tiny checkpoint) before the script runs. No output may
-hold a traceback.
+one-line error, 2 a usage error), a fragment its output must hold (and fragments it must not), the
+files that must come through untouched (or exist, or never appear), and what its results folder must
+record. A case's `fault` damages a private copy of the tiny world (datasets in their on-disk formats,
+a tiny checkpoint) before the script runs; a case with a `file_limit` runs the script as its own
+process under that file-size limit (`ulimit -f`, as on a full disk). No output may hold a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import json
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 import torch
-from dataset_factory import fake_images, fake_pairs, make_custom, make_pf_pascal, make_spair
+from dataset_factory import fake_images, fake_pairs, make_custom, make_pf_pascal, make_pf_willow, make_spair
 from model_factory import tiny_checkpoint
 from PIL import Image
 
@@ -46,6 +51,9 @@ class Case:
     absent: tuple[str, ...] = ()  # paths that must not exist afterwards (e.g. no work was started)
     fault: Callable[[World, pytest.MonkeyPatch], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    forbidden: tuple[str, ...] = ()  # fragments the output must not hold
+    check: Callable[[World], None] | None = None  # what the world (e.g. the run folder made) must hold
+    file_limit: int | None = None  # run as a process with this file-size limit in bytes (ulimit -f)
 
 
 EVAL = ("--device", "cpu", "--num-workers", "0", "--quiet", "--image-size", "56", "--cache-dir", "{cache}")
@@ -55,6 +63,9 @@ CUSTOM = ("--checkpoint", "{ckpt}", "--dataset", "custom", "--data-root", "{cust
 TRAIN = ("--checkpoint", "{ckpt}", "--data-root", "{spair}", "--image-size", "56", "--batch-size", "2")
 TRAIN += ("--num-workers", "0", "--device", "cpu", "--quiet", "--output-dir", "{out}")
 MATCH = ("--checkpoint", "{ckpt}", "--src", "{image}", "--trg", "{image}", *EVAL, "--output-dir", "{out}")
+WILLOW = ("--checkpoint", "{ckpt}", "--dataset", "pf-willow", "--data-root", "{willow}", *EVAL, "--output-dir", "{out}")
+GRID = (*SPAIR, "--windows", "3", "--temperatures", "0.1")
+REPORT = ("{out}",)
 
 
 # --- faults ----------------------------------------------------------------------------------------
@@ -100,16 +111,20 @@ def fill_cache(world: World) -> None:
     run_case(world, CLEAN_SPAIR)
 
 
+def change_cache_entry(path: Path, change: Callable[[torch.Tensor], object]) -> None:
+    """Replace the features of a cache entry (a tensor, or in an entry that names its image) by change(features)."""
+    entry = torch.load(path, weights_only=True)
+    torch.save({**entry, "features": change(entry["features"])} if isinstance(entry, dict) else change(entry), path)
+
+
 def nan_in_cache(world: World, _) -> None:
     fill_cache(world)
-    entry = cache_entries(world)[0]
-    feats = torch.load(entry, weights_only=True)
-    torch.save(torch.full_like(feats, float("nan")), entry)
+    change_cache_entry(cache_entries(world)[0], lambda feats: torch.full_like(feats, float("nan")))
 
 
 def wrong_shape_in_cache(world: World, _) -> None:
     fill_cache(world)
-    torch.save(torch.zeros(3, 2, 2, dtype=torch.float16), cache_entries(world)[0])
+    change_cache_entry(cache_entries(world)[0], lambda feats: torch.zeros(3, 2, 2, dtype=torch.float16))
 
 
 def garbage_in_cache(world: World, _) -> None:
@@ -183,6 +198,252 @@ def params_of_another_size(world: World, _) -> None:
 def read_only_output_dir(world: World, _) -> None:
     world["out"].mkdir(parents=True)
     world["out"].chmod(0o555)
+
+
+# --- faults of the second campaign: thresholds, contradictions, unused settings, stale features, full disks,
+# environments, damaged results, refusals -----------------------------------------------------------------
+
+
+def spair_annotations(world: World, split: str = "test") -> list[Path]:
+    return sorted((world["spair"] / "PairAnnotation" / split).glob("*.json"))
+
+
+def edit_spair(edit: Callable[[dict], object], nth: int | None = 0) -> Callable[[World, pytest.MonkeyPatch], None]:
+    """A fault that edits the nth test pair annotation of SPair-71k (every one with nth None)."""
+
+    def fault(world: World, _) -> None:
+        paths = spair_annotations(world)
+        for path in paths if nth is None else [paths[nth]]:
+            ann = json.loads(path.read_text())
+            edit(ann)
+            path.write_text(json.dumps(ann))
+
+    return fault
+
+
+def edit_custom(edit: Callable[[dict], object]) -> Callable[[World, pytest.MonkeyPatch], None]:
+    """A fault that edits the first pair of the custom pairs file."""
+
+    def fault(world: World, _) -> None:
+        data = json.loads(world["custom"].read_text())
+        edit(data["pairs"][0])
+        world["custom"].write_text(json.dumps(data))
+
+    return fault
+
+
+def spair_image_sized_twice(world: World, _) -> None:
+    """Two pair annotations of one source image that give it two sizes."""
+    by_source: dict[str, list[Path]] = {}
+    for path in spair_annotations(world):
+        by_source.setdefault(json.loads(path.read_text())["src_imname"], []).append(path)
+    second = next(paths for paths in by_source.values() if len(paths) > 1)[1]
+    ann = json.loads(second.read_text())
+    ann["src_imsize"] = [96, 72, 3]
+    second.write_text(json.dumps(ann))
+
+
+def willow_target_at_one_point(world: World, _) -> None:
+    path = world["willow"] / "test_pairs.csv"
+    header, first, *rest = path.read_text().splitlines()
+    names, cells = header.split(","), first.split(",")
+    cells = [("5" if name[:2] in ("XB", "YB") else cell) for name, cell in zip(names, cells, strict=True)]
+    path.write_text("\n".join([header, ",".join(cells), *rest]) + "\n")
+
+
+def pascal_annotations(world: World) -> list[Path]:
+    return sorted((world["pascal"] / "PF-dataset-PASCAL" / "Annotations").rglob("*.mat"))
+
+
+def pascal_box_without_area(world: World, _) -> None:
+    path = pascal_annotations(world)[0]
+    mat = scipy.io.loadmat(str(path))
+    scipy.io.savemat(str(path), {"kps": mat["kps"], "bbox": np.array([[10.0, 10.0, 10.0, 10.0]])})
+
+
+def pascal_text_field(world: World, _) -> None:
+    path = pascal_annotations(world)[0]
+    scipy.io.savemat(str(path), {"kps": np.array(["hello"]), "bbox": scipy.io.loadmat(str(path))["bbox"]})
+
+
+def best_parameters(window: object, temperature: object = 0.1) -> Callable[[World, pytest.MonkeyPatch], None]:
+    def fault(world: World, _) -> None:
+        best = {"0.1": {"window": window, "temperature": temperature}}
+        world["params"] = world["out"].parent / "best_parameters.json"
+        world["params"].write_text(json.dumps({"matcher": "wsoftargmax", "best": best}))
+
+    return fault
+
+
+def the_run(world: World) -> Path:
+    """The newest results folder in the output folder (a fault may have made others before)."""
+    return sorted(path for path in world["out"].iterdir() if path.is_dir())[-1]
+
+
+def recorded_skip(pairs: int) -> Callable[[World], None]:
+    """A check: metrics.json counts this many pairs skipped for their threshold length, and names the first."""
+
+    def check(world: World) -> None:
+        run = the_run(world)
+        counts = json.loads((run / "metrics.json").read_text())["counts"]
+        assert counts["pairs_skipped"]["no usable PCK threshold length"] == pairs, counts
+        assert any("first: pair" in note for note in counts["notes"]), counts
+
+    return check
+
+
+def cache_not_written(world: World) -> None:
+    """A check: config.json says why the features were not cached."""
+    off = json.loads((the_run(world) / "config.json").read_text())["resolved"]["members"][0]["feature_cache_off"]
+    assert off.startswith("not written: cannot write"), off
+
+
+def recorded(path: str, value: object) -> Callable[[World], None]:
+    """A check: the run's config.json holds `value` at the dotted `path`."""
+
+    def check(world: World) -> None:
+        run = the_run(world)
+        config = json.loads((run / "config.json").read_text())
+        for key in path.split("."):
+            config = config[int(key)] if isinstance(config, list) else config[key]
+        assert config == value, (path, config, value)
+
+    return check
+
+
+def extracted(images: int) -> Callable[[World], None]:
+    """A check: the run extracted this many images (the others came from the feature cache)."""
+
+    def check(world: World) -> None:
+        run = the_run(world)
+        assert json.loads((run / "metrics.json").read_text())["timings"]["images_extracted"] == images
+
+    return check
+
+
+def no_run_folder(world: World) -> None:
+    """A check: nothing in the output folder (no results folder, complete or not, no staging folder)."""
+    assert not list(world["out"].iterdir()), list(world["out"].iterdir())
+
+
+def image_replaced_keeping_size_and_time(world: World, mp) -> None:
+    """After a run fills the cache, one image gets other pixels in as many bytes, its old mtime put back (cp -p)."""
+    fill_cache(world)
+    path = spair_image(world)
+    data, stat = bytearray(path.read_bytes()), path.stat()
+    table = data.index(b"\xff\xdb") + 5  # the first quantisation table's values: every pixel changes
+    data[table : table + 16] = bytes(v % 50 + 5 for v in data[table : table + 16])
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def cache_entries_swapped(world: World, _) -> None:
+    fill_cache(world)
+    a, b = cache_entries(world)[:2]
+    a.rename(a.with_suffix(".swap"))
+    b.rename(a)
+    a.with_suffix(".swap").rename(b)
+
+
+def disk_full(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file put in place fails as on a full disk (the feature cache's, the results', the checkpoints')."""
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+
+
+def cache_dir_is_a_file(world: World, _) -> None:
+    world["cache"].write_text("my notes\n")
+
+
+def runs_to_report(world: World, _) -> None:
+    run_case(world, CLEAN_SPAIR)
+    run_case(world, CLEAN_SPAIR)
+
+
+def damaged_run(damage: Callable[[Path], None]) -> Callable[[World, pytest.MonkeyPatch], None]:
+    """A fault: two evaluations, the files of the second damaged."""
+
+    def fault(world: World, mp) -> None:
+        runs_to_report(world, mp)
+        damage(sorted(p for p in world["out"].iterdir() if p.is_dir())[-1])
+
+    return fault
+
+
+def metrics_value(value: object) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["pck@0.1"]["per_image"] = value
+        (run / "metrics.json").write_text(json.dumps(metrics))
+
+    return damage
+
+
+def csv_cell(file: str, column: str, value: str) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        import pandas as pd
+
+        table = pd.read_csv(run / file, dtype=str, keep_default_na=False)
+        table.loc[0, column] = value
+        table.to_csv(run / file, index=False)
+
+    return damage
+
+
+class RunsCode:
+    """Pickles as a call of os.makedirs(marker): a file that would run code when unpickled (and leave the marker)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def checkpoint_running_code(world: World, _) -> None:
+    payload = torch.load(world["ckpt"], weights_only=True)
+    torch.save({**payload, "extra": {"note": RunsCode(world["home"] / "ran")}}, world["ckpt"])
+
+
+def weights_running_code(world: World, _) -> None:
+    world["weights"] = world["home"] / "dinov2_vitb14.pth"
+    torch.save({"pos_embed": RunsCode(world["home"] / "ran")}, world["weights"])
+
+
+def last_running_code(world: World, mp) -> None:
+    run_to_resume(world, mp)
+    torch.save({"format": RunsCode(world["home"] / "ran")}, world["run"] / "last.pt")
+
+
+def cache_entry_running_code(world: World, _) -> None:
+    fill_cache(world)
+    torch.save({"features": RunsCode(world["home"] / "ran")}, cache_entries(world)[0])
+
+
+def with_byte_order_mark(*parts: str) -> Callable[[World, pytest.MonkeyPatch], None]:
+    """A fault that saves a file of the world (name, then a path under it; a glob) with a UTF-8 byte-order mark."""
+
+    def fault(world: World, _) -> None:
+        for path in world[parts[0]].glob(parts[1]):
+            path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+
+    return fault
+
+
+def last_checkpoint_fails(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills while the second last.pt is written (torch's writer says so as a RuntimeError)."""
+    save, calls = torch.save, []
+
+    def failing(obj, path, *args, **kw):
+        calls.extend([1] if "last" in Path(path).name else [])
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        return save(obj, path, *args, **kw)
+
+    monkeypatch.setattr(torch, "save", failing)
 
 
 CLEAN_SPAIR = Case("clean SPair run", "evaluate", SPAIR, 0, "PCK@0.1")
@@ -269,6 +530,128 @@ CASES = [
     Case("--resume of a model-specific script", "finetune_dinov2", ("--resume", "{run}"), 0, "evaluate it:",
          fault=run_to_resume),
     Case("negative --points", "match_pair", (*MATCH, "--points", "-5,10"), 1, "outside the source image"),
+    # --- the second campaign ---
+    # thresholds that cannot be: official datasets skip the pair (counted, first one named); a custom file is refused
+    Case("SPair target box without area", "evaluate", SPAIR, 0, "1 pair (no usable PCK threshold length)",
+         fault=edit_spair(lambda a: a.update(trg_bndbox=[10, 10, 10, 10])), check=recorded_skip(1)),
+    Case("SPair target box inverted", "evaluate", SPAIR, 0, "is inverted",
+         fault=edit_spair(lambda a: a.update(trg_bndbox=[40, 30, 5, 2])), check=recorded_skip(1)),
+    Case("SPair target box 100x its image", "evaluate", SPAIR, 0, "over 2x the target image's longer side",
+         fault=edit_spair(lambda a: a.update(trg_bndbox=[0, 0, 4800, 3600])), check=recorded_skip(1)),
+    Case("SPair: every target box without area", "evaluate", SPAIR, 1, "no pairs to evaluate",
+         fault=edit_spair(lambda a: a.update(trg_bndbox=[3, 3, 3, 3]), nth=None)),
+    Case("PF-Willow target keypoints at one point", "evaluate", WILLOW, 0, "span no length",
+         fault=willow_target_at_one_point, check=recorded_skip(1)),
+    Case("PF-Pascal .mat box without area, --pck-norm bbox", "evaluate", (*PASCAL, "--split", "trn", "--pck-norm",
+         "bbox"), 0, "has no width or no height", fault=pascal_box_without_area),
+    Case("custom target_bbox without area", "evaluate", (*CUSTOM, "--pck-norm", "bbox"), 1, "target_bbox gives no "
+         "usable PCK threshold length", fault=edit_custom(lambda p: p.update(target_bbox=[5, 5, 5, 5]))),
+    Case("custom target keypoints at one point", "evaluate", (*CUSTOM, "--pck-norm", "kpbox"), 1, "pair 0001-",
+         fault=edit_custom(lambda p: p.update(target_kps=[[7, 7]] * len(p["target_kps"])))),
+    # annotations that contradict themselves
+    Case("SPair keypoint id twice", "evaluate", SPAIR, 1, "kps_ids: keypoint id(s) '0' given more than once",
+         fault=edit_spair(lambda a: a["kps_ids"].__setitem__(1, a["kps_ids"][0]))),
+    Case("custom kp_ids all the same", "evaluate", CUSTOM, 1, "kp_ids: keypoint id(s) 'nose'",
+         fault=edit_custom(lambda p: p.update(kp_ids=["nose"] * len(p["kp_ids"])))),
+    Case("custom kp_ids a string", "evaluate", CUSTOM, 1, "kp_ids must be a list",
+         fault=edit_custom(lambda p: p.update(kp_ids="abcde"))),
+    Case("custom category a list", "evaluate", CUSTOM, 1, "category must be text",
+         fault=edit_custom(lambda p: p.update(category=["cat", "dog"]))),
+    Case("custom pair_id an object", "evaluate", CUSTOM, 1, "pair_id must be text",
+         fault=edit_custom(lambda p: p.update(pair_id={"a": 1}))),
+    Case("SPair image given two sizes", "evaluate", SPAIR, 1, "src_imsize says", fault=spair_image_sized_twice),
+    # settings recorded but not used, or used but not said
+    Case("--layout with PF-Pascal", "evaluate", (*PASCAL, "--layout", "small"), 0, "--layout small",
+         check=recorded("settings.data.layout", None)),  # a dataset with one pair list has no layout
+    Case("--window and --temperature with argmax", "evaluate", (*SPAIR, "--window", "7", "--temperature", "0.05"), 0,
+         "--window 7 ignored", check=recorded("settings.match.window", 5)),
+    Case("--window-border with argmax", "evaluate", (*SPAIR, "--window-border", "clip"), 0, "--window-border clip "
+         "ignored", check=recorded("settings.match.window_border", "shrink")),
+    Case("--image-size not a multiple of the patch", "evaluate", (*SPAIR, "--image-size", "57"), 0, "56x56 is used",
+         check=recorded("resolved.members.0.image_size", [56, 56])),
+    Case("--params window 3.7", "evaluate", (*SPAIR, "--params", "{params}"), 1, "best.0.1.window: must be a whole "
+         "number", fault=best_parameters(3.7)),
+    Case("--params window 4", "evaluate", (*SPAIR, "--params", "{params}"), 1, "best.0.1.window: window must be a "
+         "positive odd number", fault=best_parameters(4)),
+    Case("--params temperature text", "evaluate", (*SPAIR, "--params", "{params}"), 1, "best.0.1.temperature",
+         fault=best_parameters(3, "hot")),
+    Case("--params-alpha without --params", "evaluate", (*SPAIR, "--params-alpha", "0.2"), 0, "--params-alpha 0.2 "
+         "ignored"),
+    Case("--cache-dir with --no-cache", "evaluate", (*SPAIR, "--no-cache"), 0, "--cache-dir", absent=("cache",),
+         check=recorded("settings.extract.cache_dir", None)),
+    Case("--no-pf-shift with SPair", "evaluate", (*SPAIR, "--no-pf-shift"), 0, "--no-pf-shift ignored",
+         check=recorded("settings.data.pf_shift", True)),
+    Case("grid windows given twice", "grid_search_hyperparams", (*SPAIR, "--windows", "3", "3"), 1,
+         "--windows: 3 given more than once", absent=("cache",)),
+    Case("grid temperature 1e-9", "grid_search_hyperparams", (*SPAIR, "--temperatures", "1e-9"), 2, "--temperatures"),
+    Case("grid search on the test split", "grid_search_hyperparams", (*GRID, "--split", "test"), 0, "test split"),
+    Case("ensemble weights 1e308 and 1e308", "ensemble_evaluate", ("--member", "dinov2:{ckpt}:1e308", "--member",
+         "dinov2:{ckpt}:1e308", *SPAIR[2:]), 0, "0.50 x", check=recorded("resolved.members.1.weight", 0.5)),
+    # stale features
+    Case("image replaced keeping its size and time", "evaluate", SPAIR, 0, "PCK@0.1",
+         fault=image_replaced_keeping_size_and_time, check=extracted(1)),
+    Case("two cache entries swapped", "evaluate", SPAIR, 0, "the entry of another image",
+         fault=cache_entries_swapped, check=extracted(2)),
+    # a full disk and unwritable paths
+    Case("evaluation, disk full", "evaluate", SPAIR, 1, "no space is left", fault=disk_full, check=no_run_folder),
+    Case("evaluation under ulimit -f", "evaluate", SPAIR, 1, "cannot write", file_limit=3000, check=no_run_folder),
+    Case("--cache-dir a file", "evaluate", SPAIR, 0, "feature cache not written", intact=("cache",),
+         fault=cache_dir_is_a_file, check=cache_not_written),
+    Case("--cache-dir under a file", "evaluate", (*SPAIR, "--cache-dir", "{cache}/features"), 0,
+         "feature cache not written", intact=("cache",), fault=cache_dir_is_a_file),
+    Case("grid search, disk full", "grid_search_hyperparams", GRID, 1, "no space is left", fault=disk_full,
+         check=no_run_folder),
+    Case("match_pair, disk full", "match_pair", MATCH, 1, "no space is left", fault=disk_full, check=no_run_folder),
+    Case("fine-tuning, disk full at the second last.pt", "finetuning.finetune", (*TRAIN, "--val-every", "1"), 1,
+         "The last complete checkpoint is", fault=last_checkpoint_fails),
+    Case("fine-tuning resumed under ulimit -f", "finetuning.finetune", ("--resume", "{run}"), 1,
+         "(step 1). Continue with: python finetuning/finetune.py --resume", fault=run_to_resume, file_limit=100_000),
+    Case("report --latex under ulimit -f", "report", (*REPORT, "--latex", "{home}/paper"), 1, "cannot write",
+         fault=runs_to_report, file_limit=300),
+    Case("report --latex into a file", "report", (*REPORT, "--latex", "{image}"), 1, "is a file, not a folder",
+         intact=("image",), fault=runs_to_report),
+    Case("report --csv into a missing folder", "report", (*REPORT, "--csv", "{home}/none/report.csv"), 1,
+         "does not exist", fault=runs_to_report),
+    # bad environment and devices
+    Case("SEMCORR_MAX_IMAGE_PIXELS=abc", "evaluate", SPAIR, 1, "SEMCORR_MAX_IMAGE_PIXELS='abc'",
+         env={"SEMCORR_MAX_IMAGE_PIXELS": "abc"}),
+    Case("WORLD_SIZE=abc", "finetuning.finetune", TRAIN, 1, "WORLD_SIZE='abc'", env={"WORLD_SIZE": "abc"}),
+    Case("LOCAL_RANK=x", "finetuning.finetune", TRAIN, 1, "LOCAL_RANK='x'", env={"WORLD_SIZE": "2", "LOCAL_RANK": "x"}),
+    Case("--device mps", "evaluate", (*SPAIR, "--device", "mps"), 1, "--device mps"),
+    Case("--device cuda:7", "evaluate", (*SPAIR, "--device", "cuda:7"), 1, "--device cuda:7"),
+    # damaged results in the report: the folder is skipped, naming the file and the field
+    Case("report: NaN in metrics.json", "report", REPORT, 0, "field pck@0.1.per_image is nan",
+         fault=damaged_run(metrics_value(float("nan")))),
+    Case("report: text in metrics.json", "report", REPORT, 0, "field pck@0.1.per_image is 'high'",
+         fault=damaged_run(metrics_value("high"))),
+    Case("report: nan in per_keypoint.csv", "report", REPORT, 0, "column distance holds 'nan'",
+         fault=damaged_run(csv_cell("per_keypoint.csv", "distance", "nan"))),
+    Case("report: text in per_pair.csv", "report", REPORT, 0, "column norm_L holds 'wide'",
+         fault=damaged_run(csv_cell("per_pair.csv", "norm_L", "wide"))),
+    # honest refusals
+    Case("checkpoint that runs code", "evaluate", SPAIR, 1, "asks to run code when it is loaded (it names "
+         "os.makedirs)", absent=("home/ran",), forbidden=("weights_only=False", "truncated"),
+         fault=checkpoint_running_code),
+    Case("weights file that runs code", "evaluate", ("--model", "dinov2", "--weights", "{weights}", *SPAIR[2:]), 1,
+         "asks to run code", absent=("home/ran",), forbidden=("weights_only=False",), fault=weights_running_code),
+    Case("last.pt that runs code", "finetuning.finetune", ("--resume", "{run}"), 1, "asks to run code",
+         absent=("home/ran",), forbidden=("weights_only=False",), fault=last_running_code),
+    Case("cache entry that runs code", "evaluate", SPAIR, 0, "asks to run code", absent=("home/ran",),
+         fault=cache_entry_running_code, check=extracted(1)),
+    Case("SPair difficulty flag out of range", "evaluate", SPAIR, 1, "viewpoint_variation must be a level 0..2",
+         fault=edit_spair(lambda a: a.update(viewpoint_variation=7))),
+    Case("SPair difficulty flag text", "evaluate", SPAIR, 1, "truncation must be a level",
+         fault=edit_spair(lambda a: a.update(truncation="both"))),
+    Case("PF-Pascal .mat field of text", "evaluate", (*PASCAL, "--split", "trn"), 1, "field 'kps' must hold numbers",
+         fault=pascal_text_field),
+    Case("SPair layout with a byte-order mark", "evaluate", SPAIR, 0, "PCK@0.1",
+         fault=with_byte_order_mark("spair", "Layout/*/*.txt")),
+    Case("SPair annotation with a byte-order mark", "evaluate", SPAIR, 0, "PCK@0.1",
+         fault=with_byte_order_mark("spair", "PairAnnotation/test/*.json")),
+    Case("PF-Willow pairs CSV with a byte-order mark", "evaluate", WILLOW, 0, "PCK@0.1",
+         fault=with_byte_order_mark("willow", "*.csv")),
+    Case("PF-Pascal pairs CSV with a byte-order mark", "evaluate", PASCAL, 0, "PCK@0.1",
+         fault=with_byte_order_mark("pascal", "*.csv")),
 ]  # fmt: skip
 
 
@@ -286,6 +669,7 @@ def world_template(tmp_path_factory: pytest.TempPathFactory) -> World:
         "pascal": make_pf_pascal(tmp / "PF-Pascal"),
         "custom": make_custom(tmp / "custom", fake_pairs(images, "test")),
         "ckpt": tiny_checkpoint(tmp / "weights"),
+        "willow": make_pf_willow(tmp / "PF-Willow"),
     }
 
 
@@ -318,6 +702,24 @@ def run_case(world: World, case: Case) -> Path | None:
     return result[0] if result else None
 
 
+def run_process(world: World, case: Case) -> tuple[int, str]:
+    """Run a case's script as `python <script>.py ARGS` would, as a process whose files may not grow past
+    case.file_limit bytes (`ulimit -f`); its exit code and its output."""
+    limit = (
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({case.file_limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))"
+    )
+    code = f"import resource, runpy; {limit}; runpy.run_module({case.script!r}, run_name='__main__', alter_sys=True)"
+    paths = [str(REPO), str(REPO / "finetuning"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    env |= {name: fill(value, world) for name, value in case.env.items()}
+    env.pop("SEMCORR_TRACEBACK", None)
+    argv = [fill(a, world) for a in case.argv]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=world["cwd"], env=env, capture_output=True, text=True, timeout=300
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -335,6 +737,21 @@ def test_fault(case: Case, world: World, monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.syspath_prepend(str(REPO / "finetuning"))  # as `python finetuning/finetune_dinov2.py` has it
     monkeypatch.delenv("SEMCORR_TRACEBACK", raising=False)
     before = {name: digest(world[name]) for name in case.intact}
+    code, text = run_process(world, case) if case.file_limit else run_in_process(world, case, capsys)
+    assert code == case.exit, text
+    assert case.message in text, text
+    assert "Traceback" not in text, text
+    assert not [fragment for fragment in case.forbidden if fragment in text], text
+    assert {name: digest(world[name]) for name in case.intact} == before
+    tmp = world["home"].parent
+    assert all((tmp / p).exists() for p in case.exists), text
+    assert not [p for p in case.absent if (tmp / p).exists()], text
+    if case.check:
+        case.check(world)
+
+
+def run_in_process(world: World, case: Case, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Run a case's script in this process as its command line would: its exit code, its output and warnings."""
     capsys.readouterr()
     with warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")
@@ -344,14 +761,7 @@ def test_fault(case: Case, world: World, monkeypatch: pytest.MonkeyPatch, capsys
         except SystemExit as end:
             code, message = (1, end.code) if isinstance(end.code, str) else (end.code or 0, "")
     out = capsys.readouterr()
-    text = "\n".join([out.out, out.err, message, *(str(w.message) for w in warned)])
-    assert code == case.exit, text
-    assert case.message in text, text
-    assert "Traceback" not in text, text
-    assert {name: digest(world[name]) for name in case.intact} == before
-    tmp = world["home"].parent
-    assert all((tmp / p).exists() for p in case.exists), text
-    assert not [p for p in case.absent if (tmp / p).exists()], text
+    return code, "\n".join([out.out, out.err, message, *(str(w.message) for w in warned)])
 
 
 def test_every_case_names_a_known_script(monkeypatch: pytest.MonkeyPatch):

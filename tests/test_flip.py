@@ -84,5 +84,3 @@ def test_flip_settings_are_resolved_once(tmp_path):
     assert resolve("evaluation", {}).flip_align == "off"
     settings = resolve("evaluation", {"flip_align": "mask", "data_root": str(tmp_path)})
     assert settings.flip_masks == str(tmp_path / "features")  # where preprocess_mask_sam.py writes them
-    with pytest.warns(UserWarning, match="--flip-masks is ignored"):
-        assert resolve("evaluation", {"flip_masks": "m"}).flip_masks is None

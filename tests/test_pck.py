@@ -1,11 +1,13 @@
 """PCK against hand-computed cases, each normalisation and both averagings."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 import pck
 from semcorr.data.images import ImageRef
-from semcorr.data.pairs import PairRecord
+from semcorr.data.pairs import PairRecord, threshold_lengths, threshold_problems
 from semcorr.runs import folders
 
 
@@ -24,13 +26,41 @@ def pair(pair_id, category, trg_kps, trg_size=(200, 100), bbox=None, kp_ids=None
     )
 
 
-def test_normalisers():
+def test_threshold_lengths():
     p = pair("a", "cat", [[10, 20], [40, 30], [25, 60]], trg_size=(200, 100), bbox=(5, 10, 55, 90))
-    assert pck.normaliser(p, "bbox") == 80  # max(50, 80)
-    assert pck.normaliser(p, "image") == 200
-    assert pck.normaliser(p, "kpbox") == 40  # max(30, 40)
+    q = pair("b", "cat", [[0, 0], [7, 1]], trg_size=(30, 40), bbox=(0, 0, 10, 5))
+    assert threshold_lengths([p, q], "bbox").tolist() == [80, 10]  # max(50, 80), max(10, 5)
+    assert threshold_lengths([p, q], "image").tolist() == [200, 40]
+    assert threshold_lengths([p, q], "kpbox").tolist() == [40, 7]  # max(30, 40), max(7, 1)
     with pytest.raises(ValueError, match="bounding box"):
-        pck.normaliser(pair("b", "cat", [[0, 0]]), "bbox")
+        threshold_lengths([pair("b", "cat", [[0, 0]])], "bbox")
+
+
+@pytest.mark.parametrize(
+    ("bbox", "kps", "norm", "problem"),
+    [
+        ((10, 10, 10, 10), [[1, 1]], "bbox", "has no width or no height"),
+        ((10, 10, 10, 50), [[1, 1]], "bbox", "has no width or no height"),  # a line, L = 40 but no box
+        ((50, 10, 20, 60), [[1, 1]], "bbox", "is inverted"),  # x2 < x1, yet max(x2 - x1, y2 - y1) = 50 > 0
+        ((0, 0, 20000, 90), [[1, 1]], "bbox", "over 2x the target image's longer side (200 px)"),
+        ((0, 0, float("nan"), 90), [[1, 1]], "bbox", "NaN or infinite"),
+        (None, [[5, 5]], "kpbox", "span no length (one keypoint"),
+        (None, [[5, 5], [5, 5], [5, 5]], "kpbox", "span no length"),
+    ],
+)
+def test_a_threshold_length_that_cannot_be_is_named_and_never_scored(bbox, kps, norm, problem):
+    good = pair("good", "cat", [[10, 20], [40, 30]], trg_size=(200, 100), bbox=(5, 10, 55, 90))
+    bad = pair("bad", "cat", kps, trg_size=(200, 100), bbox=bbox)
+    problems = threshold_problems([good, bad], norm)
+    assert list(problems) == [1] and problem in problems[1]
+    with pytest.raises(ValueError, match=f"pair bad has no usable PCK threshold length L .--pck-norm {norm}."):
+        pck.keypoint_table([good, bad], np.zeros((2 + len(kps), 2)), [0.1], norm)
+
+
+def test_the_bound_on_the_threshold_length_is_twice_the_image():
+    p = pair("a", "cat", [[0, 0]], trg_size=(200, 100), bbox=(-100, 0, 300, 90))  # L = 400 = 2 x 200: kept
+    assert threshold_problems([p], "bbox") == {}
+    assert list(threshold_problems([replace(p, trg_bbox=(-100, 0, 301, 90))], "bbox")) == [0]
 
 
 def test_both_averagings_by_hand():

@@ -71,7 +71,7 @@ def test_every_override_is_warned_about_once_even_when_every_convention_is_given
                    "window_border": "shrink", "feature_dtype": "fp16", "build": "meta", "precision": "fp32"}  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cfg = resolved(protocol="original", **conventions)
+        cfg = resolved(protocol="original", dataset="pf-willow", matcher="wsoftargmax", **conventions)
     leaving = sorted(str(w.message).split("=")[0] for w in caught if "leaves the original protocol" in str(w.message))
     assert leaving == sorted(set(conventions) - {"precision"}) == sorted(cfg.protocol.overrides)
 
@@ -81,7 +81,8 @@ def test_the_command_line_refuses_an_unknown_protocol_and_records_the_flags(caps
     with pytest.raises(SystemExit):
         parser.parse_args(["--protocol", "paper"])
     assert "invalid choice: 'paper'" in capsys.readouterr().err
-    argv = ["--protocol", "original", "--no-pf-shift", "--window-border", "shrink"]
+    argv = ["--protocol", "original", "--dataset", "pf-pascal", "--no-pf-shift", "--matcher", "wsoftargmax"]
+    argv += ["--window-border", "shrink"]
     with pytest.warns(UserWarning, match="window_border='shrink' leaves the original protocol"):
         cfg = resolve("evaluation", given(parser.parse_args(argv)))
     assert (cfg.protocol.name, cfg.data.pf_shift, cfg.match.window_border, cfg.extract.coordinates) == (
@@ -272,11 +273,26 @@ def test_the_window_border_is_the_protocols_when_not_given():
 
 
 def test_settings_given_and_unused_are_said():
-    with pytest.warns(UserWarning, match="--window, --temperature ignored: --matcher argmax does not use it"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         cfg = resolved(window=7, temperature=0.05)
-    assert cfg.match.matcher == "argmax"
-    with pytest.warns(UserWarning, match="--layout small is ignored: pf-pascal has no layouts"):
+    assert [str(w.message) for w in caught] == [
+        "--window 7 ignored: --matcher argmax does not use it",
+        "--temperature 0.05 ignored: --matcher argmax does not use it",
+    ]
+    assert (cfg.match.matcher, cfg.match.window, cfg.match.temperature) == ("argmax", 5, 0.1)  # recorded as used
+    with pytest.warns(UserWarning, match="--window-border clip ignored"):
+        assert resolved(protocol="default", window_border="clip").protocol.overrides == {}
+    with pytest.warns(UserWarning, match="--no-pf-shift ignored: spair's coordinates are 0-based already"):
+        assert resolved(pf_shift=False).data.pf_shift
+    with pytest.warns(UserWarning, match="--params-alpha 0.2 ignored"):
+        resolved(params_alpha=0.2)
+    with pytest.warns(UserWarning, match="--cache-dir c ignored: --no-cache"):
+        assert resolved(cache_dir="c", no_cache=True).extract.cache_dir is None
+    with pytest.warns(UserWarning, match="--layout small ignored: pf-pascal has no layouts"):
         assert resolved(dataset="pf-pascal", layout="small").data.layout is None
+    with pytest.warns(UserWarning, match="--flip-masks m ignored: it is for --flip-align mask"):
+        assert resolved(flip_masks="m").flip_masks is None
     with pytest.warns(UserWarning, match="--image-size 57 is not a multiple of dinov2_vitb14's 14-pixel patch: 56x56"):
         assert resolved(image_size=(57,)).member.image_size == (56, 56)
     with pytest.raises(ValueError, match=r"--thresholds: 0\.1 given more than once"):

@@ -194,6 +194,25 @@ def test_damaged_or_incomplete_folders_are_skipped_with_a_warning_naming_the_fil
     assert (tmp_path / "tex" / "custom-test-bbox" / "overall.tex").is_file()
 
 
+@pytest.mark.parametrize(
+    ("file", "damage", "problem"),
+    [
+        ("best_parameters.json", lambda p: p.write_text(p.read_text().replace('"window": 5', '"window": "5"')),
+         "field best.0.1.window is '5', not a finite number"),
+        ("train_log.csv", lambda p: p.write_text(p.read_text().replace("\n5,", "\nfive,", 1)),
+         "column step holds 'five' in row 2"),
+    ],
+)  # fmt: skip
+def test_numbers_a_report_reads_that_are_not_numbers_skip_the_folder(tmp_path, capsys, file, damage, problem):
+    write_finetune(tmp_path / "20990101-000000_finetune")
+    write_grid(tmp_path / "20990101-000001_grid")
+    report.main([str(tmp_path)])
+    assert capsys.readouterr().err == ""
+    damage(next(tmp_path.rglob(file)))
+    report.main([str(tmp_path)])
+    assert f"{file}: {problem}" in capsys.readouterr().err
+
+
 def test_report_writes_latex_figures_and_a_comparison_per_group(evaluation_runs, tmp_path, capsys, monkeypatch):
     spair = spair_runs(tmp_path / "spair")
     out = tmp_path / "paper"

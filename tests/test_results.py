@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from semcorr.runs import folders
+from semcorr.storage.files import WriteError
 
 
 def sample_files(kind: str) -> dict:
@@ -47,6 +48,31 @@ def test_run_folders_are_new_and_never_reused(tmp_path):
     first = folders.new_run_dir(tmp_path, ["a", "b/c"], started=0)
     second = folders.new_run_dir(tmp_path, ["a", "b/c"], started=0)
     assert first != second and first.name.endswith("_a_b-c") and second.name.endswith("_a_b-c-2")
+
+
+def test_a_run_written_at_its_end_appears_whole_or_not_at_all(tmp_path):
+    def write(folder):
+        folders.write_run(folder, "match", {}, matches={"n": 1})
+
+    first = folders.write_new_run(tmp_path, ["a"], 0, write)
+    second = folders.write_new_run(tmp_path, ["a"], 0, write)  # the same name taken: the next one, never overwritten
+    assert first.name.endswith("_a") and second.name == f"{first.name}-2"
+    assert folders.read_run(first).read("matches") == {"n": 1}
+
+    def fails(folder):
+        write(folder)
+        raise WriteError("the disk is full")
+
+    with pytest.raises(WriteError):
+        folders.write_new_run(tmp_path, ["b"], 0, fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, second.name]  # no folder, no staging left
+
+
+def test_a_staging_folder_is_never_read_as_a_run(tmp_path):
+    staging = tmp_path / f".20990101-000000_x.abc{folders.STAGING_SUFFIX}"
+    staging.mkdir()
+    folders.write_run(staging, "match", {}, matches={})
+    assert folders.find_runs([tmp_path]) == []
 
 
 def test_a_folder_whose_config_names_no_kind_is_not_a_run(tmp_path):

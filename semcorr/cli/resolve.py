@@ -13,14 +13,17 @@ device and precision) is read here.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import typing
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from semcorr.cli.flags import MemberSpec
+from semcorr.cli.flags import MemberSpec, odd_window, shown
+from semcorr.cli.flags import temperature as flag_temperature
 from semcorr.config.protocols import Protocol, get_protocol
 from semcorr.config.settings import (
     AVERAGINGS,
@@ -110,6 +113,7 @@ def resolve(kind: str, given: dict) -> object:
         raise ValueError(f"unknown kind of run {kind!r}: one of {', '.join(KINDS)}")
     protocol = get_protocol(given.get("protocol") or "default")
     dataset = given.get("dataset") or default(TrainSettings if kind == "finetune" else EvalSettings, "data.dataset")
+    given = without_unused(kind, dataset, given, protocol.start(dataset))
     presets = protocol.values(dataset, training=kind == "finetune")
     layers = Layers(protocol, presets, given, {**protocol.start(dataset), **presets, **given})
     if kind == "finetune":
@@ -218,8 +222,7 @@ def nested(root: type, values: dict, paths: dict[str, str], prefix: str) -> dict
 
 def evaluation_settings(kind: str, layers: Layers) -> object:
     """EvalSettings (and the kind's own settings) from the layered values."""
-    values, given = layers.values, layers.given
-    device = layers.device
+    values, device = layers.values, layers.device
     data = None
     if kind != "match" or "pairs" in values:
         data = DataSettings(**nested(EvalSettings, values, PATHS, "data"))
@@ -238,7 +241,6 @@ def evaluation_settings(kind: str, layers: Layers) -> object:
     flip = flip_settings(values, data)
     record = protocol_record(layers, members)
     settings = EvalSettings(members, data, extract, match, output, ensemble, record, params, **flip)
-    warn_unused(settings, given)
     if kind == "grid":
         return settings, grid_settings(values, settings)
     if kind == "weight_search":
@@ -257,25 +259,20 @@ def flip_settings(values: dict, data: DataSettings | None) -> dict[str, str | No
 
     mode = values.get("flip_align", default(EvalSettings, "flip_align"))
     if mode != "mask":
-        if "flip_masks" in values:
-            warnings.warn("--flip-masks is ignored: it is for --flip-align mask", stacklevel=4)
         return {"flip_align": mode, "flip_masks": None}
     root = Path(data.root) if data.root is not None else default_root(data.dataset)
     return {"flip_align": mode, "flip_masks": values.get("flip_masks") or str(root / "features")}
 
 
 def check_data(data: DataSettings, values: dict) -> DataSettings:
-    """Thresholds given once each; the layout one of the dataset's, its default where none is given (one given
-    for a dataset without layouts is said and dropped)."""
+    """Thresholds given once each; the layout one of the dataset's, its default where none is given (one given for
+    a dataset without layouts was dropped by without_unused)."""
     twice = sorted({f"{t:g}" for t in data.thresholds if data.thresholds.count(t) > 1})
     if twice:
         raise ValueError(f"--thresholds: {', '.join(twice)} given more than once; give each alpha once")
     layouts = LAYOUTS.get(data.dataset, ())
-    if "layout" in values and data.layout not in layouts:
-        if layouts:
-            raise ValueError(f"--layout {data.layout}: {data.dataset} has the layouts {', '.join(layouts)}")
-        has = ", ".join(LAYOUTS)
-        warnings.warn(f"--layout {data.layout} is ignored: {data.dataset} has no layouts ({has} have)", stacklevel=3)
+    if "layout" in values and layouts and data.layout not in layouts:
+        raise ValueError(f"--layout {data.layout}: {data.dataset} has the layouts {', '.join(layouts)}")
     layout = data.layout if data.layout in layouts else dataset_layout(data.dataset)
     return replace(data, thresholds=tuple(data.thresholds), layout=layout)
 
@@ -313,8 +310,8 @@ def read_best_parameters(path: str, alpha: float) -> tuple[str, int, float, dict
     what = "a best_parameters.json written by grid_search_hyperparams.py"
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-        found = {key: (int(entry["window"]), float(entry["temperature"])) for key, entry in data["best"].items()}
-        matcher = str(data.get("matcher", "wsoftargmax"))  # files from before the matcher registry searched it
+        found = {key: (entry["window"], entry["temperature"]) for key, entry in data["best"].items()}
+        matcher = str(data.get("matcher", "wsoftargmax"))  # the only windowed matcher of older searches
     except FileNotFoundError:
         raise FileNotFoundError(f"--params: no file {path} (expected {what})") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -325,7 +322,20 @@ def read_best_parameters(path: str, alpha: float) -> tuple[str, int, float, dict
             "choose one of those with --params-alpha"
         )
     searched = {key: data[key] for key in ("model", "image_size", "grid") if key in data}
-    return matcher, *found[f"{alpha:g}"], searched
+    window, temperature = found[f"{alpha:g}"]
+    window = params_value(window, odd_window, f"{path}, best.{alpha:g}.window")
+    return matcher, window, params_value(temperature, flag_temperature, f"{path}, best.{alpha:g}.temperature"), searched
+
+
+def params_value(value: object, check: Callable[[str], object], where: str) -> object:
+    """A --params file's window or temperature held to its flag's rule (an odd whole window, a temperature >= 1e-4):
+    a window of 3.7 is refused, not truncated."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise argparse.ArgumentTypeError(f"must be a number, got {value!r}")
+        return check(str(int(value)) if isinstance(value, float) and value.is_integer() else str(value))
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--params: {where}: {err}") from None
 
 
 def member_settings(kind: str, layers: Layers, device: str) -> tuple[MemberSettings, ...]:
@@ -477,15 +487,48 @@ def grid_settings(values: dict, settings: EvalSettings) -> GridSettings:
     return grid
 
 
-def warn_unused(settings: EvalSettings, given: dict) -> None:
-    """A matcher parameter given for a matcher that does not use it is said (config.json records what ran)."""
+def without_unused(kind: str, dataset: str, given: dict, starts: dict) -> dict:
+    """The flags given, less those this run would not use, each said in one warning line: config.json then records
+    what the run used (and no protocol override is recorded for them). `starts`: the protocol's starting values."""
+    from semcorr.data.datasets import ONE_BASED_DATASETS
+
+    unused = unused_matcher_flags(kind, given, starts)
+    if "layout" in given and dataset not in LAYOUTS:
+        unused["layout"] = f"{dataset} has no layouts ({', '.join(LAYOUTS)} have)"
+    if "pf_shift" in given and dataset not in ONE_BASED_DATASETS:
+        unused["pf_shift"] = (
+            f"{dataset}'s coordinates are 0-based already (it applies to {', '.join(ONE_BASED_DATASETS)})"
+        )
+    if "params_alpha" in given and "params" not in given:
+        unused["params_alpha"] = "it picks the K and T of a --params file, and none is given"
+    if "cache_dir" in given and given.get("no_cache"):
+        unused["cache_dir"] = "--no-cache turns the feature cache off"
+    if "flip_masks" in given and given.get("flip_align") != "mask":
+        unused["flip_masks"] = "it is for --flip-align mask"
+    for name, why in unused.items():
+        value = given[name]
+        flag = f"--{'no-' if value is False else ''}{name.replace('_', '-')}" + (
+            "" if isinstance(value, bool) else f" {shown(value)}"
+        )
+        warnings.warn(f"{flag} ignored: {why}", stacklevel=3)
+    return {name: value for name, value in given.items() if name not in unused}
+
+
+def unused_matcher_flags(kind: str, given: dict, starts: dict) -> dict[str, str]:
+    """The matcher parameters given that the run's matcher does not use, and why."""
     import matching_strategies
 
-    uses = matching_strategies.MATCHERS[settings.match.matcher].uses
-    unused = [name for name in ("window", "temperature", "window_border") if name in given and name not in uses]
-    if unused:
-        flags = ", ".join(f"--{name.replace('_', '-')}" for name in unused)
-        warnings.warn(f"{flags} ignored: --matcher {settings.match.matcher} does not use it", stacklevel=3)
+    windowed = kind == "grid" or "params" in given  # a grid search's, or --params' window soft-argmax
+    fallback = "wsoftargmax" if windowed else default(EvalSettings, "match.matcher")
+    matcher = given.get("matcher") or starts.get("matcher") or fallback
+    if matcher not in matching_strategies.MATCHERS:
+        return {}  # refused with the list of matchers (match_settings)
+    uses = matching_strategies.MATCHERS[matcher].uses
+    return {
+        name: f"--matcher {matcher} does not use it"
+        for name in ("window", "temperature", "window_border", "sigma")
+        if name in given and name not in uses
+    }
 
 
 # --- fine-tuning -----------------------------------------------------------------------------------------

@@ -44,14 +44,17 @@ from semcorr.data.pairs import (
     PairSet,
     box_tuple,
     collect_pairs,
+    keypoint_ids,
     open_csv,
     points_array,
+    text_value,
 )
 
 NAME = "custom"
 FIELDS = (
     "source", "target", "category", "source_kps", "target_kps", "kp_ids", "source_bbox", "target_bbox", "pair_id",
 )  # fmt: skip
+THRESHOLD_FIELDS = {"bbox": "target_bbox", "image": "target", "kpbox": "target_kps"}  # the field that gives L
 FORMAT_HINT = (
     'A custom pairs file is a .json list of {"source": ..., "target": ..., optional "source_kps", '
     '"target_kps", ...} or a .csv with the header source,target[,category,source_kps,target_kps,...]; '
@@ -69,7 +72,10 @@ def load(root: Path, data: DataSettings) -> PairSet:
         raise DatasetError(f"{root}: custom pairs must be a .json or .csv file\n{FORMAT_HINT}")
     entries = readers[root.suffix.lower()](root)
     records = _records(root, entries)
-    return collect_pairs(NAME, data.split, root, records, limit=data.limit, keep_empty=True, clamp=data.clamp_keypoints)
+    return collect_pairs(
+        NAME, data.split, root, records, limit=data.limit, keep_empty=True, clamp=data.clamp_keypoints,
+        pck_norm=data.pck_norm, threshold_fields=THRESHOLD_FIELDS,
+    )  # fmt: skip
 
 
 def _read_json(path: Path) -> list[dict]:
@@ -118,9 +124,11 @@ def _records(path: Path, entries: list[dict]) -> Iterator[PairRecord]:
             raise DatasetError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
         if not entry.get("source") or not entry.get("target"):
             raise DatasetError(f"{where}: 'source' and 'target' image paths are required")
-        src, trg = (_image(path.parent, str(entry[k]), where, images) for k in ("source", "target"))
         try:
+            src, trg = (_image(path.parent, text_value(entry[k], k), where, images) for k in ("source", "target"))
             record = _record(entry, number, src, trg)
+        except DatasetError:
+            raise
         except (TypeError, ValueError) as exc:
             raise DatasetError(f"{where}: {exc}") from None
         if record.pair_id in pair_ids:
@@ -136,14 +144,14 @@ def _record(entry: dict, number: int, src: ImageRef, trg: ImageRef) -> PairRecor
     trg_kps = points_array(entry.get("target_kps", []), "target_kps")
     if len(src_kps) != len(trg_kps):
         raise ValueError(f"source_kps has {len(src_kps)} points but target_kps has {len(trg_kps)}")
-    kp_ids = [str(i) for i in entry.get("kp_ids", range(len(src_kps)))]
+    kp_ids = keypoint_ids(entry["kp_ids"], "kp_ids") if "kp_ids" in entry else [str(i) for i in range(len(src_kps))]
     if len(kp_ids) != len(src_kps):
         raise ValueError(f"kp_ids has {len(kp_ids)} ids for {len(src_kps)} keypoints")
     src_name, trg_name = (Path(ref.path).stem for ref in (src, trg))
     return PairRecord(
-        pair_id=str(entry.get("pair_id", f"{number:04d}-{src_name}-{trg_name}")),
+        pair_id=text_value(entry.get("pair_id", f"{number:04d}-{src_name}-{trg_name}"), "pair_id"),
         dataset=NAME,
-        category=str(entry.get("category", NAME)),
+        category=text_value(entry.get("category", NAME), "category"),
         src=src,
         trg=trg,
         src_kps=src_kps,

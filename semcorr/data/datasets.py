@@ -6,7 +6,8 @@ A loader is a module with
 
 that reads `data.split` (and `data.layout`, one of the dataset's config/settings.py:LAYOUTS, `data.limit`,
 `data.pf_shift`, `data.clamp_keypoints` where they apply) from the dataset at `root` and builds PairRecords
-with pairs.collect_pairs.
+with pairs.collect_pairs (given `data.pck_norm`: pairs whose PCK threshold length cannot be are skipped and
+counted there).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ LOADERS: dict[str, str] = {
     "ap10k": "ap10k",
     "custom": "semcorr.data.custom_pairs",
 }
+ONE_BASED_DATASETS = ("pf-pascal", "pf-willow")  # the datasets stored in 1-based coordinates (--pf-shift)
 SPLIT_ALIASES = {"train": "trn"}
 
 

@@ -99,9 +99,6 @@ def search_weights(
     weight_columns = [f"weight_{i}" for i in range(len(settings.members))]
     table = pd.concat([pd.DataFrame(combos, columns=weight_columns), scores], axis=1)
     best = best_weights(table, data.thresholds, search.select_by, settings.members)
-    run_dir = folders.new_run_dir(
-        settings.output.output_dir, ["ensemble", pairset.dataset, pairset.split, "weights"], context.started
-    )
     config = run_record(
         "weight_search",
         settings,
@@ -123,10 +120,15 @@ def search_weights(
         "pairs_skipped": skipped,
         "timings": {**metrics.feature_timings(stats), "search_s": search_s, "total_s": time.time() - context.started},
     }
-    folders.write_run(run_dir, "weight_search", config, weights=table, best_weights=best_file)
     labels = [member_label(m) for m in settings.members]
     figure = charts.weight_profiles(table, labels, data.thresholds, search.select_by)
-    save_plot(figure, run_dir / folders.PICTURES["weight_search"])
+
+    def write(run_dir: Path) -> None:
+        folders.write_run(run_dir, "weight_search", config, weights=table, best_weights=best_file)
+        save_plot(figure, run_dir / folders.PICTURES["weight_search"])
+
+    parts = ["ensemble", pairset.dataset, pairset.split, "weights"]
+    run_dir = folders.write_new_run(settings.output.output_dir, parts, context.started, write)
     print(summary.weight_search_summary(best, search.select_by))
     print(f"results: {run_dir}")
     return run_dir

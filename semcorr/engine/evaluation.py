@@ -169,14 +169,18 @@ def save_evaluation(
     pair_columns: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """A new results folder with the run's files (and pictures of its N best and worst pairs); prints the summary.
-    `pair_columns`: more per-pair values for per_pair.csv, in pair order."""
-    run_dir = folders.new_run_dir(settings.output.output_dir, parts, context.started)
+    `pair_columns`: more per-pair values for per_pair.csv, in pair order. A folder that cannot be completed (a full
+    disk) is not left behind; the features are in the cache."""
     per_pair = pck.pair_table(table, pairs).assign(**(pair_columns or {}))
-    folders.write_run(run_dir, "evaluation", config, per_keypoint=table, per_pair=per_pair, metrics=run_metrics)
-    if settings.output.save_vis:
-        from semcorr.viz import figures  # matplotlib loads only when pictures are asked for
 
-        figures.save_best_worst(run_dir / "vis", pairs, table, settings.output.save_vis)
+    def write(run_dir: Path) -> None:
+        folders.write_run(run_dir, "evaluation", config, per_keypoint=table, per_pair=per_pair, metrics=run_metrics)
+        if settings.output.save_vis:
+            from semcorr.viz import figures  # matplotlib loads only when pictures are asked for
+
+            figures.save_best_worst(run_dir / "vis", pairs, table, settings.output.save_vis)
+
+    run_dir = folders.write_new_run(settings.output.output_dir, parts, context.started, write)
     print(summary.evaluation_summary(config, run_metrics))
     print(f"results: {run_dir}")
     return run_dir

@@ -122,9 +122,6 @@ def grid_search(
     table = grid_table(eval_set.pairs, members[0], grid, settings.match, data, progress=settings.output.progress)
     grid_s = time.perf_counter() - t0
     best, argmax = best_parameters(table, data.thresholds, grid.select_by)
-    run_dir = folders.new_run_dir(
-        settings.output.output_dir, [backbone.name, pairset.dataset, pairset.split, "grid"], context.started
-    )
     device = members[0].features.feats.device
     run_resolved = {
         "members": resolved,
@@ -147,12 +144,17 @@ def grid_search(
         "pairs_skipped": skipped,
         "timings": {**timings, "total_s": time.time() - context.started},
     }
-    folders.write_run(run_dir, "grid", config, grid=table, best_parameters=best_file)
     title = (
         f"{backbone.name} on {pairset.dataset} {pairset.split} ({len(eval_set.pairs)} pairs, {data.pck_norm} threshold)"
     )
     figure = charts.grid_heatmap(table, data.thresholds, grid.select_by, title, best)
-    save_plot(figure, run_dir / folders.PICTURES["grid"])
+
+    def write(run_dir: Path) -> None:
+        folders.write_run(run_dir, "grid", config, grid=table, best_parameters=best_file)
+        save_plot(figure, run_dir / folders.PICTURES["grid"])
+
+    parts = [backbone.name, pairset.dataset, pairset.split, "grid"]
+    run_dir = folders.write_new_run(settings.output.output_dir, parts, context.started, write)
     print(summary.grid_summary(table, best, argmax, grid.select_by, grid=members[0].features.prep.grid))
     print(f"results: {run_dir}")
     return run_dir

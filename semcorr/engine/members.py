@@ -62,9 +62,6 @@ def build_member(
     sha = weights_digest(backbone)
     setting = feature_setting(backbone, prep, sha, extract.feature_dtype)
     cache = FeatureCache(extract.cache_dir, setting) if extract.cache_dir and sha else None
-    cache_off = (
-        None if cache else "--no-cache" if not extract.cache_dir else "random weights (no weights file to key it by)"
-    )
     feats = extract_features(backbone, images, prep, extract, cache=cache, progress=progress)
     resolved = {
         "model": backbone.name,
@@ -81,9 +78,16 @@ def build_member(
         "grid": list(prep.grid),
         "resize": prep.resize,
         "feature_cache": str(cache.dir) if cache else None,
-        "feature_cache_off": cache_off,
+        "feature_cache_off": cache_off_reason(cache, extract),
     }
     return Member(feats, member.weight), resolved
+
+
+def cache_off_reason(cache: FeatureCache | None, extract: ExtractSettings) -> str | None:
+    """Why a member's features were not cached, or None when they were."""
+    if cache is not None:
+        return f"not written: {cache.write_error}" if cache.write_error else None
+    return "--no-cache" if not extract.cache_dir else "random weights (no weights file to key it by)"
 
 
 def reference_member(members: list[Member], common_grid: str) -> int:

@@ -180,11 +180,15 @@ def run_match(settings: EvalSettings, pair: PairSettings) -> Path:
             f"--heatmap {bad}: there are only {len(result.pred)} points (indices 0..{len(result.pred) - 1})"
         )
     parts = ["match", backbone.name, Path(pair.src).stem, Path(pair.trg).stem]
-    folder = folders.new_run_dir(settings.output.output_dir, parts, context.started)
-    report = write_outputs(folder, result, backbone, settings, pair.heatmaps)
     config = run_record(
         "match", settings, resolved={"members": [resolved]}, context=context, device=backbone.device, pair=pair
     )
-    folders.write_run(folder, "match", config, matches=report)
+
+    def write(folder: Path) -> None:
+        folders.write_run(
+            folder, "match", config, matches=write_outputs(folder, result, backbone, settings, pair.heatmaps)
+        )
+
+    folder = folders.write_new_run(settings.output.output_dir, parts, context.started, write)
     print(f"{len(result.pred)} matches ({result.points}) -> {folder}")
     return folder

@@ -32,7 +32,7 @@ from semcorr.config.settings import AVERAGINGS, DEFAULT_THRESHOLDS
 from semcorr.report.summary import PCK
 from semcorr.report.tables import markdown_table
 from semcorr.runs.folders import Run
-from semcorr.storage.files import atomic_write, write_csv
+from semcorr.storage.files import atomic_write, make_folder, write_csv
 
 LEVEL_ALPHAS = np.round(np.arange(1, 101) / 100, 2)  # where "the alpha at which PCK reaches a level" is looked for
 CURVE_ALPHAS = LEVEL_ALPHAS[:30]  # PCK-versus-alpha curves: 0.01 to 0.3
@@ -387,7 +387,7 @@ def to_markdown(table: Table) -> str:
 def write_table(table: Table, folder: str | Path, stem: str | None = None) -> list[Path]:
     """<stem>.tex, <stem>.csv (numbers at full precision) and <stem>.md in `folder`."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     stem = stem or table.name
     paths = [folder / f"{stem}.tex", folder / f"{stem}.csv", folder / f"{stem}.md"]
     atomic_write(paths[0], lambda tmp: tmp.write_text(to_latex(table)))

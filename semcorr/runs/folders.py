@@ -2,7 +2,9 @@
 
 Each run writes a new timestamped folder, `<output dir>/<YYYYmmdd-HHMMSS>_<parts>/`, never
 overwriting one. Every folder holds `config.json`, whose "kind" says what ran, and the files of
-that kind (RUN_FILES below), each written atomically:
+that kind (RUN_FILES below), each written atomically; a run that writes its files at its end
+writes them into a hidden staging folder first (`write_new_run`), so that a run that fails while
+writing (a full disk) leaves no folder that looks like a run:
 
     evaluation     metrics.json, per_pair.csv, per_keypoint.csv   (+ vis/*.png with --save-vis)
     grid           best_parameters.json, grid_search_results.csv  (+ grid_search_heatmap.png)
@@ -17,19 +19,26 @@ with their id columns as strings). What config.json holds is semcorr/runs/record
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import json
+import math
+import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import pck
-from semcorr.storage.files import write_csv, write_json
+from semcorr.storage.files import make_folder, write_csv, write_failure, write_json
 
 CONFIG = "config.json"
+STAGING_SUFFIX = ".partial"  # a run folder being written (write_new_run); never read as a run
 
 # kind -> file name -> file
 RUN_FILES: dict[str, dict[str, str]] = {
@@ -82,16 +91,59 @@ def check_output_dir(output_dir: str | Path, flag: str = "--output-dir") -> Path
     return path
 
 
-def new_run_dir(output_dir: str | Path, parts: list[str], started: float | None = None) -> Path:
-    """Create `<output_dir>/<YYYYmmdd-HHMMSS>_<parts...>/`; never reuses an existing folder."""
+def run_name(parts: list[str], started: float | None = None) -> str:
+    """`<YYYYmmdd-HHMMSS>_<parts...>`: a run folder's name."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started or time.time()))
-    base = Path(output_dir) / "_".join([stamp, *(p.replace("/", "-") for p in parts if p)])
+    return "_".join([stamp, *(p.replace("/", "-") for p in parts if p)])
+
+
+def new_run_dir(output_dir: str | Path, parts: list[str], started: float | None = None) -> Path:
+    """Create `<output_dir>/<YYYYmmdd-HHMMSS>_<parts...>/`; never reuses an existing folder (fine-tuning, whose
+    folder fills while it runs; a run whose files are written at its end uses write_new_run)."""
+    base = Path(output_dir) / run_name(parts, started)
     candidate, n = base, 1
     while True:
         try:
             candidate.mkdir(parents=True, exist_ok=False)
             return candidate
         except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
+        except OSError as err:
+            raise write_failure(candidate, err, folder=True) from None
+
+
+def write_new_run(
+    output_dir: str | Path, parts: list[str], started: float | None, write: Callable[[Path], object]
+) -> Path:
+    """A new run folder `<output_dir>/<YYYYmmdd-HHMMSS>_<parts...>/` holding what write(folder) puts in it.
+
+    write works in a hidden staging folder (`.<name>.<random>.partial`), renamed into place once it returns
+    and removed when it fails (a full disk, an interruption): a folder with a run's name is always complete.
+    """
+    base = make_folder(output_dir) / run_name(parts, started)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{base.name}.", suffix=STAGING_SUFFIX, dir=output_dir))
+    except OSError as err:
+        raise write_failure(base, err, folder=True) from None
+    try:
+        write(staging)
+        return _publish(staging, base)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _publish(staging: Path, base: Path) -> Path:
+    """Rename `staging` to `base` (or `base-2`, `base-3`, ... when taken); the name it got."""
+    candidate, n = base, 1
+    while True:
+        try:
+            staging.rename(candidate)  # onto a missing or empty folder only: a run is never overwritten
+            return candidate
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                raise write_failure(candidate, err, folder=True) from None
             n += 1
             candidate = base.with_name(f"{base.name}-{n}")
 
@@ -207,6 +259,8 @@ def find_runs(paths: list[str | Path], kinds: tuple[str, ...] | None = None) -> 
         if not path.exists():
             raise RunFolderError(f"no such results folder: {path}")
         for config in [path / CONFIG, *path.rglob(CONFIG)]:
+            if config.parent.name.endswith(STAGING_SUFFIX):  # a run being written, or one that died writing
+                continue
             kind = _kind_of(config)
             if kind is not None and (kinds is None or kind in kinds or kind == "unreadable"):
                 found.add(config.parent)
@@ -245,6 +299,15 @@ REPORTED = {
     "finetune": {"train_log": ()},
     "grid": {"best_parameters": ("best", "argmax")},
 }
+# the numbers a report reads: JSON fields (dotted paths) and CSV columns (fnmatch patterns) that must be finite
+# numbers; every other CSV column but the text ones must hold numbers (a training row has no validation PCK: NaN)
+FINITE = {
+    "metrics": ("*pck@*", "counts.pairs", "counts.keypoints"),
+    "best_parameters": ("best.*", "argmax.*"),
+    "per_keypoint": ("*",),
+    "per_pair": ("norm_L", "pck@*"),
+    "train_log": ("step",),
+}
 CONFIG_KEYS = ("settings", "resolved")
 
 
@@ -253,7 +316,8 @@ class RunSkipped(UserWarning):
 
 
 def check_run(run: Run) -> Run:
-    """The run, when every file a report reads from it is there and readable; else RunFolderError naming the file."""
+    """The run, when every file a report reads from it is there, readable and holds numbers where a report reads
+    numbers; else RunFolderError naming the file (and the field)."""
     missing = [key for key in CONFIG_KEYS if key not in run.config]
     if missing:
         raise RunFolderError(f"{run.path / CONFIG}: no {', '.join(missing)} (a damaged or foreign config.json)")
@@ -261,12 +325,57 @@ def check_run(run: Run) -> Run:
         file = run.path / RUN_FILES[run.kind][name]
         if not run.has(name):
             raise RunFolderError(f"{file}: missing (this {run.kind} run is incomplete)")
-        if keys:
-            content = run.read(name)
-            absent = [k for k in keys if k not in content]
-            if absent:
-                raise RunFolderError(f"{file}: no {', '.join(absent)} (a damaged or foreign {file.name})")
+        content = run.read(name)
+        absent = [k for k in keys if k not in content]
+        if absent:
+            raise RunFolderError(f"{file}: no {', '.join(absent)} (a damaged or foreign {file.name})")
+        problem = _table_problem(content, name) if isinstance(content, pd.DataFrame) else _json_problem(content, name)
+        if problem:
+            raise RunFolderError(f"{file}: {problem} (a damaged file)")
     return run
+
+
+def _json_problem(content: dict, name: str) -> str | None:
+    """The first field of `content` read as a number that is not a finite one, or None."""
+    for where, value in _leaves(content):
+        if any(fnmatch.fnmatchcase(where, pattern) for pattern in FINITE.get(name, ())) and not _finite(value):
+            return f"field {where} is {value!r}, not a finite number"
+    return None
+
+
+def _leaves(content: object, where: str = "") -> Iterator[tuple[str, object]]:
+    """(dotted path, value) of every value of a JSON tree that is not a dict."""
+    if isinstance(content, dict):
+        for key, value in content.items():
+            yield from _leaves(value, f"{where}.{key}" if where else str(key))
+    else:
+        yield where, content
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _table_problem(table: pd.DataFrame, name: str) -> str | None:
+    """The first column of a CSV read as numbers that holds something else (or, where it must be finite, a
+    blank, NaN or inf), with the row; or None."""
+    for column in table.columns.difference(list(TEXT_COLUMNS.get(name, {})), sort=False):
+        numbers, given = _numbers(table[column])
+        finite = any(fnmatch.fnmatchcase(column, pattern) for pattern in FINITE.get(name, ()))
+        bad = ~np.isfinite(numbers) if finite else numbers.isna() & given
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            return f"column {column} holds {table[column].iloc[row]!r} in row {row + 1}, not a finite number"
+    return None
+
+
+def _numbers(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """A CSV column as floats (True / False as 1 / 0; anything else that is not a number as NaN), and which of its
+    cells are not blank."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return column.astype(float), column.notna()
+    text = column.astype(str)
+    return pd.to_numeric(text.replace({"True": "1", "False": "0"}), errors="coerce"), column.notna() & (text != "")
 
 
 def load_runs(paths: list[str | Path], kinds: tuple[str, ...] | None = None) -> list[Run]:

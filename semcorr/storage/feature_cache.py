@@ -1,35 +1,35 @@
 """On-disk cache of per-image dense features (L2-normalised, fp16 or fp32), one file per image.
 
 A cache folder is keyed by everything that changes the features: backbone, weights file hash,
-layer, model overrides and preprocessing. Inside it, an image's file is keyed by the image file's
-identity (resolved path, size in bytes, modification time). One file per image means an
-interrupted extraction resumes where it stopped, and grid searches / ensembles / re-runs reuse it.
+layer, model overrides and preprocessing. Inside it, an image's entry is keyed by what determines
+its features: the sha256 of the image file's bytes (computed once per file per run, files.file_sha256),
+not its path, size or modification time, so an image replaced by other content of the same size and
+time gets a new entry. Each entry names the image it holds the features of (its sha256 and path), so
+that an entry moved onto another's name is caught when read. One file per image means an interrupted
+extraction resumes where it stopped, and grid searches / ensembles / re-runs reuse it.
+
+A cache that cannot be written (a full disk, no permission, a file in the way) is one warning; the run
+goes on without writing it, with the same results.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import warnings
 from pathlib import Path
 
 import torch
 
 from semcorr.data.images import ImageRef
-from semcorr.storage.files import atomic_torch_save
+from semcorr.storage.files import WriteError, atomic_torch_save, atomic_write, code_on_load, file_sha256, make_folder
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries keyed by the image's content and naming it ({"image_sha256", "image", "features"})
 
 
 def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def image_identity(ref: ImageRef) -> dict[str, object]:
-    """What identifies an image file's content without reading it."""
-    path = Path(ref.path).resolve()
-    stat = path.stat()
-    return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "key": ref.key}
 
 
 class FeatureCache:
@@ -39,43 +39,76 @@ class FeatureCache:
         self.setting = {**setting, "cache_format": CACHE_FORMAT}
         name = str(setting.get("backbone", "features"))
         self.dir = Path(root) / f"{name}-{_digest(self.setting)[:16]}"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.write_error: str | None = None  # why entries are not written this run (the first failure)
+        self._lock = threading.Lock()
         info = self.dir / "setting.json"
-        if not info.exists():
-            info.write_text(json.dumps(self.setting, indent=1, sort_keys=True, default=str))
+        try:
+            make_folder(self.dir)
+            if not info.exists():
+                text = json.dumps(self.setting, indent=1, sort_keys=True, default=str)
+                atomic_write(info, lambda tmp: tmp.write_text(text))
+        except WriteError as err:
+            self.not_writable(err)
 
     def path(self, ref: ImageRef) -> Path:
-        return self.dir / f"{_digest(image_identity(ref))[:32]}.pt"
+        """The entry of `ref`'s image: named by its file's content."""
+        return self.dir / f"{file_sha256(ref.path)[:32]}.pt"
 
     def load(self, ref: ImageRef, shape: tuple[int, ...]) -> torch.Tensor | None:
-        """The cached features of `ref`, or None when absent. A damaged entry (unreadable, not a
-        floating-point tensor of `shape`, or holding NaN / inf) is dropped with a warning naming its file,
-        so that the image is extracted again."""
+        """The cached features of `ref`, or None when absent. A damaged entry (unreadable, of another image, not
+        a floating-point tensor of `shape`, or holding NaN / inf) is dropped with a warning naming its file, so
+        that the image is extracted again."""
         path = self.path(ref)
         if not path.exists():
             return None
         try:
-            feats = torch.load(path, map_location="cpu", weights_only=True)
+            entry = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many kinds for damaged files
-            problem = f"unreadable ({type(err).__name__})"
+            asks = code_on_load(err)
+            problem = (
+                f"refused: it asks to run code ({asks}) when loaded" if asks else f"unreadable ({type(err).__name__})"
+            )
         else:
-            problem = entry_problem(feats, shape)
+            problem = entry_problem(entry, file_sha256(ref.path), shape)
         if problem is None:
-            return feats
+            return entry["features"]
         warnings.warn(f"feature cache file {path} (of {ref.path}) is {problem}: re-extracting it", stacklevel=2)
         return None
 
     def save(self, refs: list[ImageRef], feats: torch.Tensor) -> None:
-        """Store one (C, h, w) tensor per image, in the features' dtype (fp16 unless the run keeps fp32);
-        non-finite features are never stored."""
+        """Store one (C, h, w) tensor per image, in the features' dtype (fp16 unless the run keeps fp32), with the
+        image it belongs to; non-finite features are never stored. The first write that fails turns writing off
+        for the rest of the run (one warning)."""
         for ref, f in zip(refs, feats, strict=True):
             f = f.detach().to("cpu")
-            if torch.isfinite(f).all():
-                atomic_torch_save(f.clone(), self.path(ref))
+            if self.write_error is not None or not torch.isfinite(f).all():
+                continue
+            entry = {"image_sha256": file_sha256(ref.path), "image": str(ref.path), "features": f.clone()}
+            try:
+                atomic_torch_save(entry, self.path(ref))
+            except WriteError as err:
+                self.not_writable(err)
+
+    def not_writable(self, err: WriteError) -> None:
+        """Turn writing off for this run, with one warning."""
+        with self._lock:
+            if self.write_error is not None:
+                return
+            self.write_error = str(err)
+        warnings.warn(
+            f"feature cache not written: {err}. The run goes on without caching its features (same results); "
+            "to cache them, fix that or choose another --cache-dir",
+            stacklevel=2,
+        )
 
 
-def entry_problem(feats: object, shape: tuple[int, ...]) -> str | None:
-    """What is wrong with a loaded cache entry, or None."""
+def entry_problem(entry: object, image_sha256: str, shape: tuple[int, ...]) -> str | None:
+    """What is wrong with a loaded cache entry for the image of content `image_sha256`, or None."""
+    if not isinstance(entry, dict) or not {"image_sha256", "features"} <= set(entry):
+        return f"not a feature cache entry ({type(entry).__name__})"
+    if entry["image_sha256"] != image_sha256:
+        return f"the entry of another image ({entry.get('image', 'unnamed')})"
+    feats = entry["features"]
     if not isinstance(feats, torch.Tensor) or not feats.is_floating_point():
         return f"not a floating-point tensor ({type(feats).__name__})"
     if tuple(feats.shape) != tuple(shape):

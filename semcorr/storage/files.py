@@ -1,10 +1,14 @@
-"""Atomic file writes and file hashing: the one way every module writes a file that others read."""
+"""Atomic file writes, folders made, file hashing, and what a refused torch file asks for: the one way every
+module writes a file that others read, and says so in one line when the disk refuses."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,14 +17,61 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+class WriteError(OSError):
+    """A file or folder could not be written (a full disk, a file-size limit, no permission, a file in the way);
+    the message names it and what to do."""
+
+
+WHY = {
+    errno.ENOSPC: "no space is left on its disk",
+    errno.EFBIG: "it would exceed the file-size limit (a full disk, a quota or `ulimit -f`)",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "its file system is read-only",
+}
+
+
+def write_failure(path: str | Path, err: BaseException, *, folder: bool = False) -> WriteError:
+    """The one-line error for the file (or `folder`) at `path` that could not be written because of `err`."""
+    path = Path(path)
+    blocker = next((p for p in ([path] if folder else []) + list(path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        why, action = f"{blocker} is a file, not a folder", "choose another path"
+    elif not folder and not path.parent.is_dir():
+        why, action = f"its folder {path.parent} does not exist", "create it or choose another path"
+    elif isinstance(err, OSError) and err.errno in WHY:
+        why, action = WHY[err.errno], "free some space or choose another folder, then run again"
+    elif isinstance(err, OSError):
+        why, action = err.strerror or str(err), "choose another folder, then run again"
+    else:  # torch's writer reports a failed write as a RuntimeError
+        why, action = "the write failed (a full disk or a file-size limit?)", "free some space, then run again"
+    return WriteError(f"cannot write {path}: {why}; {action}")
+
+
+def make_folder(path: str | Path) -> Path:
+    """The folder at `path`, created with its parents; a WriteError naming it when it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_failure(path, err, folder=True) from None
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Call write(tmp) on a temporary file next to `path` (same suffix), then rename it: readers never
-    see half a file."""
+    see half a file. A write that fails (full disk, file-size limit, missing folder) is a WriteError naming
+    `path`, and `path` keeps what it held."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        if isinstance(err, WriteError):
+            raise
+        raise write_failure(path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -36,24 +87,31 @@ def write_csv(path: str | Path, table: pd.DataFrame) -> None:
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> None:
-    """torch.save, atomically."""
+    """torch.save, atomically; a failed write is a WriteError naming `path`."""
     import torch
 
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp: Path) -> None:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:  # torch's writer reports a full disk or a file-size limit as a RuntimeError
+            raise write_failure(path, err) from None
+
+    atomic_write(path, save)
 
 
-_DIGESTS: dict[tuple[str, int, int, int, str], str] = {}
+_DIGESTS: dict[tuple[str, int, int, int, int, str], str] = {}
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22, algorithm: str = "sha256") -> str:
     """The hex digest of a file's bytes (sha256 unless another hashlib `algorithm` is named).
 
-    Cached per file (real path, inode, size, modification time) and algorithm: a weights file of
-    gigabytes is read once however often it is asked about, and again once it changes.
+    Cached per file (real path, inode, size, modification and change times) and algorithm: a weights file
+    of gigabytes is read once however often it is asked about, and again once it changes (the change time
+    moves with new content even where `cp -p` or `rsync -t` put the old modification time back).
     """
     real = os.path.realpath(path)
     stat = os.stat(real)
-    key = (real, stat.st_ino, stat.st_size, stat.st_mtime_ns, algorithm)
+    key = (real, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, algorithm)
     if key not in _DIGESTS:
         digest = hashlib.new(algorithm)
         with open(real, "rb") as f:
@@ -61,3 +119,20 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22, algorithm: str = "sha256
                 digest.update(block)
         _DIGESTS[key] = digest.hexdigest()
     return _DIGESTS[key]
+
+
+def code_on_load(err: BaseException) -> str | None:
+    """The global a torch file asked to import when `torch.load(weights_only=True)` refused it (a file that would
+    run code when unpickled), or None when `err` is another failure."""
+    if not isinstance(err, pickle.UnpicklingError) or "weights only load failed" not in str(err).lower():
+        return None
+    named = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return named[1] if named else "an object that is not plain data"
+
+
+def code_on_load_message(path: str | Path, name: str) -> str:
+    """One line for a torch file that asks to run code when loaded."""
+    return (
+        f"{path} asks to run code when it is loaded (it names {name}); this toolkit loads weights only "
+        "(torch.load with weights_only=True) and refuses it: never load it another way unless you trust its source"
+    )

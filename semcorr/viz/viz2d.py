@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import ConnectionPatch
 from PIL import Image
 
-from semcorr.storage.files import atomic_write
+from semcorr.storage.files import atomic_write, make_folder
 
 CORRECT, WRONG, TRUTH = "lime", "red", "cyan"
 SCORE_CMAP, HEAT_CMAP = "viridis", "jet"
@@ -88,7 +88,7 @@ def add_title(fig: Figure, title: str) -> None:
 def save_plot(fig: Figure, path: str | Path) -> Path:
     """Write the figure, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     atomic_write(path, lambda tmp: fig.savefig(tmp, bbox_inches="tight", pad_inches=0.05))
     return path
 
