@@ -16,6 +16,7 @@ rank 0 validates and writes.
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,13 +47,15 @@ from finetuning.loss import correspondence_loss
 from finetuning.model import FrozenCache, SplitBackbone, learning_rate_factor, make_optimizer
 from helper_functions import member_preprocess
 from models import Backbone, base_record, create_backbone, weights_origin
-from semcorr.config.settings import EvalSettings, MatchSettings, MemberSettings, TrainSettings
+from semcorr.cli.errors import command_line, script_path
+from semcorr.config.settings import DataSettings, EvalSettings, MatchSettings, MemberSettings, TrainSettings
 from semcorr.data.datasets import load_pairs
 from semcorr.data.geometry import Preprocess
 from semcorr.data.pairs import PairRecord, PairSet
 from semcorr.engine.evaluation import evaluable
 from semcorr.engine.matching import predict_keypoints
 from semcorr.engine.members import build_member
+from semcorr.report import labels
 from semcorr.runs import folders
 from semcorr.runs.record import RunContext, run_record, start_run
 
@@ -215,9 +218,6 @@ def open_run_folder(training: TrainingRun, resumed: bool) -> None:
         training.log = TrainLog.resume(training.run_dir, training.val_key, training.step)
         print(f"resuming {training.run_dir} at step {training.step}/{training.total_steps}")
         return
-    training.run_dir = folders.new_run_dir(
-        settings.output.output_dir, [training.backbone.name], training.context.started
-    )
     params = list(training.split.parameters())
     resolved = {
         "weights": str(training.backbone.weights_path),
@@ -236,6 +236,9 @@ def open_run_folder(training: TrainingRun, resumed: bool) -> None:
     }
     config = run_record(
         "finetune", settings, resolved=resolved, context=training.context, device=training.backbone.device
+    )
+    training.run_dir = folders.new_run_dir(
+        settings.output.output_dir, labels.folder_parts(config), training.context.started
     )
     folders.write_config(training.run_dir, "finetune", config)
     training.log = TrainLog(training.run_dir, training.val_key)
@@ -366,13 +369,13 @@ def train(
     """Fine-tune on `train_set`, validating on `val_set`; returns the run folder (rank 0's)."""
     training = setup(settings, train_set, val_set, Path(resume) if resume is not None else None)
     settings, main = training.settings, training.process.main
-    if training.step == 0 and training.val_set is not None and main:  # the starting point of the PCK curve
-        training.log.add({"step": 0, "epoch": 0, **validate(training.backbone, training.val_set, settings)})
-        training.log.write()
-    barrier(training.process)
     bar = tqdm(total=training.total_steps, initial=training.step, desc="fine-tuning", unit="step",
                disable=not (settings.output.progress and main))  # fmt: skip
     try:
+        if training.step == 0 and training.val_set is not None and main:  # the starting point of the PCK curve
+            training.log.add({"step": 0, "epoch": 0, **validate(training.backbone, training.val_set, settings)})
+            training.log.write()
+        barrier(training.process)
         loop(training, bar)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_message(training)) from None
@@ -485,8 +488,13 @@ def train_step(training: TrainingRun, batch: dict) -> tuple[Tensor, Tensor]:
 # --- what a run says when it ends ------------------------------------------------------------------
 
 
+# the conventions a fine-tuning run may have changed that its evaluation must change too
+EVALUATION_FLAGS = ("pck_norm", "resample", "coordinates", "pf_shift", "clamp_keypoints", "build", "precision")
+
+
 def last_lines(training: TrainingRun) -> list[str]:
-    """The step reached, the model to evaluate, and the command that evaluates it."""
+    """The step reached, the model to evaluate, and the commands that continue the run (when it stopped early)
+    and evaluate the model, each runnable as printed."""
     settings = training.settings
     model = training.run_dir / (
         BEST if settings.optimisation.select == "best" and training.best_step is not None else LAST
@@ -494,13 +502,36 @@ def last_lines(training: TrainingRun) -> list[str]:
     lines = [f"done at step {training.step}/{training.total_steps}: {training.run_dir}"]
     if training.best_step is not None:
         lines.append(f"best {training.val_key} {training.best:.2f} at step {training.best_step}")
-    split = "val" if settings.data.dataset != "custom" else "test"
     lines.append(f"model: {model}")
-    lines.append(
-        f"evaluate it: python evaluate.py --checkpoint {model} --dataset {settings.data.dataset} --split {split}"
-        + (" --protocol original" if settings.protocol.name == "original" else "")
-    )
+    if training.step < training.total_steps:
+        lines.append(f"continue it: {resume_command(training)}")
+    lines.append(f"evaluate it: {evaluation_command(settings, model)}")
+    if settings.data.dataset == "custom":
+        lines.append("  (that is the file it trained on: for a fair number, give a file of held-out pairs instead)")
     return lines
+
+
+def evaluation_command(settings: TrainSettings, model: Path) -> str:
+    """evaluate.py on the model: the training dataset's test split (not the split that selected best.pt), at
+    the folder it was read from, with the run's protocol and the conventions it changed."""
+    data = settings.data
+    argv = ["python", script_path("evaluate.py"), "--checkpoint", str(model), "--dataset", data.dataset]
+    argv += ["--data-root", data.root] if data.root is not None else []
+    argv += ["--layout", data.layout] if data.layout != DataSettings().layout else []
+    argv += ["--rescale-annotations"] if data.rescale_annotations else []
+    argv += ["--protocol", settings.protocol.name] if settings.protocol.name != "default" else []
+    for name, value in settings.protocol.overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if name in EVALUATION_FLAGS:
+            argv += [flag] if value is True else [flag.replace("--", "--no-")] if value is False else [flag, str(value)]
+    return shlex.join(argv)
+
+
+def resume_command(training: TrainingRun) -> str:
+    """The command that continues this run from its last.pt (torchrun with as many processes under DDP)."""
+    world = training.process.world
+    launcher = ["torchrun", f"--nproc_per_node={world}"] if world > 1 else ["python"]
+    return shlex.join([*launcher, script_path("finetuning/finetune.py"), "--resume", str(training.run_dir)])
 
 
 def diverged_message(training: TrainingRun, first_step: int) -> str:
@@ -516,9 +547,13 @@ def diverged_message(training: TrainingRun, first_step: int) -> str:
 
 
 def interrupted_message(training: TrainingRun) -> str:
+    """Where the run stands and the command that continues it (or, before its first checkpoint, starts it again)."""
     if training.last_saved is None:
-        return f"interrupted at step {training.step}, before the first checkpoint: nothing to resume"
+        return (
+            f"interrupted at step {training.step}, before the first checkpoint: nothing to resume; start again "
+            f"with: {command_line()}"
+        )
     return (
         f"interrupted at step {training.step}; the last checkpoint is {training.run_dir / LAST} (step "
-        f"{training.last_saved}). Continue with: python finetuning/finetune.py --resume {training.run_dir}"
+        f"{training.last_saved}). Continue with: {resume_command(training)}"
     )

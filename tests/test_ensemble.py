@@ -68,7 +68,7 @@ def test_identical_members_equal_one_model_and_weights_are_normalised(tmp_path, 
     single = evaluate(colour_config(tmp_path, match=match), colour_pairs, bb)
     run = evaluate(colour_config(tmp_path, match=match, weights=[3, 7]), colour_pairs, [bb, bb])
     np.testing.assert_allclose(predictions(run), predictions(single), atol=1e-9)
-    assert run.name.endswith("_ensemble_custom_test_wsoftargmax")
+    assert run.name.endswith("_ensemble_colourcode+colourcode_128x128_custom-test_wsoftargmax-K5-T0.1_pck_norm=bbox")
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "per_keypoint.csv", "per_pair.csv"]
     config_json = json.loads((run / "config.json").read_text())
     members = config_json["resolved"]["members"]
@@ -141,7 +141,7 @@ def test_weight_search(tmp_path, colour_pairs):
     cfg = colour_config(tmp_path, no_cache=True, weights=[None, None])
     good = colour_backbone(tmp_path)
     run = ens.search_weights(cfg, WeightSearchSettings(step=0.25), colour_pairs, [good, NoiseBackbone(8, 128)])
-    assert run.name.endswith("_ensemble_custom_test_weights")
+    assert "_weight_search_" in run.name and "_ensemble_colourcode+colourcode_128x128_custom-test_" in run.name
     table = pd.read_csv(run / "weight_search_results.csv")
     assert table[["weight_0", "weight_1"]].values.tolist() == [[0, 1], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1, 0]]
     single = json.loads(

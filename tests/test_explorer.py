@@ -19,7 +19,8 @@ from semcorr.data.datasets import load_pairs
 from semcorr.data.geometry import Geometry
 from semcorr.engine import pair as mp
 from semcorr.runs import folders
-from semcorr.viz.explorer import Explorer, ExplorerView, dataset_pairs, heatmap_in_pixels, pair_choices, settings_of_run
+from semcorr.viz.explorer import Explorer, ExplorerView, dataset_pairs, pair_choices, settings_of_run
+from semcorr.viz.figures import heatmap_in_pixels
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_matches.ipynb"
 

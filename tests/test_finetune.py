@@ -4,8 +4,10 @@ input gets a clear error."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -442,3 +444,71 @@ def test_original_protocol_trains_as_the_original_did(spair, tmp_path):
     before, after = state_dict(init), state_dict(run / "last.pt")
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.neck."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.blocks.4."))
+
+
+# --- the commands a run prints run as printed ------------------------------------------------------------
+
+
+def printed_command(text: str, prefix: str) -> list[str]:
+    """The command after `prefix` in printed text, as a shell splits it."""
+    (line,) = [line for line in text.splitlines() if prefix in line]
+    return shlex.split(line.split(prefix, 1)[1])
+
+
+def run_as_printed(argv: list[str]) -> Path | None:
+    """Run a printed `python <script> ...` command in this process, from the working folder it was printed in."""
+    assert argv[0] == "python" and Path(argv[1]).resolve().parent in (REPO, REPO / "finetuning"), argv
+    script = Path(argv[1]).resolve().relative_to(REPO).with_suffix("").as_posix().replace("/", ".")
+    entry = main if script == "finetuning.finetune" else importlib.import_module(script).main
+    return entry(argv[2:])
+
+
+def test_the_evaluation_command_of_a_custom_run_runs_as_printed(init, tmp_path, monkeypatch, capsys):
+    pairs_file = make_custom(tmp_path / "pairs", fake_pairs(fake_images("cat", 3, num_kps=5)))
+    monkeypatch.chdir(tmp_path)  # the printed command writes its results and cache here
+    main(["--checkpoint", str(init), "--dataset", "custom", "--data-root", str(pairs_file), *IMAGE,
+          "--output-dir", "runs", "--batch-size", "4"])  # fmt: skip
+    printed = capsys.readouterr().out
+    argv = printed_command(printed, "evaluate it: ")
+    assert "--split" not in argv and argv[argv.index("--data-root") + 1] == str(pairs_file)
+    assert "the file it trained on" in printed
+    evaluated = run_as_printed(argv)
+    assert evaluated.resolve().parent == tmp_path / "results" and (evaluated / "metrics.json").is_file()
+
+
+def test_an_spair_run_is_evaluated_on_test_where_it_was_read_not_on_the_split_that_chose_best_pt(
+    init, spair, tmp_path, capsys
+):
+    run = main(["--checkpoint", str(init), "--data-root", str(spair), *IMAGE, "--batch-size", "4",
+                "--output-dir", str(tmp_path), "--protocol", "original", "--pck-norm", "image"])  # fmt: skip
+    argv = printed_command(capsys.readouterr().out, "evaluate it: ")
+    assert argv[argv.index("--checkpoint") + 1] == str(run / "last.pt")  # the original protocol keeps the last
+    assert argv[argv.index("--data-root") + 1] == str(spair) and "--split" not in argv  # evaluate.py's test split
+    assert argv[-4:] == ["--protocol", "original", "--pck-norm", "image"]
+
+
+def test_a_stopped_or_interrupted_run_continues_with_the_command_it_prints(init, spair, tmp_path, capsys, monkeypatch):
+    flags = ["--checkpoint", str(init), "--data-root", str(spair), *IMAGE, "--batch-size", "2", "--val-every", "1",
+             "--output-dir", str(tmp_path), "--val-limit", "2"]  # fmt: skip
+    run = main([*flags, "--stop-after", "1"])
+    assert training_step(run / "last.pt") == 1
+    stopped = capsys.readouterr().out
+    assert run_as_printed(printed_command(stopped, "continue it: ")) == run
+    assert training_step(run / "last.pt") == 3  # 6 pairs, 2 a step
+
+    step = training_module.train_step
+    calls = []
+
+    def interrupted_at_the_second_step(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return step(*args, **kw)
+
+    monkeypatch.setattr(training_module, "train_step", interrupted_at_the_second_step)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        main(flags)
+    assert "interrupted at step 1" in str(stop.value)
+    monkeypatch.setattr(training_module, "train_step", step)
+    resumed = run_as_printed(printed_command(str(stop.value), "Continue with: "))
+    assert training_step(resumed / "last.pt") == 3 and "done at step 3/3" in capsys.readouterr().out

@@ -43,7 +43,7 @@ def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, c
         "grid_search_heatmap.png",
         "grid_search_results.csv",
     ]
-    assert run.name.endswith("_colourcode_custom_test_grid")
+    assert run.name.endswith("_grid_custom-weights-weights-8_colourcode_128x128_custom-test_pck_norm=bbox")
     table = pd.read_csv(run / "grid_search_results.csv")
     assert table["matcher"].tolist() == ["argmax"] + ["wsoftargmax"] * 6
     assert table[["window", "temperature"]].iloc[1:].values.tolist() == [[k, t] for k in windows for t in temperatures]
@@ -219,7 +219,7 @@ def test_command_line_grid_search(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "best at PCK@0.1 (per_image): K=" in out
     (run,) = (tmp_path / "results").iterdir()
-    assert run.name.endswith("_dinov2_vits14_custom_val_grid")
+    assert run.name.endswith("_grid_random-weights_dinov2_vits14_28x28_custom-val_pck_norm=bbox")
     config_json = json.loads((run / "config.json").read_text())
     assert config_json["settings"]["grid"]["windows"] == [3, 5]
     assert config_json["resolved"]["members"][0]["image_size"] == [28, 28]

@@ -85,7 +85,7 @@ def test_match_pair_command_line(tmp_path, capsys):
         str(tmp_path / "cache"),
     ]
     folder = match_pair.main([*common, "--grid", "2", "--heatmap", "0", "3"])
-    assert folder.name.endswith("_match_dinov2_vits14_src_trg")
+    assert folder.name.endswith("_match_random-weights_dinov2_vits14_28x28_src_trg")
     names = ["config.json", "heatmap_0.png", "heatmap_3.png", "matches.json", "matches.png"]
     assert sorted(p.name for p in folder.iterdir()) == names
     run = folders.read_run(folder)

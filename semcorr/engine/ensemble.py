@@ -17,7 +17,7 @@ from semcorr.data.pairs import PairSet
 from semcorr.engine.evaluation import build_members, evaluation_set, load_backbones, run_resolved
 from semcorr.engine.grid_search import best_per_alpha, score_variants
 from semcorr.engine.members import engine_members
-from semcorr.report import summary
+from semcorr.report import labels, summary
 from semcorr.runs import folders, metrics
 from semcorr.runs.record import RunContext, run_record, start_run
 from semcorr.viz import charts
@@ -100,9 +100,6 @@ def search_weights(
     weight_columns = [f"weight_{i}" for i in range(len(settings.members))]
     table = pd.concat([pd.DataFrame(combos, columns=weight_columns), scores], axis=1)
     best = best_weights(table, data.thresholds, search.select_by, settings.members)
-    run_dir = folders.new_run_dir(
-        settings.output.output_dir, ["ensemble", pairset.dataset, pairset.split, "weights"], context.started
-    )
     config = run_record(
         "weight_search",
         settings,
@@ -111,6 +108,7 @@ def search_weights(
         device=ordered[0].features.feats.device,
         search=search,
     )
+    run_dir = folders.new_run_dir(settings.output.output_dir, labels.folder_parts(config), context.started)
     best_file = {
         "selected_by": search.select_by,
         "members": [member_arg(m) for m in settings.members],
@@ -125,8 +123,8 @@ def search_weights(
         "timings": {**metrics.feature_timings(stats), "search_s": search_s, "total_s": time.time() - context.started},
     }
     folders.write_run(run_dir, "weight_search", config, weights=table, best_weights=best_file)
-    labels = [member_label(m) for m in settings.members]
-    figure = charts.weight_profiles(table, labels, data.thresholds, search.select_by)
+    names = [member_label(m) for m in settings.members]
+    figure = charts.weight_profiles(table, names, data.thresholds, search.select_by)
     save_plot(figure, run_dir / folders.PICTURES["weight_search"])
     print(summary.weight_search_summary(best, search.select_by))
     print(f"results: {run_dir}")

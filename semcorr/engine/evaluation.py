@@ -24,7 +24,7 @@ from semcorr.data.datasets import load_pairs
 from semcorr.data.pairs import NO_KEYPOINTS, DatasetError, PairRecord, PairSet
 from semcorr.engine.matching import predict_variants
 from semcorr.engine.members import Member, build_member, engine_members
-from semcorr.report import summary
+from semcorr.report import labels, summary
 from semcorr.runs import folders, metrics
 from semcorr.runs.record import RunContext, run_record, start_run
 
@@ -78,9 +78,7 @@ def evaluate(
         matching_s=time.perf_counter() - t0,
         started=context.started,
     )
-    name = backbones[0].name if len(backbones) == 1 else "ensemble"
-    parts = [name, eval_set.dataset, eval_set.split, settings.match.matcher]
-    return save_evaluation(settings, parts, config, run_metrics, table, eval_set.pairs, context)
+    return save_evaluation(settings, config, run_metrics, table, eval_set.pairs, context)
 
 
 def build_members(
@@ -137,7 +135,6 @@ def pairs_fingerprint(pairs: list[PairRecord]) -> str:
 
 def save_evaluation(
     settings: EvalSettings,
-    parts: list[str],
     config: dict,
     run_metrics: dict,
     table: pd.DataFrame,
@@ -145,7 +142,7 @@ def save_evaluation(
     context: RunContext,
 ) -> Path:
     """A new results folder with the run's files (and pictures of its N best and worst pairs); prints the summary."""
-    run_dir = folders.new_run_dir(settings.output.output_dir, parts, context.started)
+    run_dir = folders.new_run_dir(settings.output.output_dir, labels.folder_parts(config), context.started)
     per_pair = pck.pair_table(table, pairs)
     folders.write_run(run_dir, "evaluation", config, per_keypoint=table, per_pair=per_pair, metrics=run_metrics)
     if settings.output.save_vis:

@@ -21,7 +21,7 @@ from semcorr.data.pairs import PairRecord, PairSet
 from semcorr.engine.evaluation import build_members, evaluation_set, load_backbones, pairs_fingerprint
 from semcorr.engine.matching import predict_variants
 from semcorr.engine.members import Member
-from semcorr.report import summary
+from semcorr.report import labels, summary
 from semcorr.runs import folders, metrics
 from semcorr.runs.folders import pck_column
 from semcorr.runs.record import RunContext, run_record, start_run
@@ -126,9 +126,6 @@ def grid_search(
     )  # fmt: skip
     grid_s = time.perf_counter() - t0
     best, argmax = best_parameters(table, data.thresholds, grid.select_by)
-    run_dir = folders.new_run_dir(
-        settings.output.output_dir, [backbone.name, pairset.dataset, pairset.split, "grid"], context.started
-    )
     device = members[0].features.feats.device
     run_resolved = {
         "members": resolved,
@@ -136,6 +133,7 @@ def grid_search(
         "pairs_fingerprint": pairs_fingerprint(eval_set.pairs),
     }
     config = run_record("grid", settings, resolved=run_resolved, context=context, device=device, grid=grid)
+    run_dir = folders.new_run_dir(settings.output.output_dir, labels.folder_parts(config), context.started)
     timings = {**metrics.feature_timings([members[0].features.stats]), "grid_s": grid_s}
     best_file = {
         "selected_by": grid.select_by,

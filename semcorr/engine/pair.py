@@ -18,6 +18,7 @@ from semcorr.data.pairs import PairRecord
 from semcorr.engine.evaluation import load_backbones
 from semcorr.engine.matching import predict_keypoints, source_descriptors, target_similarity
 from semcorr.engine.members import build_member
+from semcorr.report import labels
 from semcorr.runs import folders
 from semcorr.runs.record import run_record, start_run
 
@@ -140,13 +141,15 @@ def write_outputs(
     viz2d.label_points(fig.axes[0], pair.src_kps, pair.kp_ids)
     viz2d.add_colorbar(fig, fig.axes[1], norm, "peak cosine similarity")
     viz2d.save_plot(fig, folder / folders.PICTURES["match"])
-    extent = figures.grid_extent(fs.geometries[pair.trg.key], fs.prep)
     for i in heatmaps:
+        heat, extent = figures.heatmap_in_pixels(
+            result.similarity[i].float().cpu().numpy(), fs.geometries[pair.trg.key], fs.prep.patch_size
+        )  # bilinear between patch centres, as the explorer draws it
         fig = figures.draw_similarity(
             src,
             trg,
             pair.src_kps[i],
-            result.similarity[i].float().cpu().numpy(),
+            heat,
             extent,
             pred_xy=result.pred[i],
             title=f"point {i}: similarity {peak[i]:.3f}",
@@ -179,12 +182,12 @@ def run_match(settings: EvalSettings, pair: PairSettings) -> Path:
         raise ValueError(
             f"--heatmap {bad}: there are only {len(result.pred)} points (indices 0..{len(result.pred) - 1})"
         )
-    parts = ["match", backbone.name, Path(pair.src).stem, Path(pair.trg).stem]
-    folder = folders.new_run_dir(settings.output.output_dir, parts, context.started)
-    report = write_outputs(folder, result, backbone, settings, pair.heatmaps)
     config = run_record(
         "match", settings, resolved={"members": [resolved]}, context=context, device=backbone.device, pair=pair
     )
+    parts = [*labels.folder_parts(config), Path(pair.src).stem, Path(pair.trg).stem]
+    folder = folders.new_run_dir(settings.output.output_dir, parts, context.started)
+    report = write_outputs(folder, result, backbone, settings, pair.heatmaps)
     folders.write_run(folder, "match", config, matches=report)
     print(f"{len(result.pred)} matches ({result.points}) -> {folder}")
     return folder
