@@ -195,7 +195,7 @@ def test_notebook_click_equals_match_pair(tmp_path, monkeypatch):
               "--src", str(data.parent / "im0.png"), "--trg", str(data.parent / "im1.png"), "--points", "40,50"]  # fmt: skip
     for matcher, window in (("argmax", []), ("wsoftargmax", ["--window", "3", "--temperature", "0.2"])):
         folder = match_pair.main([*common, "--matcher", matcher, *window])
-        (match,) = folders.read_run(folder).read("matches")["matches"]
+        ((match,),) = [pair["matches"] for pair in folders.read_run(folder).read("matches")["pairs"]]
         assert click["predictions"][matcher] == match["target"]
         assert click["similarity"] == pytest.approx(match["similarity"])
 

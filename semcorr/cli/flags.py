@@ -370,8 +370,9 @@ def add_output_args(
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_protocol_args(p: argparse.ArgumentParser, *, evaluation: bool = True) -> None:
-    """--protocol, and a flag for each convention it sets (given: overrides that part of it)."""
+def add_protocol_args(p: argparse.ArgumentParser, *, evaluation: bool = True, dataset: bool = True) -> None:
+    """--protocol, and a flag for each convention it sets (given: overrides that part of it); `dataset`: also
+    the conventions of the benchmarks' annotations (not for images of the user's own)."""
     g = p.add_argument_group(
         "protocol", "--protocol sets every convention below at once; a flag given overrides that part of it"
     )
@@ -387,16 +388,17 @@ def add_protocol_args(p: argparse.ArgumentParser, *, evaluation: bool = True) ->
         choices=COORDINATE_CONVENTIONS,
         help="pixel 0 at the pixel's centre or at its edge" + protocol_default("coordinates"),
     )
-    g.add_argument(
-        "--pf-shift",
-        action=argparse.BooleanOptionalAction,
-        help="shift PF-Pascal / PF-Willow 1-based coordinates by -1" + protocol_default("pf_shift"),
-    )
-    g.add_argument(
-        "--clamp-keypoints",
-        action=argparse.BooleanOptionalAction,
-        help="move keypoints outside their image into it" + protocol_default("clamp_keypoints"),
-    )
+    if dataset:
+        g.add_argument(
+            "--pf-shift",
+            action=argparse.BooleanOptionalAction,
+            help="shift PF-Pascal / PF-Willow 1-based coordinates by -1" + protocol_default("pf_shift"),
+        )
+        g.add_argument(
+            "--clamp-keypoints",
+            action=argparse.BooleanOptionalAction,
+            help="move keypoints outside their image into it" + protocol_default("clamp_keypoints"),
+        )
     g.add_argument(
         "--precision",
         choices=PRECISION_NAMES,

@@ -107,6 +107,9 @@ def resolve(kind: str, given: dict) -> object:
     protocol = get_protocol(given.get("protocol") or "default")
     dataset = given.get("dataset") or default(TrainSettings if kind == "finetune" else EvalSettings, "data.dataset")
     presets = protocol.values(dataset, training=kind == "finetune")
+    scored = given.get("val_data") or given.get("data_root") if kind != "match" else None  # the pairs PCK scores
+    if dataset == "custom" and "pck_norm" not in given and scored:
+        presets["pck_norm"] = custom_pck_norm(scored, presets["pck_norm"])
     values = {**presets, **given}
     overrides = {name: value for name, value in given.items() if name in presets and value != presets[name]}
     if "precision" in given:  # one precision for every family: no override where it is the protocol's own
@@ -131,6 +134,28 @@ def resolve(kind: str, given: dict) -> object:
     if kind == "finetune":
         return training_settings(values, protocol, record, device, precision)
     return evaluation_settings(kind, values, given, record, device, precision)
+
+
+def custom_pck_norm(pairs_file: str, preset: str) -> str:
+    """The threshold length of a custom pairs file: the target box ("bbox") when every pair gives a target_bbox,
+    else the protocol's (said when only some pairs give one). A file that cannot be read is the loader's to
+    report: the protocol's then."""
+    from semcorr.data.custom_pairs import count_target_boxes
+    from semcorr.data.pairs import DatasetError
+
+    try:
+        boxed, pairs = count_target_boxes(Path(pairs_file))
+    except (DatasetError, OSError):
+        return preset
+    if pairs and boxed == pairs:
+        return "bbox"
+    if boxed:
+        warnings.warn(
+            f"{pairs_file}: {boxed} of {pairs} pairs give a target_bbox, so PCK uses the protocol's threshold "
+            f"({preset}); give every pair one to use the boxes, or --pck-norm to choose",
+            stacklevel=3,
+        )
+    return preset
 
 
 def families_of(given: dict) -> list[str]:

@@ -118,7 +118,12 @@ def evaluation_set(pairset: PairSet) -> tuple[PairSet, dict[str, int]]:
     pairs, skipped = evaluable(pairset)
     if not pairs:
         why = "; skipped " + ", ".join(f"{n} ({reason})" for reason, n in skipped.items()) if skipped else ""
-        raise DatasetError(f"no pairs to evaluate in {pairset.root} ({pairset.dataset} {pairset.split}){why}")
+        draw = (
+            f". Pairs without keypoints give no PCK; to match and draw them: python match_pair.py --pairs {pairset.root}"
+            if pairset.dataset == "custom" and skipped.get(NO_KEYPOINTS)
+            else ""
+        )
+        raise DatasetError(f"no pairs to evaluate in {pairset.root} ({pairset.dataset} {pairset.split}){why}{draw}")
     return PairSet(pairset.dataset, pairset.split, pairset.root, pairs, notes=pairset.notes), skipped
 
 

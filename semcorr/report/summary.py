@@ -3,14 +3,15 @@ metrics.json as semcorr/runs/ writes them), every number with one format: PCK wi
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 PCK = "{:.2f}"
 
 
 def plural(n: int, word: str) -> str:
-    """'1 pair', '2 pairs', '12,234 pairs'."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
+    """'1 pair', '2 pairs', '12,234 pairs', '2 matches'."""
+    return f"{n:,} {word}{'' if n == 1 else 'es' if word.endswith(('ch', 'sh', 's', 'x')) else 's'}"
 
 
 def matcher_text(match: dict, params: dict | None = None) -> str:
@@ -152,3 +153,23 @@ def weight_search_summary(best: dict, select_by: str) -> str:
         f"best at PCK@{alpha} ({select_by}): {PCK.format(entry[f'pck_{select_by}'])} with {entry['member_args']}"
         for alpha, entry in best.items()
     )
+
+
+def match_summary(config: dict, record: dict) -> str:
+    """The setup, then each pair's matches as matches.json holds them: source and predicted target pixels, peak
+    cosine similarity, and the ground truth with the error in pixels where the pairs file gives one."""
+    pairs = record["pairs"]
+    total = sum(len(p["matches"]) for p in pairs)
+    lines = [setup_line(config), f"{plural(total, 'match')} in {plural(len(pairs), 'pair')}; {record['coordinates']}"]
+    xy = "({:.1f}, {:.1f})".format
+    for pair in pairs:
+        lines.append(f"{pair['pair_id']}: {pair['source']['path']} -> {pair['target']['path']} ({pair['points']})")
+        lines.append(f"  {'point':>5}  {'source':>16}    {'target':>16}  similarity")
+        for m in pair["matches"]:
+            name = f"{m['point']}" + (f" ({m['id']})" if m["id"] != str(m["point"]) else "")
+            line = f"  {name:>5}  {xy(*m['source']):>16} -> {xy(*m['target']):>16}  {m['similarity']:.3f}"
+            if m["truth"] is not None:
+                error = float(np.hypot(*np.subtract(m["target"], m["truth"])))
+                line += f"  truth {xy(*m['truth'])}, {error:.1f} px off"
+            lines.append(line)
+    return "\n".join(lines)

@@ -22,11 +22,14 @@ UNITS = {
 def meaning(dataset: str, split: str, norm: str, coordinates: str = "centre") -> dict[str, object]:
     """What every figure of the run's files means: dataset, split, threshold, averagings and units."""
     origin = "pixel centres" if coordinates == "centre" else "0 at the image's edge (the original's convention)"
+    threshold = pck.NORM_DESCRIPTIONS[norm]
+    if dataset == "custom" and norm == "bbox":
+        threshold += " (the target_bbox each pair of the pairs file gives)"
     return {
         "dataset": dataset,
         "split": split,
         "pck_norm": norm,
-        "threshold": pck.NORM_DESCRIPTIONS[norm],
+        "threshold": threshold,
         "averaging": AVERAGINGS,
         "unit": "%",
         "units": {**UNITS, "coordinates": f"x right, y down, integer values at {origin}"},
