@@ -97,7 +97,7 @@ def test_ties_go_to_the_first_cell_searched_and_the_heatmap_outlines_that_cell()
     ]
     table = pd.DataFrame(rows).astype({"window": "Int64"})
     best, argmax = gs.best_parameters(table, [0.1], "per_image")
-    assert best["0.1"] == {"window": 9, "temperature": 0.2, "pck_per_image": 70.0, "pck_per_keypoint": 69.0}
+    assert best["0.1"] == {"window": 9, "temperature": 0.2, "pck_per_image": 70.0, "pck_per_keypoint": 69.0, "tied": 2}
     assert argmax == {"0.1": {"pck_per_image": 40.0, "pck_per_keypoint": 41.0}}
     fig = charts.grid_heatmap(table, [0.1], "per_image", "ties", best)
     (outline,) = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
@@ -224,3 +224,24 @@ def test_command_line_grid_search(tmp_path, capsys):
     assert config_json["settings"]["grid"]["windows"] == [3, 5]
     assert config_json["resolved"]["members"][0]["image_size"] == [28, 28]
     assert len(pd.read_csv(run / "grid_search_results.csv")) == 3
+
+
+def test_a_grid_search_says_what_it_searched_on_and_that_identical_cells_tie(tmp_path, colour_pairs, capsys):
+    settings = colour_config(tmp_path, matcher="wsoftargmax", image_size=64)  # an 8x8 grid: K >= 15 spans it all
+    run = gs.grid_search(settings, grid([15, 17], [0.1]), colour_pairs, colour_backbone(tmp_path))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("colourcode (custom weights ") and "at 64x64, 8x8 patches, squash" in printed[0]
+    assert "| wsoftargmax, K and T searched | protocol default" in printed[0]
+    assert (
+        printed[1]
+        == "custom test: 12 pairs, 60 keypoints; threshold = alpha * max side of the target bounding box; PCK in %"
+    )
+    best_lines = [line for line in printed if line.startswith("best at")]
+    assert best_lines and all(
+        line.endswith(
+            "; a tie: all 2 tie at the best, the first in the order searched (--windows, then --temperatures, as given) is named"
+        )
+        for line in best_lines
+    )
+    best = json.loads((run / "best_parameters.json").read_text())["best"]["0.1"]
+    assert (best["window"], best["tied"]) == (15, 2)

@@ -119,6 +119,7 @@ def search_weights(
         "split": pairset.split,
         "pck_norm": data.pck_norm,
         "pairs": len(eval_set.pairs),
+        "keypoints": sum(p.num_keypoints for p in eval_set.pairs),
         "pairs_skipped": skipped,
         "timings": {**metrics.feature_timings(stats), "search_s": search_s, "total_s": time.time() - context.started},
     }
@@ -126,6 +127,7 @@ def search_weights(
     names = [member_label(m) for m in settings.members]
     figure = charts.weight_profiles(table, names, data.thresholds, search.select_by)
     save_plot(figure, run_dir / folders.PICTURES["weight_search"])
-    print(summary.weight_search_summary(best, search.select_by))
+    context_lines = summary.search_context(config, best_file)
+    print(summary.weight_search_summary(best, search.select_by, len(combos), context_lines))
     print(f"results: {run_dir}")
     return run_dir

@@ -49,6 +49,7 @@ def evaluate(
     eval_set, skipped = evaluation_set(pairset)
     members, resolved = build_members(settings, eval_set, backbones)
     stats = [m.features.stats for m in members]
+    alone = members_alone(settings, eval_set, members, resolved) if len(members) > 1 else None
     ordered, order = engine_members(members, settings.ensemble)
     del members  # with combine="features", the unresized maps are no longer needed
     config = run_record(
@@ -78,6 +79,8 @@ def evaluate(
         matching_s=time.perf_counter() - t0,
         started=context.started,
     )
+    if alone is not None:
+        run_metrics["members"] = alone
     return save_evaluation(settings, config, run_metrics, table, eval_set.pairs, context)
 
 
@@ -91,6 +94,19 @@ def build_members(
         for member, backbone in zip(settings.members, backbones, strict=True)
     ]
     return [member for member, _ in built], [resolved for _, resolved in built]
+
+
+def members_alone(settings: EvalSettings, eval_set: PairSet, members: list[Member], resolved: list[dict]) -> list[dict]:
+    """Each ensemble member's PCK on its own (its features on its own grid, the run's matcher and pairs): what a
+    single-model evaluation of it gives, to stand beside the ensemble's."""
+    data = settings.data
+    scores = []
+    for member, what in zip(members, resolved, strict=True):
+        (prediction,) = predict_variants(eval_set.pairs, [Member(member.features)], [settings.match], progress=False)
+        table = pck.keypoint_table(eval_set.pairs, prediction.pixels, data.thresholds, data.pck_norm)
+        scores.append({"model": what["model"], "weights": what["weights"], "weights_origin": what["weights_origin"],
+                       "weight": member.weight, **pck.overall(table, list(data.thresholds))})  # fmt: skip
+    return scores
 
 
 def run_resolved(resolved: list[dict], order: list[int], ordered: list[Member], eval_set: PairSet) -> dict:

@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import pck
@@ -55,13 +56,16 @@ def score_variants(
 def best_per_alpha(
     table: pd.DataFrame, thresholds: tuple[float, ...], select_by: str, keys: list[str]
 ) -> dict[str, dict]:
-    """For each alpha, the `keys` of the row with the highest PCK (`select_by` averaging; ties: first row)."""
+    """For each alpha, the `keys` of the row with the highest PCK (`select_by` averaging), its PCK, and how many rows
+    reach that PCK ("tied"; of those, the first row is named)."""
     best = {}
     for alpha in thresholds:
-        row = table.loc[table[pck_column(alpha, select_by)].idxmax()]
+        scores = table[pck_column(alpha, select_by)]
+        row = table.loc[scores.idxmax()]
         best[f"{alpha:g}"] = {
             **{k: row[k] for k in keys},
             **{f"pck_{avg}": float(row[pck_column(alpha, avg)]) for avg in AVERAGINGS},
+            "tied": int(np.isclose(scores, scores.max(), rtol=0, atol=1e-9).sum()),
         }
     return best
 
@@ -155,6 +159,7 @@ def grid_search(
     )
     figure = charts.grid_heatmap(table, data.thresholds, grid.select_by, title, best)
     save_plot(figure, run_dir / folders.PICTURES["grid"])
-    print(summary.grid_summary(table, best, argmax, grid.select_by, grid=members[0].features.prep.grid))
+    context_lines = summary.search_context(config, best_file)
+    print(summary.grid_summary(table, best, argmax, grid.select_by, members[0].features.prep.grid, context_lines))
     print(f"results: {run_dir}")
     return run_dir

@@ -3,6 +3,8 @@ metrics.json as semcorr/runs/ writes them), every number with one format: PCK wi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -63,6 +65,22 @@ def pck_table(scores: dict) -> pd.DataFrame:
     return frame.map(PCK.format)
 
 
+def members_table(metrics: dict) -> pd.DataFrame:
+    """PCK per image (per keypoint) at each alpha of the ensemble and of each member alone (metrics.json's members),
+    rows named by model and weights file."""
+    alphas = [k for k in metrics if k.startswith("pck@")]
+    rows = {"ensemble": metrics}
+    for i, member in enumerate(metrics["members"]):
+        name = f"{i}: {member['weight']:.2f} x {member['model']} ({member['weights_origin']} {Path(member['weights']).name})"
+        rows[name] = member
+    cells = {
+        name: {f"PCK@{a.removeprefix('pck@')}": f"{PCK.format(s[a]['per_image'])} ({PCK.format(s[a]['per_keypoint'])})"
+               for a in alphas}
+        for name, s in rows.items()
+    }  # fmt: skip
+    return pd.DataFrame(cells).T
+
+
 def category_table(metrics: dict, alpha: str) -> pd.DataFrame:
     """PCK@alpha per category (per image, per keypoint, pairs), then the mean over categories."""
     key = f"pck@{alpha}"
@@ -100,10 +118,11 @@ def evaluation_summary(config: dict, metrics: dict) -> str:
     proto, counts = metrics["protocol"], metrics["counts"]
     lines = [
         setup_line(config),
-        f"{proto['dataset']} {proto['split']}: {plural(counts['pairs'], 'pair')}, {plural(counts['keypoints'], 'keypoint')}; "
-        f"threshold = {proto['threshold']}; PCK in %",
+        data_line(proto["dataset"], proto["split"], counts["pairs"], counts["keypoints"], proto["threshold"]),
         pck_table(metrics).to_string(),
     ]
+    if metrics.get("members"):
+        lines += ["each member alone (its own grid, the same matcher and pairs):", members_table(metrics).to_string()]
     alphas = [k.removeprefix("pck@") for k in metrics if k.startswith("pck@")]
     alpha = "0.1" if "0.1" in alphas else alphas[len(alphas) // 2]
     if len(metrics["per_category"]) > 1:
@@ -124,18 +143,53 @@ def evaluation_summary(config: dict, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def grid_summary(table: pd.DataFrame, best: dict, argmax: dict, select_by: str, grid: tuple[int, int]) -> str:
-    """The grid's table, then the best window and temperature at each alpha beside argmax, and which
-    windows cover the whole patch grid from every position (they all give the same predictions)."""
+def data_line(dataset: str, split: str, pairs: int, keypoints: int, threshold: str) -> str:
+    """'spair test: 24 pairs, 106 keypoints; threshold = alpha * ...; PCK in %'."""
+    return f"{dataset} {split}: {plural(pairs, 'pair')}, {plural(keypoints, 'keypoint')}; threshold = {threshold}; PCK in %"
+
+
+def search_context(config: dict, best_file: dict) -> list[str]:
+    """What a grid or weight search ran on: each model (weights or checkpoint, image size, grid), the matcher,
+    protocol, then the data (dataset, split, pairs, keypoints, threshold)."""
+    from pck import NORM_DESCRIPTIONS
+
+    settings, resolved = config["settings"], config["resolved"]
+    checkpoints = [m["backbone"]["checkpoint"] for m in settings["members"]]
+    models = " + ".join(model_text(m, c) for m, c in zip(resolved["members"], checkpoints, strict=True))
+    searched = "K and T searched" if config["kind"] == "grid" else matcher_text(settings["match"])
+    return [
+        f"{models} | {settings['match']['matcher']}, {searched} | {protocol_text(settings['protocol'])}",
+        data_line(best_file["dataset"], best_file["split"], best_file["pairs"], best_file["keypoints"],
+                  NORM_DESCRIPTIONS[best_file["pck_norm"]]),
+    ]  # fmt: skip
+
+
+def tie_text(entry: dict, cells: int, order: str) -> str:
+    """'' unless several cells reach the best value: then how many, and which of them is named."""
+    tied = entry.get("tied", 1)
+    if tied <= 1:
+        return ""
+    which = f"all {cells} tie" if tied == cells else f"{tied} of {cells} tie"
+    return f"; a tie: {which} at the best, the first in {order} is named"
+
+
+def grid_summary(
+    table: pd.DataFrame, best: dict, argmax: dict, select_by: str, grid: tuple[int, int], context: list[str]
+) -> str:
+    """What the search ran on, the grid's table, then the best window and temperature at each alpha beside argmax
+    (and whether it is a tie), and which windows cover the whole patch grid from every position (they all give
+    the same predictions)."""
     shown = table.drop(columns="time_s")
     shown[[c for c in shown if c.startswith("pck@")]] = shown[[c for c in shown if c.startswith("pck@")]].map(
         PCK.format
     )
-    lines = [shown.to_string(index=False)]
+    lines = [*context, shown.to_string(index=False)]
+    cells = int((table["matcher"] != "argmax").sum())
     for alpha, entry in best.items():
         lines.append(
             f"best at PCK@{alpha} ({select_by}): K={entry['window']} T={entry['temperature']:g} -> "
             f"{PCK.format(entry[f'pck_{select_by}'])} (argmax {PCK.format(argmax[alpha][f'pck_{select_by}'])})"
+            + tie_text(entry, cells, "the order searched (--windows, then --temperatures, as given)")
         )
     whole = 2 * max(grid) - 1
     same = sorted(int(k) for k in table["window"].dropna().unique() if k >= whole)
@@ -147,11 +201,16 @@ def grid_summary(table: pd.DataFrame, best: dict, argmax: dict, select_by: str, 
     return "\n".join(lines)
 
 
-def weight_search_summary(best: dict, select_by: str) -> str:
-    """The best member weights at each alpha, as --member arguments."""
+def weight_search_summary(best: dict, select_by: str, cells: int, context: list[str]) -> str:
+    """What the search ran on, then the best member weights at each alpha as --member arguments (and whether it is
+    a tie)."""
     return "\n".join(
-        f"best at PCK@{alpha} ({select_by}): {PCK.format(entry[f'pck_{select_by}'])} with {entry['member_args']}"
-        for alpha, entry in best.items()
+        context
+        + [
+            f"best at PCK@{alpha} ({select_by}): {PCK.format(entry[f'pck_{select_by}'])} with {entry['member_args']}"
+            + tie_text(entry, cells, "weight_search_results.csv")
+            for alpha, entry in best.items()
+        ]
     )
 
 
