@@ -350,7 +350,12 @@ def add_matcher_args(p: argparse.ArgumentParser, *, grid: bool = False) -> None:
 
 
 def add_output_args(
-    p: argparse.ArgumentParser, *, save_vis: bool = True, seed: bool = True, root: type = EvalSettings
+    p: argparse.ArgumentParser,
+    *,
+    save_vis: bool = True,
+    seed: bool = True,
+    baseline: bool = False,
+    root: type = EvalSettings,
 ) -> None:
     g = p.add_argument_group("output")
     g.add_argument(
@@ -367,6 +372,14 @@ def add_output_args(
         )
     if seed:
         g.add_argument("--seed", type=int, help="random seed" + default_text("output.seed", root))
+    if baseline:
+        g.add_argument(
+            "--baseline",
+            type=path,
+            metavar="RUN",
+            help="an evaluation's results folder to compare with: the summary and metrics.json give the difference "
+            "(default: for a run that is not zero-shot, the newest zero-shot run of the same setting in --output-dir)",
+        )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -424,5 +437,5 @@ def evaluation_parser(description: str, checkpoint: CheckpointFlag = "none") -> 
     add_data_args(p)
     add_matcher_args(p)
     add_protocol_args(p)
-    add_output_args(p)
+    add_output_args(p, baseline=True)
     return p

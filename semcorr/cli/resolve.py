@@ -55,7 +55,7 @@ PATHS = {
     "batch_size": "extract.batch_size", "num_workers": "extract.num_workers", "cache_dir": "extract.cache_dir",
     "matcher": "match.matcher", "window": "match.window", "temperature": "match.temperature",
     "descriptor": "match.descriptor", "window_border": "match.window_border",
-    "output_dir": "output.output_dir", "save_vis": "output.save_vis", "seed": "output.seed",
+    "output_dir": "output.output_dir", "save_vis": "output.save_vis", "seed": "output.seed", "baseline": "output.baseline",
     "progress": "output.progress", "common_grid": "ensemble.common_grid", "combine": "ensemble.combine",
     "model": "backbone.model", "weights": "backbone.weights", "checkpoint": "backbone.checkpoint",
     "layer": "backbone.layer", "build": "backbone.build", "device": "backbone.device", "resize": "member.resize",
@@ -218,6 +218,10 @@ def evaluation_settings(
     output = OutputSettings(**nested(EvalSettings, values, PATHS, "output"))
     if values.get("quiet"):
         output = replace(output, progress=False)
+    if output.baseline:  # refused before any work, not after it
+        from semcorr.runs.folders import check_run, read_run
+
+        check_run(read_run(output.baseline, kinds=("evaluation",)))
     match, params = match_settings(kind, values)
     members = member_settings(kind, values, device, precision)
     ensemble = EnsembleSettings(**nested(EvalSettings, values, PATHS, "ensemble"))

@@ -115,6 +115,7 @@ class OutputSettings:
     save_vis: int = 0  # pictures of the N best and N worst pairs, in <run>/vis/
     seed: int = 0
     progress: bool = True
+    baseline: str | None = None  # an evaluation's folder to compare with (None: the zero-shot run of the setting)
 
 
 @dataclass(frozen=True)

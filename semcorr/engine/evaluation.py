@@ -24,7 +24,7 @@ from semcorr.data.datasets import load_pairs
 from semcorr.data.pairs import NO_KEYPOINTS, DatasetError, PairRecord, PairSet
 from semcorr.engine.matching import predict_variants
 from semcorr.engine.members import Member, build_member, engine_members
-from semcorr.report import labels, summary
+from semcorr.report import baselines, labels, summary
 from semcorr.runs import folders, metrics
 from semcorr.runs.record import RunContext, run_record, start_run
 
@@ -81,6 +81,9 @@ def evaluate(
     )
     if alone is not None:
         run_metrics["members"] = alone
+    baseline = baselines.baseline_record(config, run_metrics, settings.output)
+    if baseline is not None:
+        run_metrics["baseline"] = baseline
     return save_evaluation(settings, config, run_metrics, table, eval_set.pairs, context)
 
 

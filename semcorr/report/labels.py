@@ -25,6 +25,7 @@ ORIGINS = {"official": "zero-shot", "fine-tuned": "fine-tuned", "random": "rando
 # settings never named: they change no result, or the protocol names them (a change is one of its overrides)
 HIDDEN = (
     "kind", "resolved.", "settings.output.output_dir", "settings.output.save_vis", "settings.output.progress",
+    "settings.output.baseline",
     "settings.extract.batch_size", "settings.extract.num_workers", "settings.extract.cache_dir",
     "settings.extract.resample", "settings.extract.coordinates", "settings.extract.feature_dtype",
     "settings.data.pf_shift", "settings.data.clamp_keypoints", "settings.data.thresholds",

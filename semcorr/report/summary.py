@@ -65,6 +65,37 @@ def pck_table(scores: dict) -> pd.DataFrame:
     return frame.map(PCK.format)
 
 
+def baseline_lines(metrics: dict) -> list[str]:
+    """This run's PCK against its baseline's (metrics.json "baseline"), per image (per keypoint) at each alpha."""
+    baseline = metrics.get("baseline")
+    if not baseline:
+        return []
+    lines = [f"against {baseline['run']} ({baseline['chosen']}): this run - baseline, per image (per keypoint):"]
+    for key, scores in ((k, v) for k, v in baseline.items() if k.startswith("pck@")):
+        image, keypoint = scores["per_image"], scores["per_keypoint"]
+        lines.append(
+            f"  PCK@{key.removeprefix('pck@')}: {PCK.format(metrics[key]['per_image'])} vs "
+            f"{PCK.format(image['baseline'])}: {image['difference']:+.2f} ({keypoint['difference']:+.2f})"
+        )
+    return lines
+
+
+def published_lines(config: dict, metrics: dict) -> list[str]:
+    """The original project's published number, when this run ran its whole protocol (report/published.py)."""
+    from semcorr.report.published import PUBLISHED_ALPHAS, published_for
+    from semcorr.runs.folders import Run
+
+    entry = published_for(Run(Path(""), "evaluation", config, {"metrics": metrics}))
+    if entry is None:
+        return []
+    scores = [
+        f"PCK@{a:g} {PCK.format(image)}" + (f" ({PCK.format(entry.per_keypoint[i])})" if entry.per_keypoint else "")
+        for i, (a, image) in enumerate(zip(PUBLISHED_ALPHAS, entry.per_image, strict=True))
+    ]
+    note = f"; {entry.note}" if entry.note else ""
+    return [f"published by the original project for this protocol, per image (per keypoint): {', '.join(scores)}{note}"]
+
+
 def members_table(metrics: dict) -> pd.DataFrame:
     """PCK per image (per keypoint) at each alpha of the ensemble and of each member alone (metrics.json's members),
     rows named by model and weights file."""
@@ -121,6 +152,7 @@ def evaluation_summary(config: dict, metrics: dict) -> str:
         data_line(proto["dataset"], proto["split"], counts["pairs"], counts["keypoints"], proto["threshold"]),
         pck_table(metrics).to_string(),
     ]
+    lines += baseline_lines(metrics) + published_lines(config, metrics)
     if metrics.get("members"):
         lines += ["each member alone (its own grid, the same matcher and pairs):", members_table(metrics).to_string()]
     alphas = [k.removeprefix("pck@") for k in metrics if k.startswith("pck@")]
