@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -94,20 +95,42 @@ def read_training_state(run_dir: Path, backbone: Backbone) -> dict:
 
 
 class TrainLog:
-    """Rows of train_log.csv (training rows: loss, lr; validation rows: PCK), rewritten atomically."""
+    """Rows of train_log.csv (training rows: loss, lr; validation rows: PCK), rewritten atomically; and, with
+    `tensorboard`, the same numbers (and pictures) as TensorBoard event files in the run folder."""
 
-    def __init__(self, run_dir: Path, val_column: str, rows: list[dict] | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        val_column: str,
+        rows: list[dict] | None = None,
+        tensorboard: bool = False,
+        purge_step: int | None = None,
+    ):
         self.run_dir, self.val_column, self.rows = run_dir, val_column, rows or []
+        self.board = event_writer(run_dir, purge_step) if tensorboard else None
 
     @classmethod
-    def resume(cls, run_dir: Path, val_column: str, step: int) -> TrainLog:
-        """The log of an interrupted run, without rows written after its last checkpoint."""
+    def resume(cls, run_dir: Path, val_column: str, step: int, tensorboard: bool = False) -> TrainLog:
+        """The log of an interrupted run, without rows (nor TensorBoard events) written after its last checkpoint."""
         run = folders.read_run(run_dir, kinds=("finetune",))
         rows = run.read("train_log").to_dict("records") if run.has("train_log") else []
-        return cls(run_dir, val_column, [r for r in rows if r["step"] <= step])
+        return cls(run_dir, val_column, [r for r in rows if r["step"] <= step], tensorboard, purge_step=step + 1)
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
+        if self.board is not None:
+            for key, value in row.items():
+                if key not in ("step", "epoch") and not pd.isna(value):
+                    self.board.add_scalar(board_tag(key), value, row["step"])
+
+    def add_picture(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An (H, W, 3) picture in TensorBoard's images at `step` (nothing without TensorBoard)."""
+        if self.board is not None:
+            self.board.add_image(tag, image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
     def table(self) -> pd.DataFrame:
         table = pd.DataFrame(self.rows)
@@ -116,6 +139,8 @@ class TrainLog:
 
     def write(self) -> None:
         folders.write_file(self.run_dir, "finetune", "train_log", self.table())
+        if self.board is not None:
+            self.board.flush()
 
     def plot(self, best_step: int | None = None) -> None:
         from semcorr.viz import charts, viz2d
@@ -123,6 +148,27 @@ class TrainLog:
         if self.rows:
             figure = charts.training_curves(self.table(), self.val_column, title=self.run_dir.name, best_step=best_step)
             viz2d.save_plot(figure, self.run_dir / folders.PICTURES["finetune"])
+
+
+def board_tag(column: str) -> str:
+    """A train_log.csv column as a TensorBoard tag: loss -> train/loss, val_pck@0.1_kpt -> validation/pck@0.1 per
+    keypoint."""
+    if column.startswith("val_"):
+        name = column.removeprefix("val_")
+        return f"validation/{name.removesuffix('_kpt')} per {'keypoint' if name.endswith('_kpt') else 'image'}"
+    return f"train/{column}"
+
+
+def event_writer(run_dir: Path, purge_step: int | None = None):
+    """A TensorBoard SummaryWriter of the run folder (`purge_step`: a resumed run's events from that step on are
+    dropped, as its log's rows are)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise FinetuneError(
+            "TensorBoard is not installed: pip install tensorboard (requirements.txt), or give --no-tensorboard"
+        ) from None
+    return SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
 
 def known_model(name: str) -> str:

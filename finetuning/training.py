@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -51,6 +52,7 @@ from semcorr.cli.errors import command_line, script_path
 from semcorr.config.settings import DataSettings, EvalSettings, MatchSettings, MemberSettings, TrainSettings
 from semcorr.data.datasets import load_pairs
 from semcorr.data.geometry import Preprocess
+from semcorr.data.images import load_image
 from semcorr.data.pairs import PairRecord, PairSet
 from semcorr.engine.evaluation import evaluable
 from semcorr.engine.matching import predict_keypoints
@@ -215,7 +217,7 @@ def open_run_folder(training: TrainingRun, resumed: bool) -> None:
     """Rank 0: the run folder (a new one, or the resumed one), its config.json, its log, the first lines."""
     settings = training.settings
     if resumed:
-        training.log = TrainLog.resume(training.run_dir, training.val_key, training.step)
+        training.log = TrainLog.resume(training.run_dir, training.val_key, training.step, settings.tensorboard)
         print(f"resuming {training.run_dir} at step {training.step}/{training.total_steps}")
         return
     params = list(training.split.parameters())
@@ -241,7 +243,7 @@ def open_run_folder(training: TrainingRun, resumed: bool) -> None:
         settings.output.output_dir, labels.folder_parts(config), training.context.started
     )
     folders.write_config(training.run_dir, "finetune", config)
-    training.log = TrainLog(training.run_dir, training.val_key)
+    training.log = TrainLog(training.run_dir, training.val_key, tensorboard=settings.tensorboard)
     for line in first_lines(training):
         print(line)
 
@@ -287,8 +289,9 @@ def validation_settings(settings: TrainSettings, val_set: PairSet) -> EvalSettin
     )
 
 
-def validate(backbone: Backbone, val_set: PairSet, settings: TrainSettings) -> dict[str, float]:
-    """PCK (per image and per keypoint, argmax) of the model being trained, by the evaluation engine."""
+def validate(backbone: Backbone, val_set: PairSet, settings: TrainSettings) -> tuple[dict[str, float], pd.DataFrame]:
+    """PCK (per image and per keypoint, argmax) of the model being trained, by the evaluation engine, and its
+    per-keypoint table."""
     evaluation = validation_settings(settings, val_set)
     member, _ = build_member(evaluation.member, evaluation.extract, backbone, val_set.unique_images(), progress=False)
     pred = predict_keypoints(val_set.pairs, [member], evaluation.match, progress=False)
@@ -298,7 +301,24 @@ def validate(backbone: Backbone, val_set: PairSet, settings: TrainSettings) -> d
     for alpha in evaluation.data.thresholds:
         out[f"val_pck@{alpha:g}"] = scores[f"pck@{alpha:g}"]["per_image"]
         out[f"val_pck@{alpha:g}_kpt"] = scores[f"pck@{alpha:g}"]["per_keypoint"]
-    return out
+    return out, table
+
+
+MATCH_PICTURES = 2  # validation pairs drawn into TensorBoard at each validation (the same pairs every time)
+
+
+def log_validation(training: TrainingRun, val: dict[str, float], table: pd.DataFrame) -> None:
+    """A validation's row in the log (and TensorBoard), and pictures of the first validation pairs' matches."""
+    training.log.add({"step": training.step, "epoch": training.epoch, **val})
+    if training.log.board is None:
+        return
+    from semcorr.viz import figures, viz2d  # matplotlib loads only for pictures
+
+    alpha = training.settings.val_alpha
+    rows = dict(tuple(table.groupby("pair_id", sort=False)))
+    for pair in training.val_set.pairs[:MATCH_PICTURES]:
+        fig = figures.draw_pair_rows(rows[pair.pair_id], load_image(pair.src), load_image(pair.trg), alpha)
+        training.log.add_picture(f"validation matches/{pair.pair_id}", viz2d.figure_image(fig), training.step)
 
 
 def checkpoint(training: TrainingRun, validate_now: bool, bar: tqdm) -> None:
@@ -311,8 +331,8 @@ def checkpoint(training: TrainingRun, validate_now: bool, bar: tqdm) -> None:
         progress = {"step": training.step, "epoch": training.epoch}
         files = {"base": training.base, "trained": training.trained, "self_contained": settings.self_contained}
         if validate_now and training.val_set is not None:
-            val = validate(training.backbone, training.val_set, settings)
-            training.log.add({"step": training.step, "epoch": training.epoch, **val})
+            val, table = validate(training.backbone, training.val_set, settings)
+            log_validation(training, val, table)
             improved = val[training.val_key] > training.best
             if improved:
                 training.best, training.best_step = val[training.val_key], training.step
@@ -373,7 +393,7 @@ def train(
                disable=not (settings.output.progress and main))  # fmt: skip
     try:
         if training.step == 0 and training.val_set is not None and main:  # the starting point of the PCK curve
-            training.log.add({"step": 0, "epoch": 0, **validate(training.backbone, training.val_set, settings)})
+            log_validation(training, *validate(training.backbone, training.val_set, settings))
             training.log.write()
         barrier(training.process)
         loop(training, bar)
@@ -381,6 +401,8 @@ def train(
         raise KeyboardInterrupt(interrupted_message(training)) from None
     finally:
         bar.close()
+        if main:
+            training.log.close()
     if main:
         for line in last_lines(training):
             print(line)

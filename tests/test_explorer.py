@@ -55,6 +55,10 @@ def test_click_answers_what_match_pair_answers(tmp_path):
         == click.predictions["wsoftargmax"].tolist()
     )
 
+    features = explorer.features_figure()  # the pair's features, their principal components as RGB
+    assert [ax.get_title() for ax in features.axes[:2]] == ["src.png", "trg.png"]
+    assert features.axes[2].images[0].get_array().shape == (160, 200, 3)  # over the source's pixels
+
     explorer.window, explorer.temperature = 5, 0.05
     wider = explorer.click(40, 50)
     cfg_5 = colour_config(tmp_path, match=MatchSettings("wsoftargmax", 5, 0.05))

@@ -512,3 +512,28 @@ def test_a_stopped_or_interrupted_run_continues_with_the_command_it_prints(init,
     monkeypatch.setattr(training_module, "train_step", step)
     resumed = run_as_printed(printed_command(str(stop.value), "Continue with: "))
     assert training_step(resumed / "last.pt") == 3 and "done at step 3/3" in capsys.readouterr().out
+
+
+# --- training you can watch -----------------------------------------------------------------------------------
+
+
+def test_tensorboard_gets_the_logs_numbers_and_match_pictures_unless_turned_off(init, spair, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    flags = ["--checkpoint", str(init), "--data-root", str(spair), *IMAGE, "--batch-size", "2", "--val-every", "2",
+             "--log-every", "1"]  # fmt: skip
+    run = main([*flags, "--output-dir", str(tmp_path / "on")])
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
+    log = pd.read_csv(run / "train_log.csv")
+    for column, tag in (("loss", "train/loss"), ("lr", "train/lr"), ("val_pck@0.1", "validation/pck@0.1 per image"),
+                        ("val_pck@0.1_kpt", "validation/pck@0.1 per keypoint")):  # fmt: skip
+        rows = log.dropna(subset=[column])
+        logged = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert logged == [(s, pytest.approx(v, rel=1e-6)) for s, v in zip(rows["step"], rows[column], strict=True)]
+    pictures = [tag for tag in events.Tags()["images"] if tag.startswith("validation matches/")]
+    assert len(pictures) == 2 and [e.step for e in events.Images(pictures[0])] == [0, 2, 3]  # at each validation
+    quiet = main([*flags, "--output-dir", str(tmp_path / "off"), "--no-tensorboard"])
+    assert (
+        not list(quiet.glob("events.out.tfevents.*"))
+        and json.loads((quiet / "config.json").read_text())["settings"]["tensorboard"] is False
+    )

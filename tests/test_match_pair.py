@@ -90,7 +90,8 @@ def test_match_pair_command_line(tmp_path, capsys):
     ]
     folder = match_pair.main([*common, "--grid", "2", "--heatmap", "0", "3"])
     assert folder.name.endswith("_match_random-weights_dinov2_vits14_28x28_src_trg")
-    names = ["config.json", "heatmap_0.png", "heatmap_3.png", "matches.csv", "matches.json", "matches.png"]
+    names = ["config.json", "features_pca.png", "heatmap_0.png", "heatmap_3.png", "matches.csv", "matches.json",
+             "matches.png"]  # fmt: skip
     assert sorted(p.name for p in folder.iterdir()) == names
     run = folders.read_run(folder)
     (saved,) = run.read("matches")["pairs"]
@@ -134,8 +135,8 @@ def test_a_pairs_file_is_matched_and_drawn_pair_by_pair_and_printed(tmp_path, ca
                               "--grid", "2", "--heatmap", "1"])  # fmt: skip
     assert folder.name.endswith("_match_random-weights_dinov2_vits14_28x28_custom-pairs_pairs")
     pictures = sorted(p.name for p in folder.glob("*.png"))
-    assert pictures == [f"{kind}_{pid}{end}.png" for kind, end in (("heatmap", "_1"), ("matches", "")) for pid in
-                        ("0-1", "1-0", "plain")]  # fmt: skip
+    assert pictures == ["features_pca.png"] + [f"{kind}_{pid}{end}.png" for kind, end in (("heatmap", "_1"),
+                        ("matches", "")) for pid in ("0-1", "1-0", "plain")]  # fmt: skip
     saved = folders.read_run(folder).read("matches")["pairs"]
     assert [p["points"] for p in saved] == ["the pairs file's keypoints"] * 2 + ["2 x 2 grid"]
     truth = json.loads(Path(pairs).read_text())[0]["target_kps"]

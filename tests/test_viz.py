@@ -220,3 +220,27 @@ def test_two_member_weight_search_is_one_panel_with_both_weights():
     assert [c.get_xlabel() for c in ax.child_axes] == ["weight of sam@512"]
     three = pd.DataFrame({"weight_0": w, "weight_1": 1 - w, "weight_2": 0 * w, "pck@0.1_per_image": w})
     assert len(charts.weight_profiles(three, ["a", "b", "c"], [0.1], "per_image").axes) == 3
+
+
+def test_feature_pca_is_one_basis_for_all_images_and_leaves_padding_out():
+    rng = np.random.default_rng(0)
+    directions = np.linalg.qr(rng.normal(size=(16, 3)))[0].T  # three orthonormal directions in 16 channels
+    weights = rng.uniform(-1, 1, (2, 3, 4, 5))
+    maps = [np.einsum("kc,khw->chw", directions * np.array([[3.0], [2.0], [1.0]]), w) for w in weights]
+    maps[1][:, 0, 0] = maps[0][:, 2, 3]  # one feature vector in both images: one colour in both
+    masks = [np.ones((4, 5), bool), np.ones((4, 5), bool)]
+    rgb = figures.feature_pca(maps, masks)
+    assert [c.shape for c in rgb] == [(4, 5, 3), (4, 5, 3)] and min(c.min() for c in rgb) >= 0
+    np.testing.assert_allclose(rgb[1][0, 0], rgb[0][2, 3], atol=1e-9)
+    red = np.concatenate([c[..., 0].ravel() for c in rgb])  # the first component: the strongest direction
+    strongest = np.concatenate([w[0].ravel() for w in weights])
+    strongest[20] = weights[0][0, 2, 3]
+    assert abs(np.corrcoef(red, strongest)[0, 1]) > 0.99
+    padded = [np.concatenate([m, np.full((16, 4, 5), 50.0)], axis=1) for m in maps]  # huge features on padding
+    kept = [np.vstack([k, np.zeros((4, 5), bool)]) for k in masks]
+    np.testing.assert_allclose(
+        figures.feature_pca(padded, kept)[0][:4, :, 0].ravel() > 0.5, rgb[0][..., 0].ravel() > 0.5
+    )
+    prep = Preprocess.create(224, 14, "pad")
+    mask = figures.content_mask(image_geometry((300, 150), prep), prep.grid, prep.patch_size)
+    assert mask.all(axis=1).sum() == 8 and not mask[0].any() and not mask[-1].any()  # rows on the padding left out

@@ -65,7 +65,8 @@ TRAIN_PATHS = {
     "train_split": "data.split", "batch_size": "optimisation.batch_size", "resize": "resize",
     **{f.name: f"optimisation.{f.name}" for f in dataclasses.fields(Optimisation)},
     **{name: name for name in ("trainable_blocks", "logit_scale", "soft_sigma", "val_split", "val_limit", "val_every",
-                               "val_alpha", "cache_frozen", "self_contained", "log_every", "stop_after")},
+                               "val_alpha", "cache_frozen", "self_contained", "log_every", "stop_after",
+                               "tensorboard")},
     "val_data": "val_root", "flip": "augment.flip", "jitter": "augment.jitter",
 }  # fmt: skip
 GRID_FLAGS = {"windows": "windows", "temperatures": "temperatures", "select_by": "select_by"}

@@ -254,6 +254,7 @@ class TrainSettings:
     self_contained: bool = False  # checkpoints hold every weight, not only the trained ones
     log_every: int = 10  # steps between train_log.csv rows
     stop_after: int | None = None  # stop (saving last.pt) after this global step; the schedule is unchanged
+    tensorboard: bool = True  # TensorBoard event files in the run folder (loss, lr, validation PCK, match pictures)
     output: OutputSettings = field(default_factory=lambda: OutputSettings(output_dir="results/finetune"))
     protocol: ProtocolRecord = field(default_factory=ProtocolRecord)
 

@@ -132,15 +132,19 @@ def match_pair(
     """Match `points` of image src in image trg (default: a grid x grid grid, or `mutual` nearest neighbours)
     with the settings' member, extraction and matcher; and what the member resolved to."""
     pair = image_pair(src, trg)
-    member, resolved = extract([pair], settings, backbone)
+    member, resolved = extract([pair.src, pair.trg], settings, backbone)
     choice = PairSettings(points=None if points is None else tuple(map(tuple, points)), grid=grid, mutual=mutual)
     return match_points(pair, member, settings.match, choice), resolved
 
 
-def extract(pairs: list[PairRecord], settings: EvalSettings, backbone: Backbone) -> tuple[Member, dict]:
-    """The member's features of every image of `pairs` (no loader workers for two images: starting them costs more
-    than reading two images)."""
-    images = list({ref.key: ref for p in pairs for ref in (p.src, p.trg)}.values())
+def pair_images(pairs: list[PairRecord]) -> list[ImageRef]:
+    """The images of `pairs`, each once, in order."""
+    return list({ref.key: ref for p in pairs for ref in (p.src, p.trg)}.values())
+
+
+def extract(images: list[ImageRef], settings: EvalSettings, backbone: Backbone) -> tuple[Member, dict]:
+    """The member's features of `images` (no loader workers for two images: starting them costs more than reading
+    two images)."""
     extraction = settings.extract if len(images) > 2 else replace(settings.extract, num_workers=0)
     return build_member(settings.member, extraction, backbone, images, progress=settings.output.progress)
 
@@ -174,6 +178,13 @@ def draw_pair(folder: Path, result: PairMatches, title: str, heatmaps: tuple[int
             title=f"point {i}: similarity {peak[i]:.3f}",
         )  # fmt: skip
         viz2d.save_plot(fig, folder / f"heatmap{name}_{i}.png")
+
+
+def draw_features(folder: Path, features: FeatureSet, images: list[ImageRef]) -> None:
+    """features_pca.png: the images' features, their first three principal components computed jointly, as RGB."""
+    from semcorr.viz import figures, viz2d  # matplotlib loads only here
+
+    viz2d.save_plot(figures.draw_feature_pca(features, images), folder / "features_pca.png")
 
 
 def matches_record(results: list[PairMatches], model: str, match: MatchSettings) -> dict:
@@ -236,7 +247,8 @@ def run_match(settings: EvalSettings, choice: PairSettings) -> Path:
     context = start_run(settings.output)
     pairs = match_pairs(settings, choice)
     backbone = create_backbone(settings.member.backbone)
-    member, resolved = extract(pairs, settings, backbone)
+    images = pair_images(pairs)
+    member, resolved = extract(images, settings, backbone)
     results = [match_points(pair, member, settings.match, choice) for pair in pairs]
     most = max(len(r.pred) for r in results)
     bad = [i for i in choice.heatmaps if not 0 <= i < most]
@@ -251,6 +263,7 @@ def run_match(settings: EvalSettings, choice: PairSettings) -> Path:
     for result in results:
         name = "" if len(results) == 1 else f"_{safe_name(result.pair.pair_id)}"
         draw_pair(folder, result, title, choice.heatmaps, name)
+    draw_features(folder, member.features, images)
     record = matches_record(results, backbone.name, settings.match)
     folders.write_run(folder, "match", config, matches=record, match_table=matches_table(record))
     print(summary.match_summary(config, record))

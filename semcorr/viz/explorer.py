@@ -37,7 +37,7 @@ from semcorr.engine.pair import check_inside, image_pair
 from semcorr.runs.folders import Run
 from semcorr.runs.record import data_of
 from semcorr.viz import viz2d
-from semcorr.viz.figures import heatmap_in_pixels, pair_ranking
+from semcorr.viz.figures import draw_feature_pca, heatmap_in_pixels, pair_ranking
 
 
 @dataclass
@@ -150,6 +150,11 @@ class Explorer:
             truth=None if nearest is None else pair.trg_kps[nearest].astype(np.float64),
             seconds=time.perf_counter() - t0,
         )
+
+    def features_figure(self) -> Figure:
+        """The open pair's features: their first three principal components, computed jointly, as RGB."""
+        pair = self.opened()
+        return draw_feature_pca(self.member.features, [pair.src, pair.trg])
 
     def opened(self) -> PairRecord:
         """The open pair (ValueError when none is)."""

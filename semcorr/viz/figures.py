@@ -18,8 +18,9 @@ from matplotlib.patches import Circle
 from PIL import Image
 
 import pck
-from semcorr.data.geometry import Geometry, input_to_patch
-from semcorr.data.images import load_image
+from helper_functions import FeatureSet
+from semcorr.data.geometry import Geometry, input_to_patch, patch_to_input
+from semcorr.data.images import ImageRef, load_image
 from semcorr.data.pairs import PairRecord
 from semcorr.viz.viz2d import (
     CORRECT,
@@ -155,6 +156,60 @@ def draw_similarity(
     add_legend(fig, entries)
     if title:
         add_title(fig, title)
+    return fig
+
+
+def content_mask(geom: Geometry, grid: tuple[int, int], patch_size: int) -> np.ndarray:
+    """(h, w) True at the patches whose centre lies on the image (not on --resize pad's padding)."""
+    rows, cols = np.meshgrid(np.arange(grid[0]), np.arange(grid[1]), indexing="ij")
+    xy = geom.to_original(patch_to_input(np.stack([cols.ravel(), rows.ravel()], axis=1).astype(float), patch_size))
+    w, h = geom.size
+    inside = (xy[:, 0] >= -0.5) & (xy[:, 0] <= w - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= h - 0.5)
+    return inside.reshape(grid)
+
+
+def feature_pca(maps: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+    """The first three principal components of several images' (C, h, w) feature maps, computed jointly over the
+    patches each mask keeps (one basis and one 0..1 scale for all images, so colours compare across them), as
+    (h, w, 3) RGB maps. Each component's sign makes its largest loading positive (the same colours every run)."""
+    kept = np.concatenate([m.reshape(m.shape[0], -1).T[k.ravel()] for m, k in zip(maps, masks, strict=True)])
+    mean = kept.astype(np.float64).mean(axis=0)
+    centred = kept - mean
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues: C x C, not patches x patches
+    basis = vectors[:, ::-1][:, :3]
+    basis *= np.sign(basis[np.abs(basis).argmax(axis=0), range(3)])
+    projected = centred @ basis
+    low, high = projected.min(axis=0), projected.max(axis=0)
+    scale = np.where(high > low, high - low, 1.0)
+    rgb = [((m.reshape(m.shape[0], -1).T - mean) @ basis - low) / scale for m in maps]
+    return [np.clip(c, 0, 1).reshape(*m.shape[1:], 3) for c, m in zip(rgb, maps, strict=True)]
+
+
+PCA_IMAGES = 12  # images drawn in one features picture
+
+
+def draw_feature_pca(features: FeatureSet, refs: list[ImageRef], columns: int = 4) -> Figure:
+    """Each image above its features' first three principal components as RGB, computed jointly over the images
+    (feature_pca; as DIFT and sd-dino show features) and drawn over the image's pixels (interpolated between patch
+    centres, as the similarity heatmaps are); the first PCA_IMAGES images."""
+    shown = refs[:PCA_IMAGES]
+    geoms = [features.geometries[ref.key] for ref in shown]
+    maps = [features.feats[features.index[ref.key]].float().cpu().numpy() for ref in shown]
+    rgb = feature_pca(maps, [content_mask(g, features.prep.grid, features.prep.patch_size) for g in geoms])
+    columns = min(columns, len(shown))
+    rows = -(-len(shown) // columns)
+    fig = Figure(figsize=(3.2 * columns, 5.0 * rows + 0.4), dpi=100, layout="constrained")
+    axes = fig.subplots(2 * rows, columns, squeeze=False)
+    for i, (ref, colours, geom) in enumerate(zip(shown, rgb, geoms, strict=True)):
+        top, bottom = axes[2 * (i // columns), i % columns], axes[2 * (i // columns) + 1, i % columns]
+        top.imshow(np.asarray(load_image(ref)))
+        top.set_title(Path(ref.path).name, fontsize=8)
+        channels = [heatmap_in_pixels(colours[..., c], geom, features.prep.patch_size) for c in range(3)]
+        bottom.imshow(np.clip(np.stack([c for c, _ in channels], axis=-1), 0, 1), extent=channels[0][1])
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    more = f" (the first {len(shown)} of {len(refs)} images)" if len(refs) > len(shown) else ""
+    fig.suptitle(f"features: first three principal components, computed jointly, as RGB{more}", fontsize=9)
     return fig
 
 

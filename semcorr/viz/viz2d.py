@@ -93,6 +93,15 @@ def save_plot(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+def figure_image(fig: Figure) -> np.ndarray:
+    """The figure rendered as an (H, W, 3) uint8 array (for TensorBoard), without pyplot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 def match_colors(correct: np.ndarray) -> list[str]:
     """Green for a correct match, red for a wrong one."""
     return [CORRECT if c else WRONG for c in np.asarray(correct, dtype=bool)]
