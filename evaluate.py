@@ -1,6 +1,6 @@
 """Evaluate a fine-tuned checkpoint (--checkpoint), or a weights file of --model (--weights).
 
-python evaluate.py --checkpoint results/finetune/20260101-120000_dinov3_vitb16/best.pt --dataset spair
+python evaluate.py --checkpoint results/finetune/20260101-120000_finetune_dinov3_vitb16_512x512_spair-trn/best.pt --dataset spair
 python evaluate.py --model dinov2 --weights my_dinov2.safetensors --dataset pf-willow
 """
 

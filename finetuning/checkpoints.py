@@ -185,7 +185,7 @@ def read_resume_folder(run_dir: Path, model: str | None) -> TrainSettings:
     if missing:
         raise FinetuneError(
             f"cannot resume from {run_dir}: {', '.join(missing)} missing. Give the folder of a run of "
-            "finetuning/finetune.py that saved at least one checkpoint (results/finetune/<timestamp>_<model>/)."
+            "finetuning/finetune.py that saved at least one checkpoint (results/finetune/<timestamp>_finetune_<model>_.../)."
         )
     try:
         settings = from_record(TrainSettings, folders.read_run(run_dir, kinds=("finetune",)).config["settings"])

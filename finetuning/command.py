@@ -174,7 +174,7 @@ def output_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--output-dir",
         type=path,
-        help="a new <timestamp>_<model> folder is made inside" + train_default("output.output_dir"),
+        help="a new <timestamp>_finetune_<model>_... folder is made inside" + train_default("output.output_dir"),
     )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
