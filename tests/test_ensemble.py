@@ -226,7 +226,9 @@ def test_each_member_alone_stands_beside_the_ensemble(tmp_path, colour_pairs, ca
         for alpha in ("pck@0.05", "pck@0.1"):
             assert member[alpha] == pytest.approx(alone[alpha])
     assert [m["weight"] for m in members] == [0.75, 0.25] and members[0]["pck@0.1"] != members[1]["pck@0.1"]
-    block = printed.split("each member alone (its own grid, the same matcher and pairs):\n")[1].splitlines()
+    block = printed.split("each member alone (its own grid, the same matcher and pairs), per image (per keypoint):\n")[
+        1
+    ].splitlines()
     ensemble = read_run(run).metrics["pck@0.1"]
     assert (
         block[1].startswith("ensemble") and f"{ensemble['per_image']:.2f} ({ensemble['per_keypoint']:.2f})" in block[1]

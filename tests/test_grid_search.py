@@ -219,7 +219,7 @@ def test_command_line_grid_search(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "best at PCK@0.1 (per_image): K=" in out
     (run,) = (tmp_path / "results").iterdir()
-    assert run.name.endswith("_grid_random-weights_dinov2_vits14_28x28_custom-val_pck_norm=bbox")
+    assert run.name.endswith("_grid_random-weights_dinov2_vits14_28x28_custom-val")  # its boxes: no override
     config_json = json.loads((run / "config.json").read_text())
     assert config_json["settings"]["grid"]["windows"] == [3, 5]
     assert config_json["resolved"]["members"][0]["image_size"] == [28, 28]

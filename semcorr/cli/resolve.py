@@ -109,8 +109,8 @@ def resolve(kind: str, given: dict) -> object:
     dataset = given.get("dataset") or default(TrainSettings if kind == "finetune" else EvalSettings, "data.dataset")
     presets = protocol.values(dataset, training=kind == "finetune")
     scored = given.get("val_data") or given.get("data_root") if kind != "match" else None  # the pairs PCK scores
-    if dataset == "custom" and "pck_norm" not in given and scored:
-        presets["pck_norm"] = custom_pck_norm(scored, presets["pck_norm"])
+    if dataset == "custom" and scored:  # the file's own boxes, when it has them: no override of the protocol
+        presets["pck_norm"] = custom_pck_norm(scored, presets["pck_norm"], warn="pck_norm" not in given)
     values = {**presets, **given}
     overrides = {name: value for name, value in given.items() if name in presets and value != presets[name]}
     if "precision" in given:  # one precision for every family: no override where it is the protocol's own
@@ -137,7 +137,7 @@ def resolve(kind: str, given: dict) -> object:
     return evaluation_settings(kind, values, given, record, device, precision)
 
 
-def custom_pck_norm(pairs_file: str, preset: str) -> str:
+def custom_pck_norm(pairs_file: str, preset: str, warn: bool = True) -> str:
     """The threshold length of a custom pairs file: the target box ("bbox") when every pair gives a target_bbox,
     else the protocol's (said when only some pairs give one). A file that cannot be read is the loader's to
     report: the protocol's then."""
@@ -150,7 +150,7 @@ def custom_pck_norm(pairs_file: str, preset: str) -> str:
         return preset
     if pairs and boxed == pairs:
         return "bbox"
-    if boxed:
+    if boxed and warn:
         warnings.warn(
             f"{pairs_file}: {boxed} of {pairs} pairs give a target_bbox, so PCK uses the protocol's threshold "
             f"({preset}); give every pair one to use the boxes, or --pck-norm to choose",

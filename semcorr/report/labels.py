@@ -279,7 +279,7 @@ def run_labels(runs: list) -> RunLabels:
 
 def slug(text: str) -> str:
     """A label part as a folder name part: 'fine-tuned best.pt' -> 'fine-tuned-best'."""
-    text = re.sub(r"\.(pt|pth|safetensors|bin)\b", "", text)
+    text = re.sub(r"\.(pt|pth|safetensors|bin)\b", "", text).replace(" + ", "+")
     return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", text).strip("-")
 
 

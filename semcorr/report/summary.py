@@ -154,7 +154,10 @@ def evaluation_summary(config: dict, metrics: dict) -> str:
     ]
     lines += baseline_lines(metrics) + published_lines(config, metrics)
     if metrics.get("members"):
-        lines += ["each member alone (its own grid, the same matcher and pairs):", members_table(metrics).to_string()]
+        lines += [
+            "the ensemble and each member alone (its own grid, the same matcher and pairs), per image (per keypoint):",
+            members_table(metrics).to_string(),
+        ]
     alphas = [k.removeprefix("pck@") for k in metrics if k.startswith("pck@")]
     alpha = "0.1" if "0.1" in alphas else alphas[len(alphas) // 2]
     if len(metrics["per_category"]) > 1:
@@ -188,9 +191,14 @@ def search_context(config: dict, best_file: dict) -> list[str]:
     settings, resolved = config["settings"], config["resolved"]
     checkpoints = [m["backbone"]["checkpoint"] for m in settings["members"]]
     models = " + ".join(model_text(m, c) for m, c in zip(resolved["members"], checkpoints, strict=True))
-    searched = "K and T searched" if config["kind"] == "grid" else matcher_text(settings["match"])
+    match = settings["match"]
+    searched = (
+        f"{match['matcher']}, K and T searched"
+        if config["kind"] == "grid"
+        else f"{matcher_text(match)}, weights searched"
+    )
     return [
-        f"{models} | {settings['match']['matcher']}, {searched} | {protocol_text(settings['protocol'])}",
+        f"{models} | {searched} | {protocol_text(settings['protocol'])}",
         data_line(best_file["dataset"], best_file["split"], best_file["pairs"], best_file["keypoints"],
                   NORM_DESCRIPTIONS[best_file["pck_norm"]]),
     ]  # fmt: skip
