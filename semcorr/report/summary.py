@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from semcorr.report import labels
+
 PCK = "{:.2f}"
 
 
@@ -20,7 +22,7 @@ def matcher_text(match: dict, params: dict | None = None) -> str:
     """'argmax', or 'wsoftargmax K5 T0.2' for a windowed matcher (with where K and T came from)."""
     if match["matcher"] == "argmax":
         return match["matcher"]
-    text = f"{match['matcher']} K{match['window']} T{match['temperature']:g}"
+    text = labels.matcher_text(match)
     if match.get("window_border") == "clip":
         text += " (window clipped at the border)"
     return text + (f" from {params['path']} (best at PCK@{params['alpha']:g})" if params else "")
