@@ -244,3 +244,12 @@ def test_feature_pca_is_one_basis_for_all_images_and_leaves_padding_out():
     prep = Preprocess.create(224, 14, "pad")
     mask = figures.content_mask(image_geometry((300, 150), prep), prep.grid, prep.patch_size)
     assert mask.all(axis=1).sum() == 8 and not mask[0].any() and not mask[-1].any()  # rows on the padding left out
+
+
+def test_a_figure_as_a_picture_keeps_its_legend_below_the_axes():
+    img = Image.new("RGB", (60, 40), "white")
+    fig = figures.draw_pair_rows(pair_rows([True, False]), img, img, alpha=0.1)  # its legend lies below the images
+    saved = viz2d.figure_image(fig)
+    height = fig.get_size_inches()[1] * fig.dpi
+    assert saved.dtype == np.uint8 and saved.shape[2] == 3 and saved.shape[0] > height * 0.95
+    assert (saved[-int(0.08 * saved.shape[0]) :] < 128).any()  # the legend's dark text at the bottom

@@ -13,6 +13,7 @@ threads): write them with `save_plot`, show them in a notebook with `display(fig
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -94,12 +95,11 @@ def save_plot(fig: Figure, path: str | Path) -> Path:
 
 
 def figure_image(fig: Figure) -> np.ndarray:
-    """The figure rendered as an (H, W, 3) uint8 array (for TensorBoard), without pyplot."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    """The figure as save_plot writes it (legends below the axes included), as an (H, W, 3) uint8 array (for
+    TensorBoard), without pyplot."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.05)
+    return np.asarray(Image.open(buffer).convert("RGB"))
 
 
 def match_colors(correct: np.ndarray) -> list[str]:
