@@ -98,7 +98,7 @@ def arguments() -> argparse.ArgumentParser:
         help="averaging that picks the best weights" + default_text("select_by", WeightSearchSettings),
     )
     add_protocol_args(p)
-    add_output_args(p)
+    add_output_args(p, baseline=True)
     return p
 
 

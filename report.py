@@ -18,7 +18,7 @@ images of --figures' keypoint examples), no re-evaluation.
 --latex DIR writes, for each dataset, split and PCK threshold among the evaluations
 (DIR/<dataset>-<split>-<threshold>/), booktabs LaTeX tables with their CSV and markdown copies:
 overall.* (runs x PCK@each alpha), per_category.* (categories x runs), difficulty.* (SPair-71k:
-viewpoint, scale, truncation and occlusion levels x runs), and per run (<run folder name>/)
+viewpoint, scale, truncation and occlusion levels x runs), and per run (<its name>/)
 consistency.*, sensitivity.*, extremes.* (the original project's analysis at --alpha).
 --figures DIR writes pck_curves.png of each group. --compare A B compares two evaluations over the
 same pairs (overall, per category, per difficulty level, with paired bootstrap intervals): printed,
@@ -34,6 +34,7 @@ from pathlib import Path
 
 from semcorr.cli.errors import run_main
 from semcorr.config.settings import AVERAGINGS, DEFAULT_THRESHOLDS
+from semcorr.report.labels import run_labels, slug
 
 REPORTED_KINDS = ("evaluation", "finetune", "grid")
 
@@ -92,28 +93,33 @@ def report(args: argparse.Namespace):
         print("## fine-tuning runs\n\n" + tables.markdown_table(tables.finetune_table(by_kind["finetune"])))
     if by_kind["grid"]:
         print("## grid searches\n\n" + tables.markdown_table(tables.grids_table(by_kind["grid"])))
-    labels = names_of(evaluations, args.names)
+    names = names_of(evaluations, args.names)
     if evaluations and (args.latex or args.figures):
-        write_paper(evaluations, labels, args)
+        write_paper(evaluations, names, args)
     if args.compare:
-        compare(args, evaluations, labels)
+        compare(args, evaluations, names)
     return table
 
 
 def names_of(runs: list, names: list[str] | None) -> dict[Path, str]:
-    """Each evaluation's name in tables and figures (by its resolved folder): --names, in the order the runs
-    were found (load_runs), or a short label."""
-    from semcorr.report import tables
-
-    if names is not None and len(names) != len(runs):
+    """--names, by each evaluation's resolved folder, in the order the runs were found (load_runs); {} without it."""
+    if names is None:
+        return {}
+    if len(names) != len(runs):
         raise ValueError(
             f"--names gives {len(names)} names for {len(runs)} evaluations; give one each, in this order: "
             + ", ".join(str(run.path) for run in runs)
         )
-    return dict(zip((run.path.resolve() for run in runs), names or tables.unique_labels(runs), strict=True))
+    return dict(zip((run.path.resolve() for run in runs), names, strict=True))
 
 
-def write_paper(evaluations: list, labels: dict[Path, str], args: argparse.Namespace) -> None:
+def shown_names(runs: list, names: dict[Path, str]) -> tuple[list[str], str]:
+    """The names of runs shown together (--names, else their labels among them) and what they all share."""
+    shown = run_labels(runs)
+    return [names.get(run.path.resolve(), label) for run, label in zip(runs, shown.names, strict=True)], shown.common
+
+
+def write_paper(evaluations: list, names: dict[Path, str], args: argparse.Namespace) -> None:
     """Tables (--latex) and figures (--figures) of each group of evaluations (same dataset, split, threshold)."""
     import pck
     from semcorr.report import paper
@@ -124,42 +130,44 @@ def write_paper(evaluations: list, labels: dict[Path, str], args: argparse.Names
         for key, runs in groups.items():
             print(f"  {paper.group_name(key)}: {', '.join(run.name for run in runs)}")
     for key, runs in groups.items():
-        names, group = [labels[run.path.resolve()] for run in runs], paper.group_name(key)
+        (labels, common), group = shown_names(runs, names), paper.group_name(key)
         if args.latex:
             folder = Path(args.latex) / group
-            tables = [(t, folder) for t in paper.group_tables(runs, names, args.alphas, args.alpha, args.averaging)]
-            for run, name in zip(runs, names, strict=True):
+            tables = paper.group_tables(runs, labels, args.alphas, args.alpha, args.averaging, common=common)
+            tables = [(t, folder) for t in tables]
+            for run, name in zip(runs, labels, strict=True):
                 analyses = paper.run_tables(run, name, args.alphas, args.alpha, args.averaging, args.level)
-                tables += [(t, folder / run.name) for t in analyses]
-            written = [path for table, where in tables for path in paper.write_table(table, where)]
+                tables += [(t, folder / slug(name)) for t in analyses]
+            written = [path for table, where in tables for path in paper.write_table(table, where, group=group)]
             print(f"{group}: {len(written)} table files under {folder}")
         if args.figures:
             from semcorr.viz import charts, viz2d  # matplotlib loads only for figures
 
-            curves = {n: pck.pck_curve(run.keypoints(), paper.CURVE_ALPHAS) for run, n in zip(runs, names, strict=True)}
-            figure = charts.pck_curves(curves, paper.dataset_text(runs))
+            curves = {
+                n: pck.pck_curve(run.keypoints(), paper.CURVE_ALPHAS) for run, n in zip(runs, labels, strict=True)
+            }
+            figure = charts.pck_curves(curves, paper.dataset_text(runs), common)
             print(f"{group}: wrote {viz2d.save_plot(figure, Path(args.figures) / group / 'pck_curves.png')}")
 
 
 def compare(args: argparse.Namespace, evaluations: list, names: dict[Path, str]) -> None:
     """Print the comparison of two evaluations (the runs already loaded when they are among them); write its
     table and figures when asked."""
-    from semcorr.report import comparison, paper, tables
+    from semcorr.report import comparison, paper
     from semcorr.runs.folders import check_run, read_run
 
     loaded = {run.path.resolve(): run for run in evaluations}
     a, b = (
         loaded.get(Path(path).resolve()) or check_run(read_run(path, kinds=("evaluation",))) for path in args.compare
     )
-    short = tables.unique_labels([a, b])
-    labels = (names.get(a.path.resolve(), short[0]), names.get(b.path.resolve(), short[1]))
-    table = comparison.compare_runs(a, b, labels, args.alpha, args.averaging)
+    labels, common = shown_names([a, b], names)
+    table = comparison.compare_runs(a, b, tuple(labels), args.alpha, args.averaging, common=common)
     print("\n## comparison\n\n" + paper.to_markdown(table))
     group = paper.group_name(next(iter(paper.group_runs([a]))))
     if args.latex:
-        paper.write_table(table, Path(args.latex) / group)
+        paper.write_table(table, Path(args.latex) / group, group=group)
     if args.figures:
-        for path in comparison.write_figures(a, b, labels, Path(args.figures) / group, args.alpha):
+        for path in comparison.write_figures(a, b, tuple(labels), Path(args.figures) / group, args.alpha):
             print(f"wrote {path}")
 
 

@@ -12,9 +12,13 @@ written by semcorr/runs/folders.py.
 from __future__ import annotations
 
 import sys
+import threading
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -94,20 +98,51 @@ def read_training_state(run_dir: Path, backbone: Backbone) -> dict:
 
 
 class TrainLog:
-    """Rows of train_log.csv (training rows: loss, lr; validation rows: PCK), rewritten atomically."""
+    """Rows of train_log.csv (training rows: loss, lr; validation rows: PCK), rewritten atomically; and, with
+    `tensorboard`, the same numbers (and pictures) as TensorBoard event files in the run folder."""
 
-    def __init__(self, run_dir: Path, val_column: str, rows: list[dict] | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        val_column: str,
+        rows: list[dict] | None = None,
+        tensorboard: bool = False,
+        purge_step: int | None = None,
+    ):
         self.run_dir, self.val_column, self.rows = run_dir, val_column, rows or []
+        self.board = event_writer(run_dir, purge_step) if tensorboard else None
 
     @classmethod
-    def resume(cls, run_dir: Path, val_column: str, step: int) -> TrainLog:
-        """The log of an interrupted run, without rows written after its last checkpoint."""
+    def resume(cls, run_dir: Path, val_column: str, step: int, tensorboard: bool = False) -> TrainLog:
+        """The log of an interrupted run, without rows (nor TensorBoard events) written after its last checkpoint."""
         run = folders.read_run(run_dir, kinds=("finetune",))
         rows = run.read("train_log").to_dict("records") if run.has("train_log") else []
-        return cls(run_dir, val_column, [r for r in rows if r["step"] <= step])
+        return cls(run_dir, val_column, [r for r in rows if r["step"] <= step], tensorboard, purge_step=step + 1)
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
+        scalars = [(board_tag(k), v) for k, v in row.items() if k not in ("step", "epoch") and not pd.isna(v)]
+        self.to_board(lambda board: [board.add_scalar(tag, value, row["step"]) for tag, value in scalars])
+
+    def add_picture(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An (H, W, 3) picture in TensorBoard's images at `step` (nothing without TensorBoard)."""
+        self.to_board(lambda board: board.add_image(tag, image, step, dataformats="HWC"))
+
+    def to_board(self, write: Callable[[object], object]) -> None:
+        """TensorBoard events are a copy of train_log.csv: one that cannot be written (a full disk) stops them with a
+        warning, not the run."""
+        if self.board is None:
+            return
+        try:
+            write(self.board)
+        except (OSError, RuntimeError) as err:
+            warnings.warn(
+                f"TensorBoard events in {self.run_dir} stop here ({err}); train_log.csv has every number", stacklevel=2
+            )
+            self.board = None
+
+    def close(self) -> None:
+        self.to_board(lambda board: board.close())
 
     def table(self) -> pd.DataFrame:
         table = pd.DataFrame(self.rows)
@@ -116,6 +151,7 @@ class TrainLog:
 
     def write(self) -> None:
         folders.write_file(self.run_dir, "finetune", "train_log", self.table())
+        self.to_board(lambda board: board.flush())
 
     def plot(self, best_step: int | None = None) -> None:
         from semcorr.viz import charts, viz2d
@@ -123,6 +159,43 @@ class TrainLog:
         if self.rows:
             figure = charts.training_curves(self.table(), self.val_column, title=self.run_dir.name, best_step=best_step)
             viz2d.save_plot(figure, self.run_dir / folders.PICTURES["finetune"])
+
+
+def board_tag(column: str) -> str:
+    """A train_log.csv column as a TensorBoard tag: loss -> train/loss, val_pck@0.1_kpt -> validation/pck@0.1 per
+    keypoint."""
+    if column.startswith("val_"):
+        name = column.removeprefix("val_")
+        return f"validation/{name.removesuffix('_kpt')} per {'keypoint' if name.endswith('_kpt') else 'image'}"
+    return f"train/{column}"
+
+
+def event_writer(run_dir: Path, purge_step: int | None = None):
+    """A TensorBoard SummaryWriter of the run folder (`purge_step`: a resumed run's events from that step on are
+    dropped, as its log's rows are)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise FinetuneError(
+            "TensorBoard is not installed: pip install tensorboard (requirements.txt), or give --no-tensorboard"
+        ) from None
+    quiet_writer_threads()
+    return SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+
+
+def quiet_writer_threads() -> None:
+    """TensorBoard's writer thread keeps a failed write for the writer's next call (TrainLog.to_board reports it),
+    then re-raises it: its own traceback is not printed."""
+    if getattr(threading.excepthook, "quiet_writer_threads", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            previous(args)
+
+    hook.quiet_writer_threads = True
+    threading.excepthook = hook
 
 
 def known_model(name: str) -> str:
@@ -139,7 +212,7 @@ def read_resume_folder(run_dir: Path, model: str | None) -> TrainSettings:
     if missing:
         raise FinetuneError(
             f"cannot resume from {run_dir}: {', '.join(missing)} missing. Give the folder of a run of "
-            "finetuning/finetune.py that saved at least one checkpoint (results/finetune/<timestamp>_<model>/)."
+            "finetuning/finetune.py that saved at least one checkpoint (results/finetune/<timestamp>_finetune_<model>_.../)."
         )
     try:
         settings = from_record(TrainSettings, folders.read_run(run_dir, kinds=("finetune",)).config["settings"])

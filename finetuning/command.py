@@ -163,12 +163,19 @@ def output_flags(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument("--resume", type=path, help="continue the run in this folder exactly where its last.pt left off")
     g.add_argument("--self-contained", action="store_true", help="checkpoints hold every weight (for sharing)")
+    g.add_argument(
+        "--no-tensorboard",
+        dest="tensorboard",
+        action="store_false",
+        help="write no TensorBoard event files (default: loss, learning rate, validation PCK and match pictures in "
+        "the run folder; tensorboard --logdir <output dir>)",
+    )
     g.add_argument("--num-workers", type=count, help="image decoding processes" + train_default("extract.num_workers"))
     g.add_argument("--device", type=device, help="auto | cpu | cuda (torchrun: one GPU per process) (default: auto)")
     g.add_argument(
         "--output-dir",
         type=path,
-        help="a new <timestamp>_<model> folder is made inside" + train_default("output.output_dir"),
+        help="a new <timestamp>_finetune_<model>_... folder is made inside" + train_default("output.output_dir"),
     )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -3,13 +3,14 @@
     python finetuning/finetune.py --model dinov3 --data-root SPair71k/SPair-71k
     python finetuning/finetune.py --model sam --trainable-blocks 6 --flip --jitter 0.2
     python finetuning/finetune.py --model dinov3 --protocol original --trainable-blocks 3 --logit-scale 15
-    python finetuning/finetune.py --resume results/finetune/20260101-120000_dinov3_vitb16
+    python finetuning/finetune.py --resume results/finetune/20260101-120000_finetune_dinov3_vitb16_512x512_spair-trn
     torchrun --nproc_per_node=4 finetuning/finetune.py --model dinov3 --batch-size 8   # 32 pairs a step
 
-Writes results/finetune/<timestamp>_<model>/: best.pt (best validation PCK) and last.pt (the latest
-step, with everything --resume needs), both holding the trained weights on top of the base weights
-file (--self-contained: every weight); load them with `python evaluate.py --checkpoint .../best.pt`.
-Also config.json, train_log.csv and train_curves.png.
+Writes results/finetune/<timestamp>_finetune_<model>_<size>_<data>/: best.pt (best validation PCK) and
+last.pt (the latest step, with everything --resume needs), both holding the trained weights on top of the
+base weights file (--self-contained: every weight); load them with `python evaluate.py --checkpoint
+.../best.pt`. Also config.json, train_log.csv, train_curves.png and TensorBoard event files
+(tensorboard --logdir results/finetune; --no-tensorboard: none).
 """
 
 import sys

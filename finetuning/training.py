@@ -16,11 +16,13 @@ rank 0 validates and writes.
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -46,13 +48,16 @@ from finetuning.loss import correspondence_loss
 from finetuning.model import FrozenCache, SplitBackbone, learning_rate_factor, make_optimizer
 from helper_functions import member_preprocess
 from models import Backbone, base_record, create_backbone, weights_origin
-from semcorr.config.settings import EvalSettings, MatchSettings, MemberSettings, TrainSettings
+from semcorr.cli.errors import command_line, script_path
+from semcorr.config.settings import DataSettings, EvalSettings, MatchSettings, MemberSettings, TrainSettings
 from semcorr.data.datasets import load_pairs
 from semcorr.data.geometry import Preprocess
+from semcorr.data.images import load_image
 from semcorr.data.pairs import PairRecord, PairSet
 from semcorr.engine.evaluation import evaluable
 from semcorr.engine.matching import predict_keypoints
 from semcorr.engine.members import build_member
+from semcorr.report import labels
 from semcorr.runs import folders
 from semcorr.runs.record import RunContext, run_record, start_run
 from semcorr.storage.files import WriteError
@@ -213,12 +218,9 @@ def open_run_folder(training: TrainingRun, resumed: bool) -> None:
     """Rank 0: the run folder (a new one, or the resumed one), its config.json, its log, the first lines."""
     settings = training.settings
     if resumed:
-        training.log = TrainLog.resume(training.run_dir, training.val_key, training.step)
+        training.log = TrainLog.resume(training.run_dir, training.val_key, training.step, settings.tensorboard)
         print(f"resuming {training.run_dir} at step {training.step}/{training.total_steps}")
         return
-    training.run_dir = folders.new_run_dir(
-        settings.output.output_dir, [training.backbone.name], training.context.started
-    )
     params = list(training.split.parameters())
     resolved = {
         "weights": str(training.backbone.weights_path),
@@ -238,8 +240,11 @@ def open_run_folder(training: TrainingRun, resumed: bool) -> None:
     config = run_record(
         "finetune", settings, resolved=resolved, context=training.context, device=training.backbone.device
     )
+    training.run_dir = folders.new_run_dir(
+        settings.output.output_dir, labels.folder_parts(config), training.context.started
+    )
     folders.write_config(training.run_dir, "finetune", config)
-    training.log = TrainLog(training.run_dir, training.val_key)
+    training.log = TrainLog(training.run_dir, training.val_key, tensorboard=settings.tensorboard)
     for line in first_lines(training):
         print(line)
 
@@ -285,8 +290,9 @@ def validation_settings(settings: TrainSettings, val_set: PairSet) -> EvalSettin
     )
 
 
-def validate(backbone: Backbone, val_set: PairSet, settings: TrainSettings) -> dict[str, float]:
-    """PCK (per image and per keypoint, argmax) of the model being trained, by the evaluation engine."""
+def validate(backbone: Backbone, val_set: PairSet, settings: TrainSettings) -> tuple[dict[str, float], pd.DataFrame]:
+    """PCK (per image and per keypoint, argmax) of the model being trained, by the evaluation engine, and its
+    per-keypoint table."""
     evaluation = validation_settings(settings, val_set)
     member, _ = build_member(evaluation.member, evaluation.extract, backbone, val_set.unique_images(), progress=False)
     pred = predict_keypoints(val_set.pairs, [member], evaluation.match, progress=False)
@@ -297,7 +303,24 @@ def validate(backbone: Backbone, val_set: PairSet, settings: TrainSettings) -> d
     for alpha in evaluation.data.thresholds:
         out[f"val_pck@{alpha:g}"] = scores[f"pck@{alpha:g}"]["per_image"]
         out[f"val_pck@{alpha:g}_kpt"] = scores[f"pck@{alpha:g}"]["per_keypoint"]
-    return out
+    return out, table
+
+
+MATCH_PICTURES = 2  # validation pairs drawn into TensorBoard at each validation (the same pairs every time)
+
+
+def log_validation(training: TrainingRun, val: dict[str, float], table: pd.DataFrame) -> None:
+    """A validation's row in the log (and TensorBoard), and pictures of the first validation pairs' matches."""
+    training.log.add({"step": training.step, "epoch": training.epoch, **val})
+    if training.log.board is None:
+        return
+    from semcorr.viz import figures, viz2d  # matplotlib loads only for pictures
+
+    alpha = training.settings.val_alpha
+    rows = dict(tuple(table.groupby("pair_id", sort=False)))
+    for pair in training.val_set.pairs[:MATCH_PICTURES]:
+        fig = figures.draw_pair_rows(rows[pair.pair_id], load_image(pair.src), load_image(pair.trg), alpha)
+        training.log.add_picture(f"validation matches/{pair.pair_id}", viz2d.figure_image(fig), training.step)
 
 
 def checkpoint(training: TrainingRun, validate_now: bool, bar: tqdm) -> None:
@@ -310,8 +333,8 @@ def checkpoint(training: TrainingRun, validate_now: bool, bar: tqdm) -> None:
         progress = {"step": training.step, "epoch": training.epoch}
         files = {"base": training.base, "trained": training.trained, "self_contained": settings.self_contained}
         if validate_now and training.val_set is not None:
-            val = validate(training.backbone, training.val_set, settings)
-            training.log.add({"step": training.step, "epoch": training.epoch, **val})
+            val, table = validate(training.backbone, training.val_set, settings)
+            log_validation(training, val, table)
             improved = val[training.val_key] > training.best
             if improved:
                 training.best, training.best_step = val[training.val_key], training.step
@@ -368,13 +391,13 @@ def train(
     """Fine-tune on `train_set`, validating on `val_set`; returns the run folder (rank 0's)."""
     training = setup(settings, train_set, val_set, Path(resume) if resume is not None else None)
     settings, main = training.settings, training.process.main
-    if training.step == 0 and training.val_set is not None and main:  # the starting point of the PCK curve
-        training.log.add({"step": 0, "epoch": 0, **validate(training.backbone, training.val_set, settings)})
-        training.log.write()
-    barrier(training.process)
     bar = tqdm(total=training.total_steps, initial=training.step, desc="fine-tuning", unit="step",
                disable=not (settings.output.progress and main))  # fmt: skip
     try:
+        if training.step == 0 and training.val_set is not None and main:  # the starting point of the PCK curve
+            log_validation(training, *validate(training.backbone, training.val_set, settings))
+            training.log.write()
+        barrier(training.process)
         loop(training, bar)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_message(training)) from None
@@ -382,6 +405,8 @@ def train(
         raise FinetuneError(f"{err}. {resume_hint(training)}") from None
     finally:
         bar.close()
+        if main:
+            training.log.close()
     if main:
         for line in last_lines(training):
             print(line)
@@ -489,8 +514,13 @@ def train_step(training: TrainingRun, batch: dict) -> tuple[Tensor, Tensor]:
 # --- what a run says when it ends ------------------------------------------------------------------
 
 
+# the conventions a fine-tuning run may have changed that its evaluation must change too
+EVALUATION_FLAGS = ("pck_norm", "resample", "coordinates", "pf_shift", "clamp_keypoints", "build", "precision")
+
+
 def last_lines(training: TrainingRun) -> list[str]:
-    """The step reached, the model to evaluate, and the command that evaluates it."""
+    """The step reached, the model to evaluate, and the commands that continue the run (when it stopped early)
+    and evaluate the model, each runnable as printed."""
     settings = training.settings
     model = training.run_dir / (
         BEST if settings.optimisation.select == "best" and training.best_step is not None else LAST
@@ -498,13 +528,36 @@ def last_lines(training: TrainingRun) -> list[str]:
     lines = [f"done at step {training.step}/{training.total_steps}: {training.run_dir}"]
     if training.best_step is not None:
         lines.append(f"best {training.val_key} {training.best:.2f} at step {training.best_step}")
-    split = "val" if settings.data.dataset != "custom" else "test"
     lines.append(f"model: {model}")
-    lines.append(
-        f"evaluate it: python evaluate.py --checkpoint {model} --dataset {settings.data.dataset} --split {split}"
-        + (" --protocol original" if settings.protocol.name == "original" else "")
-    )
+    if training.step < training.total_steps:
+        lines.append(f"continue it: {resume_command(training)}")
+    lines.append(f"evaluate it: {evaluation_command(settings, model)}")
+    if settings.data.dataset == "custom":
+        lines.append("  (that is the file it trained on: for a fair number, give a file of held-out pairs instead)")
     return lines
+
+
+def evaluation_command(settings: TrainSettings, model: Path) -> str:
+    """evaluate.py on the model: the training dataset's test split (not the split that selected best.pt), at
+    the folder it was read from, with the run's protocol and the conventions it changed."""
+    data = settings.data
+    argv = ["python", script_path("evaluate.py"), "--checkpoint", str(model), "--dataset", data.dataset]
+    argv += ["--data-root", data.root] if data.root is not None else []
+    argv += ["--layout", data.layout] if data.layout != DataSettings().layout else []
+    argv += ["--rescale-annotations"] if data.rescale_annotations else []
+    argv += ["--protocol", settings.protocol.name] if settings.protocol.name != "default" else []
+    for name, value in settings.protocol.overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if name in EVALUATION_FLAGS:
+            argv += [flag] if value is True else [flag.replace("--", "--no-")] if value is False else [flag, str(value)]
+    return shlex.join(argv)
+
+
+def resume_command(training: TrainingRun) -> str:
+    """The command that continues this run from its last.pt (torchrun with as many processes under DDP)."""
+    world = training.process.world
+    launcher = ["torchrun", f"--nproc_per_node={world}"] if world > 1 else ["python"]
+    return shlex.join([*launcher, script_path("finetuning/finetune.py"), "--resume", str(training.run_dir)])
 
 
 def diverged_message(training: TrainingRun, first_step: int) -> str:
@@ -520,16 +573,20 @@ def diverged_message(training: TrainingRun, first_step: int) -> str:
 
 
 def interrupted_message(training: TrainingRun) -> str:
+    """Where the run stands and the command that continues it (or, before its first checkpoint, starts it again)."""
     if training.last_saved is None:
-        return f"interrupted at step {training.step}, before the first checkpoint: nothing to resume"
+        return (
+            f"interrupted at step {training.step}, before the first checkpoint: nothing to resume; start again "
+            f"with: {command_line()}"
+        )
     return f"interrupted at step {training.step}. {resume_hint(training)}"
 
 
 def resume_hint(training: TrainingRun) -> str:
     """Where the last complete checkpoint is and the command that continues from it."""
     if training.last_saved is None:
-        return "No checkpoint was complete yet: start the run again."
+        return f"No checkpoint was complete yet: start again with: {command_line()}"
     return (
         f"The last complete checkpoint is {training.run_dir / LAST} (step {training.last_saved}). Continue with: "
-        f"python finetuning/finetune.py --resume {training.run_dir}"
+        f"{resume_command(training)}"
     )

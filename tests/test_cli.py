@@ -1,6 +1,7 @@
 """semcorr/cli/: argument types, the member and point syntaxes, what the parsed flags become, how scripts end."""
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,9 +91,12 @@ def test_run_main_ends_bad_input_with_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as info:
         run_main(bad_input)
     assert info.value.code == "error: --thing must be > 0, got -1"
+    script = Path(__file__).resolve().parents[1] / "training_free_evaluation.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--model", "dinov2", "--data-root", "my data"])
     with pytest.raises(SystemExit) as info:
         run_main(lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
-    assert "interrupted" in str(info.value.code)
+    again = f"python {os.path.relpath(script)} --model dinov2 --data-root 'my data'"  # as a shell takes it
+    assert str(info.value.code).startswith("interrupted") and str(info.value.code).endswith(f"continue: {again}")
     monkeypatch.setenv("SEMCORR_TRACEBACK", "1")
     with pytest.raises(ValueError, match="--thing"):
         run_main(bad_input)

@@ -68,7 +68,7 @@ def test_identical_members_equal_one_model_and_weights_are_normalised(tmp_path, 
     single = evaluate(colour_config(tmp_path, match=match), colour_pairs, bb)
     run = evaluate(colour_config(tmp_path, match=match, weights=[3, 7]), colour_pairs, [bb, bb])
     np.testing.assert_allclose(predictions(run), predictions(single), atol=1e-9)
-    assert run.name.endswith("_ensemble_custom_test_wsoftargmax")
+    assert run.name.endswith("_ensemble_colourcode+colourcode_128x128_custom-test_wsoftargmax-K5-T0.1_pck_norm=bbox")
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "per_keypoint.csv", "per_pair.csv"]
     config_json = json.loads((run / "config.json").read_text())
     members = config_json["resolved"]["members"]
@@ -141,7 +141,7 @@ def test_weight_search(tmp_path, colour_pairs):
     cfg = colour_config(tmp_path, no_cache=True, weights=[None, None])
     good = colour_backbone(tmp_path)
     run = ens.search_weights(cfg, WeightSearchSettings(step=0.25), colour_pairs, [good, NoiseBackbone(8, 128)])
-    assert run.name.endswith("_ensemble_custom_test_weights")
+    assert "_weight_search_" in run.name and "_ensemble_colourcode+colourcode_128x128_custom-test_" in run.name
     table = pd.read_csv(run / "weight_search_results.csv")
     assert table[["weight_0", "weight_1"]].values.tolist() == [[0, 1], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1, 0]]
     single = json.loads(
@@ -213,3 +213,44 @@ def test_the_original_protocol_meets_on_the_coarsest_grid(tmp_path, colour_pairs
     config_json = json.loads((run / "config.json").read_text())
     assert config_json["resolved"]["grid"] == [8, 8] and config_json["resolved"]["reference_member"] == 1
     assert config_json["settings"]["ensemble"]["common_grid"] == "coarsest"
+
+
+def test_each_member_alone_stands_beside_the_ensemble(tmp_path, colour_pairs, capsys):
+    """metrics.json and the summary give each member's PCK alone: what a single-model evaluation of it gives."""
+    fine, coarse = colour_backbone(tmp_path), colour_backbone(tmp_path, patch_size=32)  # 16x16 and 4x4 patches
+    run = evaluate(colour_config(tmp_path, no_cache=True, weights=[0.75, 0.25]), colour_pairs, [fine, coarse])
+    printed = capsys.readouterr().out
+    members = read_run(run).metrics["members"]
+    for member, backbone in zip(members, (fine, coarse), strict=True):
+        alone = read_run(evaluate(colour_config(tmp_path, no_cache=True), colour_pairs, backbone)).metrics
+        for alpha in ("pck@0.05", "pck@0.1"):
+            assert member[alpha] == pytest.approx(alone[alpha])
+    assert [m["weight"] for m in members] == [0.75, 0.25] and members[0]["pck@0.1"] != members[1]["pck@0.1"]
+    block = printed.split("each member alone (its own grid, the same matcher and pairs), per image (per keypoint):\n")[
+        1
+    ].splitlines()
+    ensemble = read_run(run).metrics["pck@0.1"]
+    assert (
+        block[1].startswith("ensemble") and f"{ensemble['per_image']:.2f} ({ensemble['per_keypoint']:.2f})" in block[1]
+    )
+    first = members[0]["pck@0.1"]
+    assert block[2].startswith("0: 0.75 x colourcode (custom weights-8.bin)")
+    assert f"{first['per_image']:.2f} ({first['per_keypoint']:.2f})" in block[2]
+
+
+def test_a_weight_search_says_what_it_searched_on_and_when_every_weighting_ties(tmp_path, colour_pairs, capsys):
+    cfg = colour_config(tmp_path, no_cache=True, weights=[None, None])
+    bb = colour_backbone(tmp_path)
+    run = ens.search_weights(cfg, WeightSearchSettings(step=0.5), colour_pairs, [bb, bb])  # the same model twice
+    printed = capsys.readouterr().out.splitlines()
+    assert (
+        printed[0].startswith("colourcode (custom weights ")
+        and "at 128x128, 16x16 patches, squash + colourcode" in printed[0]
+    )
+    assert (
+        printed[1]
+        == "custom test: 12 pairs, 60 keypoints; threshold = alpha * max side of the target bounding box; PCK in %"
+    )
+    assert all("; a tie: all 3 tie at the best, the first in weight_search_results.csv is named" in line
+               for line in printed if line.startswith("best at"))  # fmt: skip
+    assert json.loads((run / "best_weights.json").read_text())["best"]["0.1"]["tied"] == 3

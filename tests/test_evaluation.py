@@ -32,7 +32,9 @@ def config(tmp_path, **kw):
 
 def test_run_folder_files_and_figures_recompute_from_csv(tmp_path, pairset, backbone):
     run = evaluate(config(tmp_path, match=MatchSettings("wsoftargmax", 3, 0.05)), pairset, backbone)
-    assert run.name.endswith("_colourcode_custom_test_wsoftargmax")
+    assert run.name.endswith(
+        "_custom-weights-weights-8_colourcode_128x128_custom-test_wsoftargmax-K3-T0.05_pck_norm=bbox"
+    )
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "per_keypoint.csv", "per_pair.csv"]
     metrics = json.loads((run / "metrics.json").read_text())
     recomputed = pck.summarize(read_run(run).keypoints())

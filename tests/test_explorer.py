@@ -19,7 +19,8 @@ from semcorr.data.datasets import load_pairs
 from semcorr.data.geometry import Geometry
 from semcorr.engine import pair as mp
 from semcorr.runs import folders
-from semcorr.viz.explorer import Explorer, ExplorerView, dataset_pairs, heatmap_in_pixels, pair_choices, settings_of_run
+from semcorr.viz.explorer import Explorer, ExplorerView, dataset_pairs, pair_choices, settings_of_run
+from semcorr.viz.figures import heatmap_in_pixels
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_matches.ipynb"
 
@@ -53,6 +54,10 @@ def test_click_answers_what_match_pair_answers(tmp_path):
         json.loads(json.dumps(click.record()))["predictions"]["wsoftargmax"]
         == click.predictions["wsoftargmax"].tolist()
     )
+
+    features = explorer.features_figure()  # the pair's features, their principal components as RGB
+    assert [ax.get_title() for ax in features.axes[:2]] == ["src.png", "trg.png"]
+    assert features.axes[2].images[0].get_array().shape == (160, 200, 3)  # over the source's pixels
 
     explorer.window, explorer.temperature = 5, 0.05
     wider = explorer.click(40, 50)
@@ -194,7 +199,7 @@ def test_notebook_click_equals_match_pair(tmp_path, monkeypatch):
               "--src", str(data.parent / "im0.png"), "--trg", str(data.parent / "im1.png"), "--points", "40,50"]  # fmt: skip
     for matcher, window in (("argmax", []), ("wsoftargmax", ["--window", "3", "--temperature", "0.2"])):
         folder = match_pair.main([*common, "--matcher", matcher, *window])
-        (match,) = folders.read_run(folder).read("matches")["matches"]
+        ((match,),) = [pair["matches"] for pair in folders.read_run(folder).read("matches")["pairs"]]
         assert click["predictions"][matcher] == match["target"]
         assert click["similarity"] == pytest.approx(match["similarity"])
 

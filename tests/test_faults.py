@@ -605,7 +605,7 @@ CASES = [
     Case("fine-tuning, disk full at the second last.pt", "finetuning.finetune", (*TRAIN, "--val-every", "1"), 1,
          "The last complete checkpoint is", fault=last_checkpoint_fails),
     Case("fine-tuning resumed under ulimit -f", "finetuning.finetune", ("--resume", "{run}"), 1,
-         "(step 1). Continue with: python finetuning/finetune.py --resume", fault=run_to_resume, file_limit=100_000),
+         "(step 1). Continue with: python ", fault=run_to_resume, file_limit=100_000),
     Case("report --latex under ulimit -f", "report", (*REPORT, "--latex", "{home}/paper"), 1, "cannot write",
          fault=runs_to_report, file_limit=300),
     Case("report --latex into a file", "report", (*REPORT, "--latex", "{image}"), 1, "is a file, not a folder",

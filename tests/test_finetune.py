@@ -4,8 +4,10 @@ input gets a clear error."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -442,3 +444,96 @@ def test_original_protocol_trains_as_the_original_did(spair, tmp_path):
     before, after = state_dict(init), state_dict(run / "last.pt")
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.neck."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.blocks.4."))
+
+
+# --- the commands a run prints run as printed ------------------------------------------------------------
+
+
+def printed_command(text: str, prefix: str) -> list[str]:
+    """The command after `prefix` in printed text, as a shell splits it."""
+    (line,) = [line for line in text.splitlines() if prefix in line]
+    return shlex.split(line.split(prefix, 1)[1])
+
+
+def run_as_printed(argv: list[str]) -> Path | None:
+    """Run a printed `python <script> ...` command in this process, from the working folder it was printed in."""
+    assert argv[0] == "python" and Path(argv[1]).resolve().parent in (REPO, REPO / "finetuning"), argv
+    script = Path(argv[1]).resolve().relative_to(REPO).with_suffix("").as_posix().replace("/", ".")
+    entry = main if script == "finetuning.finetune" else importlib.import_module(script).main
+    return entry(argv[2:])
+
+
+def test_the_evaluation_command_of_a_custom_run_runs_as_printed(init, tmp_path, monkeypatch, capsys):
+    pairs_file = make_custom(tmp_path / "pairs", fake_pairs(fake_images("cat", 3, num_kps=5)))
+    monkeypatch.chdir(tmp_path)  # the printed command writes its results and cache here
+    main(["--checkpoint", str(init), "--dataset", "custom", "--data-root", str(pairs_file), *IMAGE,
+          "--output-dir", "runs", "--batch-size", "4"])  # fmt: skip
+    printed = capsys.readouterr().out
+    argv = printed_command(printed, "evaluate it: ")
+    assert "--split" not in argv and argv[argv.index("--data-root") + 1] == str(pairs_file)
+    assert "the file it trained on" in printed
+    evaluated = run_as_printed(argv)
+    assert evaluated.resolve().parent == tmp_path / "results" and (evaluated / "metrics.json").is_file()
+
+
+def test_an_spair_run_is_evaluated_on_test_where_it_was_read_not_on_the_split_that_chose_best_pt(
+    init, spair, tmp_path, capsys
+):
+    run = main(["--checkpoint", str(init), "--data-root", str(spair), *IMAGE, "--batch-size", "4",
+                "--output-dir", str(tmp_path), "--protocol", "original", "--pck-norm", "image"])  # fmt: skip
+    argv = printed_command(capsys.readouterr().out, "evaluate it: ")
+    assert argv[argv.index("--checkpoint") + 1] == str(run / "last.pt")  # the original protocol keeps the last
+    assert argv[argv.index("--data-root") + 1] == str(spair) and "--split" not in argv  # evaluate.py's test split
+    assert argv[-4:] == ["--protocol", "original", "--pck-norm", "image"]
+
+
+def test_a_stopped_or_interrupted_run_continues_with_the_command_it_prints(init, spair, tmp_path, capsys, monkeypatch):
+    flags = ["--checkpoint", str(init), "--data-root", str(spair), *IMAGE, "--batch-size", "2", "--val-every", "1",
+             "--output-dir", str(tmp_path), "--val-limit", "2"]  # fmt: skip
+    run = main([*flags, "--stop-after", "1"])
+    assert training_step(run / "last.pt") == 1
+    stopped = capsys.readouterr().out
+    assert run_as_printed(printed_command(stopped, "continue it: ")) == run
+    assert training_step(run / "last.pt") == 3  # 6 pairs, 2 a step
+
+    step = training_module.train_step
+    calls = []
+
+    def interrupted_at_the_second_step(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return step(*args, **kw)
+
+    monkeypatch.setattr(training_module, "train_step", interrupted_at_the_second_step)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        main(flags)
+    assert "interrupted at step 1" in str(stop.value)
+    monkeypatch.setattr(training_module, "train_step", step)
+    resumed = run_as_printed(printed_command(str(stop.value), "Continue with: "))
+    assert training_step(resumed / "last.pt") == 3 and "done at step 3/3" in capsys.readouterr().out
+
+
+# --- training you can watch -----------------------------------------------------------------------------------
+
+
+def test_tensorboard_gets_the_logs_numbers_and_match_pictures_unless_turned_off(init, spair, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    flags = ["--checkpoint", str(init), "--data-root", str(spair), *IMAGE, "--batch-size", "2", "--val-every", "2",
+             "--log-every", "1"]  # fmt: skip
+    run = main([*flags, "--output-dir", str(tmp_path / "on")])
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
+    log = pd.read_csv(run / "train_log.csv")
+    for column, tag in (("loss", "train/loss"), ("lr", "train/lr"), ("val_pck@0.1", "validation/pck@0.1 per image"),
+                        ("val_pck@0.1_kpt", "validation/pck@0.1 per keypoint")):  # fmt: skip
+        rows = log.dropna(subset=[column])
+        logged = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert logged == [(s, pytest.approx(v, rel=1e-6)) for s, v in zip(rows["step"], rows[column], strict=True)]
+    pictures = [tag for tag in events.Tags()["images"] if tag.startswith("validation matches/")]
+    assert len(pictures) == 2 and [e.step for e in events.Images(pictures[0])] == [0, 2, 3]  # at each validation
+    quiet = main([*flags, "--output-dir", str(tmp_path / "off"), "--no-tensorboard"])
+    assert (
+        not list(quiet.glob("events.out.tfevents.*"))
+        and json.loads((quiet / "config.json").read_text())["settings"]["tensorboard"] is False
+    )

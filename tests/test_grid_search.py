@@ -43,7 +43,7 @@ def test_grid_extracts_once_and_every_cell_equals_its_own_evaluation(tmp_path, c
         "grid_search_heatmap.png",
         "grid_search_results.csv",
     ]
-    assert run.name.endswith("_colourcode_custom_test_grid")
+    assert run.name.endswith("_grid_custom-weights-weights-8_colourcode_128x128_custom-test_pck_norm=bbox")
     table = pd.read_csv(run / "grid_search_results.csv")
     assert table["matcher"].tolist() == ["argmax"] + ["wsoftargmax"] * 6
     assert table[["window", "temperature"]].iloc[1:].values.tolist() == [[k, t] for k in windows for t in temperatures]
@@ -97,7 +97,7 @@ def test_ties_go_to_the_first_cell_searched_and_the_heatmap_outlines_that_cell()
     ]
     table = pd.DataFrame(rows).astype({"window": "Int64"})
     best, argmax = gs.best_parameters(table, [0.1], "per_image")
-    assert best["0.1"] == {"window": 9, "temperature": 0.2, "pck_per_image": 70.0, "pck_per_keypoint": 69.0}
+    assert best["0.1"] == {"window": 9, "temperature": 0.2, "pck_per_image": 70.0, "pck_per_keypoint": 69.0, "tied": 2}
     assert argmax == {"0.1": {"pck_per_image": 40.0, "pck_per_keypoint": 41.0}}
     fig = charts.grid_heatmap(table, [0.1], "per_image", "ties", best)
     (outline,) = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
@@ -218,8 +218,29 @@ def test_command_line_grid_search(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "best at PCK@0.1 (per_image): K=" in out
     (run,) = (tmp_path / "results").iterdir()
-    assert run.name.endswith("_dinov2_vits14_custom_val_grid")
+    assert run.name.endswith("_grid_random-weights_dinov2_vits14_28x28_custom-val")  # its boxes: no override
     config_json = json.loads((run / "config.json").read_text())
     assert config_json["settings"]["grid"]["windows"] == [3, 5]
     assert config_json["resolved"]["members"][0]["image_size"] == [28, 28]
     assert len(pd.read_csv(run / "grid_search_results.csv")) == 3
+
+
+def test_a_grid_search_says_what_it_searched_on_and_that_identical_cells_tie(tmp_path, colour_pairs, capsys):
+    settings = colour_config(tmp_path, matcher="wsoftargmax", image_size=64)  # an 8x8 grid: K >= 15 spans it all
+    run = gs.grid_search(settings, grid([15, 17], [0.1]), colour_pairs, colour_backbone(tmp_path))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("colourcode (custom weights ") and "at 64x64, 8x8 patches, squash" in printed[0]
+    assert "| wsoftargmax, K and T searched | protocol default" in printed[0]
+    assert (
+        printed[1]
+        == "custom test: 12 pairs, 60 keypoints; threshold = alpha * max side of the target bounding box; PCK in %"
+    )
+    best_lines = [line for line in printed if line.startswith("best at")]
+    assert best_lines and all(
+        line.endswith(
+            "; a tie: all 2 tie at the best, the first in the order searched (--windows, then --temperatures, as given) is named"
+        )
+        for line in best_lines
+    )
+    best = json.loads((run / "best_parameters.json").read_text())["best"]["0.1"]
+    assert (best["window"], best["tied"]) == (15, 2)

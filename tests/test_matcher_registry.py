@@ -43,7 +43,7 @@ def test_a_registered_matcher_runs_everywhere(registered, tmp_path, colour_pairs
     ours = evaluate(colour_config(tmp_path, matcher="clipped", window=3, temperature=0.1), colour_pairs, bb)
     theirs = colour_config(tmp_path, matcher="wsoftargmax", window=3, temperature=0.1, window_border="clip")
     np.testing.assert_array_equal(predictions(ours), predictions(evaluate(theirs, colour_pairs, bb)))
-    assert ours.name.endswith("_clipped")
+    assert ours.name.endswith("_custom-test_clipped-K3-T0.1_pck_norm=bbox")
 
     ensemble = colour_config(tmp_path, matcher="clipped", window=3, temperature=0.1, weights=[1, 1])
     np.testing.assert_allclose(predictions(evaluate(ensemble, colour_pairs, [bb, bb])), predictions(ours), atol=1e-9)

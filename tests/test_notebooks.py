@@ -31,5 +31,6 @@ def test_inspect_results_notebook_runs(evaluation_runs, monkeypatch):
     assert len(images) == 4 + 2 * 2 * 2  # curves, categories, keypoint ids, per-pair scatter; 2 best + 2 worst per run
     text = "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert str(evaluation_runs[0]) in text and "wsoftargmax K3 T0.1" in text
-    assert "argmax, 64x64, protocol default (pck_norm=bbox)" in text  # labels: image size, protocol
+    assert "\n   argmax\n" in text and "\n   wsoftargmax K3 T0.1\n" in text  # each run by what differs
+    assert "every run: colourcode, custom weights weights-8.bin, 64x64," in text  # the rest once
     assert "| all | all pairs |" in text and "more than noise" in text  # the comparison table

@@ -15,7 +15,8 @@ import pytest
 from paper_runs import counted_run, hand_run, spair_runs
 
 import pck
-from semcorr.report import comparison, paper, summary, tables
+from semcorr.report import comparison, paper, summary
+from semcorr.report.labels import run_labels
 from semcorr.runs.folders import read_run
 
 
@@ -75,8 +76,8 @@ def test_custom_pairs_have_no_difficulty_breakdown(evaluation_runs):
 
 
 def test_group_tables_equal_the_metrics(runs):
-    labels = tables.unique_labels(runs)
-    assert labels == ["colourcode custom weights, argmax", "colourcode custom weights, wsoftargmax K3 T0.1"]
+    labels = run_labels(runs).names
+    assert labels == ["argmax", "wsoftargmax K3 T0.1"]  # what differs between the two
     overall, per_category, difficulty = paper.group_tables(runs, labels, (0.05, 0.1, 0.2), alpha=0.1)
     for run, label in zip(runs, labels, strict=True):
         m = run.metrics
@@ -127,7 +128,7 @@ def test_run_tables_recompute_from_per_keypoint_csv(runs):
 
 
 def test_latex_tables_are_booktabs_with_bold_best_and_a_full_caption(runs, tmp_path):
-    labels = tables.unique_labels(runs)
+    labels = run_labels(runs).names
     written = paper.group_tables(runs, labels) + paper.run_tables(runs[0], labels[0])
     for table in written:
         tex, csv, md = paper.write_table(table, tmp_path, table.name)
@@ -156,7 +157,7 @@ def test_latex_tables_are_booktabs_with_bold_best_and_a_full_caption(runs, tmp_p
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
 def test_latex_tables_compile(runs, tmp_path):
-    labels = tables.unique_labels(runs)
+    labels = run_labels(runs).names
     for table in paper.group_tables(runs, labels):
         paper.write_table(table, tmp_path)
     inputs = "".join(f"\\input{{{t}}}\n" for t in ("overall", "per_category", "difficulty"))
@@ -266,6 +267,7 @@ def test_example_rows_pick_the_easiest_and_hardest_keypoint_ids(runs):
     assert rows["kind"].tolist() == ["easy", "easy", "hard", "hard"]
     easy, hard = rows.iloc[0], rows.iloc[2]
     assert easy["id_pck_a"] == ids.max() and hard["id_pck_a"] == ids.min()
+    assert rows["correct"].tolist() == [True, True, False, False]  # easy rows show A right, hard rows A wrong
     assert ids.loc[(hard["category"], hard["kp_id"])] == ids.min()
     b = runs[1].keypoints().set_index(["pair_id", "kp_id"])
     assert rows["pred_x_b"].tolist() == [

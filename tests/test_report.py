@@ -16,7 +16,7 @@ import pck
 import report
 from semcorr.cli.resolve import resolve
 from semcorr.config.settings import TrainSettings, as_record
-from semcorr.report import paper, published, tables
+from semcorr.report import paper, published
 from semcorr.runs import folders
 from semcorr.runs.record import pairs_of_run
 from semcorr.viz import viz2d
@@ -26,18 +26,20 @@ def test_report_table_and_markdown(evaluation_runs, tmp_path):
     table = report.main(
         [str(evaluation_runs[0].parent), "--markdown", str(tmp_path / "r.md"), "--csv", str(tmp_path / "r.csv")]
     )
-    assert table["run"].tolist() == [r.name for r in evaluation_runs]
+    assert table["folder"].tolist() == [r.name for r in evaluation_runs]
+    assert table["run"].tolist() == ["argmax", "wsoftargmax K3 T0.1"]  # each run named by what differs
     assert table["matcher"].tolist() == ["argmax", "wsoftargmax K3 T0.1"]
-    assert table.loc[0, "setting"] == "custom weights"  # the test backbone's file is no official one
+    assert table.loc[0, "setting"] == "custom weights weights-8.bin"  # the test backbone's file is no official one
     assert table.loc[0, "model"] == "colourcode"
     metrics = json.loads((evaluation_runs[1] / "metrics.json").read_text())
     assert table.loc[1, "pck@0.1_per_keypoint"] == metrics["pck@0.1"]["per_keypoint"]
     assert np.isnan(table.loc[1, "pck@0.2_per_image"])  # not evaluated at 0.2
     markdown = (tmp_path / "r.md").read_text()
-    assert markdown.splitlines()[0].startswith("| model | setting | dataset |")
+    assert markdown.splitlines()[0].startswith("| run | pairs | PCK@0.05 |")
+    assert "\nEvery run: colourcode, custom weights weights-8.bin, 64x64, resize squash," in markdown
     assert f"{metrics['pck@0.1']['per_image']:.2f} ({metrics['pck@0.1']['per_keypoint']:.2f})" in markdown
     saved = pd.read_csv(tmp_path / "r.csv")
-    assert saved["run"].tolist() == table["run"].tolist()
+    assert saved["run"].tolist() == table["run"].tolist() and saved["folder"].tolist() == table["folder"].tolist()
     assert saved["pck@0.1_per_image"].tolist() == table["pck@0.1_per_image"].tolist()
 
 
@@ -120,6 +122,8 @@ def test_names_follow_the_order_of_the_paths_given(evaluation_runs, tmp_path):
     overall = pd.read_csv(tmp_path / "custom-test-bbox" / "overall.csv").set_index("run")
     for name, run in (("soft", second), ("arg", first)):
         assert overall.loc[name, "PCK@0.1"] == json.loads((run / "metrics.json").read_text())["pck@0.1"]["per_image"]
+        consistency = (tmp_path / "custom-test-bbox" / name / "consistency.tex").read_text()  # per run, by its name
+        assert f"Keypoint consistency of {name}:" in consistency and f"consistency:{name}}}" in consistency
     with pytest.raises(ValueError, match=f"give one each, in this order: {second}, {first}$"):
         report.main([str(second), str(first), "--latex", str(tmp_path), "--names", "soft"])
 
@@ -155,11 +159,11 @@ def test_report_counts_kinds_and_summarises_finetuning_and_grid_runs(evaluation_
     report.main([str(evaluation_runs[0].parent), str(tmp_path)])
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "found 5 results folders: 2 evaluation, 1 finetune, 1 grid, 1 match"
-    finetune = next(line for line in out.splitlines() if line.startswith("| 20260101-000000_dinov2_vitb14"))
+    finetune = next(line for line in out.splitlines() if "| 20260101-000000_dinov2_vitb14 |" in line)
     # best.pt is chosen among trained steps (step 0 is the starting point); every PCK with 2 decimals
     assert "| 55.12 at step 20 | 50.25 at step 30 |" in finetune and "40 of 40" not in finetune
     assert "30 of 40" in finetune and "last 2 blocks, lr 3e-05, batch 8" in finetune
-    grid = next(line for line in out.splitlines() if line.startswith("| 20260101-000000_dinov3_vitb16_spair_val_grid"))
+    grid = next(line for line in out.splitlines() if "| 20260101-000000_dinov3_vitb16_spair_val_grid |" in line)
     assert "| K=5 T=0.2: 70.08 (argmax 69.12) |" in grid and "spair val (100 pairs, bbox threshold)" in grid
 
 
@@ -233,8 +237,17 @@ def test_report_writes_latex_figures_and_a_comparison_per_group(evaluation_runs,
     for name in ("overall", "per_category", "difficulty", "comparison"):
         assert all((spair_dir / f"{name}.{ext}").is_file() for ext in ("tex", "csv", "md")), name
     assert not (custom_dir / "difficulty.tex").exists()  # custom pairs carry no difficulty flags
-    for run in spair:
-        assert sorted(p.name for p in (spair_dir / run.name).iterdir()) == sorted(
+    for group in (spair_dir, custom_dir):  # one \label per table across the groups
+        assert f"\\label{{tab:{group.name}:overall}}" in (group / "overall.tex").read_text()
+    assert (
+        "\\label{tab:spair-test-bbox:consistency:wsoftargmax-K3-T0-1}"
+        in (spair_dir / "wsoftargmax-K3-T0.1" / "consistency.tex").read_text()
+    )
+    overall = pd.read_csv(spair_dir / "overall.csv")
+    labels = overall["run"].tolist()  # the names of the spair runs in the tables: what differs between them
+    assert labels == ["argmax", "wsoftargmax K3 T0.1"]
+    for folder in ("argmax", "wsoftargmax-K3-T0.1"):  # per-run tables under the run's name
+        assert sorted(p.name for p in (spair_dir / folder).iterdir()) == sorted(
             f"{t}.{ext}" for t in ("consistency", "sensitivity", "extremes") for ext in ("tex", "csv", "md")
         )
     for figure in ("pck_curves.png", "keypoint_ids.png", "keypoint_examples.png"):
@@ -244,14 +257,13 @@ def test_report_writes_latex_figures_and_a_comparison_per_group(evaluation_runs,
         ["custom-test-bbox/pck_curves.png"]
         + [f"spair-test-bbox/{f}" for f in ("pck_curves.png", "keypoint_ids.png", "keypoint_examples.png")]
     )
-    overall = pd.read_csv(spair_dir / "overall.csv")
-    labels = overall["run"].tolist()  # the names of the spair runs in the tables
     curves, ids, examples = (
         figures[f"spair-test-bbox/{f}.png"] for f in ("pck_curves", "keypoint_ids", "keypoint_examples")
     )
     assert [ax.get_title().split(":")[0] for ax in curves.axes] == ["per image", "per keypoint"]
     assert [len(ax.get_lines()) for ax in curves.axes] == [2, 2]  # one curve per run
     assert [t.get_text() for t in curves.legends[0].get_texts()] == labels
+    assert "every run: colourcode, custom weights weights-8.bin, 128x128" in curves.texts[0].get_text()  # the rest
     id_a, id_b = (paper.keypoint_id_pck(folders.read_run(run).keypoints(), 0.1)["pck"] for run in spair)
     assert [t.get_text() for t in ids.legends[0].get_texts()] == labels
     panels = [ax for ax in ids.axes if ax.patches]
@@ -269,20 +281,13 @@ def test_report_writes_latex_figures_and_a_comparison_per_group(evaluation_runs,
     assert "## comparison" in printed and "| all | all pairs |" in printed
 
 
-def test_paths_resolve_from_the_given_bases_and_labels_name_the_setup(evaluation_runs, tmp_path):
+def test_paths_resolve_from_the_given_bases(evaluation_runs, tmp_path):
     started = evaluation_runs[0].parents[1]
     relative = evaluation_runs[0].relative_to(started)
     assert folders.resolve_path(relative, [tmp_path, started]) == evaluation_runs[0].resolve()
     assert folders.resolve_path(evaluation_runs[0], [tmp_path]) == evaluation_runs[0].resolve()
     with pytest.raises(FileNotFoundError, match=f"no results folder {relative}; tried {tmp_path / relative}, /nowhere"):
         folders.resolve_path(relative, [tmp_path, "/nowhere", ""])
-    run = folders.read_run(evaluation_runs[1])
-    run.config["settings"]["members"][0]["backbone"]["checkpoint"] = "results/finetune/x/best.pt"
-    assert tables.run_label(run) == (
-        "colourcode custom weights, wsoftargmax K3 T0.1, 64x64, checkpoint results/finetune/x/best.pt, "
-        "protocol default (pck_norm=bbox)"
-    )
-    assert tables.run_label(run, detail=False) == "colourcode custom weights, wsoftargmax K3 T0.1"
 
 
 @pytest.mark.parametrize("protocol", ["default", "original"])

@@ -63,25 +63,19 @@ def test_matches_are_coloured_by_correctness_with_ground_truth():
 
 
 @pytest.mark.parametrize("resize", ["squash", "pad"])
-def test_heatmap_spans_the_patch_grid_in_image_pixels(resize):
+def test_a_similarity_heatmap_is_drawn_per_image_pixel_over_the_image(resize):
     size = (300, 200)
     prep = Preprocess.create(224, 14, resize)
     geom = image_geometry(size, prep)
-    left, right, bottom, top = figures.grid_extent(geom, prep)
-    # the grid's outer edges are the network input's edges, mapped back to the image
-    np.testing.assert_allclose(
-        geom.to_input(np.array([[left, top], [right, bottom]])), [[-0.5, -0.5], [223.5, 223.5]], atol=1e-9
-    )
-    if resize == "squash":
-        assert (left, right, bottom, top) == pytest.approx((-0.5, 299.5, 199.5, -0.5))
-    else:
-        assert top < -0.5 and bottom > 199.5 and (left, right) == pytest.approx((-0.5, 299.5))
     heat = np.zeros(prep.grid)
     heat[3, 5] = 1
+    pixels, extent = figures.heatmap_in_pixels(heat, geom, prep.patch_size)
+    assert pixels.shape == (200, 300) and extent == (-0.5, 299.5, 199.5, -0.5)  # not 16 x 16 blocks
+    assert len(np.unique(pixels.round(6))) > 100  # smooth: bilinear between patch centres
     img = Image.new("RGB", size)
-    fig = figures.draw_similarity(img, img, np.array([10.0, 10.0]), heat, (left, right, bottom, top))
+    fig = figures.draw_similarity(img, img, np.array([10.0, 10.0]), pixels, extent)
     trg_ax = fig.axes[1]
-    assert trg_ax.images[-1].get_extent() == [left, right, bottom, top]
+    assert trg_ax.images[-1].get_array().shape == (200, 300)
     assert trg_ax.get_xlim() == (-0.5, 299.5) and trg_ax.get_ylim() == (199.5, -0.5)  # still the image
 
 
@@ -171,6 +165,40 @@ def test_scored_matches_use_a_colour_bar_not_red_and_green():
     colors, norm = viz2d.score_colors(np.array([0.2, 0.6, 1.0]))
     assert (norm.vmin, norm.vmax) == (0.2, 1.0)
     assert colors[0] != colors[-1] and to_rgba("red") not in colors and to_rgba("lime") not in colors
+    close, norm = viz2d.score_colors(np.array([0.9675, 0.9682]))  # a hair apart: nearly one colour, not two ends
+    assert norm.vmax == 0.9682 and norm.vmin == pytest.approx(0.7682)
+    assert np.abs(np.subtract(close[0], close[1])).max() < 0.02
+
+
+def test_point_ids_are_dark_on_a_light_box():
+    fig = viz2d.plot_images([Image.new("RGB", (40, 30), "white")])
+    viz2d.label_points(fig.axes[0], np.array([[5.0, 5.0]]), ["7"])
+    (text,) = fig.axes[0].texts
+    assert text.get_text() == "7" and to_rgba(text.get_color()) == to_rgba("black")
+    assert to_rgba(text.get_bbox_patch().get_facecolor())[:3] == (1.0, 1.0, 1.0)
+
+
+def test_training_curves_of_a_short_flat_run_read():
+    log = pd.DataFrame({"step": [0, 2, 4, 6, 6], "loss": [np.nan, np.nan, np.nan, np.nan, 2.7],
+                        "lr": [np.nan] * 4 + [1e-5], "val_pck@0.1": [32.29, 32.29, 32.29, 32.29, np.nan]})  # fmt: skip
+    fig = charts.training_curves(log, "val_pck@0.1", best_step=2)
+    loss_ax, lr_ax, pck_ax = fig.axes
+    low, high = pck_ax.get_ylim()
+    assert low >= 0 and high - low >= 5 and low < 32.29 < high  # not 32.29 +- 0.04 of noise, never below 0
+    assert pck_ax.get_ylabel() == "validation PCK@0.1 (%)"
+    assert all(t == int(t) for t in lr_ax.get_xticks())  # steps are whole numbers
+    assert loss_ax.get_lines()[0].get_marker() == "o"  # a single loss point is visible
+
+
+def test_a_grid_where_every_cell_ties_says_so_on_a_labelled_scale():
+    rows = [{"matcher": "argmax", "window": pd.NA, "temperature": np.nan, "pck@0.1_per_image": 0.0}]
+    rows += [{"matcher": "wsoftargmax", "window": k, "temperature": t, "pck@0.1_per_image": 0.0}
+             for k in (3, 5) for t in (0.1, 0.5)]  # fmt: skip
+    table = pd.DataFrame(rows).astype({"window": "Int64"})
+    fig = charts.grid_heatmap(table, [0.1], "per_image", "", {"0.1": {"window": 3, "temperature": 0.1}})
+    panel, bar = fig.axes
+    assert panel.images[0].get_clim() == (0.0, 1.0)  # not -0.1 .. 0.1
+    assert bar.get_ylabel() == "PCK@0.1 (%)" and "4 cells tie at the best" in panel.get_title()
 
 
 def test_grid_heatmap_text_stays_readable_on_bright_cells():
@@ -192,3 +220,36 @@ def test_two_member_weight_search_is_one_panel_with_both_weights():
     assert [c.get_xlabel() for c in ax.child_axes] == ["weight of sam@512"]
     three = pd.DataFrame({"weight_0": w, "weight_1": 1 - w, "weight_2": 0 * w, "pck@0.1_per_image": w})
     assert len(charts.weight_profiles(three, ["a", "b", "c"], [0.1], "per_image").axes) == 3
+
+
+def test_feature_pca_is_one_basis_for_all_images_and_leaves_padding_out():
+    rng = np.random.default_rng(0)
+    directions = np.linalg.qr(rng.normal(size=(16, 3)))[0].T  # three orthonormal directions in 16 channels
+    weights = rng.uniform(-1, 1, (2, 3, 4, 5))
+    maps = [np.einsum("kc,khw->chw", directions * np.array([[3.0], [2.0], [1.0]]), w) for w in weights]
+    maps[1][:, 0, 0] = maps[0][:, 2, 3]  # one feature vector in both images: one colour in both
+    masks = [np.ones((4, 5), bool), np.ones((4, 5), bool)]
+    rgb = figures.feature_pca(maps, masks)
+    assert [c.shape for c in rgb] == [(4, 5, 3), (4, 5, 3)] and min(c.min() for c in rgb) >= 0
+    np.testing.assert_allclose(rgb[1][0, 0], rgb[0][2, 3], atol=1e-9)
+    red = np.concatenate([c[..., 0].ravel() for c in rgb])  # the first component: the strongest direction
+    strongest = np.concatenate([w[0].ravel() for w in weights])
+    strongest[20] = weights[0][0, 2, 3]
+    assert abs(np.corrcoef(red, strongest)[0, 1]) > 0.99
+    padded = [np.concatenate([m, np.full((16, 4, 5), 50.0)], axis=1) for m in maps]  # huge features on padding
+    kept = [np.vstack([k, np.zeros((4, 5), bool)]) for k in masks]
+    np.testing.assert_allclose(
+        figures.feature_pca(padded, kept)[0][:4, :, 0].ravel() > 0.5, rgb[0][..., 0].ravel() > 0.5
+    )
+    prep = Preprocess.create(224, 14, "pad")
+    mask = figures.content_mask(image_geometry((300, 150), prep), prep.grid, prep.patch_size)
+    assert mask.all(axis=1).sum() == 8 and not mask[0].any() and not mask[-1].any()  # rows on the padding left out
+
+
+def test_a_figure_as_a_picture_keeps_its_legend_below_the_axes():
+    img = Image.new("RGB", (60, 40), "white")
+    fig = figures.draw_pair_rows(pair_rows([True, False]), img, img, alpha=0.1)  # its legend lies below the images
+    saved = viz2d.figure_image(fig)
+    height = fig.get_size_inches()[1] * fig.dpi
+    assert saved.dtype == np.uint8 and saved.shape[2] == 3 and saved.shape[0] > height * 0.95
+    assert (saved[-int(0.08 * saved.shape[0]) :] < 128).any()  # the legend's dark text at the bottom

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
+from semcorr.config.settings import REPO_ROOT
 from semcorr.storage.files import WriteError
+
+
+def script_path(name: str) -> str:
+    """A script of this repository ('evaluate.py', 'finetuning/finetune.py') as a path from the working folder,
+    so that a command printed here runs as printed."""
+    return os.path.relpath(REPO_ROOT / name)
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """This script's command (or `argv`, its script first), quoted for a shell: 'python evaluate.py --flag value'."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).suffix == ".py":
+        argv[0] = os.path.relpath(argv[0])
+    return shlex.join(["python", *argv])
 
 
 def run_main(main: Callable[[], object]) -> None:
@@ -23,6 +40,10 @@ def run_main(main: Callable[[], object]) -> None:
     try:
         main()
     except KeyboardInterrupt as stop:  # a flow that knows what it saved says so in the exception
-        sys.exit(str(stop) or "interrupted: features extracted so far are in the feature cache; re-running resumes")
+        sys.exit(
+            str(stop)
+            or "interrupted: what was finished (features in the feature cache, downloaded files) is kept; "
+            f"run the same command again to continue: {command_line()}"
+        )
     except (ValueError, FileNotFoundError, PermissionError, WriteError) as err:
         sys.exit(f"error: {err}")

@@ -386,7 +386,12 @@ def add_flip_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_output_args(
-    p: argparse.ArgumentParser, *, save_vis: bool = True, seed: bool = True, root: type = EvalSettings
+    p: argparse.ArgumentParser,
+    *,
+    save_vis: bool = True,
+    seed: bool = True,
+    baseline: bool = False,
+    root: type = EvalSettings,
 ) -> None:
     g = p.add_argument_group("output")
     g.add_argument(
@@ -403,11 +408,20 @@ def add_output_args(
         )
     if seed:
         g.add_argument("--seed", type=int, help="random seed" + default_text("output.seed", root))
+    if baseline:
+        g.add_argument(
+            "--baseline",
+            type=path,
+            metavar="RUN",
+            help="an evaluation's results folder to compare with: the summary and metrics.json give the difference "
+            "(default: for a run that is not zero-shot, the newest zero-shot run of the same setting in --output-dir)",
+        )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_protocol_args(p: argparse.ArgumentParser, *, evaluation: bool = True) -> None:
-    """--protocol, and a flag for each convention it sets (given: overrides that part of it)."""
+def add_protocol_args(p: argparse.ArgumentParser, *, evaluation: bool = True, dataset: bool = True) -> None:
+    """--protocol, and a flag for each convention it sets (given: overrides that part of it); `dataset`: also
+    the conventions of the benchmarks' annotations (not for images of the user's own)."""
     g = p.add_argument_group(
         "protocol", "--protocol sets every convention below at once; a flag given overrides that part of it"
     )
@@ -441,16 +455,17 @@ def add_protocol_args(p: argparse.ArgumentParser, *, evaluation: bool = True) ->
         help="pixel 0 at the pixel's centre, or at its edge; canvas: scaled onto the padded canvas in float32 as "
         "GeoAware-SC does" + protocol_default("coordinates"),
     )
-    g.add_argument(
-        "--pf-shift",
-        action=argparse.BooleanOptionalAction,
-        help="shift PF-Pascal / PF-Willow 1-based coordinates by -1" + protocol_default("pf_shift"),
-    )
-    g.add_argument(
-        "--clamp-keypoints",
-        action=argparse.BooleanOptionalAction,
-        help="move keypoints outside their image into it" + protocol_default("clamp_keypoints"),
-    )
+    if dataset:
+        g.add_argument(
+            "--pf-shift",
+            action=argparse.BooleanOptionalAction,
+            help="shift PF-Pascal / PF-Willow 1-based coordinates by -1" + protocol_default("pf_shift"),
+        )
+        g.add_argument(
+            "--clamp-keypoints",
+            action=argparse.BooleanOptionalAction,
+            help="move keypoints outside their image into it" + protocol_default("clamp_keypoints"),
+        )
     g.add_argument(
         "--precision",
         choices=PRECISION_NAMES,
@@ -477,5 +492,5 @@ def evaluation_parser(description: str, checkpoint: CheckpointFlag = "none") -> 
     add_matcher_args(p)
     add_flip_args(p)
     add_protocol_args(p)
-    add_output_args(p)
+    add_output_args(p, baseline=True)
     return p

@@ -61,7 +61,7 @@ PATHS = {
     "batch_size": "extract.batch_size", "num_workers": "extract.num_workers", "cache_dir": "extract.cache_dir",
     "matcher": "match.matcher", "window": "match.window", "temperature": "match.temperature",
     "descriptor": "match.descriptor", "window_border": "match.window_border",
-    "output_dir": "output.output_dir", "save_vis": "output.save_vis", "seed": "output.seed",
+    "output_dir": "output.output_dir", "save_vis": "output.save_vis", "seed": "output.seed", "baseline": "output.baseline",
     "progress": "output.progress", "common_grid": "ensemble.common_grid", "combine": "ensemble.combine",
     "model": "backbone.model", "weights": "backbone.weights", "checkpoint": "backbone.checkpoint",
     "layer": "backbone.layer", "build": "backbone.build", "device": "backbone.device", "resize": "member.resize",
@@ -71,7 +71,8 @@ TRAIN_PATHS = {
     "train_split": "data.split", "batch_size": "optimisation.batch_size", "resize": "resize",
     **{f.name: f"optimisation.{f.name}" for f in dataclasses.fields(Optimisation)},
     **{name: name for name in ("trainable_blocks", "logit_scale", "soft_sigma", "val_split", "val_limit", "val_every",
-                               "val_alpha", "cache_frozen", "self_contained", "log_every", "stop_after")},
+                               "val_alpha", "cache_frozen", "self_contained", "log_every", "stop_after",
+                               "tensorboard")},
     "val_data": "val_root", "flip": "augment.flip", "jitter": "augment.jitter",
 }  # fmt: skip
 GRID_FLAGS = {"windows": "windows", "temperatures": "temperatures", "select_by": "select_by"}
@@ -115,6 +116,9 @@ def resolve(kind: str, given: dict) -> object:
     dataset = given.get("dataset") or default(TrainSettings if kind == "finetune" else EvalSettings, "data.dataset")
     given = without_unused(kind, dataset, given, protocol.start(dataset))
     presets = protocol.values(dataset, training=kind == "finetune")
+    scored = given.get("val_data") or given.get("data_root") if kind != "match" else None  # the pairs PCK scores
+    if dataset == "custom" and scored:  # the file's own boxes, when it has them: no override of the protocol
+        presets["pck_norm"] = custom_pck_norm(scored, presets["pck_norm"], warn="pck_norm" not in given)
     layers = Layers(protocol, presets, given, {**protocol.start(dataset), **presets, **given})
     if kind == "finetune":
         return training_settings(layers)
@@ -141,7 +145,7 @@ class Layers:
 
 def protocol_record(layers: Layers, members: tuple[MemberSettings, ...]) -> ProtocolRecord:
     """The protocol and every setting that left it: a flag given that differs from its convention, a value it
-    never ran, an input size or resize other than its own. Warned about once here, under a protocol that
+    never ran, and (a protocol that reproduces numbers) an input size or resize other than its own. Warned about once here, under a protocol that
     reproduces another project's numbers (nothing below resolves again)."""
     protocol, presets, given = layers.protocol, layers.presets, layers.given
     used = {name: presets[name] for name in given if name in presets and name not in ("image_size", "resize")}
@@ -151,7 +155,7 @@ def protocol_record(layers: Layers, members: tuple[MemberSettings, ...]) -> Prot
         overrides.pop("precision", None)
         if any(presets["precision"][family] != given["precision"] for family in families_of(given)):
             overrides["precision"] = given["precision"]
-    for member in members if "image_size" in given or "resize" in given or protocol.reproduces else ():
+    for member in members if protocol.reproduces else ():  # its numbers were made at its own input
         own_size = protocol_size(member.backbone.model, protocol)
         if member.image_size != own_size:
             overrides["image_size"], used["image_size"] = list(member.image_size), list(own_size)
@@ -174,6 +178,28 @@ def protocol_size(model: str, protocol: Protocol) -> tuple[int, int]:
     side = protocol.conventions.image_size or spec.default_image_size
     side = max(spec.patch_size, round(side / spec.patch_size) * spec.patch_size)
     return (side, side)
+
+
+def custom_pck_norm(pairs_file: str, preset: str, warn: bool = True) -> str:
+    """The threshold length of a custom pairs file: the target box ("bbox") when every pair gives a target_bbox,
+    else the protocol's (said when only some pairs give one). A file that cannot be read is the loader's to
+    report: the protocol's then."""
+    from semcorr.data.custom_pairs import count_target_boxes
+    from semcorr.data.pairs import DatasetError
+
+    try:
+        boxed, pairs = count_target_boxes(Path(pairs_file))
+    except (DatasetError, OSError):
+        return preset
+    if pairs and boxed == pairs:
+        return "bbox"
+    if boxed and warn:
+        warnings.warn(
+            f"{pairs_file}: {boxed} of {pairs} pairs give a target_bbox, so PCK uses the protocol's threshold "
+            f"({preset}); give every pair one to use the boxes, or --pck-norm to choose",
+            stacklevel=3,
+        )
+    return preset
 
 
 def families_of(given: dict) -> list[str]:
@@ -235,6 +261,10 @@ def evaluation_settings(kind: str, layers: Layers) -> object:
     output = OutputSettings(**nested(EvalSettings, values, PATHS, "output"))
     if values.get("quiet"):
         output = replace(output, progress=False)
+    if output.baseline:  # refused before any work, not after it
+        from semcorr.runs.folders import check_run, read_run
+
+        check_run(read_run(output.baseline, kinds=("evaluation",)))
     match, params = match_settings(kind, values)
     members = member_settings(kind, layers, device)
     ensemble = EnsembleSettings(**nested(EvalSettings, values, PATHS, "ensemble"))

@@ -123,6 +123,7 @@ class OutputSettings:
     save_vis: int = 0  # pictures of the N best and N worst pairs, in <run>/vis/
     seed: int = 0
     progress: bool = True
+    baseline: str | None = None  # an evaluation's folder to compare with (None: the zero-shot run of the setting)
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,7 @@ class TrainSettings:
     self_contained: bool = False  # checkpoints hold every weight, not only the trained ones
     log_every: int = 10  # steps between train_log.csv rows
     stop_after: int | None = None  # stop (saving last.pt) after this global step; the schedule is unchanged
+    tensorboard: bool = True  # TensorBoard event files in the run folder (loss, lr, validation PCK, match pictures)
     output: OutputSettings = field(default_factory=lambda: OutputSettings(output_dir="results/finetune"))
     protocol: ProtocolRecord = field(default_factory=ProtocolRecord)
 

@@ -78,6 +78,15 @@ def load(root: Path, data: DataSettings) -> PairSet:
     )  # fmt: skip
 
 
+def count_target_boxes(path: Path) -> tuple[int, int]:
+    """(pairs that give a target_bbox, pairs) of a pairs file, reading no image (for choosing the PCK threshold)."""
+    readers = {".json": _read_json, ".csv": _read_csv}
+    if not path.is_file() or path.suffix.lower() not in readers:
+        raise DatasetError(f"not a custom pairs file: {path}")
+    entries = readers[path.suffix.lower()](path)
+    return sum(entry.get("target_bbox") is not None for entry in entries), len(entries)
+
+
 def _read_json(path: Path) -> list[dict]:
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))

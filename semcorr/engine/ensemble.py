@@ -17,7 +17,7 @@ from semcorr.data.pairs import PairSet
 from semcorr.engine.evaluation import build_members, evaluation_set, load_backbones, run_resolved
 from semcorr.engine.grid_search import best_per_alpha, score_variants
 from semcorr.engine.members import engine_members
-from semcorr.report import summary
+from semcorr.report import labels, summary
 from semcorr.runs import folders, metrics
 from semcorr.runs.record import RunContext, run_record, start_run
 from semcorr.viz import charts
@@ -117,18 +117,19 @@ def search_weights(
         "split": pairset.split,
         "pck_norm": data.pck_norm,
         "pairs": len(eval_set.pairs),
+        "keypoints": sum(p.num_keypoints for p in eval_set.pairs),
         "pairs_skipped": skipped,
         "timings": {**metrics.feature_timings(stats), "search_s": search_s, "total_s": time.time() - context.started},
     }
-    labels = [member_label(m) for m in settings.members]
-    figure = charts.weight_profiles(table, labels, data.thresholds, search.select_by)
+    names = [member_label(m) for m in settings.members]
+    figure = charts.weight_profiles(table, names, data.thresholds, search.select_by)
 
     def write(run_dir: Path) -> None:
         folders.write_run(run_dir, "weight_search", config, weights=table, best_weights=best_file)
         save_plot(figure, run_dir / folders.PICTURES["weight_search"])
 
-    parts = ["ensemble", pairset.dataset, pairset.split, "weights"]
-    run_dir = folders.write_new_run(settings.output.output_dir, parts, context.started, write)
-    print(summary.weight_search_summary(best, search.select_by))
+    run_dir = folders.write_new_run(settings.output.output_dir, labels.folder_parts(config), context.started, write)
+    context_lines = summary.search_context(config, best_file)
+    print(summary.weight_search_summary(best, search.select_by, len(combos), context_lines))
     print(f"results: {run_dir}")
     return run_dir

@@ -26,7 +26,7 @@ from semcorr.data.pairs import NO_KEYPOINTS, DatasetError, PairRecord, PairSet
 from semcorr.engine import flip
 from semcorr.engine.matching import predict_variants
 from semcorr.engine.members import Member, build_member, engine_members
-from semcorr.report import summary
+from semcorr.report import baselines, labels, summary
 from semcorr.runs import folders, metrics
 from semcorr.runs.record import RunContext, run_record, start_run
 
@@ -55,6 +55,7 @@ def evaluate(
         extra = flip.mirrored_sources(eval_set.pairs)
     members, resolved = build_members(settings, eval_set, backbones, extra)
     stats = [m.features.stats for m in members]
+    alone = members_alone(settings, eval_set, members, resolved) if len(members) > 1 else None
     ordered, order = engine_members(members, settings.ensemble)
     del members  # with combine="features", the unresized maps are no longer needed
     config = run_record(
@@ -93,10 +94,13 @@ def evaluate(
         started=context.started,
         flip=flipped.summary(settings.flip_align) if flipped else None,
     )
-    name = backbones[0].name if len(backbones) == 1 else "ensemble"
-    parts = [name, eval_set.dataset, eval_set.split, settings.match.matcher]
+    if alone is not None:
+        run_metrics["members"] = alone
+    baseline = baselines.baseline_record(config, run_metrics, settings.output)
+    if baseline is not None:
+        run_metrics["baseline"] = baseline
     pair_columns = flipped.pair_columns() if flipped else {}
-    return save_evaluation(settings, parts, config, run_metrics, table, eval_set.pairs, context, pair_columns)
+    return save_evaluation(settings, config, run_metrics, table, eval_set.pairs, context, pair_columns)
 
 
 def build_members(
@@ -110,6 +114,21 @@ def build_members(
         for member, backbone in zip(settings.members, backbones, strict=True)
     ]
     return [member for member, _ in built], [resolved for _, resolved in built]
+
+
+def members_alone(settings: EvalSettings, eval_set: PairSet, members: list[Member], resolved: list[dict]) -> list[dict]:
+    """Each ensemble member's PCK on its own (its features on its own grid, the run's matcher and pairs): what a
+    single-model evaluation of it gives, to stand beside the ensemble's."""
+    data = settings.data
+    scores = []
+    for member, what in zip(members, resolved, strict=True):
+        (prediction,) = predict_variants(eval_set.pairs, [Member(member.features)], [settings.match], progress=False)
+        table = pck.keypoint_table(
+            eval_set.pairs, prediction.pixels, data.thresholds, data.pck_norm, strict=data.strict
+        )
+        scores.append({"model": what["model"], "weights": what["weights"], "weights_origin": what["weights_origin"],
+                       "weight": member.weight, **pck.overall(table, list(data.thresholds))})  # fmt: skip
+    return scores
 
 
 def run_resolved(
@@ -143,7 +162,12 @@ def evaluation_set(pairset: PairSet) -> tuple[PairSet, dict[str, int]]:
     pairs, skipped = evaluable(pairset)
     if not pairs:
         why = "; skipped " + ", ".join(f"{n} ({reason})" for reason, n in skipped.items()) if skipped else ""
-        raise DatasetError(f"no pairs to evaluate in {pairset.root} ({pairset.dataset} {pairset.split}){why}")
+        draw = (
+            f". Pairs without keypoints give no PCK; to match and draw them: python match_pair.py --pairs {pairset.root}"
+            if pairset.dataset == "custom" and skipped.get(NO_KEYPOINTS)
+            else ""
+        )
+        raise DatasetError(f"no pairs to evaluate in {pairset.root} ({pairset.dataset} {pairset.split}){why}{draw}")
     return PairSet(pairset.dataset, pairset.split, pairset.root, pairs, notes=pairset.notes), skipped
 
 
@@ -160,7 +184,6 @@ def pairs_fingerprint(pairs: list[PairRecord]) -> str:
 
 def save_evaluation(
     settings: EvalSettings,
-    parts: list[str],
     config: dict,
     run_metrics: dict,
     table: pd.DataFrame,
@@ -180,7 +203,7 @@ def save_evaluation(
 
             figures.save_best_worst(run_dir / "vis", pairs, table, settings.output.save_vis)
 
-    run_dir = folders.write_new_run(settings.output.output_dir, parts, context.started, write)
+    run_dir = folders.write_new_run(settings.output.output_dir, labels.folder_parts(config), context.started, write)
     print(summary.evaluation_summary(config, run_metrics))
     print(f"results: {run_dir}")
     return run_dir

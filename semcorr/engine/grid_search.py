@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import pck
@@ -21,7 +22,7 @@ from semcorr.data.pairs import PairRecord, PairSet
 from semcorr.engine.evaluation import build_members, evaluation_set, load_backbones, pairs_fingerprint
 from semcorr.engine.matching import predict_variants
 from semcorr.engine.members import Member
-from semcorr.report import summary
+from semcorr.report import labels, summary
 from semcorr.runs import folders, metrics
 from semcorr.runs.folders import pck_column
 from semcorr.runs.record import RunContext, run_record, start_run
@@ -55,13 +56,16 @@ def score_variants(
 def best_per_alpha(
     table: pd.DataFrame, thresholds: tuple[float, ...], select_by: str, keys: list[str]
 ) -> dict[str, dict]:
-    """For each alpha, the `keys` of the row with the highest PCK (`select_by` averaging; ties: first row)."""
+    """For each alpha, the `keys` of the row with the highest PCK (`select_by` averaging), its PCK, and how many rows
+    reach that PCK ("tied"; of those, the first row is named)."""
     best = {}
     for alpha in thresholds:
-        row = table.loc[table[pck_column(alpha, select_by)].idxmax()]
+        scores = table[pck_column(alpha, select_by)]
+        row = table.loc[scores.idxmax()]
         best[f"{alpha:g}"] = {
             **{k: row[k] for k in keys},
             **{f"pck_{avg}": float(row[pck_column(alpha, avg)]) for avg in AVERAGINGS},
+            "tied": int(np.isclose(scores, scores.max(), rtol=0, atol=1e-9).sum()),
         }
     return best
 
@@ -153,8 +157,8 @@ def grid_search(
         folders.write_run(run_dir, "grid", config, grid=table, best_parameters=best_file)
         save_plot(figure, run_dir / folders.PICTURES["grid"])
 
-    parts = [backbone.name, pairset.dataset, pairset.split, "grid"]
-    run_dir = folders.write_new_run(settings.output.output_dir, parts, context.started, write)
-    print(summary.grid_summary(table, best, argmax, grid.select_by, grid=members[0].features.prep.grid))
+    run_dir = folders.write_new_run(settings.output.output_dir, labels.folder_parts(config), context.started, write)
+    context_lines = summary.search_context(config, best_file)
+    print(summary.grid_summary(table, best, argmax, grid.select_by, members[0].features.prep.grid, context_lines))
     print(f"results: {run_dir}")
     return run_dir

@@ -1,23 +1,27 @@
-"""Matching two images of the user's own: given points, a grid of points, or mutual nearest neighbours,
-through the same engine as the evaluations; and the files that show the result."""
+"""Matching images of the user's own, through the same engine as the evaluations: two images (given points, a
+grid of points, or mutual nearest neighbours), or every pair of a custom pairs file (its keypoints, where a
+pair has them); and the files that show the result: matches.json, matches.csv, pictures."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from helper_functions import FeatureSet
-from models import Backbone
-from semcorr.config.settings import EvalSettings, PairSettings
+from models import Backbone, create_backbone
+from semcorr.config.settings import EvalSettings, MatchSettings, PairSettings
+from semcorr.data.datasets import load_pairs
 from semcorr.data.geometry import patch_to_input
 from semcorr.data.images import ImageRef, image_ref, load_image
 from semcorr.data.pairs import PairRecord
-from semcorr.engine.evaluation import load_backbones
 from semcorr.engine.matching import predict_keypoints, source_descriptors, target_similarity
-from semcorr.engine.members import build_member
+from semcorr.engine.members import Member, build_member
+from semcorr.report import labels, summary
 from semcorr.runs import folders
 from semcorr.runs.record import run_record, start_run
 
@@ -26,7 +30,8 @@ COORDINATES_TEXT = "pixels (x, y), 0-based, integer values at pixel centres, EXI
 
 @dataclass
 class PairMatches:
-    """Matches of one image pair: the points as a PairRecord, predictions and similarity maps."""
+    """Matches of one image pair: the points as a PairRecord (trg_kps: their ground truth where a pairs file gives
+    it, else NaN), predictions and similarity maps."""
 
     pair: PairRecord
     pred: np.ndarray  # (k, 2) target pixels
@@ -37,6 +42,10 @@ class PairMatches:
     @property
     def peak(self) -> np.ndarray:
         return self.similarity.flatten(1).amax(dim=1).cpu().numpy()
+
+    @property
+    def has_truth(self) -> bool:
+        return bool(np.isfinite(self.pair.trg_kps).all(axis=1).any())
 
 
 def grid_points(size: tuple[int, int], n: int) -> np.ndarray:
@@ -80,6 +89,36 @@ def image_pair(src: str | Path, trg: str | Path) -> PairRecord:
     return PairRecord("images", "custom", "custom", refs[0], refs[1], none, none, [])
 
 
+def pair_points(pair: PairRecord, features: FeatureSet, choice: PairSettings) -> tuple[np.ndarray, np.ndarray, str]:
+    """The source points matched in `pair`, their ground truth (NaN where none is known) and how they were chosen:
+    --points, else the pair's own keypoints (a pairs file's), else mutual nearest neighbours or a grid."""
+    if choice.points is not None:
+        points = np.asarray(choice.points, np.float32)
+        check_inside(points, pair.src.size)
+        how = "given"
+    elif pair.num_keypoints:
+        return pair.src_kps, pair.trg_kps, "the pairs file's keypoints"
+    elif choice.mutual:
+        points = mutual_nearest_points(features, pair.src, pair.trg, choice.mutual)
+        how = f"mutual nearest neighbours (at most {choice.mutual})"
+    else:
+        points = grid_points(pair.src.size, choice.grid)
+        how = f"{choice.grid} x {choice.grid} grid"
+    return points, np.full_like(points, np.nan, dtype=np.float32), how
+
+
+def match_points(pair: PairRecord, member: Member, match: MatchSettings, choice: PairSettings) -> PairMatches:
+    """Match the points `choice` picks in `pair` with one member's features (already extracted) and a matcher."""
+    points, truth, how = pair_points(pair, member.features, choice)
+    ids = pair.kp_ids if how == "the pairs file's keypoints" else [str(i) for i in range(len(points))]
+    query = replace(pair, src_kps=points.astype(np.float32), trg_kps=truth.astype(np.float32), kp_ids=ids)
+    pred = predict_keypoints([query], [member], match, progress=False)
+    descs = [source_descriptors(member.features, [query], match.descriptor)]
+    ks = torch.arange(len(points), device=member.features.feats.device)
+    similarity = target_similarity([member], descs, ks, pair.trg.key)
+    return PairMatches(query, pred, similarity, member.features, how)
+
+
 def match_pair(
     settings: EvalSettings,
     backbone: Backbone,
@@ -92,103 +131,145 @@ def match_pair(
 ) -> tuple[PairMatches, dict]:
     """Match `points` of image src in image trg (default: a grid x grid grid, or `mutual` nearest neighbours)
     with the settings' member, extraction and matcher; and what the member resolved to."""
-    images = image_pair(src, trg)
-    refs = [images.src, images.trg]
-    member, resolved = build_member(
-        settings.member, settings.extract, backbone, refs, progress=settings.output.progress
-    )
-    if points is not None:
-        check_inside(points, refs[0].size)
-        how = "given"
-    elif mutual:
-        points = mutual_nearest_points(member.features, refs[0], refs[1], mutual)
-        how = f"mutual nearest neighbours (at most {mutual})"
-    else:
-        points = grid_points(refs[0].size, grid)
-        how = f"{grid} x {grid} grid"
-    pair = PairRecord(
-        "pair",
-        "custom",
-        "custom",
-        refs[0],
-        refs[1],
-        points.astype(np.float32),
-        np.full_like(points, np.nan, dtype=np.float32),
-        [str(i) for i in range(len(points))],
-    )
-    pred = predict_keypoints([pair], [member], settings.match, progress=False)
-    descs = [source_descriptors(member.features, [pair], settings.match.descriptor)]
-    ks = torch.arange(len(points), device=member.features.feats.device)
-    similarity = target_similarity([member], descs, ks, refs[1].key)
-    return PairMatches(pair, pred, similarity, member.features, how), resolved
+    pair = image_pair(src, trg)
+    member, resolved = extract([pair.src, pair.trg], settings, backbone)
+    choice = PairSettings(points=None if points is None else tuple(map(tuple, points)), grid=grid, mutual=mutual)
+    return match_points(pair, member, settings.match, choice), resolved
 
 
-def write_outputs(
-    folder: Path, result: PairMatches, backbone: Backbone, settings: EvalSettings, heatmaps: tuple[int, ...]
-) -> dict:
-    """matches.json, matches.png and the heatmaps of the chosen points into `folder`; returns matches.json."""
+def pair_images(pairs: list[PairRecord]) -> list[ImageRef]:
+    """The images of `pairs`, each once, in order."""
+    return list({ref.key: ref for p in pairs for ref in (p.src, p.trg)}.values())
+
+
+def extract(images: list[ImageRef], settings: EvalSettings, backbone: Backbone) -> tuple[Member, dict]:
+    """The member's features of `images` (no loader workers for two images: starting them costs more than reading
+    two images)."""
+    extraction = settings.extract if len(images) > 2 else replace(settings.extract, num_workers=0)
+    return build_member(settings.member, extraction, backbone, images, progress=settings.output.progress)
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def draw_pair(folder: Path, result: PairMatches, title: str, heatmaps: tuple[int, ...], name: str) -> None:
+    """matches<name>.png (lines coloured by peak similarity, numbered by --heatmap index, ground truth as crosses
+    where known) and heatmap<name>_<i>.png for each --heatmap i the pair has."""
     from semcorr.viz import figures, viz2d  # matplotlib loads only here
 
-    pair, fs = result.pair, result.features
+    pair, fs, peak = result.pair, result.features, result.peak
     src, trg = load_image(pair.src), load_image(pair.trg)
-    peak = result.peak
-    title = (
-        f"{backbone.name}, {settings.match.matcher}: {len(peak)} matches ({result.points}); numbers are --heatmap ids"
-    )
     colors, norm = viz2d.score_colors(peak)
-    fig = figures.draw_matches(src, trg, pair.src_kps, result.pred, colors=colors, title=title)
-    viz2d.label_points(fig.axes[0], pair.src_kps, pair.kp_ids)
+    truth = pair.trg_kps if result.has_truth else None
+    shown = f"{title}: {len(peak)} matches ({result.points}); numbers are --heatmap indices" + (
+        "; cyan crosses: the pairs file's target keypoints" if truth is not None else ""
+    )
+    fig = figures.draw_matches(src, trg, pair.src_kps, result.pred, colors=colors, gt_xy=truth, title=shown)
+    viz2d.label_points(fig.axes[0], pair.src_kps, [str(i) for i in range(len(peak))])
     viz2d.add_colorbar(fig, fig.axes[1], norm, "peak cosine similarity")
-    viz2d.save_plot(fig, folder / folders.PICTURES["match"])
-    extent = figures.grid_extent(fs.geometries[pair.trg.key], fs.prep)
-    for i in heatmaps:
+    viz2d.save_plot(fig, folder / f"matches{name}.png")
+    for i in (i for i in heatmaps if i < len(peak)):
+        heat, extent = figures.heatmap_in_pixels(
+            result.similarity[i].float().cpu().numpy(), fs.geometries[pair.trg.key], fs.prep.patch_size
+        )  # bilinear between patch centres, as the explorer draws it
         fig = figures.draw_similarity(
-            src,
-            trg,
-            pair.src_kps[i],
-            result.similarity[i].float().cpu().numpy(),
-            extent,
-            pred_xy=result.pred[i],
+            src, trg, pair.src_kps[i], heat, extent, pred_xy=result.pred[i], gt_xy=pair.trg_kps[i],
             title=f"point {i}: similarity {peak[i]:.3f}",
-        )
-        viz2d.save_plot(fig, folder / f"heatmap_{i}.png")
+        )  # fmt: skip
+        viz2d.save_plot(fig, folder / f"heatmap{name}_{i}.png")
+
+
+def draw_features(folder: Path, features: FeatureSet, images: list[ImageRef]) -> None:
+    """features_pca.png: the images' features, their first three principal components computed jointly, as RGB."""
+    from semcorr.viz import figures, viz2d  # matplotlib loads only here
+
+    viz2d.save_plot(figures.draw_feature_pca(features, images), folder / "features_pca.png")
+
+
+def matches_record(results: list[PairMatches], model: str, match: MatchSettings) -> dict:
+    """matches.json: per pair, each match's source point, predicted target point, peak cosine similarity, and its
+    ground truth where the pairs file gives one."""
+    pairs = [
+        {
+            "pair_id": r.pair.pair_id,
+            "source": {"path": r.pair.src.path, "size": list(r.pair.src.size)},
+            "target": {"path": r.pair.trg.path, "size": list(r.pair.trg.size)},
+            "points": r.points,
+            "matches": match_entries(r),
+        }
+        for r in results
+    ]
     return {
-        "source": {"path": pair.src.path, "size": list(pair.src.size)},
-        "target": {"path": pair.trg.path, "size": list(pair.trg.size)},
-        "model": backbone.name,
-        "matcher": settings.match.matcher,
-        "points": result.points,
+        "model": model,
+        "matcher": labels.matcher_text(vars(match)),
         "coordinates": COORDINATES_TEXT,
-        "matches": [
-            {"id": kp, "source": [float(v) for v in s], "target": [float(v) for v in t], "similarity": float(p)}
-            for kp, s, t, p in zip(pair.kp_ids, pair.src_kps, result.pred, peak, strict=True)
-        ],
+        "pairs": pairs,
     }
 
 
-def run_match(settings: EvalSettings, pair: PairSettings) -> Path:
-    """Load the backbone, match the two images, write a new results folder of kind "match"."""
+def match_entries(result: PairMatches) -> list[dict]:
+    """One pair's matches: index, id, source, predicted target, peak similarity, truth (None where unknown)."""
+
+    def point(xy: np.ndarray) -> list[float] | None:
+        return [float(v) for v in xy] if np.isfinite(xy).all() else None
+
+    pair = result.pair
+    rows = zip(pair.kp_ids, pair.src_kps, result.pred, result.peak, pair.trg_kps, strict=True)
+    return [
+        {"point": i, "id": kp, "source": point(s), "target": point(t), "similarity": float(p), "truth": point(g)}
+        for i, (kp, s, t, p, g) in enumerate(rows)
+    ]
+
+
+def matches_table(record: dict) -> pd.DataFrame:
+    """matches.csv: matches.json's matches, one row each (pixels; truth empty where unknown)."""
+    rows = []
+    for pair in record["pairs"]:
+        for m in pair["matches"]:
+            truth = m["truth"] or [np.nan, np.nan]
+            rows.append({"pair_id": pair["pair_id"], "point": m["point"], "id": m["id"],
+                         "source_x": m["source"][0], "source_y": m["source"][1],
+                         "target_x": m["target"][0], "target_y": m["target"][1], "similarity": m["similarity"],
+                         "truth_x": truth[0], "truth_y": truth[1]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def match_pairs(settings: EvalSettings, choice: PairSettings) -> list[PairRecord]:
+    """The pairs to match: every pair of the pairs file (--pairs), or the two images --src and --trg."""
+    if settings.data is not None:
+        return load_pairs(settings.data).pairs
+    return [image_pair(choice.src, choice.trg)]
+
+
+def run_match(settings: EvalSettings, choice: PairSettings) -> Path:
+    """Load the backbone, match every pair, write a new results folder of kind "match", print the matches."""
     context = start_run(settings.output)
-    (backbone,) = load_backbones(settings)
-    points = np.asarray(pair.points, dtype=np.float32) if pair.points is not None else None
-    result, resolved = match_pair(
-        settings, backbone, pair.src, pair.trg, points=points, grid=pair.grid, mutual=pair.mutual
-    )
-    bad = [i for i in pair.heatmaps if not 0 <= i < len(result.pred)]
+    pairs = match_pairs(settings, choice)
+    backbone = create_backbone(settings.member.backbone)
+    images = pair_images(pairs)
+    member, resolved = extract(images, settings, backbone)
+    results = [match_points(pair, member, settings.match, choice) for pair in pairs]
+    most = max(len(r.pred) for r in results)
+    bad = [i for i in choice.heatmaps if not 0 <= i < most]
     if bad:
-        raise ValueError(
-            f"--heatmap {bad}: there are only {len(result.pred)} points (indices 0..{len(result.pred) - 1})"
-        )
-    parts = ["match", backbone.name, Path(pair.src).stem, Path(pair.trg).stem]
+        raise ValueError(f"--heatmap {bad}: there are only {most} points (indices 0..{most - 1})")
     config = run_record(
-        "match", settings, resolved={"members": [resolved]}, context=context, device=backbone.device, pair=pair
+        "match", settings, resolved={"members": [resolved]}, context=context, device=backbone.device, pair=choice
     )
+    names = [Path(settings.data.root).stem] if settings.data else [Path(choice.src).stem, Path(choice.trg).stem]
+    title = f"{backbone.name}, {labels.matcher_text(vars(settings.match))}"
+    record = matches_record(results, backbone.name, settings.match)
 
     def write(folder: Path) -> None:
-        folders.write_run(
-            folder, "match", config, matches=write_outputs(folder, result, backbone, settings, pair.heatmaps)
-        )
+        for result in results:
+            name = "" if len(results) == 1 else f"_{safe_name(result.pair.pair_id)}"
+            draw_pair(folder, result, title, choice.heatmaps, name)
+        draw_features(folder, member.features, images)
+        folders.write_run(folder, "match", config, matches=record, match_table=matches_table(record))
 
+    parts = [*labels.folder_parts(config), *names]
     folder = folders.write_new_run(settings.output.output_dir, parts, context.started, write)
-    print(f"{len(result.pred)} matches ({result.points}) -> {folder}")
+    print(summary.match_summary(config, record))
+    print(f"results: {folder}")
     return folder

@@ -113,10 +113,16 @@ def compare_pairs(counts: pd.DataFrame, averaging: str = "per_image") -> dict[st
 
 
 def compare_runs(
-    a: Run, b: Run, labels: tuple[str, str] = ("A", "B"), alpha: float = 0.1, averaging: str = "per_image"
+    a: Run,
+    b: Run,
+    labels: tuple[str, str] = ("A", "B"),
+    alpha: float = 0.1,
+    averaging: str = "per_image",
+    common: str = "",
 ) -> paper.Table:
     """Rows: all pairs, each category, each difficulty level (SPair-71k); columns: PCK@alpha of A and B and
-    B - A with their confidence intervals, pairs, more than noise (those differences in bold)."""
+    B - A with their confidence intervals, pairs, more than noise (those differences in bold); `common`: what
+    both runs share, for the caption."""
     check_comparable(a, b)
     counts = paired_counts(a, b, alpha)
     rows = {("all", "all pairs"): compare_pairs(counts, averaging)}
@@ -134,7 +140,7 @@ def compare_runs(
         f"A: {labels[0]}; B: {labels[1]}. PCK@{alpha:g} of each run and the difference B - A, each with its "
         f"{CONFIDENCE:.0%} confidence interval (low, high) from a paired bootstrap over pairs ({BOOTSTRAP_RESAMPLES:,} "
         f"resamples, percentile, seed {SEED}). More than noise (bold): the interval of the difference excludes 0; "
-        f"per category and level, not corrected for multiple comparisons. {paper.caption_protocol([a], averaging)}"
+        f"per category and level, not corrected for multiple comparisons. {paper.caption_protocol([a], averaging, common)}"
     )
     return paper.Table("comparison", frame, caption, bold)
 
@@ -150,8 +156,9 @@ def example_rows(
     table_a: pd.DataFrame, table_b: pd.DataFrame, alpha: float = 0.1, n: int = 2, min_keypoints: int = 3
 ) -> pd.DataFrame:
     """Examples of the easiest and the hardest keypoint id of two runs' per-keypoint tables (run A's pooled
-    PCK@alpha, among ids seen at least `min_keypoints` times, or the most seen): the n occurrences nearest A's
-    median error for that id, so neither run's best or worst case is picked. Columns: kind, both runs'
+    PCK@alpha, among ids seen at least `min_keypoints` times, or the most seen): occurrences that show what
+    the row says (easy: ones run A got right; hard: ones it got wrong; any when there are none), the n nearest
+    their median error, so that neither run's best or worst case is picked. Columns: kind, both runs'
     predictions, errors / L, correctness."""
     ids = keypoint_id_comparison(table_a, table_b, alpha)
     frequent = ids[ids["keypoints"] >= min(min_keypoints, ids["keypoints"].max())]
@@ -163,8 +170,10 @@ def example_rows(
     table["error"], table["error_b"] = table["distance"] / table["norm_L"], table["distance_b"] / table["norm_L"]
     table["correct"], table["correct_b"] = table[correct], table.pop(f"{correct}_b")
     examples = []
-    for kind, key in (("easy", frequent["A"].idxmax()), ("hard", frequent["A"].idxmin())):
+    for kind, key, right in (("easy", frequent["A"].idxmax(), True), ("hard", frequent["A"].idxmin(), False)):
         rows = table[(table["category"] == key[0]) & (table["kp_id"] == key[1])]
+        typical = rows[rows["correct"] == right]
+        rows = typical if len(typical) else rows
         closeness = (rows["error"] - rows["error"].median()).abs()
         picked = rows.assign(closeness=closeness).sort_values(["closeness", "pair_id"]).head(n)
         examples.append(picked.assign(kind=kind, id_pck_a=ids.loc[key, "A"], id_pck_b=ids.loc[key, "B"]))

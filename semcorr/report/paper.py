@@ -14,8 +14,9 @@ Runs are grouped by dataset, split and PCK threshold: one set of tables per grou
 recomputes from the CSV files by pck.py's rule (pck.mark_correct scores any alpha).
 
     for key, runs in group_runs(runs).items():
-        for table in group_tables(runs, tables.unique_labels(runs)):
-            write_table(table, Path("paper") / group_name(key))
+        shown = labels.run_labels(runs)
+        for table in group_tables(runs, shown.names, common=shown.common):
+            write_table(table, Path("paper") / group_name(key), group=group_name(key))
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pandas as pd
 
 import pck
 from semcorr.config.settings import AVERAGINGS, DEFAULT_THRESHOLDS
+from semcorr.report.labels import slug
 from semcorr.report.summary import PCK
 from semcorr.report.tables import markdown_table
 from semcorr.runs.folders import Run
@@ -138,14 +140,15 @@ def dataset_text(runs: list[Run]) -> str:
     return f"{name} {proto['split']}, {_pairs_text(runs)}, threshold {pck.NORM_DESCRIPTIONS[proto['pck_norm']]}"
 
 
-def caption_protocol(runs: list[Run], averaging: str) -> str:
-    """Dataset, split, pairs, the averaging and the threshold, for a caption."""
+def caption_protocol(runs: list[Run], averaging: str, common: str = "") -> str:
+    """Dataset, split, pairs, the averaging and the threshold, for a caption; `common`: what every run shares
+    (labels.run_labels)."""
     proto = runs[0].metrics["protocol"]
     name = DATASET_NAMES.get(proto["dataset"], proto["dataset"])
     return (
         f"{name} {proto['split']}, {_pairs_text(runs)}. PCK in %, {averaging.replace('_', ' ')} "
         f"({AVERAGINGS[averaging]}); a keypoint is correct when its distance to the ground truth is <= "
-        f"{pck.NORM_DESCRIPTIONS[proto['pck_norm']]}."
+        f"{pck.NORM_DESCRIPTIONS[proto['pck_norm']]}." + (f" Every run: {common}." if common else "")
     )
 
 
@@ -158,18 +161,22 @@ def latex_text(text: str) -> str:
 # --- the tables ------------------------------------------------------------------------------------
 
 
-def overall_table(runs: list[Run], labels: list[str], alphas, averaging: str = "per_image") -> Table:
+def overall_table(runs: list[Run], labels: list[str], alphas, averaging: str = "per_image", common: str = "") -> Table:
     """Runs (rows) x PCK at each alpha; the best run per alpha in bold."""
     frame = pd.DataFrame(
         [pck.pck_curve(run.keypoints(), alphas)[averaging].to_numpy() for run in runs],
         index=pd.Index(labels, name="run"),
         columns=[f"PCK@{a:g}" for a in alphas],
     )
-    caption = f"PCK of each run at each threshold alpha. {caption_protocol(runs, averaging)} Best per column in bold."
+    caption = (
+        f"PCK of each run at each threshold alpha. {caption_protocol(runs, averaging, common)} Best per column in bold."
+    )
     return Table("overall", frame, caption, best_in_columns(frame, dict.fromkeys(frame.columns, "max")))
 
 
-def per_category_table(runs: list[Run], labels: list[str], alpha: float = 0.1, averaging: str = "per_image") -> Table:
+def per_category_table(
+    runs: list[Run], labels: list[str], alpha: float = 0.1, averaging: str = "per_image", common: str = ""
+) -> Table:
     """Categories (rows) x runs at one alpha, then the mean of the categories and all pairs; the best run per row
     in bold."""
     tables = [run.keypoints() for run in runs]
@@ -181,7 +188,7 @@ def per_category_table(runs: list[Run], labels: list[str], alpha: float = 0.1, a
     frame = frame.rename_axis("category")
     caption = (
         f"PCK@{alpha:g} per category; the last rows: the mean over categories, and PCK over all pairs. "
-        f"{caption_protocol(runs, averaging)} Best run per row in bold."
+        f"{caption_protocol(runs, averaging, common)} Best run per row in bold."
     )
     return Table("per_category", frame, caption, best_in_rows(frame, labels))
 
@@ -191,7 +198,9 @@ def difficulty_pck(run: Run, alpha: float) -> dict[str, dict[str, dict]]:
     return pck.difficulty(pck.mark_correct(run.keypoints(), [alpha]), run.pairs())
 
 
-def difficulty_table(runs: list[Run], labels: list[str], alpha: float = 0.1, averaging: str = "per_image") -> Table:
+def difficulty_table(
+    runs: list[Run], labels: list[str], alpha: float = 0.1, averaging: str = "per_image", common: str = ""
+) -> Table:
     """SPair-71k's difficulty levels (rows: flag, level) x runs at one alpha, and the number of pairs at each level
     (of the first run); the best run per row in bold."""
     rows: dict[tuple[str, str], dict] = {}
@@ -211,7 +220,7 @@ def difficulty_table(runs: list[Run], labels: list[str], alpha: float = 0.1, ave
         "truncation and occlusion (none, source, target, both), and the difference of the images' viewpoint bins "
         "(azimuth difference, 0-4 of SPair's 8 bins); pairs: the pairs at that level"
         + (" (of the first run: the runs evaluated different pairs)" if len(fingerprints) > 1 else "")
-        + f". {caption_protocol(runs, averaging)} Best run per row in bold."
+        + f". {caption_protocol(runs, averaging, common)} Best run per row in bold."
     )
     return Table("difficulty", frame, caption, best_in_rows(frame, labels))
 
@@ -230,7 +239,7 @@ def consistency_table(run: Run, table: pd.DataFrame, label: str, alpha: float = 
         f"least consistent first. {caption_protocol([run], 'per_keypoint')} Best per column in bold."
     )
     rules = {"mean": "max", "std": "min", "min": "max", "max": "max", "range": "min"}
-    return Table("consistency", frame, caption, best_in_columns(frame, rules), f"consistency:{run.name}")
+    return Table("consistency", frame, caption, best_in_columns(frame, rules), f"consistency:{slug(label)}")
 
 
 def sensitivity_table(
@@ -257,7 +266,7 @@ def sensitivity_table(
         f"least sensitive first. {caption_protocol([run], averaging)} Best per column in bold."
     )
     rules = {**{f"PCK@{a:g}": "max" for a in alphas}, spread: "min", reach: "min"}
-    return Table("sensitivity", frame, caption, best_in_columns(frame, rules), f"sensitivity:{run.name}")
+    return Table("sensitivity", frame, caption, best_in_columns(frame, rules), f"sensitivity:{slug(label)}")
 
 
 def extremes_table(
@@ -281,7 +290,7 @@ def extremes_table(
         f"pooled over the id's occurrences (per keypoint). {caption_protocol([run], averaging)} Best per column in bold."
     )
     rules = {"PCK": "max", "hardest PCK": "max", "easiest PCK": "max", "gap": "min"}
-    return Table("extremes", frame, caption, best_in_columns(frame, rules), f"extremes:{run.name}")
+    return Table("extremes", frame, caption, best_in_columns(frame, rules), f"extremes:{slug(label)}")
 
 
 def group_runs(runs: list[Run]) -> dict[tuple[str, str, str], list[Run]]:
@@ -303,11 +312,16 @@ def group_tables(
     alphas=DEFAULT_THRESHOLDS,
     alpha: float = 0.1,
     averaging: str = "per_image",
+    common: str = "",
 ) -> list[Table]:
-    """The tables of runs of one group: overall, per category and (SPair-71k) per difficulty level."""
-    tables = [overall_table(runs, labels, alphas, averaging), per_category_table(runs, labels, alpha, averaging)]
+    """The tables of runs of one group: overall, per category and (SPair-71k) per difficulty level; `common`
+    (what every run shares) goes into each caption."""
+    tables = [
+        overall_table(runs, labels, alphas, averaging, common),
+        per_category_table(runs, labels, alpha, averaging, common),
+    ]
     if all(pck.has_difficulty_flags(run.pairs()) for run in runs):
-        tables.append(difficulty_table(runs, labels, alpha, averaging))
+        tables.append(difficulty_table(runs, labels, alpha, averaging, common))
     return tables
 
 
@@ -355,8 +369,9 @@ def _shown(table: Table) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frame, bold
 
 
-def to_latex(table: Table) -> str:
-    """A booktabs table (pandas' Styler.to_latex): bold headers, 2 decimals, the bold cells of `table`."""
+def to_latex(table: Table, group: str = "") -> str:
+    """A booktabs table (pandas' Styler.to_latex): bold headers, 2 decimals, the bold cells of `table`; its
+    \\label is tab:<group>:<label>, one per group of runs (a dataset, split and threshold)."""
     frame, bold = _shown(table)
     numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame]
     styler = (
@@ -369,7 +384,7 @@ def to_latex(table: Table) -> str:
     latex = styler.to_latex(
         hrules=True,
         caption=latex_text(table.caption),
-        label=f"tab:{re.sub(r'[^A-Za-z0-9:-]+', '-', table.label or table.name)}",
+        label="tab:" + re.sub(r"[^A-Za-z0-9:-]+", "-", ":".join(filter(None, (group, table.label or table.name)))),
         position="t",
         position_float="centering",
         column_format="".join("r" if n else "l" for n in numeric),
@@ -384,13 +399,14 @@ def to_markdown(table: Table) -> str:
     return f"{table.caption}\n\n" + markdown_table(text)
 
 
-def write_table(table: Table, folder: str | Path, stem: str | None = None) -> list[Path]:
-    """<stem>.tex, <stem>.csv (numbers at full precision) and <stem>.md in `folder`."""
+def write_table(table: Table, folder: str | Path, stem: str | None = None, group: str = "") -> list[Path]:
+    """<stem>.tex, <stem>.csv (numbers at full precision) and <stem>.md in `folder`; `group` makes the LaTeX
+    label unique among the groups' tables (group_name)."""
     folder = Path(folder)
     make_folder(folder)
     stem = stem or table.name
     paths = [folder / f"{stem}.tex", folder / f"{stem}.csv", folder / f"{stem}.md"]
-    atomic_write(paths[0], lambda tmp: tmp.write_text(to_latex(table)))
+    atomic_write(paths[0], lambda tmp: tmp.write_text(to_latex(table, group)))
     write_csv(paths[1], table.frame.reset_index())
     atomic_write(paths[2], lambda tmp: tmp.write_text(to_markdown(table)))
     return paths

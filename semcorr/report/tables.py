@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 
 from semcorr.config.settings import AVERAGINGS, DEFAULT_THRESHOLDS
+from semcorr.report import labels
 from semcorr.report.published import PUBLISHED_ALPHAS, members_of, published_for
 from semcorr.report.summary import PCK, matcher_text, protocol_text
 from semcorr.runs.folders import Run
-
-SETTINGS = {"official": "zero-shot", "fine-tuned": "fine-tuned", "random": "random weights", "custom": "custom weights"}
 
 
 def kinds_text(runs: list[Run]) -> str:
@@ -22,20 +21,19 @@ def kinds_text(runs: list[Run]) -> str:
 
 
 def run_settings(run: Run) -> dict[str, object]:
-    """What a run evaluated: model, setting (from the weights actually loaded), dataset, split, PCK
-    threshold, matcher, image size, protocol, pairs."""
+    """What a run evaluated: model, setting (from the weights actually loaded: zero-shot, fine-tuned best.pt, ...),
+    dataset, split, PCK threshold, matcher, image size, protocol, pairs."""
     proto, protocol = run.metrics["protocol"], run.config["settings"]["protocol"]
     overrides = ", ".join(f"{k}={v}" for k, v in protocol["overrides"].items())
     members = members_of(run)
-    origins = {m["weights_origin"] for m in members}
-    setting = "/".join(SETTINGS.get(o, o) for o in sorted(origins))
+    setting = labels.weights_text(labels.flat_config(run.config))
     if len(members) > 1:
         model = " + ".join(f"{m['weight']:.2f} {m['model']}" for m in members)
         setting = f"ensemble, {setting}"
     else:
         model = members[0]["model"]
     return {
-        "run": run.name,
+        "folder": run.name,
         "model": model,
         "setting": setting,
         "dataset": proto["dataset"],
@@ -48,36 +46,13 @@ def run_settings(run: Run) -> dict[str, object]:
     }
 
 
-def run_label(run: Run, detail: bool = True) -> str:
-    """'dinov2_vitb14 zero-shot, argmax', with (detail) image size, checkpoint and protocol."""
-    d = run_settings(run)
-    label = f"{d['model']} {d['setting']}, {d['matcher']}"
-    if not detail:
-        return label
-    checkpoints = [
-        m["backbone"]["checkpoint"] for m in run.config["settings"]["members"] if m["backbone"]["checkpoint"]
-    ]
-    checkpoint = f", checkpoint {', '.join(checkpoints)}" if checkpoints else ""
-    return f"{label}, {d['image_size']}{checkpoint}, protocol {d['protocol']}"
-
-
-def unique_labels(runs: list[Run]) -> list[str]:
-    """Short labels of runs, with the image size, then the folder's name, added where two would be the same."""
-    labels = [run_label(run, detail=False) for run in runs]
-    for extra in (lambda run: run_settings(run)["image_size"], lambda run: run.name):
-        repeated = {label for label in labels if labels.count(label) > 1}
-        labels = [
-            f"{label}, {extra(run)}" if label in repeated else label for label, run in zip(labels, runs, strict=True)
-        ]
-    return labels
-
-
 def report_table(runs: list[Run], alphas: tuple[float, ...] = DEFAULT_THRESHOLDS) -> pd.DataFrame:
-    """One row per evaluation run: description, PCK, PCK of the geometry-aware keypoints (where the run has them)
-    and the published PCK."""
+    """One row per evaluation run: its label among `runs` (labels.run_labels), description, PCK, PCK of the geometry-aware
+    keypoints (where the run has them) and the published PCK; `attrs["common"]` holds what every run shares."""
+    shown = labels.run_labels(runs)
     rows = []
-    for run in runs:
-        row = run_settings(run)
+    for run, label in zip(runs, shown.names, strict=True):
+        row = {"run": label, **run_settings(run)}
         entry = published_for(run)
         geo_aware = run.metrics.get("subsets", {}).get("geo_aware", {})
         for alpha in alphas:
@@ -93,7 +68,9 @@ def report_table(runs: list[Run], alphas: tuple[float, ...] = DEFAULT_THRESHOLDS
         row["published_note"] = entry.note if entry else ""
         row["path"] = str(run.path)
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["common"] = shown.common
+    return table
 
 
 def _both(image: float, keypoint: float) -> str:
@@ -103,9 +80,10 @@ def _both(image: float, keypoint: float) -> str:
 
 
 def report_markdown(table: pd.DataFrame, alphas: tuple[float, ...] = DEFAULT_THRESHOLDS) -> str:
-    """A markdown table: PCK 'per image (per keypoint)', ours beside the published one; PCK of the
-    geometry-aware keypoints at the middle alpha when a run has them."""
-    head = ["model", "setting", "dataset", "split", "threshold", "matcher", "image size", "protocol", "pairs"]
+    """A markdown table: each run by its label (what differs among the runs), its pairs, PCK 'per image (per
+    keypoint)' beside the published one, PCK of the
+    geometry-aware keypoints at the middle alpha when a run has them; then what every run shares, and the legend."""
+    head = ["run", "pairs"]
     for alpha in alphas:
         head += [f"PCK@{alpha:g}", f"published@{alpha:g}"]
     geo = f"{alphas[len(alphas) // 2]:g}"
@@ -113,17 +91,7 @@ def report_markdown(table: pd.DataFrame, alphas: tuple[float, ...] = DEFAULT_THR
     head += [f"geo-aware PCK@{geo}"] if with_geo else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.to_dict("records"):
-        cells = [
-            row["model"],
-            row["setting"],
-            row["dataset"],
-            row["split"],
-            row["pck_norm"],
-            row["matcher"],
-            row["image_size"],
-            row["protocol"],
-            str(row["pairs"]),
-        ]
+        cells = [row["run"], str(row["pairs"])]
         for alpha in alphas:
             a = f"{alpha:g}"
             cells.append(_both(row[f"pck@{a}_per_image"], row[f"pck@{a}_per_keypoint"]))
@@ -132,10 +100,12 @@ def report_markdown(table: pd.DataFrame, alphas: tuple[float, ...] = DEFAULT_THR
             cells.append(_both(row[f"geo_aware@{geo}_per_image"], row[f"geo_aware@{geo}_per_keypoint"]))
         lines.append("| " + " | ".join(cells) + " |")
     notes = sorted({n for n in table.get("published_note", []) if n})
+    common = table.attrs.get("common")
     legend = [
         "",
+        *([f"Every run: {common}."] if common else []),
         "PCK in %, per image (per keypoint). threshold: bbox = alpha x max side of the target bounding box, "
-        "image = of the target image, kpbox = of the target keypoints' box; (<): correct below it, strictly.",
+        "image = of the target image, kpbox = of the target keypoints' box.",
         *(
             [
                 "geo-aware: the geometry-aware keypoints (GeoAware-SC's subset of SPair-71k: left-right groups with 2 "
@@ -166,7 +136,7 @@ def _at(value: float, step: object) -> str:
 def finetune_table(runs: list[Run]) -> pd.DataFrame:
     """One row per fine-tuning run: model, data, steps, settings, and its best and last validation PCK."""
     rows = []
-    for run in runs:
+    for run, label in zip(runs, labels.run_labels(runs).names, strict=True):
         settings, resolved = run.config["settings"], run.config["resolved"]
         backbone, data, opt = settings["backbone"], settings["data"], settings["optimisation"]
         log = run.read("train_log")
@@ -177,7 +147,8 @@ def finetune_table(runs: list[Run]) -> pd.DataFrame:
         last = val.iloc[-1] if len(val) else {column: np.nan, "step": 0}
         start = f" from {backbone['checkpoint']}" if backbone["checkpoint"] else ""
         rows.append({
-            "run": run.name,
+            "run": label,
+            "folder": run.name,
             "model": f"{backbone['model']}{start} ({resolved['weights_origin']} weights)",
             "data": f"{data['dataset']} {data['split']} ({resolved['train_pairs']} pairs), "
             f"val {settings['val_split'] or 'none'} ({resolved['val_pairs']} pairs)",
@@ -195,11 +166,12 @@ def grids_table(runs: list[Run]) -> pd.DataFrame:
     """One row per grid search: model, data, and the best window K and temperature T at each alpha
     (with their PCK, and argmax's beside it)."""
     rows = []
-    for run in runs:
+    for run, label in zip(runs, labels.run_labels(runs).names, strict=True):
         best_file = run.read("best_parameters")
         averaging = best_file.get("selected_by", "per_image")
         row = {
-            "run": run.name,
+            "run": label,
+            "folder": run.name,
             "model": best_file["model"],
             "data": f"{best_file.get('dataset')} {best_file.get('split')} ({best_file.get('pairs', '?')} pairs, "
             f"{best_file.get('pck_norm')} threshold)",

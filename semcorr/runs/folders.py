@@ -10,7 +10,7 @@ writing (a full disk) leaves no folder that looks like a run:
     grid           best_parameters.json, grid_search_results.csv  (+ grid_search_heatmap.png)
     weight_search  best_weights.json, weight_search_results.csv   (+ weight_search.png)
     finetune       train_log.csv                                  (+ train_curves.png, best.pt, last.pt)
-    match          matches.json                                   (+ matches.png, heatmap_<i>.png)
+    match          matches.json, matches.csv                      (+ matches.png, heatmap_<i>.png)
 
 `write_run` / `write_file` write them and `read_run` reads them back: `read_run(p).read(name)`
 returns exactly what `write_file(p, kind, name, value)` was given (JSON as dicts, CSV as DataFrames
@@ -46,7 +46,7 @@ RUN_FILES: dict[str, dict[str, str]] = {
     "grid": {"best_parameters": "best_parameters.json", "grid": "grid_search_results.csv"},
     "weight_search": {"best_weights": "best_weights.json", "weights": "weight_search_results.csv"},
     "finetune": {"train_log": "train_log.csv"},
-    "match": {"matches": "matches.json"},
+    "match": {"matches": "matches.json", "match_table": "matches.csv"},
 }
 PICTURES = {
     "grid": "grid_search_heatmap.png",
@@ -58,6 +58,7 @@ PICTURES = {
 TEXT_COLUMNS = {
     "per_keypoint": {"pair_id": str, "category": str, "kp_id": str},
     "per_pair": {"pair_id": str, "category": str, "src_image": str, "trg_image": str, "src_path": str, "trg_path": str},
+    "match_table": {"pair_id": str, "id": str},
 }
 INTEGER_COLUMNS = {"grid": {"window": "Int64"}}
 
@@ -214,7 +215,8 @@ class Run:
             return _read_json(path)
         dtypes = {**TEXT_COLUMNS.get(name, {}), **INTEGER_COLUMNS.get(name, {})}
         try:
-            return pd.read_csv(path, dtype=dtypes, keep_default_na=name not in TEXT_COLUMNS)
+            text = name in TEXT_COLUMNS  # "NA" or "nan" is text there; only an empty cell is missing
+            return pd.read_csv(path, dtype=dtypes, keep_default_na=not text, na_values=[""] if text else None)
         except (ValueError, pd.errors.ParserError) as err:
             raise RunFolderError(f"{path}: unreadable CSV ({err})") from None
 

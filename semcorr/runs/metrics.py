@@ -29,11 +29,14 @@ def meaning(
     dataset: str, split: str, norm: str, coordinates: str = "centre", strict: bool = False
 ) -> dict[str, object]:
     """What every figure of the run's files means: dataset, split, threshold and its rule, averagings and units."""
+    threshold = pck.NORM_DESCRIPTIONS[norm]
+    if dataset == "custom" and norm == "bbox":
+        threshold += " (the target_bbox each pair of the pairs file gives)"
     return {
         "dataset": dataset,
         "split": split,
         "pck_norm": norm,
-        "threshold": pck.NORM_DESCRIPTIONS[norm],
+        "threshold": threshold,
         "strict": strict,
         "rule": f"correct when distance {'<' if strict else '<='} alpha * L",
         "averaging": AVERAGINGS,

@@ -6,13 +6,33 @@ viz2d.save_plot(fig, run_dir / "grid_search_heatmap.png")
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from semcorr.config.settings import AVERAGINGS
 from semcorr.runs.folders import pck_column
+
+FEW_POINTS = 30  # lines with at most this many points are drawn with markers (one point alone is no line)
+
+
+def percent_limits(values, min_span: float) -> tuple[float, float]:
+    """Limits of an axis or colour scale of percentages: the values with a margin, at least `min_span` wide, within
+    0..100, so that equal or nearly equal values do not fill the scale with noise (or reach below 0)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 100.0)
+    margin = max(0.05 * (high - low), (min_span - (high - low)) / 2)
+    low, high = low - margin, high + margin
+    if low < 0:
+        low, high = 0.0, min(100.0, high - low)
+    if high > 100:
+        low, high = max(0.0, low - (high - 100)), 100.0
+    return low, high
 
 
 def luminance(rgba: tuple[float, ...]) -> float:
@@ -24,7 +44,8 @@ def luminance(rgba: tuple[float, ...]) -> float:
 def grid_heatmap(
     table: pd.DataFrame, thresholds: list[float], averaging: str, title: str, best: dict[str, dict]
 ) -> Figure:
-    """PCK over windows (rows) x temperatures (columns), one panel per alpha, the cell `best` chose outlined."""
+    """PCK over windows (rows) x temperatures (columns), one panel per alpha, the cell `best` chose outlined; the
+    colour scale spans at least one PCK point (cells that tie are one colour, said in the panel's title)."""
     soft = table[table["matcher"] != "argmax"]
     argmax = table[table["matcher"] == "argmax"].iloc[0]
     windows = sorted(soft["window"].unique())
@@ -34,8 +55,12 @@ def grid_heatmap(
     for ax, alpha in zip(axes, thresholds, strict=True):
         grid = soft.pivot_table(index="window", columns="temperature", values=pck_column(alpha, averaging))
         grid = grid.reindex(index=windows, columns=temperatures)
-        image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", aspect="auto")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        values = grid.to_numpy(dtype=float)
+        low, high = percent_limits(values, min_span=1.0)
+        image = ax.imshow(values, cmap="viridis", aspect="auto", vmin=low, vmax=high)
+        bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        bar.set_label(f"PCK@{alpha:g} (%)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
         for i in range(len(windows)):
             for j in range(len(temperatures)):
                 value = grid.iat[i, j]
@@ -48,7 +73,9 @@ def grid_heatmap(
         ax.set_yticks(range(len(windows)), [str(k) for k in windows])
         ax.set_xlabel("temperature T")
         ax.set_ylabel("window K")
-        ax.set_title(f"PCK@{alpha:g} ({averaging}); argmax {argmax[pck_column(alpha, averaging)]:.1f}", fontsize=9)
+        top = np.isclose(values, np.nanmax(values), rtol=0, atol=1e-9).sum()
+        tie = f"; {top} cells tie at the best" if top > 1 else ""
+        ax.set_title(f"PCK@{alpha:g} ({averaging}); argmax {argmax[pck_column(alpha, averaging)]:.1f}{tie}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -88,9 +115,12 @@ def training_curves(log: pd.DataFrame, val_column: str, title: str = "", best_st
     loss_ax, lr_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     if "loss" in log:
         train = log.dropna(subset=["loss"])
-        loss_ax.plot(train["step"], train["loss"], color="tab:blue", lw=1)
+        dots = {"marker": "o", "ms": 3} if len(train) <= FEW_POINTS else {}
+        loss_ax.plot(train["step"], train["loss"], color="tab:blue", lw=1, **dots)
         if "lr" in train:
-            lr_ax.plot(train["step"], train["lr"], color="tab:gray", lw=1)
+            lr_ax.plot(train["step"], train["lr"], color="tab:gray", lw=1, **dots)
+    lr_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    lr_ax.set_ylim(bottom=0)
     loss_ax.set_ylabel("training loss", color="tab:blue")
     lr_ax.set_ylabel("learning rate")
     lr_ax.set_xlabel("step")
@@ -99,7 +129,8 @@ def training_curves(log: pd.DataFrame, val_column: str, title: str = "", best_st
         val = log.dropna(subset=[val_column])
         pck_ax = loss_ax.twinx()
         pck_ax.plot(val["step"], val[val_column], "o-", color="tab:red", ms=4)
-        pck_ax.set_ylabel(val_column.replace("val_", "validation ") + " (%)", color="tab:red")
+        pck_ax.set_ylim(*percent_limits(val[val_column], min_span=5.0))
+        pck_ax.set_ylabel(val_column.replace("val_", "validation ").replace("pck", "PCK") + " (%)", color="tab:red")
         if best_step is not None and (val["step"] == best_step).any():
             best = val.loc[val["step"] == best_step, val_column].iloc[0]
             pck_ax.plot([best_step], [best], marker="*", ms=14, color="gold", mec="black", ls="none",
@@ -113,8 +144,9 @@ def training_curves(log: pd.DataFrame, val_column: str, title: str = "", best_st
     return fig
 
 
-def pck_curves(curves: dict[str, pd.DataFrame], title: str = "") -> Figure:
-    """PCK against alpha of several runs ({label: analysis.pck_curve(...)}), one panel per averaging."""
+def pck_curves(curves: dict[str, pd.DataFrame], title: str = "", common: str = "") -> Figure:
+    """PCK against alpha of several runs ({label: pck.pck_curve(...)}), one panel per averaging; `common` (what
+    every run shares, labels.run_labels) under the title."""
     fig = Figure(figsize=(10, 4.2 + 0.18 * len(curves)), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(AVERAGINGS), sharey=True)
     for label, curve in curves.items():
@@ -127,8 +159,9 @@ def pck_curves(curves: dict[str, pd.DataFrame], title: str = "") -> Figure:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("PCK (%)")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if title or common:
+        shared = "\n".join(textwrap.wrap(f"every run: {common}", 150)) if common else ""
+        fig.suptitle("\n".join(filter(None, (title, shared))), fontsize=9)
     return fig
 
 

@@ -15,7 +15,6 @@ are in memory.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +29,6 @@ from models import Backbone
 from pck import mark_correct
 from semcorr.config.settings import EvalSettings, MatchSettings, from_record
 from semcorr.data.datasets import load_pairs
-from semcorr.data.geometry import Geometry, input_to_patch
 from semcorr.data.images import load_image
 from semcorr.data.pairs import PairRecord
 from semcorr.engine.matching import predict_variants, source_descriptors, target_similarity
@@ -39,9 +37,7 @@ from semcorr.engine.pair import check_inside, image_pair
 from semcorr.runs.folders import Run
 from semcorr.runs.record import data_of
 from semcorr.viz import viz2d
-from semcorr.viz.figures import pair_ranking
-
-HEATMAP_MAX_SIDE = 1024  # a larger target's heatmap is sampled every few pixels (enough for the screen)
+from semcorr.viz.figures import draw_feature_pca, heatmap_in_pixels, pair_ranking
 
 
 @dataclass
@@ -87,35 +83,6 @@ class Click:
                 f"{fmt(*self.truth)}; px off: {errors}"
             )
         return text + f" [{1000 * self.seconds:.1f} ms]"
-
-
-def heatmap_in_pixels(
-    sim: np.ndarray, geom: Geometry, patch_size: int, max_side: int = HEATMAP_MAX_SIDE
-) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """A (h, w) similarity map on the patch grid, interpolated bilinearly (clamped at the border) at the
-    centres of the image's pixels, or of blocks of `stride` x `stride` pixels when the image's long side
-    exceeds `max_side`; and its extent for imshow."""
-    w, h = geom.size
-    stride = math.ceil(max(w, h) / max_side)
-    xs = np.arange(math.ceil(w / stride)) * stride + (stride - 1) / 2
-    ys = np.arange(math.ceil(h / stride)) * stride + (stride - 1) / 2
-    cols = input_to_patch(geom.to_input(np.stack([xs, np.zeros_like(xs)], axis=1))[:, 0], patch_size)
-    rows = input_to_patch(geom.to_input(np.stack([np.zeros_like(ys), ys], axis=1))[:, 1], patch_size)
-    sim = np.asarray(sim, np.float64)
-    heat = linear_weights(rows, sim.shape[0]) @ sim @ linear_weights(cols, sim.shape[1]).T  # bilinear is separable
-    return heat, (-0.5, len(xs) * stride - 0.5, len(ys) * stride - 0.5, -0.5)
-
-
-def linear_weights(positions: np.ndarray, n: int) -> np.ndarray:
-    """(len(positions), n) weights that interpolate n samples at 0..n-1 linearly at `positions`
-    (clamped to the first and last sample)."""
-    q = np.clip(positions, 0, n - 1)
-    low = np.minimum(np.floor(q).astype(int), max(n - 2, 0))
-    weights = np.zeros((len(q), n))
-    rows = np.arange(len(q))
-    weights[rows, low] = 1 - (q - low)
-    weights[rows, np.minimum(low + 1, n - 1)] += q - low
-    return weights
 
 
 class Explorer:
@@ -183,6 +150,11 @@ class Explorer:
             truth=None if nearest is None else pair.trg_kps[nearest].astype(np.float64),
             seconds=time.perf_counter() - t0,
         )
+
+    def features_figure(self) -> Figure:
+        """The open pair's features: their first three principal components, computed jointly, as RGB."""
+        pair = self.opened()
+        return draw_feature_pca(self.member.features, [pair.src, pair.trg])
 
     def opened(self) -> PairRecord:
         """The open pair (ValueError when none is)."""

@@ -7,6 +7,7 @@ map, the best and worst pairs of a run, and keypoint examples of two runs.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from matplotlib.patches import Circle
 from PIL import Image
 
 import pck
-from semcorr.data.geometry import Geometry, Preprocess
-from semcorr.data.images import load_image
+from helper_functions import FeatureSet
+from semcorr.data.geometry import Geometry, input_to_patch, patch_to_input
+from semcorr.data.images import ImageRef, load_image
 from semcorr.data.pairs import PairRecord
 from semcorr.viz.viz2d import (
     CORRECT,
@@ -95,14 +97,36 @@ def draw_pair_rows(rows: pd.DataFrame, src: Image.Image, trg: Image.Image, alpha
     )
 
 
-def grid_extent(geom: Geometry, prep: Preprocess) -> tuple[float, float, float, float]:
-    """(left, right, bottom, top) in original pixels of the patch grid of an image (for imshow).
+HEATMAP_MAX_SIDE = 1024  # a larger image's heatmap is sampled every few pixels (enough for a screen or a page)
 
-    The grid spans the whole network input, including any padding, so with resize 'pad' it
-    reaches beyond the image.
-    """
-    (left, top), (right, bottom) = geom.to_original(np.array([[-0.5, -0.5], [prep.width - 0.5, prep.height - 0.5]]))
-    return (float(left), float(right), float(bottom), float(top))
+
+def heatmap_in_pixels(
+    sim: np.ndarray, geom: Geometry, patch_size: int, max_side: int = HEATMAP_MAX_SIDE
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """A (h, w) similarity map on the patch grid, interpolated bilinearly (clamped at the border) at the
+    centres of the image's pixels, or of blocks of `stride` x `stride` pixels when the image's long side
+    exceeds `max_side`; and its extent for imshow."""
+    w, h = geom.size
+    stride = math.ceil(max(w, h) / max_side)
+    xs = np.arange(math.ceil(w / stride)) * stride + (stride - 1) / 2
+    ys = np.arange(math.ceil(h / stride)) * stride + (stride - 1) / 2
+    cols = input_to_patch(geom.to_input(np.stack([xs, np.zeros_like(xs)], axis=1))[:, 0], patch_size)
+    rows = input_to_patch(geom.to_input(np.stack([np.zeros_like(ys), ys], axis=1))[:, 1], patch_size)
+    sim = np.asarray(sim, np.float64)
+    heat = linear_weights(rows, sim.shape[0]) @ sim @ linear_weights(cols, sim.shape[1]).T  # bilinear is separable
+    return heat, (-0.5, len(xs) * stride - 0.5, len(ys) * stride - 0.5, -0.5)
+
+
+def linear_weights(positions: np.ndarray, n: int) -> np.ndarray:
+    """(len(positions), n) weights that interpolate n samples at 0..n-1 linearly at `positions`
+    (clamped to the first and last sample)."""
+    q = np.clip(positions, 0, n - 1)
+    low = np.minimum(np.floor(q).astype(int), max(n - 2, 0))
+    weights = np.zeros((len(q), n))
+    rows = np.arange(len(q))
+    weights[rows, low] = 1 - (q - low)
+    weights[rows, np.minimum(low + 1, n - 1)] += q - low
+    return weights
 
 
 def draw_similarity(
@@ -132,6 +156,60 @@ def draw_similarity(
     add_legend(fig, entries)
     if title:
         add_title(fig, title)
+    return fig
+
+
+def content_mask(geom: Geometry, grid: tuple[int, int], patch_size: int) -> np.ndarray:
+    """(h, w) True at the patches whose centre lies on the image (not on --resize pad's padding)."""
+    rows, cols = np.meshgrid(np.arange(grid[0]), np.arange(grid[1]), indexing="ij")
+    xy = geom.to_original(patch_to_input(np.stack([cols.ravel(), rows.ravel()], axis=1).astype(float), patch_size))
+    w, h = geom.size
+    inside = (xy[:, 0] >= -0.5) & (xy[:, 0] <= w - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= h - 0.5)
+    return inside.reshape(grid)
+
+
+def feature_pca(maps: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+    """The first three principal components of several images' (C, h, w) feature maps, computed jointly over the
+    patches each mask keeps (one basis and one 0..1 scale for all images, so colours compare across them), as
+    (h, w, 3) RGB maps. Each component's sign makes its largest loading positive (the same colours every run)."""
+    kept = np.concatenate([m.reshape(m.shape[0], -1).T[k.ravel()] for m, k in zip(maps, masks, strict=True)])
+    mean = kept.astype(np.float64).mean(axis=0)
+    centred = kept - mean
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues: C x C, not patches x patches
+    basis = vectors[:, ::-1][:, :3]
+    basis *= np.sign(basis[np.abs(basis).argmax(axis=0), range(3)])
+    projected = centred @ basis
+    low, high = projected.min(axis=0), projected.max(axis=0)
+    scale = np.where(high > low, high - low, 1.0)
+    rgb = [((m.reshape(m.shape[0], -1).T - mean) @ basis - low) / scale for m in maps]
+    return [np.clip(c, 0, 1).reshape(*m.shape[1:], 3) for c, m in zip(rgb, maps, strict=True)]
+
+
+PCA_IMAGES = 12  # images drawn in one features picture
+
+
+def draw_feature_pca(features: FeatureSet, refs: list[ImageRef], columns: int = 4) -> Figure:
+    """Each image above its features' first three principal components as RGB, computed jointly over the images
+    (feature_pca; as DIFT and sd-dino show features) and drawn over the image's pixels (interpolated between patch
+    centres, as the similarity heatmaps are); the first PCA_IMAGES images."""
+    shown = refs[:PCA_IMAGES]
+    geoms = [features.geometries[ref.key] for ref in shown]
+    maps = [features.feats[features.index[ref.key]].float().cpu().numpy() for ref in shown]
+    rgb = feature_pca(maps, [content_mask(g, features.prep.grid, features.prep.patch_size) for g in geoms])
+    columns = min(columns, len(shown))
+    rows = -(-len(shown) // columns)
+    fig = Figure(figsize=(3.2 * columns, 5.0 * rows + 0.4), dpi=100, layout="constrained")
+    axes = fig.subplots(2 * rows, columns, squeeze=False)
+    for i, (ref, colours, geom) in enumerate(zip(shown, rgb, geoms, strict=True)):
+        top, bottom = axes[2 * (i // columns), i % columns], axes[2 * (i // columns) + 1, i % columns]
+        top.imshow(np.asarray(load_image(ref)))
+        top.set_title(Path(ref.path).name, fontsize=8)
+        channels = [heatmap_in_pixels(colours[..., c], geom, features.prep.patch_size) for c in range(3)]
+        bottom.imshow(np.clip(np.stack([c for c, _ in channels], axis=-1), 0, 1), extent=channels[0][1])
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    more = f" (the first {len(shown)} of {len(refs)} images)" if len(refs) > len(shown) else ""
+    fig.suptitle(f"features: first three principal components, computed jointly, as RGB{more}", fontsize=9)
     return fig
 
 
@@ -175,8 +253,11 @@ def draw_keypoint_examples(
     examples: pd.DataFrame, images: dict[str, tuple[Image.Image, Image.Image]], labels: tuple[str, str], alpha: float
 ) -> Figure:
     """One row per example keypoint (comparison.example_rows): the source with its point, and the target
-    with the ground truth, the PCK@alpha circle around it and both runs' predictions."""
+    with the ground truth, the PCK@alpha circle around it and both runs' predictions (A a ring, B a cross
+    inside it: both stay visible where they coincide)."""
     colours = ("#ff7f0e", "#1f77b4")
+    marks = ({"marker": "o", "s": 220, "facecolors": "none", "edgecolors": colours[0], "linewidths": 2.5},
+             {"marker": "X", "s": 70, "c": colours[1], "edgecolors": "black", "linewidths": 0.8})  # fmt: skip
     fig = Figure(figsize=(9, 3.0 * len(examples) + 0.5), dpi=100, layout="constrained")
     axes = fig.subplots(len(examples), 2, squeeze=False)
     for (src_ax, trg_ax), row in zip(axes, examples.itertuples(index=False), strict=True):
@@ -191,9 +272,9 @@ def draw_keypoint_examples(
             (row.pred_x, row.pred_y, row.error, row.correct),
             (row.pred_x_b, row.pred_y_b, row.error_b, row.correct_b),
         )
-        for (x, y, error, correct), colour, label in zip(predictions, colours, "AB", strict=True):
+        for (x, y, error, correct), colour, mark, label in zip(predictions, colours, marks, "AB", strict=True):
             trg_ax.plot([row.gt_x, x], [row.gt_y, y], ls=":", lw=1.2, color=colour)
-            plot_keypoints(trg_ax, [x, y], colour, size=70, marker="X")
+            trg_ax.scatter([x], [y], zorder=4, **mark)
             errors.append(f"{label}: {error:.2f} L ({'correct' if correct else 'wrong'})")
         src_ax.set_title(
             f"{row.kind}: {row.category} keypoint {row.kp_id}, PCK A {row.id_pck_a:.0f}%, B {row.id_pck_b:.0f}%\n"
@@ -207,10 +288,8 @@ def draw_keypoint_examples(
         fig,
         {
             "source / ground truth": {"marker": "o", "ls": "", "color": CORRECT, "mec": "black"},
-            **{
-                f"{ab}: {label}": {"marker": "X", "ls": "", "color": c}
-                for c, ab, label in zip(colours, "AB", labels, strict=True)
-            },
+            f"A: {labels[0]}": {"marker": "o", "ls": "", "mfc": "none", "mec": colours[0], "mew": 2, "ms": 10},
+            f"B: {labels[1]}": {"marker": "X", "ls": "", "color": colours[1], "mec": "black"},
             f"PCK@{alpha:g} radius (alpha x L)": {"ls": "--", "color": "grey"},
         },
     )

@@ -13,11 +13,11 @@ threads): write them with `save_plot`, show them in a notebook with `display(fig
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-from matplotlib import patheffects
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -29,6 +29,7 @@ from semcorr.storage.files import atomic_write, make_folder
 
 CORRECT, WRONG, TRUTH = "lime", "red", "cyan"
 SCORE_CMAP, HEAT_CMAP = "viridis", "jet"
+MIN_SCORE_SPAN = 0.2  # a colour bar of cosine similarities spans at least this much (no noise made into contrast)
 
 
 def plot_images(images: list[Image.Image | np.ndarray], titles: list[str] | None = None, size: float = 4.5) -> Figure:
@@ -93,16 +94,27 @@ def save_plot(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+def figure_image(fig: Figure) -> np.ndarray:
+    """The figure as save_plot writes it (legends below the axes included), as an (H, W, 3) uint8 array (for
+    TensorBoard), without pyplot."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.05)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
 def match_colors(correct: np.ndarray) -> list[str]:
     """Green for a correct match, red for a wrong one."""
     return [CORRECT if c else WRONG for c in np.asarray(correct, dtype=bool)]
 
 
-def score_colors(scores: np.ndarray, cmap: str = SCORE_CMAP) -> tuple[list[tuple], Normalize]:
+def score_colors(
+    scores: np.ndarray, cmap: str = SCORE_CMAP, min_span: float = MIN_SCORE_SPAN
+) -> tuple[list[tuple], Normalize]:
     """A colour per score on a sequential map (not red / green: those mean wrong / correct), and the
-    normalisation that `add_colorbar` needs to explain them."""
+    normalisation that `add_colorbar` needs to explain them. The scale reaches at least `min_span` below the
+    highest score, so that scores a hair apart get nearly one colour."""
     scores = np.asarray(scores, dtype=float)
-    norm = Normalize(scores.min(), scores.max()) if len(scores) else Normalize(0, 1)
+    norm = Normalize(min(scores.min(), scores.max() - min_span), scores.max()) if len(scores) else Normalize(0, 1)
     return [tuple(c) for c in matplotlib.colormaps[cmap](norm(scores))], norm
 
 
@@ -115,11 +127,11 @@ def add_colorbar(fig: Figure, ax, norm: Normalize, label: str, cmap=SCORE_CMAP) 
 
 
 def label_points(ax, xy: np.ndarray, labels: list[str]) -> None:
-    """Small labels beside points (white text outlined in black, readable on any image)."""
-    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+    """Labels beside points: black text on a white box, readable on dark and light images alike."""
+    box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "black", "linewidth": 0.5, "alpha": 0.85}
     for (x, y), text in zip(np.asarray(xy, dtype=float).reshape(-1, 2), labels, strict=True):
-        ax.annotate(text, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7, color="white",
-                    path_effects=outline, zorder=4)  # fmt: skip
+        ax.annotate(text, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8, color="black",
+                    bbox=box, zorder=4)  # fmt: skip
 
 
 def add_legend(fig: Figure, entries: dict[str, dict]) -> None:
