@@ -35,7 +35,7 @@ from semcorr.config.settings import (
 
 CheckpointFlag = Literal["none", "optional", "either"]
 # semcorr/data/datasets.py's LOADERS (checked there too)
-DATASETS = ("spair", "pf-pascal", "pf-willow", "ap10k", "custom")
+DATASETS = ("spair", "pf-pascal", "pf-willow", "ap10k", "spair-u", "custom")
 
 
 @dataclass(frozen=True)
