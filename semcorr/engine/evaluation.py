@@ -2,7 +2,8 @@
 
 pairs -> unique images -> each member's features, once per image (cached) -> similarity of source keypoints
 against target patches, grouped by target image, summed over the members -> matcher -> original pixels ->
-PCK -> results folder (written by semcorr/runs/, summarised by semcorr/report/summary.py).
+PCK (and PCK-dagger; with --kap, KAP from the similarity maps: semcorr/engine/kap.py) -> results folder (written by
+semcorr/runs/, summarised by semcorr/report/summary.py).
 
 A single-model evaluation has one member of weight 1; an ensemble several (semcorr/engine/members.py).
 """
@@ -23,7 +24,7 @@ from semcorr.config.settings import EvalSettings, MatchSettings
 from semcorr.data.datasets import load_pairs
 from semcorr.data.images import ImageRef
 from semcorr.data.pairs import NO_KEYPOINTS, DatasetError, PairRecord, PairSet
-from semcorr.engine import flip
+from semcorr.engine import flip, kap
 from semcorr.engine.matching import predict_variants
 from semcorr.engine.members import Member, build_member, engine_members
 from semcorr.report import summary
@@ -80,23 +81,43 @@ def evaluate(
     )
     if flipped is not None:
         table["flipped"] = flipped.taken
+    summary, matching_s = pck.summarize(table), time.perf_counter() - t0
+    samples, kap_figures, kap_s = kap_scores(settings, eval_set.pairs, ordered)
     run_metrics = metrics.evaluation_metrics(
         eval_set,
         norm=data.pck_norm,
         coordinates=settings.extract.coordinates,
         strict=data.strict,
         table=table,
-        summary=pck.summarize(table),
+        summary=summary,
         skipped=skipped,
         feature_stats=stats,
-        matching_s=time.perf_counter() - t0,
+        matching_s=matching_s,
         started=context.started,
         flip=flipped.summary(settings.flip_align) if flipped else None,
+        kap=kap_figures,
+        kap_s=kap_s,
     )
     name = backbones[0].name if len(backbones) == 1 else "ensemble"
     parts = [name, eval_set.dataset, eval_set.split, settings.match.matcher]
     pair_columns = flipped.pair_columns() if flipped else {}
-    return save_evaluation(settings, parts, config, run_metrics, table, eval_set.pairs, context, pair_columns)
+    files = {"per_keypoint": table, "per_keypoint_kap": samples} if samples is not None else {"per_keypoint": table}
+    return save_evaluation(settings, parts, config, run_metrics, files, eval_set.pairs, context, pair_columns)
+
+
+def kap_scores(
+    settings: EvalSettings, pairs: list[PairRecord], members: list[Member]
+) -> tuple[pd.DataFrame | None, dict | None, float | None]:
+    """With --kap: every source-visible keypoint's KAP scores (semcorr/engine/kap.py), the figures they give
+    (pck.kap) and the seconds both took; else nothing."""
+    if not settings.data.kap:
+        return None, None, None
+    t0, data = time.perf_counter(), settings.data
+    samples = kap.kap_samples(
+        pairs, members, descriptor=settings.match.descriptor, alphas=data.thresholds, norm=data.pck_norm,
+        progress=settings.output.progress,
+    )  # fmt: skip
+    return samples, pck.kap(samples), time.perf_counter() - t0
 
 
 def build_members(
@@ -163,16 +184,18 @@ def save_evaluation(
     parts: list[str],
     config: dict,
     run_metrics: dict,
-    table: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
     pairs: list[PairRecord],
     context: RunContext,
     pair_columns: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """A new results folder with the run's files (and pictures of its N best and worst pairs); prints the summary.
-    `pair_columns`: more per-pair values for per_pair.csv, in pair order."""
+    `tables`: per_keypoint (and per_keypoint_kap); `pair_columns`: more per-pair values for per_pair.csv, in pair
+    order."""
     run_dir = folders.new_run_dir(settings.output.output_dir, parts, context.started)
+    table = tables["per_keypoint"]
     per_pair = pck.pair_table(table, pairs).assign(**(pair_columns or {}))
-    folders.write_run(run_dir, "evaluation", config, per_keypoint=table, per_pair=per_pair, metrics=run_metrics)
+    folders.write_run(run_dir, "evaluation", config, per_pair=per_pair, metrics=run_metrics, **tables)
     if settings.output.save_vis:
         from semcorr.viz import figures  # matplotlib loads only when pictures are asked for
 

@@ -4,7 +4,8 @@ Each run writes a new timestamped folder, `<output dir>/<YYYYmmdd-HHMMSS>_<parts
 overwriting one. Every folder holds `config.json`, whose "kind" says what ran, and the files of
 that kind (RUN_FILES below), each written atomically:
 
-    evaluation     metrics.json, per_pair.csv, per_keypoint.csv   (+ vis/*.png with --save-vis)
+    evaluation     metrics.json, per_pair.csv, per_keypoint.csv   (+ per_keypoint_kap.csv with --kap,
+                                                                     vis/*.png with --save-vis)
     grid           best_parameters.json, grid_search_results.csv  (+ grid_search_heatmap.png)
     weight_search  best_weights.json, weight_search_results.csv   (+ weight_search.png)
     finetune       train_log.csv                                  (+ train_curves.png, best.pt, last.pt)
@@ -33,7 +34,12 @@ CONFIG = "config.json"
 
 # kind -> file name -> file
 RUN_FILES: dict[str, dict[str, str]] = {
-    "evaluation": {"metrics": "metrics.json", "per_pair": "per_pair.csv", "per_keypoint": "per_keypoint.csv"},
+    "evaluation": {
+        "metrics": "metrics.json",
+        "per_pair": "per_pair.csv",
+        "per_keypoint": "per_keypoint.csv",
+        "per_keypoint_kap": "per_keypoint_kap.csv",
+    },
     "grid": {"best_parameters": "best_parameters.json", "grid": "grid_search_results.csv"},
     "weight_search": {"best_weights": "best_weights.json", "weights": "weight_search_results.csv"},
     "finetune": {"train_log": "train_log.csv"},
@@ -48,6 +54,7 @@ PICTURES = {
 # CSV columns read back as text (ids like "007" or "1" must not become numbers)
 TEXT_COLUMNS = {
     "per_keypoint": {"pair_id": str, "category": str, "kp_id": str},
+    "per_keypoint_kap": {"pair_id": str, "category": str, "kp_id": str},
     "per_pair": {"pair_id": str, "category": str, "src_image": str, "trg_image": str, "src_path": str, "trg_path": str},
 }
 INTEGER_COLUMNS = {"grid": {"window": "Int64"}}
@@ -160,9 +167,10 @@ class Run:
             raise RunFolderError(f"{self.path}: no {path.name} (this {self.kind} run is incomplete)")
         if path.suffix == ".json":
             return _read_json(path)
+        text = name in TEXT_COLUMNS  # ids as written ("NA" is one); only an empty field is missing
         dtypes = {**TEXT_COLUMNS.get(name, {}), **INTEGER_COLUMNS.get(name, {})}
         try:
-            return pd.read_csv(path, dtype=dtypes, keep_default_na=name not in TEXT_COLUMNS)
+            return pd.read_csv(path, dtype=dtypes, keep_default_na=not text, na_values=[""] if text else None)
         except (ValueError, pd.errors.ParserError) as err:
             raise RunFolderError(f"{path}: unreadable CSV ({err})") from None
 
