@@ -253,7 +253,7 @@ def synthetic_spair_u(seed: int = 0) -> list[FakePair]:
     files named out of order; slots beyond 9 (ids sort as numbers); keypoints visible in the source only (cat, dog;
     in chair every image shows every slot, so the reference's KAP is right there as it stands); image sizes whose
     840 canvas is an exact scale (2, 4, 1) with and without padding; integer keypoints on distinct canvas patches
-    of 14 px within each image; boxes whose sides are no multiple of 5 (no patch corner lies exactly at
+    of 14 px within each image, two of them neighbours; boxes whose sides are no multiple of 5 (no patch corner lies exactly at
     alpha * L)."""
     rng = np.random.default_rng(seed)
     slots = {"dog": [4, 5, 9, 13, 21, 22], "cat": [0, 3, 7, 11, 12, 20, 25], "chair": [1, 2, 10, 17, 29]}
@@ -269,11 +269,14 @@ def synthetic_spair_u(seed: int = 0) -> list[FakePair]:
 
 
 def _spair_u_image(name: str, category: str, size: tuple[int, int], shown: list[int], rng) -> FakeImage:
-    """An image with integer keypoints in slots `shown`, each on its own patch of the 840 canvas, and a box."""
+    """An image with integer keypoints in slots `shown`, each on its own patch of the 840 canvas (the first two on
+    neighbouring patches: a prediction between them can be within a threshold of both), and a box."""
     w, h = size
     scale = 840 // max(w, h)
     offset = ((840 - w * scale) // 2, (840 - h * scale) // 2)
-    kps: dict[int, tuple[float, float]] = {}
+    step = -(-14 // scale)  # one canvas patch to the right
+    x, y = int(rng.integers(3, w - 3 - step)), int(rng.integers(3, h - 3))
+    kps: dict[int, tuple[float, float]] = {shown[0]: (float(x), float(y)), shown[1]: (float(x + step), float(y))}
     while len(kps) < len(shown):
         x, y = int(rng.integers(3, w - 3)), int(rng.integers(3, h - 3))
         patch = ((x * scale + offset[0]) // 14, (y * scale + offset[1]) // 14)
