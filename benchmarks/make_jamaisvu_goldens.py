@@ -43,6 +43,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from geoaware_driver import stub, unavailable  # noqa: E402  (its stubs of what a reference imports but never runs)
 from jamaisvu_scenario import (  # noqa: E402
     ALPHAS,
     CANVAS,
@@ -54,17 +55,6 @@ from jamaisvu_scenario import (  # noqa: E402
 )
 
 STRIDE = CANVAS // PATCHES
-
-
-def stub(name: str, **attrs) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    sys.modules[name] = module
-    return module
-
-
-def unavailable(*_, **__):
-    raise RuntimeError("not available in this driver")
 
 
 def import_reference(checkout: Path) -> types.SimpleNamespace:
