@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from synthetic import colour_backbone, colour_config
@@ -137,9 +138,11 @@ def test_kap_run_files_recompute_and_count_the_source_only_keypoints(tmp_path, c
 
 def test_kap_is_a_flag_of_the_evaluations_and_off_by_default():
     import grid_search_hyperparams
-    from semcorr.cli.flags import evaluation_parser, given
+    from semcorr.cli.flags import MemberSpec, evaluation_parser, given
     from semcorr.cli.resolve import resolve
 
     assert resolve("evaluation", {}).data.kap is False
     assert resolve("evaluation", given(evaluation_parser("test").parse_args(["--kap"]))).data.kap is True
     assert "--kap" not in grid_search_hyperparams.arguments().format_help()  # a grid search scores PCK only
+    with pytest.warns(UserWarning, match="--kap is ignored: a weight search scores PCK only"):
+        resolve("weight_search", {"members": (MemberSpec("dinov2"), MemberSpec("dinov3")), "kap": True})

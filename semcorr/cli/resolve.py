@@ -243,6 +243,10 @@ def evaluation_settings(kind: str, layers: Layers) -> object:
     if kind == "grid":
         return settings, grid_settings(values, settings)
     if kind == "weight_search":
+        if settings.data.kap:
+            warnings.warn(
+                "--kap is ignored: a weight search scores PCK only (evaluate the weights it finds)", stacklevel=3
+            )
         return settings, WeightSearchSettings(
             **{name: values[flag] for flag, name in WEIGHT_FLAGS.items() if flag in values}
         )
