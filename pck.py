@@ -201,6 +201,8 @@ def nearest_is_own(table: pd.DataFrame) -> np.ndarray:
     """Per row of a keypoint table: whether its own ground truth is, of its pair's (the table holds the keypoints
     visible in both images), the nearest to its prediction; equal distances go to the lowest id (numeric ids by
     value), as torch.argmin over Jamais Vu's ascending ids."""
+    if table.empty:
+        return np.zeros(0, dtype=bool)
     pair = pd.factorize(table["pair_id"])[0]
     numeric = pd.to_numeric(table["kp_id"], errors="coerce")
     rank = pd.factorize(numeric if numeric.notna().all() else table["kp_id"], sort=True)[0]

@@ -98,6 +98,7 @@ def test_pck_dagger_counts_a_hit_only_where_its_own_keypoint_is_the_nearest():
     assert dagger["pck_dagger@0.15"]["per_keypoint"] == 40.0
     assert dagger["per_category"]["cat"]["pck_dagger@0.15"]["per_image"] == 40.0
     assert pck.summarize(table)["pck@0.15"]["per_keypoint"] == 80.0  # PCK counts "10" and "3" too
+    assert pck.nearest_is_own(table.iloc[:0]).tolist() == []
     shuffled = table.sample(frac=1.0, random_state=1)
     assert pck.nearest_is_own(shuffled).tolist() == pck.nearest_is_own(table)[shuffled.index].tolist()
 

@@ -255,8 +255,8 @@ def add_data_args(
             "--kap",
             action="store_true",
             help="also KAP (Jamais Vu's keypoint average precision): every keypoint visible in a source image scored "
-            "on its similarity map, per_keypoint_kap.csv; about one more similarity computation (PCK-dagger is "
-            "always reported)",
+            "on its similarity map, into per_keypoint_kap.csv; 1.4 to 2 times what matching and PCK take "
+            "(PCK-dagger is always reported)",
         )
 
 

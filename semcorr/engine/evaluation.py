@@ -82,7 +82,7 @@ def evaluate(
     if flipped is not None:
         table["flipped"] = flipped.taken
     summary, matching_s = pck.summarize(table), time.perf_counter() - t0
-    samples, kap_figures, kap_s = kap_scores(settings, eval_set.pairs, ordered)
+    samples, kap_summary, kap_s = run_kap(settings, eval_set.pairs, ordered)
     run_metrics = metrics.evaluation_metrics(
         eval_set,
         norm=data.pck_norm,
@@ -95,17 +95,17 @@ def evaluate(
         matching_s=matching_s,
         started=context.started,
         flip=flipped.summary(settings.flip_align) if flipped else None,
-        kap=kap_figures,
+        kap=kap_summary,
         kap_s=kap_s,
     )
     name = backbones[0].name if len(backbones) == 1 else "ensemble"
     parts = [name, eval_set.dataset, eval_set.split, settings.match.matcher]
     pair_columns = flipped.pair_columns() if flipped else {}
-    files = {"per_keypoint": table, "per_keypoint_kap": samples} if samples is not None else {"per_keypoint": table}
-    return save_evaluation(settings, parts, config, run_metrics, files, eval_set.pairs, context, pair_columns)
+    tables = {"per_keypoint": table, **({"per_keypoint_kap": samples} if samples is not None else {})}
+    return save_evaluation(settings, parts, config, run_metrics, tables, eval_set.pairs, context, pair_columns)
 
 
-def kap_scores(
+def run_kap(
     settings: EvalSettings, pairs: list[PairRecord], members: list[Member]
 ) -> tuple[pd.DataFrame | None, dict | None, float | None]:
     """With --kap: every source-visible keypoint's KAP scores (semcorr/engine/kap.py), the figures they give
