@@ -39,7 +39,7 @@ from semcorr.config.settings import AVERAGINGS, GridSettings
 def arguments() -> argparse.ArgumentParser:
     p = parser(__doc__.splitlines()[0])
     add_backbone_args(p, "optional")
-    add_data_args(p, split="val")
+    add_data_args(p, split="val", kap=False)
     g = p.add_argument_group("grid")
     g.add_argument(
         "--windows", type=odd_window, nargs="+", help=f"window sizes K (odd) (default: {default_list('windows')})"

@@ -8,6 +8,10 @@ strict protocol, GeoAware-SC's: the table's attrs["strict"]), with L:
 Two averagings are reported: per_image (mean over pairs of each pair's PCK) and per_keypoint
 (pooled over all keypoints). Figures are percentages. No pair enters them with an L that cannot be (a
 box without width or height, keypoints at one point, more than twice its image: semcorr/data/pairs.py).
+
+Beside PCK, the two figures Jamais Vu (github.com/VICO-UoE/JamaisVu, NeurIPS 2025) reports, each with the same
+shape (per alpha, both averagings, per category): PCK-dagger (pck_dagger), from the keypoint table like PCK, and
+KAP (kap), from the per-keypoint scores that semcorr/engine/kap.py takes from the similarity maps.
 """
 
 from __future__ import annotations
@@ -114,13 +118,14 @@ def pck_curve(table: pd.DataFrame, alphas: Iterable[float]) -> pd.DataFrame:
     return pd.DataFrame([{"alpha": a, **scores[f"pck@{a:g}"]} for a in alphas])
 
 
-def overall(table: pd.DataFrame, alphas: list[float]) -> dict[str, dict[str, float]]:
-    """PCK at each alpha, both averagings, over the whole table."""
+def overall(table: pd.DataFrame, alphas: list[float], metric: str = "pck") -> dict[str, dict[str, float]]:
+    """PCK (or the `metric` whose hits the correct@alpha columns hold) at each alpha, both averagings, over the whole
+    table."""
     per_pair = table.groupby("pair_id", sort=False)
     out = {}
     for alpha in alphas:
         col = correct_column(alpha)
-        out[f"pck@{alpha:g}"] = {
+        out[f"{metric}@{alpha:g}"] = {
             "per_image": 100.0 * float(per_pair[col].mean().mean()),
             "per_keypoint": 100.0 * float(table[col].mean()),
         }
@@ -159,7 +164,122 @@ def summarize(table: pd.DataFrame) -> dict[str, object]:
         "per_category": per_category,
         "per_keypoint_id": per_kp_id,
         **({"subsets": subsets} if subsets else {}),
+        "pck_dagger": pck_dagger(table),
     }
+
+
+# --- PCK-dagger and KAP (Jamais Vu's pck_train.py: compute_pck with PCKD, compute_kap) ----------------------------
+
+DAGGER_RULE = (
+    "correct when distance < alpha * L and, of the pair's keypoints visible in both images, its own ground truth is "
+    "the nearest to its prediction (equal distances: the lowest id)"
+)
+KAP_RULE = (
+    "average precision (scikit-learn's definition) of each source-visible keypoint's similarity map, min-max "
+    "normalised over the pair's maps: positive, its maximum within alpha * L of the target keypoint (where it is "
+    "visible there), negative, its maximum beyond (over the whole map where it is not); patches at their top-left "
+    "corner"
+)
+KAP_AVERAGING = {
+    "per_image": "mean over image pairs of each pair's average precision",
+    "per_keypoint": "each category's average precision over its pooled keypoints, averaged over categories weighted "
+    "by their source-visible keypoints",
+}
+
+
+def nearest_is_own(table: pd.DataFrame) -> np.ndarray:
+    """Per row of a keypoint table: whether its own ground truth is, of its pair's (the table holds the keypoints
+    visible in both images), the nearest to its prediction; equal distances go to the lowest id (numeric ids by
+    value), as torch.argmin over Jamais Vu's ascending ids."""
+    if table.empty:
+        return np.zeros(0, dtype=bool)
+    pair = pd.factorize(table["pair_id"])[0]
+    numeric = pd.to_numeric(table["kp_id"], errors="coerce")
+    rank = pd.factorize(numeric if numeric.notna().all() else table["kp_id"], sort=True)[0]
+    order = np.lexsort((rank, pair))  # each pair's rows together, ids ascending
+    pair = pair[order]
+    size = np.bincount(pair)[pair]  # each row's pair's number of keypoints
+    row = np.repeat(np.arange(len(pair)), size)  # every (row, candidate of its pair)
+    block = np.cumsum(size) - size  # where each row's candidates start
+    candidate = np.searchsorted(pair, pair)[row] + np.arange(len(row)) - np.repeat(block, size)
+    pred = table[["pred_x", "pred_y"]].to_numpy(np.float64)[order]
+    gt = table[["gt_x", "gt_y"]].to_numpy(np.float64)[order]
+    d2 = ((pred[row] - gt[candidate]) ** 2).sum(axis=1)
+    nearest = d2 == np.repeat(np.minimum.reduceat(d2, block), size)
+    hits = np.flatnonzero(nearest)  # in row order, each row's candidates by ascending id
+    first = hits[np.r_[True, row[hits][1:] != row[hits][:-1]]]  # each row's first nearest: the lowest id
+    own = np.empty(len(order), dtype=bool)
+    own[order] = candidate[first] == np.arange(len(order))
+    return own
+
+
+def pck_dagger(table: pd.DataFrame) -> dict[str, object]:
+    """PCK-dagger at the table's alphas, both averagings, overall and per category, from the keypoint table alone."""
+    alphas, own = alphas_of(table), nearest_is_own(table)
+    hits = table[["pair_id", "category"]].assign(
+        **{correct_column(a): is_correct(table["distance"], table["norm_L"], a, strict=True) & own for a in alphas}
+    )
+    per_category = {cat: overall(group, alphas, "pck_dagger") for cat, group in hits.groupby("category", sort=True)}
+    return {**overall(hits, alphas, "pck_dagger"), "per_category": per_category, "rule": DAGGER_RULE}
+
+
+def kap_alphas(samples: pd.DataFrame) -> list[float]:
+    """The thresholds a table of KAP scores holds, from its column names."""
+    return [float(c.split("@", 1)[1]) for c in samples.columns if c.startswith("positive@")]
+
+
+def kap(samples: pd.DataFrame) -> dict[str, object]:
+    """KAP at each alpha, both averagings, overall and per category, from the per-keypoint scores alone (one row per
+    source-visible keypoint: pair_id, category, trg_visible, positive@alpha and negative@alpha)."""
+    visible = samples["trg_visible"].to_numpy(bool)
+    pair, pairs = pd.factorize(samples["pair_id"])
+    category, categories = pd.factorize(samples["category"], sort=True)
+    pair_category = np.zeros(len(pairs), int)
+    pair_category[pair] = category
+    keypoints = np.bincount(category)
+    out: dict[str, object] = {}
+    per_category: dict[str, dict] = {cat: {} for cat in categories}
+    for alpha in kap_alphas(samples):
+        positive, negative = (samples[f"{kind}@{alpha:g}"].to_numpy(np.float64) for kind in ("positive", "negative"))
+        scores, labels = np.r_[positive[visible], negative], np.r_[np.ones(visible.sum()), np.zeros(len(negative))]
+        by_pair = average_precision(scores, labels, np.r_[pair[visible], pair])
+        by_category = average_precision(scores, labels, np.r_[category[visible], category])
+        pair_mean = np.bincount(pair_category, by_pair) / np.bincount(pair_category)
+        key = f"kap@{alpha:g}"
+        out[key] = {
+            "per_image": 100.0 * float(by_pair.mean()),
+            "per_keypoint": 100.0 * float(np.average(by_category, weights=keypoints)),
+        }
+        for c, cat in enumerate(categories):
+            per_category[cat][key] = {
+                "per_image": 100.0 * float(pair_mean[c]),
+                "per_keypoint": 100.0 * float(by_category[c]),
+            }
+    for c, cat in enumerate(categories):
+        per_category[cat] |= {"pairs": int((pair_category == c).sum()), "keypoints": int(keypoints[c])}
+    counts = {"pairs": len(pairs), "keypoints": len(samples)}
+    return {**out, **counts, "per_category": per_category, "rule": KAP_RULE, "averaging": KAP_AVERAGING}
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The average precision of each group's scores (group codes 0..n-1), all groups in one pass, by scikit-learn's
+    average_precision_score definition: over the distinct scores in descending order (equal scores taken together),
+    the precision at each, weighted by the recall it adds. A group without positives gets NaN."""
+    order = np.lexsort((-scores, groups))
+    group, score, label = groups[order], scores[order], labels[order]
+    first = np.searchsorted(group, group)  # each sample's group's first sample
+    tp = np.cumsum(label)
+    tp = tp - (tp[first] - label[first])
+    seen = np.arange(len(group)) - first + 1
+    last = np.r_[(group[1:] != group[:-1]) | (score[1:] != score[:-1]), True]  # a distinct score's last sample
+    group, tp, seen = group[last], tp[last], seen[last]
+    starts = np.r_[True, group[1:] != group[:-1]]
+    positives = np.zeros(group[-1] + 1)
+    positives[group] = tp  # each group's last: its total
+    recall = tp / np.maximum(positives[group], 1)
+    added = recall - np.where(starts, 0.0, np.r_[0.0, recall[:-1]])
+    precision_sum = np.bincount(group, added * tp / seen, minlength=len(positives))
+    return np.where(positives > 0, precision_sum, np.nan)
 
 
 def pair_table(table: pd.DataFrame, pairs: list[PairRecord]) -> pd.DataFrame:

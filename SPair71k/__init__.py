@@ -25,7 +25,8 @@ is missing): the flag `azimuth_difference`, min(|a - b|, 8 - |a - b|) of the ima
 8 viewpoint bins); and per keypoint, with keypoint_groups.json (GeoAware-SC's tables, in slot ids): its
 left-right partner (`kp_mirror`, for --flip-align), and whether it is geometry-aware (`kp_flags["geo_aware"]`:
 a member of a group of which at least 2 keypoints are visible in the target image and at least 1 in both,
-GeoAware-SC's utils/eval_spair.py rule; a keypoint on its own never is).
+GeoAware-SC's utils/eval_spair.py rule; a keypoint on its own never is); and the keypoints visible in the source
+image only (`src_only_ids`/`src_only_kps`, the slots its `kps` holds that the target's does not: KAP scores them).
 
 An image is identified by category and name together (`spair/<category>/<imname>`): a few file
 names occur in two category folders (large test: 481 image files, 479 distinct names).
@@ -37,8 +38,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from semcorr.config.settings import LAYOUTS, DataSettings
 from semcorr.data.images import ImageRef
@@ -106,16 +110,21 @@ def read_layout(path: Path) -> list[PairName]:
     return names
 
 
+Images = dict[str, tuple[ImageRef, str]]  # image key -> the image, and the annotation file that gave its size
 KEYPOINT_GROUPS = json.loads((Path(__file__).parent / "keypoint_groups.json").read_text())
 AZIMUTH_BINS = 8
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What a pair needs of an image's ImageAnnotation: its viewpoint bin and the keypoint slots visible in it."""
+    """What a pair needs of an image's ImageAnnotation: its viewpoint bin and the keypoints visible in it."""
 
     azimuth: int
-    visible: frozenset[str]
+    points: dict[str, tuple[float, float]]  # slot id -> (x, y), the visible slots in ascending id order
+
+    @property
+    def visible(self) -> frozenset[str]:
+        return frozenset(self.points)
 
 
 def load(root: Path, data: DataSettings) -> PairSet:
@@ -138,14 +147,15 @@ def load(root: Path, data: DataSettings) -> PairSet:
     )
     if not with_images:
         pairset.notes.append(
-            f"no {root / 'ImageAnnotation'}: no azimuth difference, geometry-aware subset or left-right partners"
+            f"no {root / 'ImageAnnotation'}: no azimuth difference, geometry-aware subset, left-right partners or "
+            "source-only keypoints (KAP scores the keypoints visible in both images only)"
         )
     return pairset
 
 
 def _records(root: Path, ann_dir: Path, names: list[PairName], with_images: bool) -> Iterator[PairRecord]:
     available = set(os.listdir(ann_dir))
-    images: dict[str, tuple[ImageRef, str]] = {}  # key -> the image, and the annotation that gave its size
+    images: Images = {}
     infos: dict[str, ImageInfo] = {}
     checked: set[str] = set()
     for name in names:
@@ -154,25 +164,25 @@ def _records(root: Path, ann_dir: Path, names: list[PairName], with_images: bool
             tried = " or ".join(str(ann_dir / f) for f in name.file_names())
             raise DatasetError(f"pair annotation of {name.name} not found: tried {tried}")
         path = os.path.join(ann_dir, found[0])
-        record = _pair_record(path, name, str(root), images)
-        for ref in (record.src, record.trg):
-            if ref.key not in checked and not os.path.isfile(ref.path):
-                raise DatasetError(f"image not found: {ref.path} (used by {path})")
-            checked.add(ref.key)
+        record = check_images(_pair_record(path, name, str(root), images), path, checked)
         if with_images:
             src, trg = (_image_info(root, name.category, ref, infos) for ref in (record.src, record.trg))
             record = _with_groups(record, src, trg)
         yield record
 
 
-def _pair_record(path: str, name: PairName, root: str, images: dict[str, tuple[ImageRef, str]]) -> PairRecord:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise DatasetError(f"cannot read pair annotation {path}: {exc}") from None
-    try:
-        ann = json.loads(data)  # bytes: a UTF-8 byte-order mark is fine
+def check_images(record: PairRecord, path: str, checked: set[str]) -> PairRecord:
+    """The record, once its two image files are found (each checked once: `checked` holds the keys seen)."""
+    for ref in (record.src, record.trg):
+        if ref.key not in checked and not os.path.isfile(ref.path):
+            raise DatasetError(f"image not found: {ref.path} (used by {path})")
+        checked.add(ref.key)
+    return record
+
+
+def _pair_record(path: str, name: PairName, root: str, images: Images) -> PairRecord:
+    ann = read_json(path, "pair annotation")
+    with malformed(path, "pair annotation"):
         src_kps = points_array(ann["src_kps"], "src_kps")
         trg_kps = points_array(ann["trg_kps"], "trg_kps")
         kp_ids = keypoint_ids(ann["kps_ids"], "kps_ids")
@@ -180,32 +190,54 @@ def _pair_record(path: str, name: PairName, root: str, images: dict[str, tuple[I
             raise ValueError(
                 f"src_kps, trg_kps and kps_ids differ in length ({len(src_kps)}, {len(trg_kps)}, {len(kp_ids)})"
             )
-        if ann["category"] != name.category:
-            raise ValueError(f"category {ann['category']!r} but the pair name says {name.category!r}")
-        src, trg = (_image(root, name.category, ann, side, path, images) for side in ("src", "trg"))
-        record = PairRecord(
-            pair_id=name.name,
-            dataset=NAME,
-            category=name.category,
-            src=src,
-            trg=trg,
-            src_kps=src_kps,
-            trg_kps=trg_kps,
-            kp_ids=kp_ids,
-            src_bbox=box_tuple(ann["src_bndbox"], "src_bndbox"),
-            trg_bbox=box_tuple(ann["trg_bndbox"], "trg_bndbox"),
-            flags={flag: _flag(ann, flag) for flag in FLAGS},
-        )
+        flags = {flag: difficulty_flag(ann, flag) for flag in FLAGS}
+        return pair_record(ann, name, root, images, path, src_kps=src_kps, trg_kps=trg_kps, kp_ids=kp_ids, flags=flags)
+
+
+def pair_record(
+    ann: dict, name: PairName, root: str, images: Images, path: str, *, dataset: str = NAME, **keypoints
+) -> PairRecord:
+    """The PairRecord of pair annotation `ann` (file `path`; its category checked against its name, its images and
+    boxes) with `keypoints` (and flags) given."""
+    if ann["category"] != name.category:
+        raise ValueError(f"category {ann['category']!r} but the pair name says {name.category!r}")
+    return PairRecord(
+        pair_id=name.name,
+        dataset=dataset,
+        category=name.category,
+        src=_image(root, name.category, ann, "src", path, images),
+        trg=_image(root, name.category, ann, "trg", path, images),
+        src_bbox=box_tuple(ann["src_bndbox"], "src_bndbox"),
+        trg_bbox=box_tuple(ann["trg_bndbox"], "trg_bndbox"),
+        **keypoints,
+    )
+
+
+def read_json(path: str | Path, what: str) -> dict:
+    """An annotation file's JSON; DatasetError naming the file when it cannot be read or parsed."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise DatasetError(f"cannot read {what} {path}: {exc}") from None
+    with malformed(path, what):
+        return json.loads(data)
+
+
+@contextmanager
+def malformed(path: str | Path, what: str) -> Iterator[None]:
+    """Turns a missing field or a wrong value met while reading file `path` into one DatasetError naming it."""
+    try:
+        yield
+    except DatasetError:
+        raise
     except KeyError as exc:
-        raise DatasetError(f"{path}: malformed pair annotation, missing field {exc}") from None
-    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise DatasetError(f"{path}: malformed pair annotation: {exc}") from None
-    return record
+        raise DatasetError(f"{path}: malformed {what}, missing field {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+        raise DatasetError(f"{path}: malformed {what}: {exc}") from None
 
 
-def _image(
-    root: str, category: str, ann: dict, side: str, path: str, images: dict[str, tuple[ImageRef, str]]
-) -> ImageRef:
+def _image(root: str, category: str, ann: dict, side: str, path: str, images: Images) -> ImageRef:
     """The ImageRef of the pair's `side` ("src" or "trg"); an image that two annotations give two sizes is an error."""
     imname, imsize = ann[f"{side}_imname"], ann[f"{side}_imsize"]
     key = f"{NAME}/{category}/{os.path.splitext(imname)[0]}"
@@ -223,7 +255,7 @@ def _image(
     return ref
 
 
-def _flag(ann: dict, flag: str) -> int:
+def difficulty_flag(ann: dict, flag: str) -> int:
     """A difficulty flag of the annotation, one of its levels (pairs.DIFFICULTY_LEVELS; mirror: 0 or 1)."""
     levels = len(DIFFICULTY_LEVELS.get(flag, ("no", "yes")))
     value = ann[flag]
@@ -236,17 +268,17 @@ def _image_info(root: Path, category: str, ref: ImageRef, infos: dict[str, Image
     """The ImageAnnotation of an image, read once."""
     if ref.key not in infos:
         path = root / "ImageAnnotation" / category / f"{Path(ref.path).stem}.json"
-        try:
-            ann = json.loads(path.read_bytes())
-            kps = ann["kps"]
-            infos[ref.key] = ImageInfo(
-                int(ann["azimuth_id"]), frozenset(str(k) for k, xy in kps.items() if xy is not None)
-            )
-        except OSError as exc:
-            raise DatasetError(f"cannot read image annotation {path}: {exc}") from None
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise DatasetError(f"{path}: malformed image annotation ({type(exc).__name__}: {exc})") from None
+        ann = read_json(path, "image annotation")
+        with malformed(path, "image annotation"):
+            infos[ref.key] = ImageInfo(int(ann["azimuth_id"]), visible_points(ann["kps"]))
     return infos[ref.key]
+
+
+def visible_points(kps: dict) -> dict[str, tuple[float, float]]:
+    """An image annotation's `kps` ({slot: [x, y] or null}): the visible slots, in ascending slot order."""
+    visible = sorted((slot for slot, xy in kps.items() if xy is not None), key=int)
+    xy = points_array([kps[slot] for slot in visible], "kps")
+    return {slot: (x, y) for slot, (x, y) in zip(visible, xy.tolist(), strict=True)}
 
 
 def _with_groups(record: PairRecord, src: ImageInfo, trg: ImageInfo) -> PairRecord:
@@ -266,4 +298,6 @@ def _with_groups(record: PairRecord, src: ImageInfo, trg: ImageInfo) -> PairReco
         if len(members & trg.visible) >= 2 and members & both:
             geo_aware |= members & both
     record.kp_flags["geo_aware"] = [kp in geo_aware for kp in record.kp_ids]
+    record.src_only_ids = [kp for kp in src.points if kp not in both]
+    record.src_only_kps = np.array([src.points[kp] for kp in record.src_only_ids], np.float32).reshape(-1, 2)
     return record

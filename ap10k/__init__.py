@@ -13,9 +13,9 @@ families; category "all"). The lists are built by GeoAware-SC's rules (ap10k/pai
 pair_lists.json with the sha256 of the annotation files and the crowd list they were built from; they
 are built again when those change.
 
-Each pair holds the keypoints labelled (visibility 1 or 2) in both images, ids "0".."16" (AP-10K's 17
-keypoints: eyes, nose, neck, root of tail, then shoulder, elbow, paw of the front legs and hip, knee,
-paw of the back legs, left before right), in annotated pixels as they are (as GeoAware-SC uses them).
+Each pair holds the keypoints labelled (visibility 1 or 2) in both images (and apart, for KAP, those labelled in
+the source only), ids "0".."16" (AP-10K's 17 keypoints: eyes, nose, neck, root of tail, then shoulder, elbow, paw
+of the front legs and hip, knee, paw of the back legs, left before right), in annotated pixels as they are (as GeoAware-SC uses them).
 GeoAware-SC's loader halves the visibility and then multiplies x, y and visibility by it, which moves a
 keypoint of visibility 1 to half its coordinates; here it keeps its place. Boxes are the COCO `bbox`
 (x, y, w, h) as (x, y, x + w, y + h): the PCK threshold is alpha times its larger side, as GeoAware-SC's
@@ -118,6 +118,7 @@ def _records(root: Path, names: list[str], animals: dict[str, Animal]) -> Iterat
         pair, _, category = name.rpartition(":")
         src, trg = (animals[stem] for stem in pair.split("-"))
         shared = np.flatnonzero((src.keypoints[:, 2] > 0) & (trg.keypoints[:, 2] > 0))
+        only = np.flatnonzero((src.keypoints[:, 2] > 0) & (trg.keypoints[:, 2] == 0))  # KAP scores them too
         src_ref, trg_ref = _image(root, src, images), _image(root, trg, images)
         yield PairRecord(
             pair_id=name,
@@ -128,6 +129,8 @@ def _records(root: Path, names: list[str], animals: dict[str, Animal]) -> Iterat
             src_kps=_keypoints(src, shared, src_ref),
             trg_kps=_keypoints(trg, shared, trg_ref),
             kp_ids=[str(i) for i in shared],
+            src_only_ids=[str(i) for i in only],
+            src_only_kps=_keypoints(src, only, src_ref),
             src_bbox=_box(src, src_ref),
             trg_bbox=_box(trg, trg_ref),
         )

@@ -1,4 +1,4 @@
-"""Tiny datasets written at test time in the exact on-disk formats of SPair-71k, PF-Pascal,
+"""Tiny datasets written at test time in the exact on-disk formats of SPair-71k, SPair-U, PF-Pascal,
 PF-Willow, AP-10K and custom pairs files, from a description of images and pairs.
 
     images = fake_images("cat", 3, size=(48, 36), num_kps=5)
@@ -221,6 +221,73 @@ def _spair_pair(number: int, name: str, pair: FakePair) -> dict:
         "src_kps": src.tolist(), "trg_kps": trg.tolist(), "kps_ids": ids,
         **{flag: pair.flags.get(flag, 0) for flag in SPAIR_FLAGS},
     }  # fmt: skip
+
+
+# ---- SPair-U -----------------------------------------------------------------------------------
+
+SPAIR_U_SLOTS = 30  # every ExtraImageAnnotation's kps has "0".."29", null where not visible (Jamais Vu reads all 30)
+SPAIR_U_SIZES = ((420, 315), (315, 420), (210, 210), (840, 560), (210, 105))  # 840-canvas scales of 2, 4 and 1
+
+
+def make_spair_u(root: Path, pairs: list[FakePair], windows_names: bool = False) -> Path:
+    """SPair-U's annotations in the SPair-71k folder `root`: ExtraImageAnnotation/<category>/<imname>.json (each
+    image's keypoints in 30 slots) and ExtraPairAnnotation/test/<pair name>.json (SPair-71k's pair format), with
+    the images where they are not there yet (make_spair writes SPair-71k's own files)."""
+    for image in unique_images(pairs):
+        path = root / "JPEGImages" / image.category / f"{image.name}.jpg"
+        if not path.exists():
+            write_image(path, image)
+        kps = {str(i): list(image.kps[i]) if i in image.kps else None for i in range(SPAIR_U_SLOTS)}
+        _write_json(root / "ExtraImageAnnotation" / image.category / f"{image.name}.json", {
+            "filename": f"{image.name}.jpg", "image_width": image.size[0], "image_height": image.size[1],
+            "category": image.category, "bndbox": list(image.box()), "kps": kps,
+        })  # fmt: skip
+    for number, pair in enumerate(pairs, 1):
+        name = spair_pair_name(number, pair)
+        file_name = name.replace(":", "_") if windows_names else name
+        _write_json(root / "ExtraPairAnnotation" / "test" / f"{file_name}.json", _spair_pair(number, name, pair))
+    return root
+
+
+def synthetic_spair_u(seed: int = 0) -> list[FakePair]:
+    """SPair-U test pairs on which each rule of Jamais Vu's loader and metrics has a case: three categories, their
+    files named out of order; slots beyond 9 (ids sort as numbers); keypoints visible in the source only (cat, dog;
+    in chair every image shows every slot, so the reference's KAP is right there as it stands); image sizes whose
+    840 canvas is an exact scale (2, 4, 1) with and without padding; integer keypoints on distinct canvas patches
+    of 14 px within each image, two of them neighbours; boxes whose sides are no multiple of 5 (no patch corner lies exactly at
+    alpha * L)."""
+    rng = np.random.default_rng(seed)
+    slots = {"dog": [4, 5, 9, 13, 21, 22], "cat": [0, 3, 7, 11, 12, 20, 25], "chair": [1, 2, 10, 17, 29]}
+    pairs = []
+    for c, (category, pool) in enumerate(slots.items()):
+        images = []
+        for n in range(4):
+            shown = pool if category == "chair" else sorted(rng.choice(pool, len(pool) - 2, replace=False).tolist())
+            images.append(_spair_u_image(f"{category}_{n:02d}", category, SPAIR_U_SIZES[(c + n) % 5], shown, rng))
+        order = rng.permutation(12)[:6]
+        pairs += [[FakePair(a, b, "test") for a in images for b in images if a is not b][i] for i in order]
+    return pairs
+
+
+def _spair_u_image(name: str, category: str, size: tuple[int, int], shown: list[int], rng) -> FakeImage:
+    """An image with integer keypoints in slots `shown`, each on its own patch of the 840 canvas (the first two on
+    neighbouring patches: a prediction between them can be within a threshold of both), and a box."""
+    w, h = size
+    scale = 840 // max(w, h)
+    offset = ((840 - w * scale) // 2, (840 - h * scale) // 2)
+    step = -(-14 // scale)  # one canvas patch to the right
+    x, y = int(rng.integers(3, w - 3 - step)), int(rng.integers(3, h - 3))
+    kps: dict[int, tuple[float, float]] = {shown[0]: (float(x), float(y)), shown[1]: (float(x + step), float(y))}
+    while len(kps) < len(shown):
+        x, y = int(rng.integers(3, w - 3)), int(rng.integers(3, h - 3))
+        patch = ((x * scale + offset[0]) // 14, (y * scale + offset[1]) // 14)
+        if all(((a * scale + offset[0]) // 14, (b * scale + offset[1]) // 14) != patch for a, b in kps.values()):
+            kps[shown[len(kps)]] = (float(x), float(y))
+    xy = np.array(list(kps.values()))
+    x1, y1 = np.maximum(xy.min(axis=0) - rng.integers(1, 4, 2), 0)
+    x2, y2 = np.minimum(xy.max(axis=0) + rng.integers(1, 4, 2), (w - 1, h - 1))
+    x1, y1 = x1 - ((x2 - x1) % 5 == 0) * (x1 > 0), y1 - ((y2 - y1) % 5 == 0) * (y1 > 0)
+    return FakeImage(name, category, size, kps, bbox=tuple(float(v) for v in (x1, y1, x2, y2)))
 
 
 # ---- PF-Pascal ---------------------------------------------------------------------------------

@@ -132,12 +132,16 @@ def test_pairs_hold_the_keypoints_labelled_in_both_in_place_with_the_box_as_thre
         src, trg = (by_stem[stem] for stem in pair.pair_id.rpartition(":")[0].split("-"))
         ids = sorted(set(src.kps) & set(trg.kps))
         assert pair.kp_ids == [str(i) for i in ids]
+        only = sorted(set(src.kps) - set(trg.kps))  # labelled in the source only: KAP's
+        assert pair.src_only_ids == [str(i) for i in only]
+        np.testing.assert_array_equal(pair.src_only_kps, np.reshape([src.kps[i][:2] for i in only], (-1, 2)))
         np.testing.assert_array_equal(pair.src_kps, [src.kps[i][:2] for i in ids])  # visibility 1 too: not halved
         np.testing.assert_array_equal(pair.trg_kps, [trg.kps[i][:2] for i in ids])
         x, y, w, h = trg.coco_bbox()
         np.testing.assert_allclose(pair.trg_bbox, (x, y, x + w, y + h), atol=1e-6)
         assert threshold_lengths([pair], "bbox")[0] == pytest.approx(max(w, h))
         assert (pair.src.size, pair.trg.size, pair.category) == (src.size, trg.size, src.species)
+    assert any(pair.src_only_ids for pair in pairset.pairs)
     turned = {ref.key: ref for pair in pairset.pairs for ref in (pair.src, pair.trg)}["ap10k/000000000012"]
     assert turned.orientation == 6 and turned.size == (40, 52)
     rgb = np.asarray(load_image(turned)).astype(int)

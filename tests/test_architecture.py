@@ -18,7 +18,7 @@ DESIGN = {"helper_functions.py", "matching_strategies.py", "pck.py"}
 LAYERS = {
     "semcorr.config": 0, "semcorr.data": 0, "semcorr.storage": 0,
     "helper_functions": 1, "matching_strategies": 1, "pck": 1, "models": 1,
-    "SPair71k": 1, "pf_pascal": 1, "pf_willow": 1, "ap10k": 1,
+    "SPair71k": 1, "pf_pascal": 1, "pf_willow": 1, "ap10k": 1, "spair_u": 1,
     "semcorr.cli": 2, "semcorr.engine": 2, "semcorr.runs": 2, "semcorr.report": 2, "semcorr.viz": 2,
     "semcorr.download": 2, "finetuning": 2,
 }  # fmt: skip
@@ -51,7 +51,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
 
 
 def library_files() -> list[Path]:
-    folders = ["semcorr", "models", "finetuning", "SPair71k", "pf_pascal", "pf_willow", "ap10k"]
+    folders = ["semcorr", "models", "finetuning", "SPair71k", "pf_pascal", "pf_willow", "ap10k", "spair_u"]
     return sorted(p for folder in folders for p in (REPO / folder).rglob("*.py")) + [REPO / d for d in sorted(DESIGN)]
 
 

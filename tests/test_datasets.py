@@ -402,19 +402,24 @@ def test_an_empty_pair_list_names_the_file(tmp_path):
 
 def test_rescaled_keypoints_stay_inside_their_image(tmp_path):
     """A keypoint on the last pixel row maps past the last row of a half-size file: clamped, and counted."""
-    images = [FakeImage("a", "cat", (40, 30), {0: (9.0, 5.0)}), FakeImage("b", "cat", (40, 30), {0: (19.5, 29.0)})]
+    images = [
+        FakeImage("a", "cat", (40, 30), {0: (9.0, 5.0), 1: (3.0, 1.0)}),  # 1 visible in the source only
+        FakeImage("b", "cat", (40, 30), {0: (19.5, 29.0)}),
+    ]
     root = make_spair(tmp_path, [FakePair(images[0], images[1])])
-    path = root / "JPEGImages" / "cat" / "b.jpg"
-    Image.open(path).resize((20, 15)).save(path)
+    for name in ("a", "b"):
+        path = root / "JPEGImages" / "cat" / f"{name}.jpg"
+        Image.open(path).resize((20, 15)).save(path)
     rescaled = load_pairs("spair", root=root, rescale_annotations=True)
     np.testing.assert_allclose(rescaled.pairs[0].trg_kps, [[9.5, 14.0]])  # (29 + 0.5) / 2 - 0.5 = 14.25 -> 14
+    np.testing.assert_allclose(rescaled.pairs[0].src_only_kps, [[1.25, 0.25]])  # scaled with the source's others
     assert rescaled.clamped_keypoints == 1 and "1 rescaled keypoints lie outside their image: clamped" in rescaled.notes
 
 
 def test_spair_image_annotations_give_azimuth_partners_and_the_geometry_aware_keypoints(tmp_path):
     """GeoAware-SC's rule (utils/eval_spair.py): a keypoint of a group of which >= 2 members are visible in the
     target and >= 1 in both; for cat, groups [2, 3] and [9, 10, 11, 12]; 13 is on its own (never)."""
-    src = FakeImage("src", "cat", (60, 40), {2: (5.0, 5.0), 9: (9.0, 9.0), 13: (20.0, 20.0)}, azimuth=1)
+    src = FakeImage("src", "cat", (60, 40), {2: (5.0, 5.0), 5: (8.0, 3.0), 9: (9.0, 9.0), 13: (20.0, 20.0)}, azimuth=1)
     trg = FakeImage("trg", "cat", (60, 40), {2: (6.0, 6.0), 3: (7.0, 7.0), 9: (9.0, 8.0), 10: (3.0, 3.0),
                                              13: (9.0, 20.0)}, azimuth=7)  # fmt: skip
     root = make_spair(tmp_path / "SPair-71k", [FakePair(src, trg, "test")])
@@ -423,7 +428,9 @@ def test_spair_image_annotations_give_azimuth_partners_and_the_geometry_aware_ke
     assert pair.kp_flags["geo_aware"] == [True, True, False]
     assert pair.kp_mirror == ["3", "10", "13"]  # SPAIR_FLIP_TRN's partners; 13 lies on the mirror axis
     assert pair.flags["azimuth_difference"] == 2  # bins 1 and 7 of 8: two apart the short way round
+    assert pair.src_only_ids == ["5"] and pair.src_only_kps.tolist() == [[8.0, 3.0]]  # for KAP
     shutil.rmtree(root / "ImageAnnotation")
     pairset = load_pairs("spair", root=root, split="test")
     assert pairset.pairs[0].kp_mirror is None and "azimuth_difference" not in pairset.pairs[0].flags
+    assert pairset.pairs[0].src_only_ids == [] and any("source-only keypoints" in n for n in pairset.notes)
     assert any("ImageAnnotation: no azimuth difference" in note for note in pairset.notes)

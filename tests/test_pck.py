@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import pck
@@ -102,3 +103,68 @@ def test_summary_is_recomputable_from_the_csv(tmp_path):
     table = pck.keypoint_table(pairs, pred, [0.05, 0.1, 0.2], "bbox")
     folders.write_run(tmp_path, "evaluation", {}, per_keypoint=table)
     assert pck.summarize(folders.read_run(tmp_path).keypoints()) == pck.summarize(table)
+
+
+def test_pck_dagger_counts_a_hit_only_where_its_own_keypoint_is_the_nearest():
+    """Jamais Vu's rule: of the pair's keypoints visible in both images, the prediction's nearest ground truth must be
+    its own; equal distances go to the lowest id (ids "2" < "10" as numbers); distance < alpha * L, strictly."""
+    gt = [[0, 0], [20, 0], [100, 100], [60, 0], [200, 200]]
+    p = pair("a", "cat", gt, bbox=(0, 0, 100, 50), kp_ids=["10", "2", "7", "3", "4"])  # L = 100
+    pred = np.array(
+        [
+            [10, 0],  # "10": as far from "2" (a lower id) as from its own: not its own
+            [10, 0],  # "2": as far from "10" (a higher id) as from its own: its own
+            [100, 108],  # "7": its own is nearest
+            [45, 0],  # "3": 15 px from its own, 25 px from "2": its own
+            [10, 1],  # "4": near "10" and "2", far from its own
+        ],
+        dtype=float,
+    )
+    table = pck.keypoint_table([p], pred, [0.1, 0.15], "bbox")
+    assert pck.nearest_is_own(table).tolist() == [False, True, True, True, False]
+    dagger = pck.pck_dagger(table)
+    # 0.1 (10 px, strict): "2" (10 px: not < 10), "7" (8 px) -> 1 of 5; 0.15: "2", "7", "3" (15: not < 15) -> 2
+    assert dagger["pck_dagger@0.1"] == {"per_image": 20.0, "per_keypoint": 20.0}
+    assert dagger["pck_dagger@0.15"]["per_keypoint"] == 40.0
+    assert dagger["per_category"]["cat"]["pck_dagger@0.15"]["per_image"] == 40.0
+    assert pck.summarize(table)["pck@0.15"]["per_keypoint"] == 80.0  # PCK counts "10" and "3" too
+    assert pck.nearest_is_own(table.iloc[:0]).tolist() == []
+    shuffled = table.sample(frac=1.0, random_state=1)
+    assert pck.nearest_is_own(shuffled).tolist() == pck.nearest_is_own(table)[shuffled.index].tolist()
+
+
+def test_average_precision_is_scikit_learns_for_every_group_at_once():
+    from sklearn.metrics import average_precision_score  # the definition Jamais Vu's KAP calls
+
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 40, 1500)
+    scores = rng.integers(0, 8, 1500) / 7.0  # many equal scores, within and across labels
+    labels = (rng.random(1500) < 0.3).astype(float)
+    labels[groups == 7] = 0.0  # a group without positives
+    ap = pck.average_precision(scores, labels, groups)
+    for g in range(40):
+        if g == 7:
+            assert np.isnan(ap[g])
+            continue
+        assert ap[g] == pytest.approx(average_precision_score(labels[groups == g], scores[groups == g]), abs=1e-12)
+
+
+def test_kap_by_hand_both_averagings_and_the_category_weights():
+    rows = [  # pair p: positives 0.9, 0.4; negatives 0.5, 0.2, 0.3 (the last keypoint is not visible in the target)
+        ("p", "cat", "0", True, 0.9, 0.5),
+        ("p", "cat", "1", True, 0.4, 0.2),
+        ("p", "cat", "2", False, np.nan, 0.3),
+        ("q", "dog", "0", True, 0.1, 0.6),  # pair q: positive 0.1 below its negative 0.6
+    ]
+    samples = pd.DataFrame(
+        rows, columns=["pair_id", "category", "kp_id", "trg_visible", "positive@0.1", "negative@0.1"]
+    )
+    # p: ranked 0.9+ 0.5- 0.4+ 0.3- 0.2-: AP = 1/2 * 1 + 1/2 * 2/3; q: 0.6- 0.1+: AP = 1/2
+    p_ap, q_ap = 0.5 + 1 / 3, 0.5
+    kap = pck.kap(samples)
+    assert kap["kap@0.1"]["per_image"] == pytest.approx(100 * (p_ap + q_ap) / 2)
+    assert kap["kap@0.1"]["per_keypoint"] == pytest.approx(100 * (3 * p_ap + 1 * q_ap) / 4)  # weights: source-visible
+    assert kap["per_category"]["cat"] == {"kap@0.1": {"per_image": pytest.approx(100 * p_ap),
+                                                      "per_keypoint": pytest.approx(100 * p_ap)},
+                                          "pairs": 1, "keypoints": 3}  # fmt: skip
+    assert (kap["pairs"], kap["keypoints"]) == (2, 4)

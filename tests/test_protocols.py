@@ -362,3 +362,11 @@ def test_canvas_coordinates_are_geoawares_float32_products():
         uv = geom.to_input(xy)
         np.testing.assert_array_equal(uv + 0.5, theirs.astype(np.float64))
         np.testing.assert_array_equal(np.floor(input_to_patch(uv, 14, "canvas") + 0.5), patch)
+
+
+def test_every_protocol_names_the_threshold_length_of_every_dataset():
+    from semcorr.data.datasets import LOADERS
+
+    for name, protocol in PROTOCOLS.items():
+        assert set(protocol.conventions.pck_norms) == set(LOADERS), name
+    assert resolved(protocol="geoaware", dataset="ap10k").data.pck_norm == "bbox"  # GeoAware-SC's own AP-10K rule

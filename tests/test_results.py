@@ -17,6 +17,8 @@ def sample_files(kind: str) -> dict:
     tables = {
         "per_keypoint": ids.assign(distance=[0.1 + 0.2, 1 / 3], **{"correct@0.1": [True, False]}),
         "per_pair": ids.drop(columns="kp_id").assign(src_image=["a/001", "b"], trg_image=["c", "nan"]),
+        # a number left out (a keypoint not visible in the target has no positive) reads back as NaN, beside "NA" ids
+        "per_keypoint_kap": ids.assign(trg_visible=[False, True], **{"positive@0.1": [np.nan, 1 / 3]}),
         "grid": pd.DataFrame({"matcher": ["argmax", "wsoftargmax"], "window": pd.array([None, 5], dtype="Int64")}),
         "weights": pd.DataFrame({"weight_0": [0.25, 0.75], "pck@0.1_per_image": [50.0, 2 / 3]}),
         "train_log": pd.DataFrame({"step": [0, 10], "loss": [np.nan, 1.5]}),

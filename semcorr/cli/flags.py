@@ -35,7 +35,7 @@ from semcorr.config.settings import (
 
 CheckpointFlag = Literal["none", "optional", "either"]
 # semcorr/data/datasets.py's LOADERS (checked there too)
-DATASETS = ("spair", "pf-pascal", "pf-willow", "ap10k", "custom")
+DATASETS = ("spair", "pf-pascal", "pf-willow", "ap10k", "spair-u", "custom")
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,9 @@ def points(text: str) -> tuple[tuple[float, float], ...]:
     return tuple(values)
 
 
-def add_data_args(p: argparse.ArgumentParser, *, split: str = "test", root: type = EvalSettings) -> None:
+def add_data_args(
+    p: argparse.ArgumentParser, *, split: str = "test", root: type = EvalSettings, kap: bool = True
+) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help="benchmark to evaluate on" + default_text("data.dataset", root))
     g.add_argument(
@@ -248,6 +250,14 @@ def add_data_args(p: argparse.ArgumentParser, *, split: str = "test", root: type
         help="PCK threshold length L: bbox = target bbox max side, image = target image max side, kpbox = target "
         f"keypoint box max side (default: per protocol and dataset; default protocol: {norms})",
     )
+    if kap:
+        g.add_argument(
+            "--kap",
+            action="store_true",
+            help="also KAP (Jamais Vu's keypoint average precision): every keypoint visible in a source image scored "
+            "on its similarity map, into per_keypoint_kap.csv; 1.4 to 2 times what matching and PCK take "
+            "(PCK-dagger is always reported)",
+        )
 
 
 def add_layout_arg(g: argparse._ArgumentGroup) -> None:

@@ -58,6 +58,7 @@ PATHS = {
     "rescale_annotations": "data.rescale_annotations", "pck_norm": "data.pck_norm", "thresholds": "data.thresholds",
     "resample": "extract.resample", "coordinates": "extract.coordinates", "feature_dtype": "extract.feature_dtype",
     "pad_fill": "extract.pad_fill", "strict": "data.strict", "sigma": "match.sigma", "final_norm": "backbone.final_norm",
+    "kap": "data.kap",
     "batch_size": "extract.batch_size", "num_workers": "extract.num_workers", "cache_dir": "extract.cache_dir",
     "matcher": "match.matcher", "window": "match.window", "temperature": "match.temperature",
     "descriptor": "match.descriptor", "window_border": "match.window_border",
@@ -274,6 +275,10 @@ def evaluation_settings(kind: str, layers: Layers) -> object:
     if kind == "grid":
         return settings, grid_settings(values, settings)
     if kind == "weight_search":
+        if settings.data.kap:
+            warnings.warn(
+                "--kap is ignored: a weight search scores PCK only (evaluate the weights it finds)", stacklevel=3
+            )
         return settings, WeightSearchSettings(
             **{name: values[flag] for flag, name in WEIGHT_FLAGS.items() if flag in values}
         )

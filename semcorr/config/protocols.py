@@ -63,7 +63,8 @@ PROTOCOLS: dict[str, Protocol] = {
         Conventions(
             resize="squash", image_size=None, resample="pil-bicubic", pad_fill="mean", coordinates="centre",
             final_norm=True, pf_shift=True, clamp_keypoints=True, window_border="shrink",
-            pck_norms={"spair": "bbox", "pf-pascal": "image", "pf-willow": "kpbox", "ap10k": "bbox", "custom": "image"}, strict=False,
+            pck_norms={"spair": "bbox", "pf-pascal": "image", "pf-willow": "kpbox", "ap10k": "bbox", "spair-u": "bbox",
+                       "custom": "image"}, strict=False,
             common_grid="finest", feature_dtype="fp16", build="meta",
             precision={"dinov2": "auto", "dinov3": "auto", "sam": "auto"},
         ),
@@ -78,7 +79,8 @@ PROTOCOLS: dict[str, Protocol] = {
         Conventions(
             resize="squash", image_size=None, resample="torch-bilinear", pad_fill="mean", coordinates="corner",
             final_norm=True, pf_shift=False, clamp_keypoints=False, window_border="clip",
-            pck_norms={"spair": "bbox", "pf-pascal": "image", "pf-willow": "image", "ap10k": "bbox", "custom": "image"}, strict=False,
+            pck_norms={"spair": "bbox", "pf-pascal": "image", "pf-willow": "image", "ap10k": "bbox", "spair-u": "bbox",
+                       "custom": "image"}, strict=False,
             common_grid="coarsest", feature_dtype="fp32", build="original",
             precision={"dinov2": "fp32", "dinov3": "fp32", "sam": "fp16"},
         ),
@@ -95,7 +97,8 @@ PROTOCOLS: dict[str, Protocol] = {
         Conventions(
             resize="pad", image_size=840, resample="pil-lanczos", pad_fill="black", coordinates="canvas",
             final_norm=False, pf_shift=False, clamp_keypoints=False, window_border="shrink",
-            pck_norms={"spair": "bbox", "pf-pascal": "image", "pf-willow": "kpbox", "custom": "image"}, strict=True,
+            pck_norms={"spair": "bbox", "pf-pascal": "image", "pf-willow": "kpbox", "ap10k": "bbox", "spair-u": "bbox",
+                       "custom": "image"}, strict=True,
             common_grid="finest", feature_dtype="fp32", build="meta",
             precision={"dinov2": "fp32", "dinov3": "fp32", "sam": "fp32"},
         ),
@@ -107,6 +110,7 @@ PROTOCOLS: dict[str, Protocol] = {
             "matcher": "geoaware-softargmax", "window": 11, "temperature": 0.02,  # its SOFT_EVAL, window radius 5
             "spair": {"thresholds": (0.01, 0.05, 0.1)},
             "ap10k": {"thresholds": (0.01, 0.05, 0.1)},  # its alphas for every dataset but PF-Pascal
+            "spair-u": {"thresholds": (0.01, 0.05, 0.1)},  # Jamais Vu's too (its pck_train.py is GeoAware-SC's here)
             "pf-pascal": {"thresholds": (0.05, 0.1, 0.15), "window": 15},  # eval_pascal.yaml: window radius 7
         },
         fixed={"descriptor": "nearest"},

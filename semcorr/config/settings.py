@@ -100,6 +100,7 @@ class DataSettings:
     pck_norm: str = "bbox"  # the threshold length L (pck.NORM_DESCRIPTIONS)
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS  # PCK alphas
     strict: bool = False  # a keypoint is correct when its distance is < alpha L (True), or <= alpha L
+    kap: bool = False  # also KAP (semcorr/engine/kap.py: every source-visible keypoint's map scored again)
 
 
 @dataclass(frozen=True)

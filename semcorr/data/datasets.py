@@ -28,6 +28,7 @@ DEFAULT_ROOTS: dict[str, Path] = {
     "pf-pascal": REPO_ROOT / "pf_pascal",  # holds PF-dataset-PASCAL/ and {trn,val,test}_pairs.csv
     "pf-willow": REPO_ROOT / "pf_willow",  # holds PF-dataset/ and test_pairs.csv
     "ap10k": REPO_ROOT / "ap10k" / "ap-10k",  # the official release: annotations/, data/
+    "spair-u": REPO_ROOT / "SPair71k" / "SPair-71k",  # SPair-71k's folder, with SPair-U's Extra*Annotation/ in it
 }
 
 # Dataset name -> the module with its `load(root, data)` (imported when needed).
@@ -36,6 +37,7 @@ LOADERS: dict[str, str] = {
     "pf-pascal": "pf_pascal",
     "pf-willow": "pf_willow",
     "ap10k": "ap10k",
+    "spair-u": "spair_u",
     "custom": "semcorr.data.custom_pairs",
 }
 ONE_BASED_DATASETS = ("pf-pascal", "pf-willow")  # the datasets stored in 1-based coordinates (--pf-shift)
@@ -90,6 +92,8 @@ def rescale_to_files(pairset: PairSet, clamp: bool = True) -> PairSet:
             scale = np.array(files[ref.key].size, dtype=np.float64) / np.array(ref.size)
             kps = getattr(pair, f"{side}_kps")
             setattr(pair, f"{side}_kps", ((kps + 0.5) * scale - 0.5).astype(np.float32))
+            if side == "src":
+                pair.src_only_kps = ((pair.src_only_kps + 0.5) * scale - 0.5).astype(np.float32)
             box = getattr(pair, f"{side}_bbox")
             if box is not None:
                 corners = (np.array(box, dtype=np.float64).reshape(2, 2) + 0.5) * scale - 0.5

@@ -77,6 +77,10 @@ class PairRecord:
     flags: dict[str, int] = field(default_factory=dict)
     kp_mirror: list[str] | None = None  # each keypoint's left-right partner id (its own id: on the mirror axis)
     kp_flags: dict[str, list[bool]] = field(default_factory=dict)  # per keypoint (e.g. "geo_aware"), in kp_ids order
+    # keypoints visible in the source image only (not in the target), (M, 2) like src_kps: what KAP scores beside
+    # the pair's own keypoints (engine/kap.py); empty where the loader knows none (or cannot, as its notes say)
+    src_only_ids: list[str] = field(default_factory=list)
+    src_only_kps: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
 
     def __post_init__(self) -> None:
         check_unique(self.kp_ids, "kp_ids")

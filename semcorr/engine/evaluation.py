@@ -2,7 +2,8 @@
 
 pairs -> unique images -> each member's features, once per image (cached) -> similarity of source keypoints
 against target patches, grouped by target image, summed over the members -> matcher -> original pixels ->
-PCK -> results folder (written by semcorr/runs/, summarised by semcorr/report/summary.py).
+PCK (and PCK-dagger; with --kap, KAP from the similarity maps: semcorr/engine/kap.py) -> results folder (written by
+semcorr/runs/, summarised by semcorr/report/summary.py).
 
 A single-model evaluation has one member of weight 1; an ensemble several (semcorr/engine/members.py).
 """
@@ -23,7 +24,7 @@ from semcorr.config.settings import EvalSettings, MatchSettings
 from semcorr.data.datasets import load_pairs
 from semcorr.data.images import ImageRef
 from semcorr.data.pairs import NO_KEYPOINTS, DatasetError, PairRecord, PairSet
-from semcorr.engine import flip
+from semcorr.engine import flip, kap
 from semcorr.engine.matching import predict_variants
 from semcorr.engine.members import Member, build_member, engine_members
 from semcorr.report import baselines, labels, summary
@@ -81,18 +82,22 @@ def evaluate(
     )
     if flipped is not None:
         table["flipped"] = flipped.taken
+    scores, matching_s = pck.summarize(table), time.perf_counter() - t0
+    samples, kap_summary, kap_s = run_kap(settings, eval_set.pairs, ordered)
     run_metrics = metrics.evaluation_metrics(
         eval_set,
         norm=data.pck_norm,
         coordinates=settings.extract.coordinates,
         strict=data.strict,
         table=table,
-        summary=pck.summarize(table),
+        summary=scores,
         skipped=skipped,
         feature_stats=stats,
-        matching_s=time.perf_counter() - t0,
+        matching_s=matching_s,
         started=context.started,
         flip=flipped.summary(settings.flip_align) if flipped else None,
+        kap=kap_summary,
+        kap_s=kap_s,
     )
     if alone is not None:
         run_metrics["members"] = alone
@@ -100,7 +105,23 @@ def evaluate(
     if baseline is not None:
         run_metrics["baseline"] = baseline
     pair_columns = flipped.pair_columns() if flipped else {}
-    return save_evaluation(settings, config, run_metrics, table, eval_set.pairs, context, pair_columns)
+    tables = {"per_keypoint": table, **({"per_keypoint_kap": samples} if samples is not None else {})}
+    return save_evaluation(settings, config, run_metrics, tables, eval_set.pairs, context, pair_columns)
+
+
+def run_kap(
+    settings: EvalSettings, pairs: list[PairRecord], members: list[Member]
+) -> tuple[pd.DataFrame | None, dict | None, float | None]:
+    """With --kap: every source-visible keypoint's KAP scores (semcorr/engine/kap.py), the figures they give
+    (pck.kap) and the seconds both took; else nothing."""
+    if not settings.data.kap:
+        return None, None, None
+    t0, data = time.perf_counter(), settings.data
+    samples = kap.kap_samples(
+        pairs, members, descriptor=settings.match.descriptor, alphas=data.thresholds, norm=data.pck_norm,
+        progress=settings.output.progress,
+    )  # fmt: skip
+    return samples, pck.kap(samples), time.perf_counter() - t0
 
 
 def build_members(
@@ -186,18 +207,19 @@ def save_evaluation(
     settings: EvalSettings,
     config: dict,
     run_metrics: dict,
-    table: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
     pairs: list[PairRecord],
     context: RunContext,
     pair_columns: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """A new results folder with the run's files (and pictures of its N best and worst pairs); prints the summary.
-    `pair_columns`: more per-pair values for per_pair.csv, in pair order. A folder that cannot be completed (a full
-    disk) is not left behind; the features are in the cache."""
+    `tables`: per_keypoint (and per_keypoint_kap); `pair_columns`: more per-pair values for per_pair.csv, in pair
+    order. A folder that cannot be completed (a full disk) is not left behind; the features are in the cache."""
+    table = tables["per_keypoint"]
     per_pair = pck.pair_table(table, pairs).assign(**(pair_columns or {}))
 
     def write(run_dir: Path) -> None:
-        folders.write_run(run_dir, "evaluation", config, per_keypoint=table, per_pair=per_pair, metrics=run_metrics)
+        folders.write_run(run_dir, "evaluation", config, per_pair=per_pair, metrics=run_metrics, **tables)
         if settings.output.save_vis:
             from semcorr.viz import figures  # matplotlib loads only when pictures are asked for
 

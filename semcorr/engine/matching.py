@@ -36,7 +36,7 @@ class Prediction:
     seconds: float = 0.0  # its own combination, matcher and back-projection (shared similarity maps excluded)
 
 
-def _stacked_geometry(fs: FeatureSet, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def stacked_geometry(fs: FeatureSet, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The content sizes, image sizes and offsets of images `keys`, as (N, 2) float64 tensors."""
     geoms = [fs.geometries[k] for k in keys]
     return tuple(
@@ -55,7 +55,7 @@ def source_descriptors(
     counts = torch.tensor([p.num_keypoints for p in pairs])
     keys = [p.src.mirror().key if mirrored else p.src.key for p in pairs]
     kp_pair = torch.repeat_interleave(torch.arange(len(pairs)), counts)
-    content, size, offset = (t[kp_pair] for t in _stacked_geometry(fs, keys))
+    content, size, offset = (t[kp_pair] for t in stacked_geometry(fs, keys))
     kps = [p.src_kps[mirror_partners(p)[0]] if mirrored else p.src_kps for p in pairs]
     xy = torch.from_numpy(np.concatenate(kps).astype(np.float64))
     convention = fs.prep.coordinates
@@ -150,7 +150,7 @@ def predict_variants(
     descs = [source_descriptors(m.features, pairs, variants[0].descriptor, mirrored) for m in members]
     ref = members[0].features
     keys, kp_group, order, starts, bounds = target_groups(pairs)
-    content, size, offset = _stacked_geometry(ref, keys)
+    content, size, offset = stacked_geometry(ref, keys)
     convention, device = ref.prep.coordinates, ref.feats.device
     bar = tqdm(total=len(keys), desc="matching", unit="img", disable=not progress)
     for chunk in target_chunks([b - a for a, b in zip(starts, bounds, strict=True)], CHUNK_KEYPOINTS):

@@ -180,6 +180,8 @@ def evaluation_summary(config: dict, metrics: dict) -> str:
         ]
     alphas = [k.removeprefix("pck@") for k in metrics if k.startswith("pck@")]
     alpha = "0.1" if "0.1" in alphas else alphas[len(alphas) // 2]
+    if "pck_dagger" in metrics:
+        lines.append(jamais_vu_line(metrics, alpha))
     if len(metrics["per_category"]) > 1:
         lines += [f"per category, PCK@{alpha}:", category_table(metrics, alpha).to_string()]
     if "difficulty" in metrics:
@@ -193,9 +195,21 @@ def evaluation_summary(config: dict, metrics: dict) -> str:
     lines.append(
         f"time: {timings['total_s']:.1f} s (features {timings['extraction_s']:.1f} s for "
         f"{plural(timings['images_extracted'], 'image')}, {timings['images_from_cache']:,} from the cache; "
-        f"matching and PCK {timings['matching_s']:.1f} s)"
+        f"matching and PCK {timings['matching_s']:.1f} s"
+        + (f", KAP {timings['kap_s']:.1f} s)" if "kap_s" in timings else ")")
     )
     return "\n".join(lines)
+
+
+def jamais_vu_line(metrics: dict, alpha: str) -> str:
+    """'PCK-dagger@0.1 40.00 / 42.00, KAP@0.1 ... (per image / per keypoint)': Jamais Vu's figures at one alpha."""
+    shown = [(key, name) for key, name in (("pck_dagger", "PCK-dagger"), ("kap", "KAP")) if key in metrics]
+    parts = [
+        f"{name}@{alpha} {PCK.format(scores['per_image'])} / {PCK.format(scores['per_keypoint'])}"
+        for key, name in shown
+        for scores in [metrics[key][f"{key}@{alpha}"]]
+    ]
+    return ", ".join(parts) + " (per image / per keypoint)"
 
 
 def data_line(dataset: str, split: str, pairs: int, keypoints: int, threshold: str) -> str:

@@ -6,7 +6,8 @@ that kind (RUN_FILES below), each written atomically; a run that writes its file
 writes them into a hidden staging folder first (`write_new_run`), so that a run that fails while
 writing (a full disk) leaves no folder that looks like a run:
 
-    evaluation     metrics.json, per_pair.csv, per_keypoint.csv   (+ vis/*.png with --save-vis)
+    evaluation     metrics.json, per_pair.csv, per_keypoint.csv   (+ per_keypoint_kap.csv with --kap,
+                                                                     vis/*.png with --save-vis)
     grid           best_parameters.json, grid_search_results.csv  (+ grid_search_heatmap.png)
     weight_search  best_weights.json, weight_search_results.csv   (+ weight_search.png)
     finetune       train_log.csv                                  (+ train_curves.png, best.pt, last.pt)
@@ -42,7 +43,12 @@ STAGING_SUFFIX = ".partial"  # a run folder being written (write_new_run); never
 
 # kind -> file name -> file
 RUN_FILES: dict[str, dict[str, str]] = {
-    "evaluation": {"metrics": "metrics.json", "per_pair": "per_pair.csv", "per_keypoint": "per_keypoint.csv"},
+    "evaluation": {
+        "metrics": "metrics.json",
+        "per_pair": "per_pair.csv",
+        "per_keypoint": "per_keypoint.csv",
+        "per_keypoint_kap": "per_keypoint_kap.csv",
+    },
     "grid": {"best_parameters": "best_parameters.json", "grid": "grid_search_results.csv"},
     "weight_search": {"best_weights": "best_weights.json", "weights": "weight_search_results.csv"},
     "finetune": {"train_log": "train_log.csv"},
@@ -57,6 +63,7 @@ PICTURES = {
 # CSV columns read back as text (ids like "007" or "1" must not become numbers)
 TEXT_COLUMNS = {
     "per_keypoint": {"pair_id": str, "category": str, "kp_id": str},
+    "per_keypoint_kap": {"pair_id": str, "category": str, "kp_id": str},
     "per_pair": {"pair_id": str, "category": str, "src_image": str, "trg_image": str, "src_path": str, "trg_path": str},
     "match_table": {"pair_id": str, "id": str},
 }
@@ -213,9 +220,9 @@ class Run:
             raise RunFolderError(f"{self.path}: no {path.name} (this {self.kind} run is incomplete)")
         if path.suffix == ".json":
             return _read_json(path)
+        text = name in TEXT_COLUMNS  # ids as written ("NA" is one); only an empty field is missing
         dtypes = {**TEXT_COLUMNS.get(name, {}), **INTEGER_COLUMNS.get(name, {})}
         try:
-            text = name in TEXT_COLUMNS  # "NA" or "nan" is text there; only an empty cell is missing
             return pd.read_csv(path, dtype=dtypes, keep_default_na=not text, na_values=[""] if text else None)
         except (ValueError, pd.errors.ParserError) as err:
             raise RunFolderError(f"{path}: unreadable CSV ({err})") from None

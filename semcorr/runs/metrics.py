@@ -1,5 +1,6 @@
 """An evaluation's metrics.json: what every figure means (dataset, split, threshold, averagings, units),
-the PCK summary (pck.summarize, and per SPair-71k difficulty level), counts and timings."""
+the PCK summary (pck.summarize, with PCK-dagger, and per SPair-71k difficulty level), KAP (with --kap), counts and
+timings."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ UNITS = {
     "per_keypoint.csv": "src/gt/pred x, y, distance and norm_L in pixels of the original image; similarity is the "
     "cosine similarity at the matched patch (-1..1); correct@alpha is distance <= alpha * norm_L (< under a strict "
     "rule: see strict)",
+    "per_keypoint_kap.csv": "positive@alpha and negative@alpha are similarities min-max normalised over the pair's "
+    "source-visible keypoints (0..1); positive is empty where the keypoint is not visible in the target",
 }
 ORIGINS = {
     "centre": "pixel centres",
@@ -66,10 +69,12 @@ def evaluation_metrics(
     matching_s: float,
     started: float,
     flip: dict | None = None,
+    kap: dict | None = None,
+    kap_s: float | None = None,
 ) -> dict:
     """metrics.json: protocol, PCK summary (and PCK per difficulty level where the pairs carry SPair-71k's flags or
-    azimuth differences), the flip decisions (`flip`, with --flip-align), counts and timings (extraction summed
-    over members)."""
+    azimuth differences), the flip decisions (`flip`, with --flip-align), KAP (pck.kap, with --kap), counts and
+    timings (extraction summed over members)."""
     timings = feature_timings(feature_stats)
     if len(feature_stats) > 1:
         timings["per_member"] = [feature_timings([s]) for s in feature_stats]
@@ -80,6 +85,7 @@ def evaluation_metrics(
         "protocol": meaning(eval_set.dataset, eval_set.split, norm, coordinates, strict),
         **summary,
         **({"flip": flip} if flip else {}),
+        **({"kap": kap} if kap else {}),
         "counts": {
             "pairs": len(eval_set.pairs),
             "keypoints": len(table),
@@ -87,5 +93,10 @@ def evaluation_metrics(
             "pairs_skipped": skipped,
             "notes": eval_set.notes,
         },
-        "timings": {**timings, "matching_s": matching_s, "total_s": time.time() - started},
+        "timings": {
+            **timings,
+            "matching_s": matching_s,
+            **({"kap_s": kap_s} if kap else {}),
+            "total_s": time.time() - started,
+        },
     }
