@@ -78,7 +78,7 @@ def arguments() -> argparse.ArgumentParser:
         "of the members' concatenated features (resized to the common grid)" + default_text("ensemble.combine"),
     )
     add_extraction_args(g)
-    add_data_args(p)
+    add_data_args(p, several=True)
     add_matcher_args(p)
     add_flip_args(p)
     s = p.add_argument_group("weight search")

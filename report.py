@@ -11,7 +11,9 @@ published number, copied in semcorr/report/published.py, only when a run ran tha
 --protocol original without overrides, the same backbones with their ensemble weights and image
 sizes, weights origin, matcher with its K and T, dataset, split, number of pairs and PCK
 threshold), fine-tuning runs (best and last validation PCK, steps, settings) and grid searches
-(best K and T per alpha). A folder that is incomplete or damaged is skipped with a warning naming
+(best K and T per alpha); when the evaluations span several benchmarks, one more table with the benchmarks as
+columns, as papers print them (rows: a run of several benchmarks, else the runs' labels without their data;
+PCK at --benchmark-alphas, recomputed from each run's per_keypoint.csv). A folder that is incomplete or damaged is skipped with a warning naming
 the file. Everything comes from the results folders alone: no backbone, no dataset (except the
 images of --figures' keypoint examples), no re-evaluation.
 
@@ -33,7 +35,7 @@ import warnings
 from pathlib import Path
 
 from semcorr.cli.errors import run_main
-from semcorr.config.settings import AVERAGINGS, DEFAULT_THRESHOLDS
+from semcorr.config.settings import AVERAGINGS, BENCHMARK_THRESHOLDS, DEFAULT_THRESHOLDS
 from semcorr.report.labels import run_labels, slug
 
 REPORTED_KINDS = ("evaluation", "finetune", "grid")
@@ -55,6 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         help="names of the evaluations in tables and figures, one each, in the order of the paths given "
         "(a folder holding several runs: those oldest first)",
+    )
+    p.add_argument(
+        "--benchmark-alphas",
+        type=float,
+        nargs="+",
+        default=list(BENCHMARK_THRESHOLDS),
+        help="PCK thresholds of the table of all benchmarks (when the evaluations span several)",
     )
     p.add_argument("--alpha", type=float, default=0.1, help="threshold of the per-category and analysis tables")
     p.add_argument("--averaging", choices=list(AVERAGINGS), default="per_image", help="PCK averaging of the tables")
@@ -85,6 +94,7 @@ def report(args: argparse.Namespace):
     if evaluations:
         text = tables.report_markdown(table, tuple(args.alphas))
         print(f"\n## evaluations\n\n{text}")
+        text += benchmarks(evaluations, [r for r in runs if r.kind == "benchmarks"], args)
         if args.markdown:
             atomic_write(args.markdown, lambda tmp: tmp.write_text(text))
         if args.csv:
@@ -99,6 +109,28 @@ def report(args: argparse.Namespace):
     if args.compare:
         compare(args, evaluations, names)
     return table
+
+
+def benchmarks(evaluations: list, groups: list, args: argparse.Namespace) -> str:
+    """The evaluations of more than one benchmark as one table, benchmarks as columns (rows: a run of several
+    benchmarks, else the runs' labels without their data), printed and written with --latex; its markdown."""
+    from semcorr.report import paper
+    from semcorr.report.benchmarks import benchmark_name, benchmark_table
+
+    if len({benchmark_name(run) for run in evaluations}) < 2:
+        return ""
+    named = {
+        (group.path.parent / name).resolve(): group.name
+        for group in groups
+        for name in group.config["resolved"]["runs"]
+    }
+    table = benchmark_table(evaluations, args.benchmark_alphas or args.alphas, args.averaging, named)
+    text = f"\n## all benchmarks\n\n{paper.to_markdown(table)}"
+    print(text)
+    if args.latex:
+        written = paper.write_table(table, args.latex)
+        print(f"benchmarks: {', '.join(str(path) for path in written)}")
+    return text
 
 
 def names_of(runs: list, names: list[str] | None) -> dict[Path, str]:

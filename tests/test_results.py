@@ -23,6 +23,7 @@ def sample_files(kind: str) -> dict:
         "weights": pd.DataFrame({"weight_0": [0.25, 0.75], "pck@0.1_per_image": [50.0, 2 / 3]}),
         "train_log": pd.DataFrame({"step": [0, 10], "loss": [np.nan, 1.5]}),
         "match_table": ids.drop(columns=["category", "kp_id"]).assign(id=["01", "NA"], truth_x=[np.nan, 2 / 3]),
+        "benchmarks": pd.DataFrame({"run": ["dinov2, zero-shot", "1"], "SPair-71k PCK@0.1": [1 / 3, np.nan]}),
     }
     return {
         name: tables.get(name, {"value": 1 / 3, "nested": {"alpha": [0.05, 0.1]}}) for name in folders.RUN_FILES[kind]

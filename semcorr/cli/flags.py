@@ -228,16 +228,54 @@ def points(text: str) -> tuple[tuple[float, float], ...]:
     return tuple(values)
 
 
+def benchmark(text: str) -> str:
+    """A dataset, or DATASET:LAYOUT (ap10k:cross-species) for one of its pair lists."""
+    name, _, layout = text.partition(":")
+    if name not in DATASETS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(DATASETS)})")
+    if layout and layout not in LAYOUTS.get(name, ()):
+        has = ", ".join(LAYOUTS.get(name, ())) or "none"
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} has no layout {layout!r} (its layouts: {has})")
+    return text
+
+
 def add_data_args(
-    p: argparse.ArgumentParser, *, split: str = "test", root: type = EvalSettings, kap: bool = True
+    p: argparse.ArgumentParser,
+    *,
+    split: str = "test",
+    root: type = EvalSettings,
+    kap: bool = True,
+    several: bool = False,
 ) -> None:
+    """The data flags; `several`: --dataset takes several benchmarks (DATASET[:LAYOUT] each) in one run."""
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, help="benchmark to evaluate on" + default_text("data.dataset", root))
-    g.add_argument(
-        "--data-root",
-        type=path,
-        help="dataset folder (default: the folder download.py fills); for custom, the pairs file",
-    )
+    if several:
+        g.add_argument(
+            "--dataset",
+            type=benchmark,
+            nargs="+",
+            metavar="DATASET[:LAYOUT]",
+            help=f"benchmark(s) to evaluate on, of {', '.join(DATASETS)}; several: each its own run with its own "
+            "threshold and split, and one table of them all (PCK at 0.05 0.1 0.15 unless --thresholds)"
+            + default_text("data.dataset", root),
+        )
+        g.add_argument(
+            "--data-root",
+            type=path,
+            nargs="+",
+            metavar="PATH|DATASET=PATH",
+            help="dataset folder (default: the folder download.py fills); for custom, the pairs file; with several "
+            "datasets, DATASET=PATH for each one elsewhere",
+        )
+    else:
+        g.add_argument(
+            "--dataset", choices=DATASETS, help="benchmark to evaluate on" + default_text("data.dataset", root)
+        )
+        g.add_argument(
+            "--data-root",
+            type=path,
+            help="dataset folder (default: the folder download.py fills); for custom, the pairs file",
+        )
     g.add_argument("--split", help=f"trn | val | test (default: {split})")
     add_layout_arg(g)
     add_rescale_arg(g)
@@ -498,7 +536,7 @@ def add_protocol_args(p: argparse.ArgumentParser, *, evaluation: bool = True, da
 def evaluation_parser(description: str, checkpoint: CheckpointFlag = "none") -> argparse.ArgumentParser:
     p = parser(description)
     add_backbone_args(p, checkpoint)
-    add_data_args(p)
+    add_data_args(p, several=True)
     add_matcher_args(p)
     add_flip_args(p)
     add_protocol_args(p)

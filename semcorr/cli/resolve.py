@@ -27,11 +27,13 @@ from semcorr.cli.flags import temperature as flag_temperature
 from semcorr.config.protocols import Protocol, get_protocol
 from semcorr.config.settings import (
     AVERAGINGS,
+    BENCHMARK_THRESHOLDS,
     DEFAULT_MODEL,
     FAMILIES,
     LAYOUTS,
     Augment,
     BackboneSettings,
+    Benchmarks,
     DataSettings,
     EnsembleSettings,
     EvalSettings,
@@ -108,11 +110,16 @@ def resolve(kind: str, given: dict) -> object:
     """The settings of a run of `kind` (KINDS) from the flags `given`: defaults, then the protocol (what it starts
     from, then its conventions), then the flags.
 
-    evaluation, ensemble: EvalSettings; grid: (EvalSettings, GridSettings); weight_search: (EvalSettings,
-    WeightSearchSettings); match: (EvalSettings, PairSettings); finetune: TrainSettings.
+    evaluation, ensemble: EvalSettings (Benchmarks of one per dataset, with several datasets); grid: (EvalSettings,
+    GridSettings); weight_search: (EvalSettings, WeightSearchSettings); match: (EvalSettings, PairSettings);
+    finetune: TrainSettings.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind of run {kind!r}: one of {', '.join(KINDS)}")
+    runs = benchmark_flags(kind, given)
+    if len(runs) > 1:
+        return Benchmarks(tuple(resolve(kind, flags) for flags in runs))
+    given = runs[0]
     protocol = get_protocol(given.get("protocol") or "default")
     dataset = given.get("dataset") or default(TrainSettings if kind == "finetune" else EvalSettings, "data.dataset")
     given = without_unused(kind, dataset, given, protocol.start(dataset))
@@ -124,6 +131,49 @@ def resolve(kind: str, given: dict) -> object:
     if kind == "finetune":
         return training_settings(layers)
     return evaluation_settings(kind, layers)
+
+
+def benchmark_flags(kind: str, given: dict) -> list[dict]:
+    """The flags of each benchmark of a run: --dataset DATASET[:LAYOUT] ... and --data-root PATH | DATASET=PATH ...
+    as one dataset, layout and root each; with several, PCK at BENCHMARK_THRESHOLDS unless --thresholds, and a
+    --layout given only to the datasets that have it."""
+    entries, roots = given.get("dataset"), given.get("data_root")
+    entries = [entries] if entries is None or isinstance(entries, str) else list(entries)
+    roots = [roots] if roots is None or isinstance(roots, str) else list(roots)
+    named = dict(root.split("=", 1) for root in roots if root and "=" in root.split("/")[0])
+    plain = [root for root in roots if root and "=" not in root.split("/")[0]]
+    datasets = [entry.partition(":")[0] if entry else entry for entry in entries]
+    if len(entries) > 1:
+        if kind not in ("evaluation", "ensemble"):
+            raise ValueError(f"--dataset takes one dataset for a {kind.replace('_', ' ')}, got {' '.join(entries)}")
+        if len(set(entries)) < len(entries):
+            raise ValueError(f"--dataset {' '.join(entries)}: a benchmark given twice; give each once")
+        if plain:
+            raise ValueError(
+                f"--data-root {plain[0]}: with several datasets give each folder as DATASET=PATH (e.g. --data-root "
+                f"{datasets[0]}={plain[0]})"
+            )
+    elif len(plain) > 1 or (plain and named):
+        raise ValueError(f"--data-root takes one folder for one dataset, got {' '.join(roots)}")
+    unknown = sorted(set(named) - set(datasets))
+    if unknown:
+        among = f"--dataset {' '.join(entries)}" if entries != [None] else "the datasets given (give --dataset)"
+        raise ValueError(f"--data-root {unknown[0]}=...: {unknown[0]} is not among {among}")
+    runs = []
+    for entry, dataset in zip(entries, datasets, strict=True):
+        flags = {key: value for key, value in given.items() if key not in ("dataset", "data_root")}
+        flags |= {"dataset": dataset} if dataset else {}
+        root = named.get(dataset, plain[0] if plain else None)
+        flags |= {"data_root": root} if root else {}
+        layout = entry.partition(":")[2] if entry else ""
+        if layout:
+            flags["layout"] = layout
+        elif len(entries) > 1 and given.get("layout") not in LAYOUTS.get(dataset, ()):
+            flags.pop("layout", None)
+        if len(entries) > 1:
+            flags.setdefault("thresholds", BENCHMARK_THRESHOLDS)
+        runs.append(flags)
+    return runs
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ COMMON_GRIDS = ("finest", "coarsest", "first")
 COMBINE_MODES = ("similarity", "features")
 FAMILIES = ("dinov2", "dinov3", "sam")
 DEFAULT_THRESHOLDS = (0.05, 0.1, 0.2)
+BENCHMARK_THRESHOLDS = (0.05, 0.1, 0.15)  # a run of several benchmarks, unless --thresholds: as papers print them
 GRID_WINDOWS = (3, 5, 7, 9, 11)  # the soft-argmax grid search's default windows K
 GRID_TEMPERATURES = (0.05, 0.1, 0.2, 0.5, 1.0)  # and temperatures T
 DEFAULT_MODEL = "dinov2"
@@ -173,6 +174,14 @@ class EvalSettings:
         if len(self.members) != 1:
             raise ValueError(f"a run of {len(self.members)} members has no single member")
         return self.members[0]
+
+
+@dataclass(frozen=True)
+class Benchmarks:
+    """Several benchmarks in one run (--dataset a b c): one evaluation's settings per dataset, each with its own
+    threshold, split and layout, the models and matcher the same."""
+
+    runs: tuple[EvalSettings, ...]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import pandas as pd
 
 import pck
 from models import Backbone, create_backbone
-from semcorr.config.settings import EvalSettings, MatchSettings
+from semcorr.config.settings import Benchmarks, EvalSettings, MatchSettings
 from semcorr.data.datasets import load_pairs
 from semcorr.data.images import ImageRef
 from semcorr.data.pairs import NO_KEYPOINTS, DatasetError, PairRecord, PairSet
@@ -32,8 +32,13 @@ from semcorr.runs import folders, metrics
 from semcorr.runs.record import RunContext, run_record, start_run
 
 
-def run_evaluation(settings: EvalSettings) -> Path:
-    """Evaluate the run's members on its dataset split; returns the new results folder."""
+def run_evaluation(settings: EvalSettings | Benchmarks) -> Path:
+    """Evaluate the run's members on its dataset split (or on each of several benchmarks: engine/benchmarks.py);
+    returns the new results folder."""
+    if isinstance(settings, Benchmarks):
+        from semcorr.engine.benchmarks import run_benchmarks
+
+        return run_benchmarks(settings)
     context = start_run(settings.output)
     return evaluate(settings, load_pairs(settings.data), load_backbones(settings), context)
 

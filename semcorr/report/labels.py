@@ -32,7 +32,8 @@ HIDDEN = (
     "settings.match.window_border", "settings.ensemble.common_grid", "settings.members.backbone.device",
     "settings.members.backbone.build", "settings.backbone.device", "settings.backbone.build",
     "settings.self_contained", "settings.log_every", "settings.stop_after", "settings.cache_frozen",
-    "settings.tensorboard", "settings.pair.",
+    "settings.tensorboard", "settings.pair.", "settings.data.strict", "settings.extract.pad_fill",
+    "settings.members.backbone.final_norm", "settings.backbone.final_norm", "settings.flip_masks",
 )  # fmt: skip
 
 
@@ -209,14 +210,16 @@ FIELDS = (
           per_member("resize", "settings.resize", lambda v: f"resize {v}")),
     Field("precision", ("settings.members.backbone.precision", "settings.backbone.precision"),
           per_member("backbone.precision", "settings.backbone.precision", lambda v: f"precision {v}")),
-    Field("matcher", ("settings.match.matcher", "settings.match.window", "settings.match.temperature"), match_text),
+    Field("matcher", ("settings.match.matcher", "settings.match.window", "settings.match.temperature",
+                      "settings.match.sigma"), match_text),
     Field("params", ("settings.params",),
           lambda f: f"K, T of {PurePath(f['settings.params.path']).parent.name}" if f.get("settings.params.path")
           else None),
     Field("descriptor", ("settings.match.descriptor",), setting("settings.match.descriptor", lambda v: f"descriptor {v}")),
     Field("protocol", ("settings.protocol",), protocol_text),
     Field("data", ("settings.data.dataset", "settings.data.split"), data_text),
-    Field("layout", ("settings.data.layout",), setting("settings.data.layout", lambda v: f"layout {v}")),
+    Field("layout", ("settings.data.layout",),
+          setting("settings.data.layout", lambda v: f"layout {v}" if v is not None else None)),
     Field("data root", ("settings.data.root",), root_text),
     Field("pairs", ("settings.data.limit",),
           setting("settings.data.limit", lambda v: "all pairs" if v is None else f"first {v} pairs")),
@@ -254,13 +257,14 @@ class RunLabels:
 
 LEAD = ("model", "weights")  # what names a run when nothing differs
 QUIET = {"last layer", "all pairs", "layout large", "rescale annotations no", "seed 0", "combine similarity",
-         "val root none", "soft sigma 0", "jitter 0", "flip no"}  # fmt: skip
+         "val root none", "soft sigma 0", "jitter 0", "flip no", "kap no", "flip align off"}  # fmt: skip
 
 
-def run_labels(runs: list) -> RunLabels:
+def run_labels(runs: list, leave_out: tuple[str, ...] = (), unique: bool = True) -> RunLabels:
     """The label of each run (anything with .config and .name, like a results folder's Run): the fields whose
-    text differs among `runs`; runs that still read alike get their folder's time, then its whole name."""
-    described = [describe(run.config) for run in runs]
+    text differs among `runs`, but those named in `leave_out`; runs that still read alike get their folder's time,
+    then its whole name (`unique`; else they share their label)."""
+    described = [{k: v for k, v in describe(run.config).items() if k not in leave_out} for run in runs]
     order = {field.name: i for i, field in enumerate(FIELDS)}
     seen = list(dict.fromkeys(name for parts in described for name in parts))
     fields = sorted(seen, key=lambda name: (order.get(name, len(order)), seen.index(name)))
@@ -270,12 +274,12 @@ def run_labels(runs: list) -> RunLabels:
         ", ".join(parts[name] for name in shown if name in parts) or run.name
         for parts, run in zip(described, runs, strict=True)
     ]
-    repeated = {name for name in names if names.count(name) > 1}
-    for extra in (lambda run: run.name.split("_")[0], lambda run: run.name):
-        unique = [f"{n} ({extra(run)})" if n in repeated else n for n, run in zip(names, runs, strict=True)]
-        if len(set(unique)) == len(unique):
+    repeated = {name for name in names if names.count(name) > 1} if unique else set()
+    for extra in (lambda run: run.name.split("_")[0], lambda run: run.name) if repeated else ():
+        named = [f"{n} ({extra(run)})" if n in repeated else n for n, run in zip(names, runs, strict=True)]
+        if len(set(named)) == len(named):
             break
-    names = unique
+    names = named if repeated else names
     common = ", ".join(t for name, t in (described or [{}])[0].items() if name not in varying and t not in QUIET)
     return RunLabels(names, common, varying)
 

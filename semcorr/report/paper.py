@@ -38,7 +38,8 @@ from semcorr.storage.files import atomic_write, make_folder, write_csv
 
 LEVEL_ALPHAS = np.round(np.arange(1, 101) / 100, 2)  # where "the alpha at which PCK reaches a level" is looked for
 CURVE_ALPHAS = LEVEL_ALPHAS[:30]  # PCK-versus-alpha curves: 0.01 to 0.3
-DATASET_NAMES = {"spair": "SPair-71k", "pf-pascal": "PF-Pascal", "pf-willow": "PF-Willow", "custom": "custom pairs"}
+DATASET_NAMES = {"spair": "SPair-71k", "spair-u": "SPair-U", "pf-pascal": "PF-Pascal", "pf-willow": "PF-Willow",
+                 "ap10k": "AP-10K", "custom": "custom pairs"}  # fmt: skip
 BOLD = "textbf:--rwrap;"
 LATEX_SPECIALS = str.maketrans({c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}"})
 

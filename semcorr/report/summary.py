@@ -306,3 +306,14 @@ def match_summary(config: dict, record: dict) -> str:
                 line += f"  truth {xy(*m['truth'])}, {error:.1f} px off"
             lines.append(line)
     return "\n".join(lines)
+
+
+def benchmarks_summary(table) -> str:
+    """A run of several benchmarks: PCK at each alpha (rows) on each benchmark (columns), as papers print them,
+    from its benchmark table (report/benchmarks.py, one row)."""
+    row = table.frame.iloc[0]
+    cells = {tuple(column.rsplit(" ", 1)): PCK.format(value) for column, value in row.items()}
+    frame = pd.Series(cells).unstack(level=0)
+    frame = frame[list(dict.fromkeys(name for name, _ in cells))].fillna("")
+    what = table.caption.split(" Every row:")[0].removesuffix(" Best per column in bold.")
+    return f"all benchmarks: {what}\n" + frame.to_string()

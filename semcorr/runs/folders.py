@@ -53,6 +53,7 @@ RUN_FILES: dict[str, dict[str, str]] = {
     "weight_search": {"best_weights": "best_weights.json", "weights": "weight_search_results.csv"},
     "finetune": {"train_log": "train_log.csv"},
     "match": {"matches": "matches.json", "match_table": "matches.csv"},
+    "benchmarks": {"benchmarks": "benchmarks.csv"},
 }
 PICTURES = {
     "grid": "grid_search_heatmap.png",
@@ -66,6 +67,7 @@ TEXT_COLUMNS = {
     "per_keypoint_kap": {"pair_id": str, "category": str, "kp_id": str},
     "per_pair": {"pair_id": str, "category": str, "src_image": str, "trg_image": str, "src_path": str, "trg_path": str},
     "match_table": {"pair_id": str, "id": str},
+    "benchmarks": {"run": str},
 }
 INTEGER_COLUMNS = {"grid": {"window": "Int64"}}
 
