@@ -5,6 +5,7 @@ Coordinates and the resize geometry live in semcorr/data/geometry.py; image deco
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from semcorr.config.settings import ExtractSettings
 from semcorr.data.geometry import Geometry, Preprocess, image_geometry
 from semcorr.data.images import ImageError, ImageRef, load_image
-from semcorr.storage.feature_cache import FeatureCache
+from semcorr.storage.feature_cache import CachedFeatures, FeatureCache
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,19 +43,19 @@ def preprocess_image(image: Image.Image, prep: Preprocess) -> torch.Tensor:
     geom = image_geometry(image.size, prep)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    black = prep.resize == "pad" and prep.fill == "black"  # else the mean colour: zero once normalised
+    canvas = ((torch.zeros(3, 1, 1) - mean) / std).repeat(1, prep.height, prep.width) if black else None
+    canvas = torch.zeros(3, prep.height, prep.width) if canvas is None else canvas
+    ox, oy = int(geom.offset[0]), int(geom.offset[1])
+    content = canvas[:, oy : oy + geom.content[1], ox : ox + geom.content[0]]
     if prep.resample == "torch-bilinear":  # as the original project: normalise, then resize the float tensor
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 255.0
-        content = F.interpolate(
-            ((pixels - mean) / std)[None], geom.content[::-1], mode="bilinear", align_corners=False
-        )[0]
-    else:  # "pil-bicubic" or "pil-lanczos" (Preprocess.create checks the name)
+        content.copy_(
+            F.interpolate(((pixels - mean) / std)[None], geom.content[::-1], mode="bilinear", align_corners=False)[0]
+        )
+    else:  # "pil-bicubic" or "pil-lanczos" (Preprocess.create checks the name): 8-bit, normalised in place
         resized = image.resize(geom.content, PIL_FILTERS[prep.resample])
-        content = (torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1) - mean) / std
-    black = prep.resize == "pad" and prep.fill == "black"  # else the mean colour: zero once normalised
-    canvas = ((torch.zeros(3, 1, 1) - mean) / std if black else torch.zeros(3, 1, 1)).expand(3, prep.height, prep.width)
-    canvas = canvas.clone()
-    ox, oy = int(geom.offset[0]), int(geom.offset[1])
-    canvas[:, oy : oy + geom.content[1], ox : ox + geom.content[0]] = content
+        content.copy_(torch.from_numpy(np.array(resized)).permute(2, 0, 1)).div_(255.0).sub_(mean).div_(std)
     return canvas
 
 
@@ -93,10 +94,11 @@ def raise_unusable(batch: torch.Tensor | str) -> torch.Tensor:
 class FeatureSet:
     """L2-normalised dense features of a set of images, all on the same grid.
 
-    feats: (N, C, h, w), stored in `dtype` on `device`; index maps ImageRef.key -> row.
+    feats: (N, C, h, w), stored in `dtype` on `device` (a tensor, or CachedFeatures read from the disk cache per
+    image when they do not fit in memory: index it by row); index maps ImageRef.key -> row.
     """
 
-    feats: torch.Tensor
+    feats: torch.Tensor | CachedFeatures
     index: dict[str, int]
     prep: Preprocess
     geometries: dict[str, Geometry]
@@ -119,6 +121,16 @@ def check_finite(backbone: torch.nn.Module, bad: list[ImageRef], total: int) -> 
 STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}  # ExtractSettings.feature_dtype
 
 
+def feature_budget(extract: ExtractSettings, device: torch.device) -> int:
+    """Bytes of features a run holds in memory (beyond, they are read from the disk cache per image): the
+    setting's, else 2 GB on the CPU (a laptop's share) and half the free memory of a GPU."""
+    if extract.feature_memory_gb is not None:
+        return int(extract.feature_memory_gb * 2**30)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return 2 * 2**30
+
+
 def extract_features(
     backbone: torch.nn.Module,
     images: list[ImageRef],
@@ -132,18 +144,27 @@ def extract_features(
     `extract.num_workers` processes), reusing and filling the disk cache.
 
     Features are stored in `extract.feature_dtype` (on the backbone's device) and L2-normalised over
-    channels so that a dot product is the cosine similarity.
+    channels so that a dot product is the cosine similarity. Features larger than the run's budget
+    (feature_budget) are not held: they are written to the cache (a temporary one where the run keeps none) and
+    read back one image at a time (CachedFeatures), so that memory stays within the budget whatever the number
+    of images.
     """
     device, store_dtype = backbone.device, STORE_DTYPES[extract.feature_dtype]
     shape = (backbone.feature_dim, *prep.grid)
-    feats = torch.empty(len(images), *shape, dtype=store_dtype, device=device)
+    budget = feature_budget(extract, device)
+    nbytes = len(images) * math.prod(shape) * torch.empty((), dtype=store_dtype).element_size()
+    streamed = nbytes > budget
+    if streamed and cache is None:
+        cache = FeatureCache.temporary(extract.cache_dir, {"backbone": backbone.name, "run": "temporary"})
+    feats = None if streamed else torch.empty(len(images), *shape, dtype=store_dtype, device=device)
     finite = torch.ones(len(images), dtype=torch.bool, device=device)
     with ThreadPoolExecutor(max_workers=4) as io:  # cache files are read and written beside the compute
         t0 = time.perf_counter()
-        cached = list(io.map(lambda ref: cache.load(ref, shape), images)) if cache else [None] * len(images)
-        todo = [i for i, c in enumerate(cached) if c is None]
-        for i, c in enumerate(cached):
-            if c is not None:
+        todo = []
+        for i, c in enumerate(io.map(lambda ref: cache.load(ref, shape), images) if cache else [None] * len(images)):
+            if c is None:
+                todo.append(i)
+            elif feats is not None:
                 feats[i] = c.to(device=device, dtype=store_dtype)  # cached features are normalised
         t_cache = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -161,7 +182,8 @@ def extract_features(
                 batch = raise_unusable(batch).to(device, non_blocking=True)
                 out = F.normalize(backbone(batch).float(), dim=1).to(store_dtype)
                 rows = [todo[j] for j in local_idx.tolist()]
-                feats[rows] = out
+                if feats is not None:
+                    feats[rows] = out
                 finite[rows] = torch.isfinite(out).flatten(1).all(dim=1)
                 if cache is not None:
                     writes.append(io.submit(cache.save, [images[r] for r in rows], out))
@@ -169,8 +191,12 @@ def extract_features(
         for write in writes:
             write.result()  # an error while writing the cache surfaces here
     check_finite(backbone, [ref for ref, ok in zip(images, finite.tolist(), strict=True) if not ok], len(images))
+    if streamed:
+        check_streamable(cache, nbytes, budget)
+        feats = CachedFeatures(cache, images, shape, store_dtype, device, keep_bytes=budget)
     stats = {"images": len(images), "images_extracted": len(todo), "images_from_cache": len(images) - len(todo)}
     stats |= {"extraction_s": time.perf_counter() - t0, "cache_read_s": t_cache}
+    stats |= {"features_gb": nbytes / 2**30, "features_streamed": streamed}
     return FeatureSet(
         feats=feats,
         index={ref.key: i for i, ref in enumerate(images)},
@@ -178,3 +204,13 @@ def extract_features(
         geometries={ref.key: image_geometry(ref.size, prep) for ref in images},
         stats=stats,
     )
+
+
+def check_streamable(cache: FeatureCache, nbytes: int, budget: int) -> None:
+    """Features beyond the memory budget are read back from the cache, so it must have been written."""
+    if cache.write_error is not None:
+        raise RuntimeError(
+            f"the features ({nbytes / 2**30:.1f} GB) exceed the memory budget ({budget / 2**30:.1f} GB) and so are "
+            f"read back from the feature cache, which could not be written ({cache.write_error}): free space there, "
+            "choose another --cache-dir, or raise --feature-memory"
+        )

@@ -35,6 +35,7 @@ from semcorr.download import checks, transfer
 from semcorr.download.checks import MANIFEST, DownloadError
 from semcorr.download.fetch import ensure
 from semcorr.download.table import Item, Source, build_table
+from semcorr.storage import files
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
 
@@ -234,6 +235,24 @@ def test_changed_file_is_hashed_again_against_the_recorded_hash(server, tmp_path
     path.write_bytes(b"something else")
     with pytest.raises(DownloadError, match="recorded when it was first fetched"):
         ensure(item)
+
+
+def test_a_run_takes_a_downloaded_files_sha256_from_the_record_until_the_file_changes(server, tmp_path, monkeypatch):
+    """A weights file of gigabytes is not read by every run to learn its sha256: the download's record gives it
+    while the file's inode, size, modification and change times are the recorded ones."""
+    server.files["/w.pth"] = PAYLOAD
+    folder = tmp_path / "weights"
+    ensure(file_item(server.url + "/w.pth", folder))
+    path = folder / "weights.pth"
+    monkeypatch.setattr(files, "_DIGESTS", {})  # a new process
+    read = []
+    real = files.read_digest
+    monkeypatch.setattr(files, "read_digest", lambda *a: read.append(a) or real(*a))
+    assert files.file_sha256(path) == sha256(PAYLOAD) and read == []
+    stat = path.stat()
+    path.write_bytes(b"other bytes of the same length"[: len(PAYLOAD)].ljust(len(PAYLOAD), b"-"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p or rsync -t leave it
+    assert files.file_sha256(path) != sha256(PAYLOAD) and len(read) == 1
 
 
 # --- resuming ----------------------------------------------------------------------------------

@@ -101,7 +101,8 @@ def test_an_unreadable_entry_is_recomputed_with_a_warning(tmp_path, image):
 )
 def test_a_damaged_entry_is_dropped_with_a_warning_naming_it(tmp_path, image, features, problem):
     cache = FeatureCache(tmp_path, SETTING)
-    torch.save({"image_sha256": file_sha256(image.path), "image": image.path, "features": features}, cache.path(image))
+    entry = {"image_sha256": file_sha256(image.path), "image": image.path, "mirrored": False, "features": features}
+    torch.save(entry, cache.path(image))
     with pytest.warns(UserWarning, match=re.escape(f"{cache.path(image)} (of {image.path}) is {problem}")):
         assert cache.load(image, SHAPE) is None
 
@@ -124,3 +125,15 @@ def test_non_finite_features_are_never_stored(tmp_path, image):
     cache = FeatureCache(tmp_path, SETTING)
     cache.save([image], torch.full((1, *SHAPE), float("inf")))
     assert not cache.path(image).exists()
+
+
+def test_an_image_and_its_mirror_have_entries_of_their_own(tmp_path, image):
+    """--flip-align extracts each source and its mirror image from one file: each keeps its own features."""
+    cache = FeatureCache(tmp_path, SETTING)
+    plain, mirrored = torch.zeros(SHAPE), torch.ones(SHAPE)
+    cache.save([image, image.mirror()], torch.stack([plain, mirrored]))
+    assert cache.path(image) != cache.path(image.mirror())
+    assert torch.equal(cache.load(image, SHAPE), plain) and torch.equal(cache.load(image.mirror(), SHAPE), mirrored)
+    cache.path(image).replace(cache.path(image.mirror()))  # the plain image's entry where the mirror's should be
+    with pytest.warns(UserWarning, match=r"the entry of another image \(.*\)"):
+        assert cache.load(image.mirror(), SHAPE) is None

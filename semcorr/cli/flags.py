@@ -370,6 +370,13 @@ def add_extraction_args(g: argparse._ArgumentGroup, root: type = EvalSettings) -
             "--cache-dir", type=path, help="disk cache of per-image features" + default_text("extract.cache_dir")
         )
         g.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+        g.add_argument(
+            "--feature-memory",
+            type=positive_float,
+            metavar="GB",
+            help="features held in memory; beyond, they are read from the disk cache one image at a time, so that "
+            "a dataset of any size fits (default: 2 on the CPU, half the free memory of a GPU)",
+        )
 
 
 def add_matcher_args(p: argparse.ArgumentParser, *, grid: bool = False) -> None:

@@ -62,6 +62,7 @@ PATHS = {
     "pad_fill": "extract.pad_fill", "strict": "data.strict", "sigma": "match.sigma", "final_norm": "backbone.final_norm",
     "kap": "data.kap",
     "batch_size": "extract.batch_size", "num_workers": "extract.num_workers", "cache_dir": "extract.cache_dir",
+    "feature_memory": "extract.feature_memory_gb",
     "matcher": "match.matcher", "window": "match.window", "temperature": "match.temperature",
     "descriptor": "match.descriptor", "window_border": "match.window_border",
     "output_dir": "output.output_dir", "save_vis": "output.save_vis", "seed": "output.seed", "baseline": "output.baseline",

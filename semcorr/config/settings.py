@@ -115,6 +115,8 @@ class ExtractSettings:
     batch_size: int = 16  # images per backbone forward pass
     num_workers: int = 2  # image decoding processes
     cache_dir: str | None = "cache/features"  # None: no disk cache
+    feature_memory_gb: float | None = None  # features held in memory; beyond, read per image from the disk cache
+    # (None: 2 GB on the CPU, half the free memory of a GPU: helper_functions.feature_budget)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from tqdm import tqdm
 from models.registry import BackboneSpec, get_spec
 from semcorr.config.settings import BackboneSettings
 from semcorr.download.table import Source
-from semcorr.storage.files import write_json
+from semcorr.storage.files import DOWNLOAD_RECORD, write_json
 
-MANIFEST = ".download-manifest.json"
+MANIFEST = DOWNLOAD_RECORD
 CHUNK = 1 << 20
 
 

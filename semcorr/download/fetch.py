@@ -23,6 +23,7 @@ from semcorr.download.checks import (
 )
 from semcorr.download.table import Item, Source
 from semcorr.download.transfer import download, remote_size
+from semcorr.storage.files import file_identity
 
 
 def rerun_hint(item: Item, root: Path | None = None) -> str:
@@ -79,6 +80,7 @@ def ensure_source(
         "sha256": digest,
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
+        "identity": file_identity(stat),  # lets a run take the sha256 without reading the file (files.file_sha256)
         "url": url,
         "checked": passed,
     }

@@ -119,7 +119,12 @@ def search_weights(
         "pairs": len(eval_set.pairs),
         "keypoints": sum(p.num_keypoints for p in eval_set.pairs),
         "pairs_skipped": skipped,
-        "timings": {**metrics.feature_timings(stats), "search_s": search_s, "total_s": time.time() - context.started},
+        "timings": {
+            **metrics.feature_timings(stats),
+            "search_s": search_s,
+            "startup_s": context.startup_s,
+            "total_s": time.time() - context.started,
+        },
     }
     names = [member_label(m) for m in settings.members]
     figure = charts.weight_profiles(table, names, data.thresholds, search.select_by)

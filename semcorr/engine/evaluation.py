@@ -100,6 +100,7 @@ def evaluate(
         feature_stats=stats,
         matching_s=matching_s,
         started=context.started,
+        startup_s=context.startup_s,
         flip=flipped.summary(settings.flip_align) if flipped else None,
         kap=kap_summary,
         kap_s=kap_s,

@@ -146,7 +146,7 @@ def grid_search(
         "pairs": len(eval_set.pairs),
         "keypoints": sum(p.num_keypoints for p in eval_set.pairs),
         "pairs_skipped": skipped,
-        "timings": {**timings, "total_s": time.time() - context.started},
+        "timings": {**timings, "startup_s": context.startup_s, "total_s": time.time() - context.started},
     }
     title = (
         f"{backbone.name} on {pairset.dataset} {pairset.split} ({len(eval_set.pairs)} pairs, {data.pck_norm} threshold)"

@@ -63,10 +63,20 @@ def source_descriptors(
     if mirrored:
         u = mirror_input(uv[:, 0], content[:, 0], offset[:, 0], fs.prep.width, convention)
         uv = torch.stack([u, uv[:, 1]], dim=1)
-    pq = input_to_patch(uv, fs.prep.patch_size, convention)
-    device = fs.feats.device
-    rows = fs.rows(keys)[kp_pair].to(device)
-    return sample_descriptors(fs.feats, rows, pq.float().to(device), descriptor)
+    pq = input_to_patch(uv, fs.prep.patch_size, convention).float().to(fs.feats.device)
+    rows = fs.rows(keys)[kp_pair]
+    out = torch.empty(len(rows), fs.feats.shape[1], dtype=fs.feats.dtype, device=fs.feats.device)
+    for row, ks in row_groups(rows):  # each source image's features read once
+        one = torch.zeros(len(ks), dtype=torch.long, device=out.device)
+        out[ks] = sample_descriptors(fs.feats[row][None], one, pq[ks], descriptor)
+    return out
+
+
+def row_groups(rows: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """Each distinct value of `rows` (ascending) with the positions holding it."""
+    order = torch.argsort(rows, stable=True)
+    values, counts = torch.unique_consecutive(rows[order], return_counts=True)
+    return list(zip(values.tolist(), torch.split(order, counts.tolist()), strict=True))
 
 
 def target_similarities(

@@ -20,7 +20,7 @@ from models import Backbone, weights_origin
 from semcorr.config.settings import COMBINE_MODES, COMMON_GRIDS, EnsembleSettings, ExtractSettings, MemberSettings
 from semcorr.data.geometry import Preprocess
 from semcorr.data.images import ImageRef
-from semcorr.storage.feature_cache import FeatureCache
+from semcorr.storage.feature_cache import CachedFeatures, FeatureCache
 from semcorr.storage.files import file_sha256
 
 
@@ -116,14 +116,16 @@ def check_alignment(members: list[Member]) -> None:
 
 
 def resampled(fs: FeatureSet, ref: FeatureSet, chunk: int = 32) -> FeatureSet:
-    """fs's feature maps resized bilinearly to ref's grid and re-normalised, with ref's geometry."""
-    parts = [
-        F.normalize(
-            F.interpolate(fs.feats[i : i + chunk].float(), size=ref.prep.grid, mode="bilinear", align_corners=False),
-            dim=1,
-        ).to(fs.feats.dtype)
-        for i in range(0, len(fs.feats), chunk)
-    ]
+    """fs's feature maps resized bilinearly to ref's grid and re-normalised, with ref's geometry (features read
+    from the cache are resized as each image is read)."""
+
+    def resize(feats: torch.Tensor) -> torch.Tensor:
+        out = F.interpolate(feats.float(), size=ref.prep.grid, mode="bilinear", align_corners=False)
+        return F.normalize(out, dim=1).to(feats.dtype)
+
+    if isinstance(fs.feats, CachedFeatures):
+        return FeatureSet(fs.feats.mapped(resize), fs.index, ref.prep, ref.geometries, fs.stats)
+    parts = [resize(fs.feats[i : i + chunk]) for i in range(0, len(fs.feats), chunk)]
     return FeatureSet(torch.cat(parts), fs.index, ref.prep, ref.geometries, fs.stats)
 
 

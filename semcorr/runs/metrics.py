@@ -50,10 +50,10 @@ def meaning(
 
 def feature_timings(stats: list[dict]) -> dict[str, float | None]:
     """Extraction figures of one or more feature sets, summed."""
-    keys = ("extraction_s", "cache_read_s", "images_extracted", "images_from_cache")
-    total = {k: sum(s[k] for s in stats) for k in keys}
+    keys = ("extraction_s", "cache_read_s", "images_extracted", "images_from_cache", "features_gb")
+    total = {k: sum(s.get(k, 0) for s in stats) for k in keys}
     rate = total["images_extracted"] / total["extraction_s"] if total["extraction_s"] > 0 else None
-    return {**total, "images_per_s": rate}
+    return {**total, "images_per_s": rate, "features_streamed": any(s.get("features_streamed") for s in stats)}
 
 
 def evaluation_metrics(
@@ -68,6 +68,7 @@ def evaluation_metrics(
     feature_stats: list[dict],
     matching_s: float,
     started: float,
+    startup_s: float | None = None,
     flip: dict | None = None,
     kap: dict | None = None,
     kap_s: float | None = None,
@@ -97,6 +98,7 @@ def evaluation_metrics(
             **timings,
             "matching_s": matching_s,
             **({"kap_s": kap_s} if kap else {}),
+            "startup_s": startup_s,
             "total_s": time.time() - started,
         },
     }

@@ -13,6 +13,7 @@ the start time taken (a RunContext, passed on instead of its parts).
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from importlib import metadata
+from pathlib import Path
 
 from semcorr.config.settings import REPO_ROOT, DataSettings, OutputSettings, as_record, from_record
 from semcorr.runs.folders import Run, check_output_dir
@@ -33,6 +35,21 @@ class RunContext:
 
     started: float = field(default_factory=time.time)
     command: str = field(default_factory=lambda: " ".join(sys.argv))
+    startup_s: float | None = field(default_factory=lambda: startup_seconds())  # the process's, before the run
+
+
+def startup_seconds() -> float | None:
+    """Seconds from the process's start to now (its imports and argument parsing) when the process runs one of
+    the entry scripts, from Linux's /proc (10 ms resolution); None elsewhere (a notebook, a test, another OS)."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main is None or Path(main).resolve().parent != REPO_ROOT:
+        return None
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def start_run(output: OutputSettings, *, flag: str = "--output-dir") -> RunContext:

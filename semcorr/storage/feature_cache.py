@@ -4,8 +4,9 @@ A cache folder is keyed by everything that changes the features: backbone, weigh
 layer, model overrides and preprocessing. Inside it, an image's entry is keyed by what determines
 its features: the sha256 of the image file's bytes (computed once per file per run, files.file_sha256),
 not its path, size or modification time, so an image replaced by other content of the same size and
-time gets a new entry. Each entry names the image it holds the features of (its sha256 and path), so
-that an entry moved onto another's name is caught when read. One file per image means an interrupted
+time gets a new entry; a mirror image (--flip-align) has an entry of its own. Each entry names the image it
+holds the features of (its sha256, path and whether mirrored), so that an entry moved onto another's name is
+caught when read. One file per image means an interrupted
 extraction resumes where it stopped, and grid searches / ensembles / re-runs reuse it.
 
 A cache that cannot be written (a full disk, no permission, a file in the way) is one warning; the run
@@ -14,10 +15,16 @@ goes on without writing it, with the same results.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
+import shutil
+import tempfile
 import threading
 import warnings
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +32,8 @@ import torch
 from semcorr.data.images import ImageRef
 from semcorr.storage.files import WriteError, atomic_torch_save, atomic_write, code_on_load, file_sha256, make_folder
 
-CACHE_FORMAT = 2  # 2: entries keyed by the image's content and naming it ({"image_sha256", "image", "features"})
+CACHE_FORMAT = 3  # 2: entries keyed by the image's content and naming it ({"image_sha256", "image", "features"});
+# 3: and by whether it is the mirror image ("mirrored"): format 2 gave an image and its mirror one entry
 
 
 def _digest(obj: object) -> str:
@@ -34,6 +42,17 @@ def _digest(obj: object) -> str:
 
 class FeatureCache:
     """Features of one (backbone, weights, layer, preprocessing) setting, stored per image."""
+
+    @classmethod
+    def temporary(cls, parent: str | Path | None, setting: dict[str, object]) -> FeatureCache:
+        """A cache for this run only (in a new folder under `parent`, or the system's temporary folder), removed
+        when it is no longer used: where features must be streamed from disk but are not to be kept."""
+        if parent is not None:
+            make_folder(parent)
+        folder = tempfile.mkdtemp(prefix="run-", dir=parent)
+        cache = cls(folder, setting)
+        weakref.finalize(cache, shutil.rmtree, folder, ignore_errors=True)
+        return cache
 
     def __init__(self, root: str | Path, setting: dict[str, object]):
         self.setting = {**setting, "cache_format": CACHE_FORMAT}
@@ -51,8 +70,8 @@ class FeatureCache:
             self.not_writable(err)
 
     def path(self, ref: ImageRef) -> Path:
-        """The entry of `ref`'s image: named by its file's content."""
-        return self.dir / f"{file_sha256(ref.path)[:32]}.pt"
+        """The entry of `ref`'s image: named by its file's content (and whether it is the mirror image)."""
+        return self.dir / f"{file_sha256(ref.path)[:32]}{'-mirrored' if ref.mirrored else ''}.pt"
 
     def load(self, ref: ImageRef, shape: tuple[int, ...]) -> torch.Tensor | None:
         """The cached features of `ref`, or None when absent. A damaged entry (unreadable, of another image, not
@@ -69,7 +88,7 @@ class FeatureCache:
                 f"refused: it asks to run code ({asks}) when loaded" if asks else f"unreadable ({type(err).__name__})"
             )
         else:
-            problem = entry_problem(entry, file_sha256(ref.path), shape)
+            problem = entry_problem(entry, file_sha256(ref.path), ref.mirrored, shape)
         if problem is None:
             return entry["features"]
         warnings.warn(f"feature cache file {path} (of {ref.path}) is {problem}: re-extracting it", stacklevel=2)
@@ -83,7 +102,8 @@ class FeatureCache:
             f = f.detach().to("cpu")
             if self.write_error is not None or not torch.isfinite(f).all():
                 continue
-            entry = {"image_sha256": file_sha256(ref.path), "image": str(ref.path), "features": f.clone()}
+            entry = {"image_sha256": file_sha256(ref.path), "image": str(ref.path), "mirrored": ref.mirrored,
+                     "features": f.clone()}  # fmt: skip
             try:
                 atomic_torch_save(entry, self.path(ref))
             except WriteError as err:
@@ -102,12 +122,14 @@ class FeatureCache:
         )
 
 
-def entry_problem(entry: object, image_sha256: str, shape: tuple[int, ...]) -> str | None:
-    """What is wrong with a loaded cache entry for the image of content `image_sha256`, or None."""
-    if not isinstance(entry, dict) or not {"image_sha256", "features"} <= set(entry):
+def entry_problem(entry: object, image_sha256: str, mirrored: bool, shape: tuple[int, ...]) -> str | None:
+    """What is wrong with a loaded cache entry for the image of content `image_sha256` (or its mirror image), or
+    None."""
+    if not isinstance(entry, dict) or not {"image_sha256", "mirrored", "features"} <= set(entry):
         return f"not a feature cache entry ({type(entry).__name__})"
-    if entry["image_sha256"] != image_sha256:
-        return f"the entry of another image ({entry.get('image', 'unnamed')})"
+    if entry["image_sha256"] != image_sha256 or entry["mirrored"] is not mirrored:
+        mirror = " (mirrored)" if entry["mirrored"] else ""
+        return f"the entry of another image ({entry.get('image', 'unnamed')}{mirror})"
     feats = entry["features"]
     if not isinstance(feats, torch.Tensor) or not feats.is_floating_point():
         return f"not a floating-point tensor ({type(feats).__name__})"
@@ -116,3 +138,52 @@ def entry_problem(entry: object, image_sha256: str, shape: tuple[int, ...]) -> s
     if not torch.isfinite(feats).all():
         return "holding NaN or infinite values"
     return None
+
+
+class CachedFeatures:
+    """The (N, C, h, w) features of a run's images, read from its FeatureCache one image at a time (the most
+    recently used kept in memory up to `keep_bytes`): what a run uses in place of a tensor of all of them when
+    they do not fit in memory. Indexed by row like that tensor; `transform` maps each image's features as read."""
+
+    def __init__(
+        self,
+        cache: FeatureCache,
+        images: list[ImageRef],
+        shape: tuple[int, int, int],
+        dtype: torch.dtype,
+        device: torch.device,
+        keep_bytes: int,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        self.cache, self.images, self.dtype, self.device = cache, images, dtype, device
+        self.stored_shape, self.transform = shape, transform
+        probe = transform(torch.zeros(1, *shape, dtype=dtype))[0] if transform else torch.zeros(shape)
+        self.shape = (len(images), *probe.shape)
+        per_image = math.prod(self.shape[1:]) * probe.new_empty((), dtype=dtype).element_size()
+        self.keep_bytes = keep_bytes
+        self._row = functools.lru_cache(maxsize=max(2, keep_bytes // per_image))(self._read)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        return self._row(int(row))
+
+    def _read(self, row: int) -> torch.Tensor:
+        feats = self.cache.load(self.images[row], self.stored_shape)
+        if feats is None:
+            raise RuntimeError(
+                f"the feature cache entry of {self.images[row].path} in {self.cache.dir} went missing during the run "
+                "(removed, or replaced by a damaged file): run again, with that folder left alone while it runs"
+            )
+        feats = feats.to(self.device, self.dtype)
+        return self.transform(feats[None])[0] if self.transform else feats
+
+    def mapped(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> CachedFeatures:
+        """These features with `transform` ((1, C, h, w) -> (1, C', h', w')) applied to each image after this
+        one's own, read lazily like these."""
+        inner = self.transform
+        both = transform if inner is None else (lambda f: transform(inner(f)))
+        return CachedFeatures(
+            self.cache, self.images, self.stored_shape, self.dtype, self.device, self.keep_bytes, both
+        )
