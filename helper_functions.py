@@ -119,16 +119,17 @@ def check_finite(backbone: torch.nn.Module, bad: list[ImageRef], total: int) -> 
 
 
 STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}  # ExtractSettings.feature_dtype
+MAX_PENDING_WRITES = 4  # batches of features waiting to be written to the cache while the next are computed
 
 
 def feature_budget(extract: ExtractSettings, device: torch.device) -> int:
     """Bytes of features a run holds in memory (beyond, they are read from the disk cache per image): the
-    setting's, else 2 GB on the CPU (a laptop's share) and half the free memory of a GPU."""
+    setting's, else 1 GB on the CPU (a laptop's share) and half the free memory of a GPU."""
     if extract.feature_memory_gb is not None:
         return int(extract.feature_memory_gb * 2**30)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] // 2
-    return 2 * 2**30
+    return 2**30
 
 
 def extract_features(
@@ -187,6 +188,8 @@ def extract_features(
                 finite[rows] = torch.isfinite(out).flatten(1).all(dim=1)
                 if cache is not None:
                     writes.append(io.submit(cache.save, [images[r] for r in rows], out))
+                    if len(writes) > MAX_PENDING_WRITES:  # a slow disk holds the batches back, not memory
+                        writes.pop(0).result()
                 bar.update(len(rows))
         for write in writes:
             write.result()  # an error while writing the cache surfaces here

@@ -65,7 +65,7 @@ def decoders(files: list[bytes]) -> list[np.ndarray]:
 
 def resizers(images: list[np.ndarray], side: int) -> None:
     pil_images = [Image.fromarray(a) for a in images]
-    tensors = [torch.from_numpy(a).permute(2, 0, 1).contiguous() for a in images]
+    tensors = [torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous() for a in images]
     for name, resample in (("bicubic", Image.Resampling.BICUBIC), ("lanczos", Image.Resampling.LANCZOS)):
         pil_ms, pil = per_image_ms(lambda im, r=resample: np.asarray(im.resize((side, side), r)), pil_images)
         line = f"resize {side:4d}     PIL {name:8s} {pil_ms:6.2f} ms"

@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, nargs="+", default=[60, 120, 240], help="image counts to measure")
     ap.add_argument("--pairs-per-image", type=float, default=1.0, help="SPair-71k test has 12.7")
     ap.add_argument("--modes", nargs="+", choices=["memory", "streamed"], default=["memory", "streamed"])
-    ap.add_argument("--feature-memory", type=float, default=None, help="GB held in memory when streamed (default 2)")
+    ap.add_argument("--feature-memory", type=float, default=None, help="GB held in memory when streamed (default 1)")
     ap.add_argument("--child-images", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -100,7 +100,7 @@ def main() -> None:
         )
         for n in args.images:
             for mode in args.modes:
-                budget = ["--feature-memory", str(args.feature_memory or 2.0)] if mode == "streamed" else (
+                budget = ["--feature-memory", str(args.feature_memory or 1.0)] if mode == "streamed" else (
                     ["--feature-memory", "1000"])  # fmt: skip
                 out = subprocess.run(
                     [sys.executable, __file__, "--child-images", str(n), "--folder", tmp,

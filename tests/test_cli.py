@@ -133,3 +133,18 @@ def test_evaluate_needs_a_checkpoint_or_a_weights_file(capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["--dataset", "pf-willow"])
     assert "one of the arguments --checkpoint --weights is required" in capsys.readouterr().err
+
+
+def test_the_start_up_of_an_entry_script_is_measured_from_the_process_start():
+    """metrics.json's startup_s: the seconds from the process's start to the run's, for an entry script only."""
+    probe = (
+        "import sys, time; time.sleep(0.3)\n"
+        f"sys.modules['__main__'].__file__ = {str(REPO / 'evaluate.py')!r}\n"
+        "from semcorr.runs.record import startup_seconds; print(startup_seconds())"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert 0.3 <= float(done.stdout) < 30
+    from semcorr.runs.record import startup_seconds
+
+    assert startup_seconds() is None  # pytest is no entry script

@@ -10,9 +10,11 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
+import torch
 from synthetic import ColourCodeBackbone, colour_backbone, colour_config
 
-from semcorr.config.settings import EnsembleSettings, MatchSettings
+from helper_functions import feature_budget
+from semcorr.config.settings import EnsembleSettings, ExtractSettings, MatchSettings
 from semcorr.engine.evaluation import evaluate
 from semcorr.runs.folders import read_run
 
@@ -108,3 +110,10 @@ def test_the_budget_decides_between_memory_and_disk(tmp_path, colour_pairs):
     for budget, expect in ((images * per_image / 2**30, False), ((images * per_image - 1) / 2**30, True)):
         run = evaluate(streamed(settings, budget), colour_pairs, backbone)
         assert json.loads((run / "metrics.json").read_text())["timings"]["features_streamed"] is expect
+
+
+def test_the_default_budget_is_a_laptops_share_on_the_cpu_and_half_the_free_gpu_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 16 * 2**30))
+    assert feature_budget(ExtractSettings(), torch.device("cuda:0")) == 4 * 2**30
+    assert feature_budget(ExtractSettings(), torch.device("cpu")) == 2**30
+    assert feature_budget(ExtractSettings(feature_memory_gb=0.5), torch.device("cuda:0")) == 2**29

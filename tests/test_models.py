@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -431,3 +432,25 @@ def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
     path.write_bytes(b"other weights")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime as first, other size
     assert files.file_sha256(path) == hashlib.sha256(b"other weights").hexdigest() and len(opened) == 4
+
+
+def test_a_weights_files_sha256_is_remembered_for_the_next_run_until_the_file_changes(tmp_path, monkeypatch):
+    """A run keeps the weights' sha256 beside its feature cache: the next process takes it without reading the
+    file, while its inode, size, modification and change times are the same."""
+    path, memo = tmp_path / "weights.pth", tmp_path / "cache" / "file_digests.json"
+    path.write_bytes(b"weights")
+    read = []
+    real = files.read_digest
+    monkeypatch.setattr(files, "read_digest", lambda *a: read.append(a) or real(*a))
+    assert files.file_sha256(path, remember=memo) == hashlib.sha256(b"weights").hexdigest() and len(read) == 1
+    monkeypatch.setattr(files, "_DIGESTS", {})  # the next process
+    assert files.file_sha256(path, remember=memo) == hashlib.sha256(b"weights").hexdigest() and len(read) == 1
+    stat = path.stat()
+    time.sleep(0.05)  # past the file system's clock tick: the change time moves
+    path.write_bytes(b"Weights")  # other bytes, same size, the old times put back
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    monkeypatch.setattr(files, "_DIGESTS", {})
+    assert files.file_sha256(path, remember=memo) == hashlib.sha256(b"Weights").hexdigest() and len(read) == 2
+    memo.write_text("not json")  # a damaged record is read as empty
+    monkeypatch.setattr(files, "_DIGESTS", {})
+    assert files.file_sha256(path, remember=memo) == hashlib.sha256(b"Weights").hexdigest() and len(read) == 3

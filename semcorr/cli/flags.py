@@ -375,7 +375,7 @@ def add_extraction_args(g: argparse._ArgumentGroup, root: type = EvalSettings) -
             type=positive_float,
             metavar="GB",
             help="features held in memory; beyond, they are read from the disk cache one image at a time, so that "
-            "a dataset of any size fits (default: 2 on the CPU, half the free memory of a GPU)",
+            "a dataset of any size fits (default: 1 on the CPU, half the free memory of a GPU)",
         )
 
 

@@ -116,7 +116,7 @@ class ExtractSettings:
     num_workers: int = 2  # image decoding processes
     cache_dir: str | None = "cache/features"  # None: no disk cache
     feature_memory_gb: float | None = None  # features held in memory; beyond, read per image from the disk cache
-    # (None: 2 GB on the CPU, half the free memory of a GPU: helper_functions.feature_budget)
+    # (None: 1 GB on the CPU, half the free memory of a GPU: helper_functions.feature_budget)
 
 
 @dataclass(frozen=True)

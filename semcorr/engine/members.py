@@ -11,6 +11,7 @@ L2-normalised features.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +33,14 @@ class Member:
     weight: float = 1.0
 
 
-def weights_digest(backbone: Backbone) -> str | None:
-    """sha256 of the weights file, or None for random weights."""
+DIGESTS_FILE = "file_digests.json"  # in the feature cache folder: weights files' sha256, read once (files.file_sha256)
+
+
+def weights_digest(backbone: Backbone, cache_dir: str | None = None) -> str | None:
+    """sha256 of the weights file (remembered in `cache_dir` for the next run), or None for random weights."""
     path = str(backbone.weights_path)
-    return None if path == "random" else file_sha256(path)
+    remember = Path(cache_dir) / DIGESTS_FILE if cache_dir else None
+    return None if path == "random" else file_sha256(path, remember=remember)
 
 
 def feature_setting(backbone: Backbone, prep: Preprocess, weights_sha256: str | None, feature_dtype: str) -> dict:
@@ -59,7 +64,7 @@ def build_member(
     """One member's features of `images` (read from the cache, or extracted and cached), and what its settings
     resolved to (for config.json)."""
     prep = member_preprocess(member.image_size, member.resize, extract, backbone.patch_size)
-    sha = weights_digest(backbone)
+    sha = weights_digest(backbone, extract.cache_dir)
     setting = feature_setting(backbone, prep, sha, extract.feature_dtype)
     cache = FeatureCache(extract.cache_dir, setting) if extract.cache_dir and sha else None
     feats = extract_features(backbone, images, prep, extract, cache=cache, progress=progress)

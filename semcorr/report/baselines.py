@@ -31,17 +31,18 @@ def zero_shot(run: Run) -> bool:
 
 
 def zero_shot_baseline(run: Run, output_dir: str | Path) -> Run | None:
-    """The newest zero-shot evaluation under `output_dir` of the same setting as `run` but its weights."""
-    candidates = []
-    for path in find_runs([output_dir], kinds=("evaluation",)) if Path(output_dir).is_dir() else []:
+    """The newest zero-shot evaluation under `output_dir` of the same setting as `run` but its weights. Runs are
+    judged by their config.json and metrics.json, newest first; only the one chosen is read in full."""
+    paths = find_runs([output_dir], kinds=("evaluation",)) if Path(output_dir).is_dir() else []
+    for path in reversed(paths):
         try:
-            candidate = check_run(read_run(path, kinds=("evaluation",)))
-        except RunFolderError:
+            candidate = read_run(path, kinds=("evaluation",))
+            if zero_shot(candidate) and same_pairs(run, candidate):
+                if set(run_labels([run, candidate]).varying) <= WEIGHT_FIELDS:
+                    return check_run(candidate)
+        except (RunFolderError, KeyError, TypeError):  # fields a damaged config.json or metrics.json lacks
             continue  # a damaged folder is no baseline (report.py says why)
-        if zero_shot(candidate) and same_pairs(run, candidate):
-            if set(run_labels([run, candidate]).varying) <= WEIGHT_FIELDS:
-                candidates.append(candidate)
-    return candidates[-1] if candidates else None
+    return None
 
 
 def baseline_record(config: dict, metrics: dict, output: OutputSettings) -> dict | None:

@@ -125,19 +125,24 @@ def file_identity(stat: os.stat_result) -> dict[str, int]:
     return {"inode": stat.st_ino, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22, algorithm: str = "sha256") -> str:
+def file_sha256(path: str | Path, chunk: int = 1 << 22, algorithm: str = "sha256", remember: Path | None = None) -> str:
     """The hex digest of a file's bytes (sha256 unless another hashlib `algorithm` is named).
 
     Cached per file (real path, file_identity) and algorithm: a weights file of gigabytes is read once however
-    often it is asked about, and again once it changes. A sha256 that download.py recorded for the file in its
-    folder's DOWNLOAD_RECORD, with the file's identity unchanged since, is taken without reading the file.
+    often it is asked about, and again once it changes. A sha256 recorded for the file with its identity unchanged
+    since is taken without reading the file: download.py's (its folder's DOWNLOAD_RECORD), or one an earlier run
+    kept in the JSON file `remember` (which this adds to; a weights file is then read once, not by every run).
     """
     real = os.path.realpath(path)
     stat = os.stat(real)
     key = (real, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, algorithm)
-    if key not in _DIGESTS:
-        recorded = recorded_sha256(Path(real), stat) if algorithm == "sha256" else None
-        _DIGESTS[key] = recorded or read_digest(real, chunk, algorithm)
+    if key not in _DIGESTS and algorithm == "sha256":
+        records = [(Path(real).parent / DOWNLOAD_RECORD, Path(real).name), *([(remember, real)] if remember else [])]
+        _DIGESTS[key] = next(filter(None, (recorded_sha256(f, name, stat) for f, name in records)), None)
+    if _DIGESTS.get(key) is None:
+        _DIGESTS[key] = read_digest(real, chunk, algorithm)
+        if remember is not None and algorithm == "sha256":
+            remember_sha256(remember, real, stat, _DIGESTS[key])
     return _DIGESTS[key]
 
 
@@ -149,16 +154,34 @@ def read_digest(path: str, chunk: int, algorithm: str) -> str:
     return digest.hexdigest()
 
 
-def recorded_sha256(path: Path, stat: os.stat_result) -> str | None:
-    """The sha256 the folder's download record gives `path`, if the file's identity is the recorded one."""
+def read_records(record: Path) -> dict:
+    """A JSON file of {name: {"sha256", "identity", ...}}; empty when absent or unreadable."""
     try:
-        record = json.loads((path.parent / DOWNLOAD_RECORD).read_text()).get(path.name)
-    except (OSError, ValueError, AttributeError):
+        records = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def recorded_sha256(record: Path, name: str, stat: os.stat_result) -> str | None:
+    """The sha256 that `record` gives the file `name`, if the file's identity is the recorded one."""
+    entry = read_records(record).get(name)
+    if not isinstance(entry, dict) or entry.get("identity") != file_identity(stat):
         return None
-    if not isinstance(record, dict) or record.get("identity") != file_identity(stat):
-        return None
-    sha = record.get("sha256")
+    sha = entry.get("sha256")
     return sha if isinstance(sha, str) and len(sha) == 64 else None
+
+
+def remember_sha256(record: Path, name: str, stat: os.stat_result, sha: str) -> None:
+    """Add a file's sha256 and identity to `record`; where it cannot be written, nothing is kept (it is only saved
+    time)."""
+    records = read_records(record)
+    records[name] = {"sha256": sha, "identity": file_identity(stat)}
+    try:
+        make_folder(record.parent)
+        write_json(record, records)
+    except WriteError:
+        pass
 
 
 def code_on_load(err: BaseException) -> str | None:
