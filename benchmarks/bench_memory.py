@@ -3,6 +3,7 @@ in memory and read from the disk cache (--feature-memory).
 
     python benchmarks/bench_memory.py                                  # 60, 120 and 240 images
     python benchmarks/bench_memory.py --images 962 --modes streamed    # SPair-71k test's image count
+    python benchmarks/bench_memory.py --images 962 --modes streamed --pairs-per-image 12.7 --flip-align off
 
 The setting is --protocol geoaware with --flip-align mutual-nn: 840x840 inputs, 60x60 patches of 768 channels in
 fp32, every source also mirrored. The backbone is a stand-in that gives such features quickly (each patch's colour
@@ -64,7 +65,7 @@ def child(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(dir=folder))
     settings = resolve(
         "evaluation",
-        {"protocol": "geoaware", "flip_align": "mutual-nn", "cache_dir": str(work / "cache"),
+        {"protocol": "geoaware", "flip_align": args.flip_align, "cache_dir": str(work / "cache"),
          "output_dir": str(work / "results"), "num_workers": 0, "batch_size": 8, "quiet": True,
          **({"feature_memory": args.feature_memory} if args.feature_memory else {})},
     )  # fmt: skip
@@ -82,6 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, nargs="+", default=[60, 120, 240], help="image counts to measure")
     ap.add_argument("--pairs-per-image", type=float, default=1.0, help="SPair-71k test has 12.7")
+    ap.add_argument("--flip-align", choices=["mutual-nn", "off"], default="mutual-nn", help="off: no mirror images")
     ap.add_argument("--modes", nargs="+", choices=["memory", "streamed"], default=["memory", "streamed"])
     ap.add_argument("--feature-memory", type=float, default=None, help="GB held in memory when streamed (default 1)")
     ap.add_argument("--child-images", type=int, help=argparse.SUPPRESS)
@@ -104,7 +106,7 @@ def main() -> None:
                     ["--feature-memory", "1000"])  # fmt: skip
                 out = subprocess.run(
                     [sys.executable, __file__, "--child-images", str(n), "--folder", tmp,
-                     "--pairs-per-image", str(args.pairs_per_image), *budget],
+                     "--pairs-per-image", str(args.pairs_per_image), "--flip-align", args.flip_align, *budget],
                     capture_output=True, text=True, check=True,
                 )  # fmt: skip
                 r = json.loads(out.stdout.strip().splitlines()[-1])
