@@ -56,6 +56,19 @@ class Protocol:
         return {**plain, **self.starts.get(dataset, {})}
 
 
+CORRECTED_OPTIMISATION = Optimisation(  # this toolkit's fine-tuning; --protocol geoaware, an evaluation protocol, keeps it
+    epochs=1,
+    batch_size=8,
+    lr=1e-4,
+    weight_decay=0.01,
+    decay="matrices",
+    schedule="warmup-cosine",
+    warmup_steps=None,
+    grad_clip=1.0,
+    select="best",
+    train_neck=True,
+)
+
 PROTOCOLS: dict[str, Protocol] = {
     "default": Protocol(
         "default",
@@ -68,10 +81,7 @@ PROTOCOLS: dict[str, Protocol] = {
             common_grid="finest", feature_dtype="fp16", build="meta",
             precision={"dinov2": "auto", "dinov3": "auto", "sam": "auto"},
         ),
-        Optimisation(
-            epochs=1, batch_size=8, lr=1e-4, weight_decay=0.01, decay="matrices", schedule="warmup-cosine",
-            warmup_steps=None, grad_clip=1.0, select="best", train_neck=True,
-        ),
+        CORRECTED_OPTIMISATION,
     ),
     "original": Protocol(
         "original",
@@ -102,10 +112,7 @@ PROTOCOLS: dict[str, Protocol] = {
             common_grid="finest", feature_dtype="fp32", build="meta",
             precision={"dinov2": "fp32", "dinov3": "fp32", "sam": "fp32"},
         ),
-        Optimisation(
-            epochs=1, batch_size=8, lr=1e-4, weight_decay=0.01, decay="matrices", schedule="warmup-cosine",
-            warmup_steps=None, grad_clip=1.0, select="best", train_neck=True,
-        ),
+        CORRECTED_OPTIMISATION,
         starts={
             "matcher": "geoaware-softargmax", "window": 11, "temperature": 0.02,  # its SOFT_EVAL, window radius 5
             "spair": {"thresholds": (0.01, 0.05, 0.1)},

@@ -193,16 +193,15 @@ def evaluation_summary(config: dict, metrics: dict) -> str:
     lines += [f"note: {note}" for note in counts.get("notes", [])]
     timings = metrics["timings"]
     lines.append(
-        f"time: {timings['total_s']:.1f} s ("
-        + (f"start-up {timings['startup_s']:.1f} s before it; " if timings.get("startup_s") is not None else "")
-        + f"features {timings['extraction_s']:.1f} s for "
+        f"time: {timings['total_s']:.1f} s (features {timings['extraction_s']:.1f} s for "
         f"{plural(timings['images_extracted'], 'image')}, {timings['images_from_cache']:,} from the cache; "
         f"matching and PCK {timings['matching_s']:.1f} s"
         + (f", KAP {timings['kap_s']:.1f} s)" if "kap_s" in timings else ")")
+        + (f", after {timings['startup_s']:.1f} s of start-up (imports, arguments)" if timings.get("startup_s") else "")
     )
     if timings.get("features_streamed"):
         lines.append(
-            f"features: {timings['features_gb']:.1f} GB, more than --feature-memory allows in memory: read from the "
+            f"features: {timings['features_gb']:.3g} GB, more than --feature-memory allows in memory: read from the "
             "disk cache one image at a time"
         )
     return "\n".join(lines)

@@ -51,9 +51,9 @@ def meaning(
 def feature_timings(stats: list[dict]) -> dict[str, float | None]:
     """Extraction figures of one or more feature sets, summed."""
     keys = ("extraction_s", "cache_read_s", "images_extracted", "images_from_cache", "features_gb")
-    total = {k: sum(s.get(k, 0) for s in stats) for k in keys}
+    total = {k: sum(s[k] for s in stats) for k in keys}
     rate = total["images_extracted"] / total["extraction_s"] if total["extraction_s"] > 0 else None
-    return {**total, "images_per_s": rate, "features_streamed": any(s.get("features_streamed") for s in stats)}
+    return {**total, "images_per_s": rate, "features_streamed": any(s["features_streamed"] for s in stats)}
 
 
 def evaluation_metrics(

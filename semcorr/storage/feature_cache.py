@@ -156,11 +156,10 @@ class CachedFeatures:
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.cache, self.images, self.dtype, self.device = cache, images, dtype, device
-        self.stored_shape, self.transform = shape, transform
-        probe = transform(torch.zeros(1, *shape, dtype=dtype))[0] if transform else torch.zeros(shape)
-        self.shape = (len(images), *probe.shape)
-        per_image = math.prod(self.shape[1:]) * probe.new_empty((), dtype=dtype).element_size()
-        self.keep_bytes = keep_bytes
+        self.stored_shape, self.transform, self.keep_bytes = shape, transform, keep_bytes
+        one = transform(torch.zeros(1, *shape, dtype=dtype)).shape[1:] if transform else shape  # (C, h, w) as read
+        self.shape = (len(images), *one)
+        per_image = math.prod(one) * torch.empty((), dtype=dtype).element_size()
         self._row = functools.lru_cache(maxsize=max(2, keep_bytes // per_image))(self._read)
 
     def __len__(self) -> int:

@@ -136,14 +136,17 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22, algorithm: str = "sha256
     real = os.path.realpath(path)
     stat = os.stat(real)
     key = (real, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, algorithm)
-    if key not in _DIGESTS and algorithm == "sha256":
-        records = [(Path(real).parent / DOWNLOAD_RECORD, Path(real).name), *([(remember, real)] if remember else [])]
-        _DIGESTS[key] = next(filter(None, (recorded_sha256(f, name, stat) for f, name in records)), None)
-    if _DIGESTS.get(key) is None:
-        _DIGESTS[key] = read_digest(real, chunk, algorithm)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    records = [(Path(real).parent / DOWNLOAD_RECORD, Path(real).name), *([(remember, real)] if remember else [])]
+    recorded = (recorded_sha256(f, name, stat) for f, name in records) if algorithm == "sha256" else iter(())
+    digest = next(filter(None, recorded), None)
+    if digest is None:
+        digest = read_digest(real, chunk, algorithm)
         if remember is not None and algorithm == "sha256":
-            remember_sha256(remember, real, stat, _DIGESTS[key])
-    return _DIGESTS[key]
+            remember_sha256(remember, real, stat, digest)
+    _DIGESTS[key] = digest
+    return digest
 
 
 def read_digest(path: str, chunk: int, algorithm: str) -> str:
