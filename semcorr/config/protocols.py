@@ -56,18 +56,11 @@ class Protocol:
         return {**plain, **self.starts.get(dataset, {})}
 
 
-CORRECTED_OPTIMISATION = Optimisation(  # this toolkit's fine-tuning; --protocol geoaware, an evaluation protocol, keeps it
-    epochs=1,
-    batch_size=8,
-    lr=1e-4,
-    weight_decay=0.01,
-    decay="matrices",
-    schedule="warmup-cosine",
-    warmup_steps=None,
-    grad_clip=1.0,
-    select="best",
-    train_neck=True,
-)
+# this toolkit's fine-tuning; --protocol geoaware, an evaluation protocol, keeps it
+CORRECTED_OPTIMISATION = Optimisation(
+    epochs=1, batch_size=8, lr=1e-4, weight_decay=0.01, decay="matrices", schedule="warmup-cosine",
+    warmup_steps=None, grad_clip=1.0, select="best", train_neck=True,
+)  # fmt: skip
 
 PROTOCOLS: dict[str, Protocol] = {
     "default": Protocol(
